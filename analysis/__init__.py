@@ -1,0 +1,1 @@
+"""analysis: reads representations (measurements, pictures, report). Never imports training code."""

@@ -1,0 +1,1 @@
+"""pipeline: makes representations (corpus, tokenizer, models, training, activation dumps)."""

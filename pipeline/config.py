@@ -1,0 +1,82 @@
+"""Hydra configs: composing them outside a CLI, the part of a config each stage depends on, and the
+thin wrapper every `python -m pipeline.<stage>` entry point shares."""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from .store import PipelineError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+log = logging.getLogger("pipeline")
+
+# Settings that change how a stage runs but not what it computes: they never trigger a rerun.
+_RUNTIME_KEYS = {"progress", "device", "threads"}
+
+
+def compose(overrides: Sequence[str] = (), config_dir: str | Path = CONFIG_DIR) -> DictConfig:
+    """Compose the primary config with Hydra overrides, as the CLI would (for tests and workflow)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return cfg
+
+
+def to_plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def data_config(cfg: DictConfig) -> dict:
+    """What the corpus split depends on (not the tokenizer)."""
+    data = to_plain(cfg.data)
+    data.pop("tokenizer", None)
+    return {"data": data}
+
+
+def tokenizer_config(cfg: DictConfig) -> dict:
+    return {**data_config(cfg), "tokenizer": to_plain(cfg.data.tokenizer)}
+
+
+def train_config(cfg: DictConfig) -> dict:
+    """What a trained model depends on: data, tokenizer, model, objective, training, seed."""
+    train = {k: v for k, v in to_plain(cfg.train).items() if k not in _RUNTIME_KEYS}
+    return {**tokenizer_config(cfg), "model": to_plain(cfg.model), "objective": to_plain(cfg.objective),
+            "train": train, "seed": int(cfg.seed)}
+
+
+def require(cfg: DictConfig, key: str, check: Callable[[Any], bool], what: str) -> Any:
+    """Fetch `key` and fail with a message naming it when `check` rejects the value."""
+    value = OmegaConf.select(cfg, key)
+    if not check(value):
+        raise PipelineError(f"setting {key}={value!r} is invalid: {what}")
+    return value
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                        stream=sys.stderr, force=False)
+
+
+def cli(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+    """Wrap `fn(cfg)` as a Hydra entry point: bad input ends with one clear line and exit code 2."""
+    import hydra
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+    @functools.wraps(fn)
+    def main(cfg: DictConfig) -> None:
+        setup_logging()
+        try:
+            fn(cfg)
+        except PipelineError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return main

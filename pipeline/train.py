@@ -1,0 +1,357 @@
+"""Train one objective with one seed.
+
+    python -m pipeline.train experiment=default objective=mlm seed=2 [overrides]
+
+Writes to `paths.model` (results/<experiment>/models/<objective>/seed<seed>/):
+- `last.pt`: the resumable checkpoint (model args + weights + optimizer + schedule + step + data
+  position + RNG states + resolved config), every `train.eval_every` steps; a killed run started
+  again with the same config continues from it and ends with the same weights as an uninterrupted one;
+- `log.jsonl`: one line per evaluation (train loss, dev metrics, learning rate, throughput);
+- `model.pt`: the weights with the best dev loss + model args + config (what later stages read);
+- `summary.json`: wall time, steps, why training stopped, dev quality (BLEU / perplexity / accuracy);
+- `stage.json`: written last; a finished model with the same config is not trained again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import cli, to_plain, train_config
+from .corpus import prepare_data, read_lines
+from .evaluate import autocast, bleu, dev_metrics, to_device
+from .model import Model, ModelArgs, build_model
+from .objectives import Specials, make_batches, make_objective
+from .store import (PipelineError, atomic_path, config_hash, read_json, stage_is_current, torch_save,
+                    write_json, write_stage_record)
+from .tokenizer import Tokenizer, train_tokenizer
+
+log = logging.getLogger("pipeline.train")
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already consumed
+    best_loss: float = math.inf
+    best_step: int = 0
+    bad_evals: int = 0
+    elapsed_s: float = 0.0
+    tokens: int = 0
+
+
+# ---------------------------------------------------------------- device, precision, determinism
+
+def has_fast_bf16() -> bool:
+    """True on CPUs with bf16 matrix instructions (AMX, or AVX-512 BF16), where autocast pays off."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+    except OSError:
+        return False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(f"setting train.device={name!r}, but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """None = fp32. auto: bf16 autocast on CUDA, and on CPUs with AMX or AVX-512 BF16."""
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" or has_fast_bf16() else "fp32"
+    if name not in ("bf16", "fp32"):
+        raise PipelineError(f"setting train.precision={name!r}: expected auto, bf16 or fp32")
+    return torch.bfloat16 if name == "bf16" else None
+
+
+def setup_runtime(tcfg: DictConfig) -> None:
+    if tcfg.threads:
+        torch.set_num_threads(int(tcfg.threads))
+    if tcfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Reject bad training settings before any work, naming the key."""
+    from .config import require
+
+    positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
+    for key in ("train.max_tokens", "train.max_steps", "train.eval_every", "train.patience", "data.max_len",
+                "model.n_layers", "model.d_model", "model.n_heads", "model.d_mlp", "model.n_ctx"):
+        require(cfg, key, positive, "expected a positive integer")
+    require(cfg, "train.lr", lambda v: isinstance(v, (int, float)) and v > 0, "expected a positive number")
+    require(cfg, "train.decay", lambda v: v in ("inverse_sqrt", "cosine", "linear", "constant"),
+            "expected inverse_sqrt, cosine, linear or constant")
+    require(cfg, "train.precision", lambda v: v in ("auto", "bf16", "fp32"), "expected auto, bf16 or fp32")
+    require(cfg, "objective.kind", lambda v: v in ("mt", "lm", "mlm"), "expected mt, lm or mlm")
+    require(cfg, "model.norm", lambda v: v in ("pre", "post"), "expected pre or post")
+    require(cfg, "model.n_heads", lambda v: cfg.model.d_model % v == 0, f"must divide model.d_model={cfg.model.d_model}")
+    require(cfg, "model.n_ctx", lambda v: v >= cfg.data.max_len + 2,
+            f"must be at least data.max_len + 2 = {cfg.data.max_len + 2}")
+    require(cfg, "train.max_minutes", lambda v: v is None or (isinstance(v, (int, float)) and v > 0),
+            "expected null or a positive number of minutes")
+    for key in ("objective.token_dropout", "objective.label_smoothing", "model.dropout"):
+        require(cfg, key, lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "expected a number in [0, 1)")
+    resolve_device(str(cfg.train.device))
+
+
+# ---------------------------------------------------------------- data
+
+def load_examples(cfg: DictConfig, tok: Tokenizer) -> dict:
+    """Token ids of the training and dev examples of the objective (over-long ones dropped)."""
+    folder, max_len = Path(cfg.paths.data), int(cfg.data.max_len)
+    rng = np.random.default_rng(0)
+
+    def subset(n_rows: int, limit) -> np.ndarray:
+        return np.sort(rng.permutation(n_rows)[: limit or n_rows])
+
+    if cfg.objective.kind == "mt":
+        def pairs(split):
+            src, tgt = read_lines(folder / f"{split}.src"), read_lines(folder / f"{split}.tgt")
+            return src, tgt, list(zip(tok.encode_batch(src), tok.encode_batch(tgt)))
+
+        _, _, train = pairs("train")
+        train = [p for p in train if len(p[0]) <= max_len and len(p[1]) <= max_len]
+        vsrc, vtgt, valid = pairs("valid")
+        dev = [valid[i] for i in subset(len(valid), cfg.train.dev_sentences)]
+        pick = subset(len(valid), cfg.train.bleu_sentences)
+        bleu_set = ([valid[i][0] for i in pick], [vtgt[i] for i in pick])
+    else:
+        train = [x for x in tok.encode_batch(read_lines(folder / "train.mono")) if 0 < len(x) <= max_len]
+        valid = tok.encode_batch(read_lines(folder / "valid.mono"))
+        dev = [valid[i] for i in subset(len(valid), cfg.train.dev_sentences)]
+        bleu_set = None
+    dev = [ex for ex in dev if (max(map(len, ex)) if isinstance(ex, tuple) else len(ex)) <= max_len]
+    if not train:
+        raise PipelineError(f"no training examples left in {folder} after data.max_len={max_len}")
+    return {"train": train, "dev": dev, "bleu": bleu_set}
+
+
+def specials(tok: Tokenizer) -> Specials:
+    return Specials(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id, mask=tok.mask_id,
+                    n_special=tok.n_special, d_vocab=tok.vocab_size)
+
+
+def batch_stream(lengths: np.ndarray, max_tokens: int, seed: int, state: TrainState):
+    """Yield index arrays forever, advancing `state`'s data position before each yield, so that a
+    checkpoint taken after a step resumes at the next batch."""
+    while True:
+        batches = make_batches(lengths, max_tokens, seed, state.epoch)
+        while state.batch_in_epoch < len(batches):
+            state.batch_in_epoch += 1
+            yield batches[state.batch_in_epoch - 1]
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+
+# ---------------------------------------------------------------- optimisation
+
+def make_optimizer(model: Model, tcfg: DictConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, LayerNorms and embeddings."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    groups = [{"params": decay, "weight_decay": float(tcfg.weight_decay)}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=float(tcfg.lr), betas=tuple(tcfg.betas))
+
+
+def lr_factor(tcfg: DictConfig) -> Callable[[int], float]:
+    """Linear warm-up to train.lr, then the train.decay schedule (a factor of train.lr)."""
+    warm, total, floor = max(int(tcfg.warmup_steps), 1), int(tcfg.max_steps), float(tcfg.min_lr_ratio)
+
+    def f(step: int) -> float:
+        s = step + 1
+        if s <= warm:
+            return s / warm
+        if tcfg.decay == "inverse_sqrt":
+            return math.sqrt(warm / s)
+        frac = min((s - warm) / max(total - warm, 1), 1.0)
+        if tcfg.decay == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
+        if tcfg.decay == "linear":
+            return floor + (1 - floor) * (1 - frac)
+        return 1.0
+
+    return f
+
+
+# ---------------------------------------------------------------- the loop
+
+def _restore(path: Path, expected_hash: str, model, opt, sched, gen) -> TrainState | None:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("config_hash") != expected_hash:
+        log.warning("%s was made with another config: starting afresh", path)
+        return None
+    model.load_state_dict(ckpt["state_dict"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if ckpt["rng"].get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    gen.set_state(ckpt["rng"]["gen"])
+    return TrainState(**ckpt["train_state"])
+
+
+def _rewrite_log(path: Path, upto_step: int) -> None:
+    """Keep the log lines of steps a resumed run will not redo."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= upto_step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in keep))
+
+
+def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict:
+    """Train `cfg.objective` with `cfg.seed`; returns the summary. `on_step(step)` is called after
+    every optimiser step (and its checkpoint), e.g. to stop a run in tests."""
+    out = Path(cfg.paths.model)
+    tcfg, kind, seed = cfg.train, cfg.objective.kind, int(cfg.seed)
+    stage_cfg = train_config(cfg)
+    if stage_is_current(out, stage_cfg) and (out / "model.pt").exists():
+        log.info("%s is already trained with this config; nothing to do", out)
+        return read_json(out / "summary.json")
+
+    check_settings(cfg)
+    setup_runtime(tcfg)
+    device = resolve_device(str(tcfg.device))
+    amp = resolve_precision(str(tcfg.precision), device)
+    prepare_data(cfg)
+    train_tokenizer(cfg)
+    tok = Tokenizer.load(cfg.paths.tokenizer)
+    sp = specials(tok)
+    objective = make_objective(cfg.objective, sp)
+    data = load_examples(cfg, tok)
+    margs = ModelArgs(d_vocab=tok.vocab_size, pad_id=tok.pad_id, **to_plain(cfg.model))
+
+    model = build_model(kind, margs, seed).to(device)
+    opt = make_optimizer(model, tcfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tcfg))
+    gen = torch.Generator().manual_seed(seed)  # masking and token dropout
+    torch.manual_seed(seed)  # dropout
+    chash = config_hash(stage_cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    last, best, log_path = out / "last.pt", out / "best.pt", out / "log.jsonl"
+    state = _restore(last, chash, model, opt, sched, gen) if last.exists() else None
+    if state is None:
+        state = TrainState()
+        for stale in (last, best, log_path):
+            stale.unlink(missing_ok=True)
+    else:
+        log.info("resuming %s from step %d", out, state.step)
+    _rewrite_log(log_path, state.step)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("%s seed %d: %d parameters, %d training / %d dev examples, device %s, %s", cfg.objective.name,
+             seed, n_params, len(data["train"]), len(data["dev"]), device, amp or "fp32")
+    lengths = np.array([objective.length(ex) for ex in data["train"]])
+    stream = batch_stream(lengths, int(tcfg.max_tokens), seed, state)
+    budget_s = float(tcfg.max_minutes) * 60 if tcfg.max_minutes else math.inf
+    started, elapsed0 = time.perf_counter(), state.elapsed_s
+    run_loss, run_n, tokens_since, t_since = 0.0, 0, 0, time.perf_counter()
+    stop = None
+    try:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=int(tcfg.max_steps), initial=state.step, disable=not tcfg.progress,
+                   desc=f"{cfg.objective.name} seed {seed}", unit="step", mininterval=2.0)
+    except ImportError:  # pragma: no cover
+        bar = None
+    model.train()
+    while stop is None:
+        idx = next(stream)
+        batch = to_device(objective.collate([data["train"][i] for i in idx], gen, train=True), device)
+        with autocast(device, amp):
+            loss, n = objective.loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg.clip_norm))
+        opt.step()
+        sched.step()
+        state.step += 1
+        n = int(n)
+        state.tokens += n
+        run_loss, run_n, tokens_since = run_loss + loss.item() * n, run_n + n, tokens_since + n
+        state.elapsed_s = elapsed0 + time.perf_counter() - started
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
+        out_of_time = state.elapsed_s >= budget_s
+        if state.step % int(tcfg.eval_every) == 0 or state.step >= int(tcfg.max_steps) or out_of_time:
+            dev = dev_metrics(model, objective, data["dev"], device, amp, int(tcfg.max_tokens))
+            improved = dev["loss"] < state.best_loss - float(tcfg.min_delta)
+            if improved:
+                state.best_loss, state.best_step, state.bad_evals = dev["loss"], state.step, 0
+                torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, best)
+            else:
+                state.bad_evals += 1
+            rate = tokens_since / max(time.perf_counter() - t_since, 1e-9)
+            entry = {"step": state.step, "epoch": state.epoch, "train_loss": run_loss / max(run_n, 1),
+                     "lr": sched.get_last_lr()[0], "tokens_per_s": rate, "elapsed_s": state.elapsed_s,
+                     **{f"dev_{k}": v for k, v in dev.items()}, "best": improved}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            log.info("step %d: train loss %.3f, dev loss %.3f%s", state.step, entry["train_loss"], dev["loss"],
+                     " (best)" if improved else "")
+            run_loss, run_n, tokens_since, t_since = 0.0, 0, 0, time.perf_counter()
+            if state.step >= int(tcfg.max_steps):
+                stop = "max_steps"
+            elif state.bad_evals >= int(tcfg.patience):
+                stop = "early_stopping"
+            elif out_of_time:
+                stop = "max_minutes"
+            _save_last(last, model, opt, sched, gen, state, cfg, chash)
+        if on_step is not None:
+            on_step(state.step)
+    if bar is not None:
+        bar.close()
+    return _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop, chash, stage_cfg, n_params)
+
+
+def _save_last(path, model, opt, sched, gen, state, cfg, chash) -> None:
+    rng = {"torch": torch.get_rng_state(), "gen": gen.get_state(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    torch_save({"model": model.checkpoint_args(), "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "train_state": asdict(state), "rng": rng,
+                "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": chash}, path)
+
+
+def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop, chash, stage_cfg, n_params) -> dict:
+    """Reload the best weights, measure dev quality, write model.pt, summary.json and the record."""
+    model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True))
+    dev = dev_metrics(model, objective, data["dev"], device, amp, int(cfg.train.max_tokens))
+    if objective.kind == "mt":
+        dev["bleu"] = bleu(model, *data["bleu"], tok, sp, device, amp)
+    summary = {"objective": cfg.objective.name, "kind": objective.kind, "seed": int(cfg.seed),
+               "steps": state.step, "best_step": state.best_step, "stop_reason": stop, "epochs": state.epoch,
+               "train_tokens": state.tokens, "wall_time_s": round(state.elapsed_s, 1), "n_params": n_params,
+               "device": str(device), "precision": str(amp or "fp32"), "dev": dev}
+    torch_save({"model": model.checkpoint_args(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": chash,
+                "tokenizer": str(cfg.paths.tokenizer), "summary": summary}, out / "model.pt")
+    write_json(out / "summary.json", summary)
+    write_stage_record(out, "train", stage_cfg, summary=summary)
+    for tmp in (out / "last.pt", out / "best.pt"):
+        tmp.unlink(missing_ok=True)
+    quality = {"mt": "BLEU {bleu:.2f}", "lm": "perplexity {perplexity:.2f}", "mlm": "masked accuracy {accuracy:.3f}"}
+    log.info("%s seed %d done in %.0f s (%s after %d steps): dev loss %.3f, %s", cfg.objective.name, cfg.seed,
+             state.elapsed_s, stop, state.step, dev["loss"], quality[objective.kind].format(**dev))
+    return summary
+
+
+main = cli(train)
+
+if __name__ == "__main__":
+    main()
