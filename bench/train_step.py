@@ -11,10 +11,9 @@ import time
 
 import torch
 
-from pipeline.evaluate import autocast
 from pipeline.model import ModelArgs, build_model
 from pipeline.objectives import Specials, make_objective
-from pipeline.train import has_fast_bf16
+from pipeline.runtime import autocast, has_fast_bf16
 
 
 def step_ms(kind: str, d_model: int, n_tokens: int, steps: int, amp) -> float:

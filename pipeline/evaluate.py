@@ -1,7 +1,6 @@
 """Dev quality: loss for every objective, LM perplexity, MLM masked-token accuracy, MT BLEU."""
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -9,14 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from .objectives import IGNORE, Objective, Specials, make_batches, pad
+from .runtime import autocast
 
 EVAL_SEED = 20190901  # fixed MLM masks on the dev set, so that evaluations are comparable
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -30,6 +30,12 @@ class Specials:
     d_vocab: int
 
 
+def specials(tok) -> Specials:
+    """The special ids of a `pipeline.tokenizer.Tokenizer`."""
+    return Specials(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id, mask=tok.mask_id,
+                    n_special=tok.n_special, d_vocab=tok.vocab_size)
+
+
 def make_batches(lengths: np.ndarray, max_tokens: int, seed: int, epoch: int) -> list[np.ndarray]:
     """Token-count batching: indices grouped by length so that rows x longest <= max_tokens.
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import cli, to_plain, train_config
 from .corpus import prepare_data, read_lines
-from .evaluate import autocast, bleu, dev_metrics, to_device
+from .evaluate import bleu, dev_metrics, to_device
 from .model import Model, ModelArgs, build_model
-from .objectives import Specials, make_batches, make_objective
+from .objectives import make_batches, make_objective, specials
+from .runtime import autocast, resolve_device, resolve_precision, setup_runtime
 from .store import (PipelineError, atomic_path, config_hash, read_json, stage_is_current, torch_save,
                     write_json, write_stage_record)
 from .tokenizer import Tokenizer, train_tokenizer
@@ -50,42 +50,7 @@ class TrainState:
     tokens: int = 0
 
 
-# ---------------------------------------------------------------- device, precision, determinism
-
-def has_fast_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (AMX, or AVX-512 BF16), where autocast pays off."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "amx_bf16" in flags or "avx512_bf16" in flags
-    except OSError:
-        return False
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"setting train.device={name!r}, but no CUDA device is available")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """None = fp32. auto: bf16 autocast on CUDA, and on CPUs with AMX or AVX-512 BF16."""
-    if name == "auto":
-        name = "bf16" if device.type == "cuda" or has_fast_bf16() else "fp32"
-    if name not in ("bf16", "fp32"):
-        raise PipelineError(f"setting train.precision={name!r}: expected auto, bf16 or fp32")
-    return torch.bfloat16 if name == "bf16" else None
-
-
-def setup_runtime(tcfg: DictConfig) -> None:
-    if tcfg.threads:
-        torch.set_num_threads(int(tcfg.threads))
-    if tcfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
+# ---------------------------------------------------------------- settings
 
 def check_settings(cfg: DictConfig) -> None:
     """Reject bad training settings before any work, naming the key."""
@@ -141,11 +106,6 @@ def load_examples(cfg: DictConfig, tok: Tokenizer) -> dict:
     if not train:
         raise PipelineError(f"no training examples left in {folder} after data.max_len={max_len}")
     return {"train": train, "dev": dev, "bleu": bleu_set}
-
-
-def specials(tok: Tokenizer) -> Specials:
-    return Specials(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id, mask=tok.mask_id,
-                    n_special=tok.n_special, d_vocab=tok.vocab_size)
 
 
 def batch_stream(lengths: np.ndarray, max_tokens: int, seed: int, state: TrainState):
@@ -226,7 +186,7 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
         return read_json(out / "summary.json")
 
     check_settings(cfg)
-    setup_runtime(tcfg)
+    setup_runtime(tcfg.threads, bool(tcfg.deterministic))
     device = resolve_device(str(tcfg.device))
     amp = resolve_precision(str(tcfg.precision), device)
     prepare_data(cfg)
