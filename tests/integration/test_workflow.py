@@ -1,0 +1,115 @@
+"""The smoke experiment end to end through snakemake, as a user runs it, from an empty folder:
+data and tokenizer, every model, every dump; then a second invocation has nothing to do."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARCHIVE = REPO.parent / "shared" / "data" / "tatoeba-deu-eng" / "deu-eng.zip"
+EXPERIMENT = "smoke"
+GRID = [("mt", 1), ("mt", 2), ("lm", 1), ("lm", 2), ("mlm", 1), ("mlm", 2), ("mt_td", 1), ("lm_td", 1)]
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, overrides: tuple[str, ...] = (),
+              timeout: float) -> subprocess.CompletedProcess:
+    """`snakemake --cores N --config experiment=smoke overrides=[...] <args>` in `workdir`."""
+    overrides_json = json.dumps([f"data.archive={ARCHIVE}", *overrides])
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(min(4, os.cpu_count() or 1)),
+           "--config", f"experiment={EXPERIMENT}", f"overrides={overrides_json}", *args]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    if not ARCHIVE.is_file():
+        pytest.skip(f"the Tatoeba archive is not at {ARCHIVE}")
+    workdir = tmp_path_factory.mktemp("workflow")
+    # A clean checkout's layout: the jobs run `python -m pipeline.<stage>` from this folder.
+    for name in ("conf", "pipeline", "workflow"):
+        (workdir / name).symlink_to(REPO / name, target_is_directory=True)
+    run = snakemake(workdir, timeout=3 * 3600)
+    assert run.returncode == 0, f"snakemake failed:\n{run.stdout[-5000:]}\n{run.stderr[-5000:]}"
+    return workdir
+
+
+def test_every_stage_leaves_its_files(finished):
+    results = finished / "results" / EXPERIMENT
+    data = results / "data"
+    for name in ("train.src", "train.tgt", "valid.src", "valid.tgt", "test.src", "test.tgt", "train.mono",
+                 "valid.mono", "probe.txt", "stage.json"):
+        assert (data / name).is_file(), data / name
+    for name in ("spm.model", "freq.tsv", "stage.json"):
+        assert (results / "tokenizer" / name).is_file()
+    for objective, seed in GRID:
+        model = results / "models" / objective / f"seed{seed}"
+        for name in ("model.pt", "summary.json", "log.jsonl", "stage.json"):
+            assert (model / name).is_file(), model / name
+        assert not (model / "last.pt").exists(), "the resumable checkpoint is removed once training ends"
+        assert json.loads((model / "summary.json").read_text())["seed"] == seed
+        for stage in ("train", "dump"):
+            assert (finished / "logs" / EXPERIMENT / stage / objective / f"seed{seed}.log").is_file()
+    assert (finished / "logs" / EXPERIMENT / "prepare.log").is_file()
+
+
+def test_hydra_files_stay_inside_the_output_folders(finished):
+    top = {p.name for p in finished.iterdir()}
+    assert top <= {"conf", "pipeline", "workflow", "results", "logs", ".snakemake"}, top
+    for objective, seed in GRID:
+        for stage in ("models", "dumps"):
+            assert (finished / "results" / EXPERIMENT / stage / objective / f"seed{seed}" / "hydra"
+                    / ".hydra" / "config.yaml").is_file()
+
+
+def _read_tokens(path: Path) -> list[list[str]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.split("\t") for line in lines[1:]]
+
+
+def test_dumps_have_one_row_per_token_and_layer(finished):
+    from pipeline.config import compose
+
+    cfg = compose([f"experiment={EXPERIMENT}"])
+    n_files, d_model = int(cfg.model.n_layers) + 1, int(cfg.model.d_model)
+    dumps = finished / "results" / EXPERIMENT / "dumps"
+    token_ids = {}
+    for objective, seed in GRID:
+        folders = [dumps / objective / f"seed{seed}"]
+        if objective == "mlm" and cfg.dump.mlm_masked:
+            folders.append(folders[0] / "masked")
+        for folder in folders:
+            meta = json.loads((folder / "meta.json").read_text())
+            rows = _read_tokens(folder / "tokens.tsv")
+            assert meta["n_tokens"] == len(rows) > 0
+            assert sorted(p.name for p in folder.glob("layer_*.npy")) == [f"layer_{i:02d}.npy" for i in range(n_files)]
+            for layer in range(n_files):
+                states = np.load(folder / f"layer_{layer:02d}.npy", mmap_mode="r")
+                assert states.shape == (len(rows), d_model)
+                assert states.dtype == np.dtype(str(cfg.dump.dtype))
+                assert np.isfinite(states[:1000]).all()
+            token_ids[folder] = [row[2] for row in rows]
+        assert (folders[0] / "stage.json").is_file()
+    # every model ran over the same probe tokens, so rows line up across dumps
+    assert len({tuple(ids) for ids in token_ids.values()}) == 1
+
+
+def test_second_run_has_nothing_to_do(finished):
+    run = snakemake(finished, "--dry-run", timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "Nothing to be done" in run.stdout + run.stderr, run.stdout[-3000:]
+
+
+def test_dump_setting_reruns_only_the_dumps(finished):
+    run = snakemake(finished, "--dry-run", "--quiet", "rules", overrides=("dump.dtype=float32",), timeout=600)
+    assert run.returncode == 0, run.stderr
+    table = {line.split()[0]: int(line.split()[1]) for line in (run.stdout + run.stderr).splitlines()
+             if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert table.get("dump") == len(GRID) and "train" not in table and "prepare" not in table, table

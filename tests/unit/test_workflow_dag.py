@@ -1,0 +1,140 @@
+"""The Snakemake workflow without running any stage: the DAG of every experiment, the early errors
+for bad settings, and which jobs a changed setting reruns.
+
+Jobs are never executed: dry runs only, plus snakemake's `touch` mode, which marks hand-made
+placeholder outputs as finished (recording the metadata its rerun triggers compare: params, input,
+code) so that the later dry runs see a completed workflow.
+"""
+from __future__ import annotations
+
+import collections
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+snakemake_api = pytest.importorskip("snakemake.api")
+from snakemake.exceptions import WorkflowError  # noqa: E402
+from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness,  # noqa: E402
+                                      ResourceSettings)
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+CONFIGFILE = REPO / "workflow" / "config.yaml"
+GRID = {"prepare": 1, "train": 8, "dump": 8}  # 5 objectives, seeds mt/lm/mlm x2, mt_td/lm_td x1
+PAPER_DATA = ["data.src_file=/nonexistent/train.en", "data.tgt_file=/nonexistent/train.de"]
+
+
+def run_workflow(workdir: Path, config: dict, executor: str = "dryrun", forceall: bool = False) -> list[str]:
+    """Run the workflow in `workdir` with a pseudo-executor (dryrun or touch); returns the outputs
+    of the jobs it schedules (empty: nothing to be done)."""
+    scheduled: list[str] = []
+    with snakemake_api.SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            config_settings=ConfigSettings(config=config, configfiles=[CONFIGFILE]),
+            snakefile=SNAKEFILE, workdir=workdir)
+        dag = workflow.dag(DAGSettings(forceall=forceall))
+        dag.execute_workflow(executor=executor, updated_files=scheduled)
+    return scheduled
+
+
+def jobs_per_rule(outputs: list[str]) -> dict[str, int]:
+    """Jobs of the rules prepare/train/dump, recognised by their main output."""
+    counts: collections.Counter[str] = collections.Counter()
+    for path in map(PurePosixPath, outputs):
+        if path.name == "model.pt" and "models" in path.parts:
+            counts["train"] += 1
+        elif path.name == "stage.json" and "dumps" in path.parts:
+            counts["dump"] += 1
+        elif path.name == "stage.json" and path.parent.name == "data":
+            counts["prepare"] += 1
+    return {rule: counts[rule] for rule in ("prepare", "train", "dump")}
+
+
+# ---------------------------------------------------------------- the DAG of each experiment
+
+@pytest.mark.parametrize("experiment,overrides", [("smoke", []), ("default", []), ("paper", PAPER_DATA)])
+def test_dry_run_schedules_the_whole_grid(tmp_path, experiment, overrides):
+    outputs = run_workflow(tmp_path, {"experiment": experiment, "overrides": overrides})
+    assert jobs_per_rule(outputs) == GRID
+    assert all(path.startswith(f"results/{experiment}/") for path in outputs)
+    assert f"results/{experiment}/models/mlm/seed2/model.pt" in outputs
+    assert f"results/{experiment}/dumps/lm_td/seed1/tokens.tsv" in outputs
+    assert not (tmp_path / "results").exists(), "a dry run must not create outputs"
+
+
+def test_grid_and_results_folder_follow_the_hydra_config(tmp_path):
+    overrides = ["workflow.objectives=[mt,mlm]", "workflow.seeds={mt:[1],mlm:[3,4]}", "paths.results=out/run1"]
+    outputs = run_workflow(tmp_path, {"experiment": "smoke", "overrides": overrides})
+    assert jobs_per_rule(outputs) == {"prepare": 1, "train": 3, "dump": 3}
+    assert sorted(p for p in outputs if p.endswith("model.pt")) == [
+        "out/run1/models/mlm/seed3/model.pt", "out/run1/models/mlm/seed4/model.pt", "out/run1/models/mt/seed1/model.pt"]
+
+
+# ---------------------------------------------------------------- bad settings fail before any job
+
+@pytest.mark.parametrize("config,named", [
+    ({"experiment": "nope"}, ["'experiment'", "nope"]),
+    ({"experiment": "smoke", "overrides": ["model.d_modell=32"]}, ["overrides", "model.d_modell=32"]),
+    ({"experiment": "smoke", "overrides": ["model=huge"]}, ["overrides", "model=huge"]),
+    ({"experiment": "smoke", "overrides": ["model.d_model"]}, ["overrides", "model.d_model"]),
+    ({"experiment": "smoke", "overrides": ["seed=3"]}, ["overrides", "seed=3"]),
+    ({"experiment": "smoke", "overrides": ["workflow.objectives=[mt,nope]"]}, ["workflow.objectives", "nope"]),
+    ({"experiment": "smoke", "overrides": ["workflow.seeds.lm=[]"]}, ["workflow.seeds.lm"]),
+    ({"experiment": "paper"}, ["data.src_file"]),
+    ({"experiment": "smoke", "gpus": 2}, ["gpus"]),
+    ({"experiment": "smoke", "experimnet": "smoke"}, ["experimnet"]),
+])
+def test_bad_setting_fails_before_any_job(tmp_path, config, named):
+    with pytest.raises(WorkflowError) as failure:
+        run_workflow(tmp_path, config)
+    message = str(failure.value)
+    for word in named:
+        assert word in message, f"{word!r} not named in: {message}"
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "logs").exists()
+
+
+# ---------------------------------------------------------------- rerun triggers
+
+@pytest.fixture(scope="module")
+def finished_smoke(tmp_path_factory) -> Path:
+    """A folder where the smoke workflow looks finished: placeholder outputs marked done by
+    snakemake's touch mode (with the metadata of the current config)."""
+    workdir = tmp_path_factory.mktemp("finished_smoke")
+    config = {"experiment": "smoke"}
+    for output in run_workflow(workdir, config):
+        path = workdir / output
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    run_workflow(workdir, config, executor="touch", forceall=True)
+    return workdir
+
+
+NOTHING = {"prepare": 0, "train": 0, "dump": 0}
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ([], NOTHING),
+    # runtime settings change how a stage runs, not what it computes
+    (["train.threads=3", "train.progress=false", "train.device=cpu", "dump.device=cpu"], NOTHING),
+    (["model.d_model=32"], {"prepare": 0, "train": 8, "dump": 8}),
+    (["train.lr=1e-3"], {"prepare": 0, "train": 8, "dump": 8}),
+    (["dump.dtype=float32"], {"prepare": 0, "train": 0, "dump": 8}),
+    (["data.max_len=40"], GRID),
+    (["data.tokenizer.vocab_size=900"], GRID),
+    # a seed more for one objective: only its model and dump
+    (["workflow.seeds.mt=[1,2,3]"], {"prepare": 0, "train": 1, "dump": 1}),
+])
+def test_changed_setting_reruns_exactly_the_affected_jobs(finished_smoke, overrides, expected):
+    outputs = run_workflow(finished_smoke, {"experiment": "smoke", "overrides": overrides})
+    assert jobs_per_rule(outputs) == expected
+
+
+def test_setting_reruns_only_the_models_whose_config_it_changes(finished_smoke):
+    # mt_td and lm_td already train with token_dropout 0.1: their hash is unchanged
+    outputs = run_workflow(finished_smoke, {"experiment": "smoke", "overrides": ["objective.token_dropout=0.1"]})
+    retrained = sorted(str(PurePosixPath(p).parent.relative_to("results/smoke/models"))
+                       for p in outputs if p.endswith("model.pt"))
+    assert retrained == ["lm/seed1", "lm/seed2", "mlm/seed1", "mlm/seed2", "mt/seed1", "mt/seed2"]
+    assert jobs_per_rule(outputs) == {"prepare": 0, "train": 6, "dump": 6}

@@ -1,0 +1,195 @@
+"""Helpers shared by the rules: the resolved Hydra config of every job, the config hash of every
+stage, the grid of objectives x seeds, and the folders outputs and logs go to.
+
+Everything is checked here, while the Snakefile is parsed, so a wrong setting stops the run before
+any job starts, with a message that names the setting.
+
+Rerun triggers: each rule puts the hash of the part of the resolved config its stage depends on in
+`params:` (one of snakemake's default rerun triggers). Editing a YAML file under conf/ or an entry
+of `overrides` therefore reruns exactly the jobs whose hash changes, and what depends on them. The
+overrides reach the shell command through the global HYDRA_ARGS, not through `params:`, so a
+setting that one stage ignores never reruns that stage.
+"""
+import functools
+import os
+import re
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from snakemake.exceptions import WorkflowError
+
+# Parsing uses the pipeline package and Hydra configs of this checkout (the folder above workflow/),
+# installed or not. The jobs, `python -m pipeline.<stage>` run in snakemake's working directory,
+# import the same code when that is the checkout (snakemake run from the repository root) or when
+# the package is installed (pip install -e .).
+_CHECKOUT = str(Path(workflow.basedir).parent)
+if sys.path[0] != _CHECKOUT:
+    sys.path.insert(0, _CHECKOUT)
+
+from pipeline.config import CONFIG_DIR, compose, data_config, to_plain, tokenizer_config, train_config  # noqa: E402
+from pipeline.store import config_hash  # noqa: E402
+
+# The interpreter running snakemake has the pipeline's dependencies (it just imported them).
+PYTHON = sys.executable
+# Overrides the workflow sets itself, per job: users must not set them in `overrides`.
+_RESERVED = re.compile(r"^(\+\+|\+|~)?((experiment|objective|seed)=|hydra[./])")
+# What a path passed as a Hydra override value may contain without Hydra-level quoting.
+_PLAIN_PATH = re.compile(r"^[\w./@+-]+$")
+
+
+def _choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+# ---------------------------------------------------------------- the workflow config
+
+EXPERIMENT = config["experiment"]
+if EXPERIMENT not in _choices("experiment"):
+    raise WorkflowError(
+        f"config key 'experiment': {EXPERIMENT!r} is not an experiment; choose one of "
+        f"{', '.join(_choices('experiment'))} (the files in {CONFIG_DIR / 'experiment'})")
+
+OVERRIDES = list(config["overrides"])
+for _override in OVERRIDES:
+    if _RESERVED.match(_override):
+        raise WorkflowError(
+            f"config key 'overrides': {_override!r} sets what the workflow sets itself "
+            "(experiment: use the config key 'experiment'; objective and seed: use the "
+            "workflow.objectives / workflow.seeds settings; hydra.*: fixed per rule)")
+
+GPUS = int(config["gpus"])
+# Every stage's command line starts with these words (each quoted by `:q` in the shell commands).
+HYDRA_ARGS = [f"experiment={EXPERIMENT}", *OVERRIDES]
+
+
+# ---------------------------------------------------------------- composing the Hydra config
+
+def _compose(*extra: str):
+    """The resolved config of `experiment`, `overrides` and `extra`, as the stage CLIs see it."""
+    try:
+        cfg = compose([*HYDRA_ARGS, *extra])
+        OmegaConf.to_container(cfg, resolve=True)  # interpolation errors surface now, not in a job
+        return cfg
+    except Exception as error:  # Hydra's and OmegaConf's errors: name the override at fault
+        culprit = next((o for o in OVERRIDES if not _composes(o)), None)
+        if culprit is not None:
+            raise WorkflowError(f"config key 'overrides': {culprit!r} is not a valid Hydra override "
+                                f"for experiment {EXPERIMENT}: {error}") from None
+        raise WorkflowError(f"experiment={EXPERIMENT} with overrides {OVERRIDES} {' '.join(extra)} "
+                            f"does not compose: {error}") from None
+
+
+def _composes(override: str) -> bool:
+    try:
+        OmegaConf.to_container(compose([f"experiment={EXPERIMENT}", override]), resolve=True)
+        return True
+    except Exception:
+        return False
+
+
+def _same_path(actual, expected: str, key: str) -> None:
+    if os.path.normpath(str(actual)) != expected:
+        raise WorkflowError(
+            f"setting {key}={actual!r}: the workflow expects {expected!r} (derived from "
+            "paths.results); move outputs with paths.results, not with the per-stage paths.*")
+
+
+BASE = _compose()
+
+RESULTS = os.path.normpath(str(BASE.paths.results))
+if not _PLAIN_PATH.match(RESULTS):
+    raise WorkflowError(f"setting paths.results={RESULTS!r}: use a path of letters, digits and "
+                        "_ . / @ + - only (it is passed to Hydra on the command line)")
+LOGS = f"logs/{BASE.experiment_name}"
+
+
+def results(pattern: str) -> str:
+    """An output path pattern under the experiment's results folder (cfg.paths.results)."""
+    return f"{RESULTS}/{pattern}"
+
+
+def logs(pattern: str) -> str:
+    """A log path pattern under logs/<experiment_name>/."""
+    return f"{LOGS}/{pattern}"
+
+
+_same_path(BASE.paths.data, results("data"), "paths.data")
+_same_path(BASE.paths.tokenizer, results("tokenizer"), "paths.tokenizer")
+
+if BASE.data.format == "parallel":
+    for _key in ("data.src_file", "data.tgt_file"):
+        if not OmegaConf.select(BASE, _key):
+            raise WorkflowError(
+                f"setting {_key} must be set when data.format=parallel (experiment {EXPERIMENT}); "
+                "e.g. --config 'overrides=[\"data.src_file=/data/train.en\",\"data.tgt_file=/data/train.de\"]'")
+
+
+# ---------------------------------------------------------------- the grid of models
+
+def _grid(cfg) -> list[tuple[str, int]]:
+    objectives = OmegaConf.to_container(cfg.workflow.objectives, resolve=True)
+    seeds = OmegaConf.to_container(cfg.workflow.seeds, resolve=True)
+    known = _choices("objective")
+    if not isinstance(objectives, list) or not objectives or not all(isinstance(o, str) for o in objectives):
+        raise WorkflowError(f"setting workflow.objectives={objectives!r}: expected a non-empty list of names")
+    for objective in objectives:
+        if objective not in known:
+            raise WorkflowError(
+                f"setting workflow.objectives: {objective!r} has no conf/objective/{objective}.yaml "
+                f"(known: {', '.join(known)})")
+    if len(set(objectives)) != len(objectives):
+        raise WorkflowError(f"setting workflow.objectives={objectives}: a name is repeated")
+    grid = []
+    for objective in objectives:
+        runs = seeds.get(objective) if isinstance(seeds, dict) else None
+        if (not isinstance(runs, list) or not runs or len(set(runs)) != len(runs)
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in runs)):
+            raise WorkflowError(f"setting workflow.seeds.{objective}={runs!r}: expected a non-empty list "
+                                "of distinct non-negative integers, one entry per objective in workflow.objectives")
+        grid += [(objective, seed) for seed in runs]
+    return grid
+
+
+GRID = _grid(BASE)  # (objective, seed) of every model, in the order of workflow.objectives
+
+
+@functools.cache
+def job_config(objective: str, seed: int):
+    """The resolved config of one model: what `python -m pipeline.train|dump` will see."""
+    cfg = _compose(f"objective={objective}", f"seed={seed}")
+    _same_path(cfg.paths.model, results(f"models/{objective}/seed{seed}"), "paths.model")
+    _same_path(cfg.paths.dump, results(f"dumps/{objective}/seed{seed}"), "paths.dump")
+    if config_hash(tokenizer_config(cfg)) != TOKENIZER_HASH:
+        raise WorkflowError(f"conf/objective/{objective}.yaml changes data settings; every model "
+                            "shares one data split and tokenizer (rule prepare)")
+    return cfg
+
+
+# ---------------------------------------------------------------- config hashes (params:)
+# Each equals the config_hash its stage records in stage.json.
+
+DATA_HASH = config_hash(data_config(BASE))
+TOKENIZER_HASH = config_hash(tokenizer_config(BASE))
+
+
+def train_hash(wildcards) -> str:
+    """Hash of what a model depends on: data, tokenizer, model, objective, training, seed."""
+    return config_hash(train_config(job_config(wildcards.objective, int(wildcards.seed))))
+
+
+def dump_hash(wildcards) -> str:
+    """Hash of what a dump depends on: its model's config and the dump settings but the device
+    (pipeline.dump.dump_config, rebuilt here so that parsing the workflow never imports torch)."""
+    cfg = job_config(wildcards.objective, int(wildcards.seed))
+    settings = {key: value for key, value in to_plain(cfg.dump).items() if key != "device"}
+    return config_hash({**train_config(cfg), "dump": settings})
+
+
+# Compose every model of the grid now: a bad setting fails here, before any job runs.
+for _objective, _seed in GRID:
+    job_config(_objective, _seed)
+
+wildcard_constraints:
+    objective="|".join(map(re.escape, _choices("objective"))),
+    seed=r"0|[1-9][0-9]*",

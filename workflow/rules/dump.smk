@@ -1,0 +1,25 @@
+# Layer-wise activations of one model on the probe sentences. stage.json is written last, so a
+# folder without it (a killed dump) is never taken as finished; tokens.tsv is what the analyses read
+# first.
+
+
+rule dump:
+    input:
+        model=rules.train.output.model,
+        data=rules.prepare.output.data,
+        tokenizer=rules.prepare.output.tokenizer,
+    output:
+        stage=results("dumps/{objective}/seed{seed}/stage.json"),
+        tokens=results("dumps/{objective}/seed{seed}/tokens.tsv"),
+    params:
+        config_hash=dump_hash,
+        run_dir=results("dumps/{objective}/seed{seed}/hydra"),
+    log:
+        logs("dump/{objective}/seed{seed}.log"),
+    threads: 2  # change per run with --set-threads dump=N
+    resources:
+        gpu=GPUS,
+    shell:
+        "OMP_NUM_THREADS={threads} {PYTHON:q} -m pipeline.dump {HYDRA_ARGS:q}"
+        " objective={wildcards.objective} seed={wildcards.seed} hydra.run.dir={params.run_dir:q}"
+        " > {log:q} 2>&1"

@@ -1,0 +1,22 @@
+# One model per objective and seed. pipeline.train checkpoints to last.pt beside model.pt every
+# train.eval_every steps; last.pt is not an output, so snakemake keeps it when a job fails or is
+# killed, and the rerun job resumes from it (model.pt, written at the end, is what marks success).
+
+
+rule train:
+    input:
+        data=rules.prepare.output.data,
+        tokenizer=rules.prepare.output.tokenizer,
+    output:
+        model=results("models/{objective}/seed{seed}/model.pt"),
+    params:
+        config_hash=train_hash,
+        run_dir=results("models/{objective}/seed{seed}/hydra"),
+    log:
+        logs("train/{objective}/seed{seed}.log"),
+    threads: 2  # change per run with --set-threads train=N
+    resources:
+        gpu=GPUS,
+    shell:
+        "{PYTHON:q} -m pipeline.train {HYDRA_ARGS:q} objective={wildcards.objective} seed={wildcards.seed}"
+        " train.threads={threads} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
