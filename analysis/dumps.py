@@ -1,0 +1,157 @@
+"""Reading the activation dumps that `pipeline.dump` writes, and choosing rows of them.
+
+A dump folder holds `layer_00.npy .. layer_LL.npy` (n_tokens x d_model, memory-mapped here),
+`tokens.tsv` (sentence_id, position, token_id, token, sentence_length, freq_rank; MLM's `masked/`
+adds masked, input_id, label_id) and `meta.json`. Every model of an experiment is run over the
+same probe tokens in the same order, so row i means the same token occurrence in every dump.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.dump import MASKED_DIR, META_FILE, layer_file, read_tokens
+from pipeline.store import STAGE_RECORD, PipelineError, read_json
+
+
+@dataclass(frozen=True)
+class Dump:
+    """One model's dump: `tokens` columns (int64 arrays; `token` an array of str) and its layers."""
+
+    folder: Path
+    meta: dict
+    tokens: dict[str, np.ndarray]
+
+    @property
+    def objective(self) -> str:
+        return str(self.meta["objective"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta["seed"])
+
+    @property
+    def kind(self) -> str:
+        """mt | lm | mlm: what the model was trained to do (mt_td is an mt, lm_td an lm)."""
+        return str(self.meta["kind"])
+
+    @property
+    def n_layers(self) -> int:
+        """L: the layers are 0 (embeddings + positions) .. L."""
+        return int(self.meta["n_layers"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.meta["d_model"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.meta["n_tokens"])
+
+    def layer(self, layer: int) -> np.ndarray:
+        """The (n_tokens, d_model) states of `layer`, memory-mapped (dtype as stored: float16 or 32)."""
+        if not 0 <= layer <= self.n_layers:
+            raise IndexError(f"{self.folder} has layers 0..{self.n_layers}, not {layer}")
+        return _open_layer(self.folder / layer_file(layer))
+
+    def states(self, layer: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """Rows of `layer` as a float32 array in memory (all rows when `rows` is None)."""
+        data = self.layer(layer)
+        return np.asarray(data if rows is None else data[rows], dtype=np.float32)
+
+    def masked(self) -> "Dump":
+        """The MLM dump with the input masked as in training (the `masked/` subfolder)."""
+        return load_dump(self.folder / MASKED_DIR)
+
+
+@functools.lru_cache(maxsize=64)
+def _open_layer(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: the dump in {path.parent} is incomplete; run "
+                            "`python -m pipeline.dump` again")
+    return np.load(path, mmap_mode="r")
+
+
+def load_dump(folder: str | Path) -> Dump:
+    """Open a finished dump (or its `masked/` subfolder); fails naming the folder otherwise."""
+    folder = Path(folder)
+    top = folder.parent if folder.name == MASKED_DIR else folder
+    if not (top / STAGE_RECORD).is_file() or not (folder / META_FILE).is_file():
+        raise PipelineError(f"{folder} holds no finished dump: run `python -m pipeline.dump` "
+                            "(or the workflow's dump rule) first")
+    meta = read_json(folder / META_FILE)
+    tokens = read_tokens(folder)
+    n = len(tokens["token_id"])
+    if n != int(meta["n_tokens"]):
+        raise PipelineError(f"{folder}/tokens.tsv has {n} rows but meta.json says {meta['n_tokens']}")
+    return Dump(folder, meta, tokens)
+
+
+# ---------------------------------------------------------------- the models of an experiment
+
+def grid(cfg: DictConfig) -> list[tuple[str, int]]:
+    """(objective, seed) of every model of the experiment, from workflow.objectives / workflow.seeds."""
+    seeds = OmegaConf.to_container(cfg.workflow.seeds, resolve=True)
+    return [(str(o), int(s)) for o in cfg.workflow.objectives for s in seeds[o]]
+
+
+def dump_folder(cfg: DictConfig, objective: str, seed: int) -> Path:
+    """Where the workflow puts the dump of (objective, seed): <paths.results>/dumps/<objective>/seed<n>."""
+    return Path(str(cfg.paths.results)) / "dumps" / objective / f"seed{seed}"
+
+
+def model_file(cfg: DictConfig, objective: str, seed: int) -> Path:
+    """The trained checkpoint of (objective, seed): <paths.results>/models/<objective>/seed<n>/model.pt."""
+    return Path(str(cfg.paths.results)) / "models" / objective / f"seed{seed}" / "model.pt"
+
+
+def load_grid(cfg: DictConfig) -> dict[tuple[str, int], Dump]:
+    """Every model's dump, checked to cover the same token occurrences in the same order."""
+    dumps = {key: load_dump(dump_folder(cfg, *key)) for key in grid(cfg)}
+    check_aligned(list(dumps.values()))
+    return dumps
+
+
+def check_aligned(dumps: list[Dump]) -> None:
+    """Fail unless every dump has the same rows (sentence, position, token) in the same order."""
+    first = dumps[0]
+    for other in dumps[1:]:
+        for column in ("sentence_id", "position", "token_id"):
+            if not np.array_equal(first.tokens[column], other.tokens[column]):
+                raise PipelineError(f"{other.folder} and {first.folder} do not hold the same probe tokens "
+                                    f"(column {column} differs): dump them again with the same data and tokenizer")
+
+
+# ---------------------------------------------------------------- choosing rows
+
+def bucket_edges(cfg: DictConfig) -> list[int]:
+    edges = [int(e) for e in cfg.analysis.buckets]
+    if len(edges) < 2 or edges[0] < 1 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise PipelineError(f"setting analysis.buckets={edges}: expected increasing ranks starting at >= 1")
+    return edges
+
+
+def bucket_labels(edges: list[int]) -> list[str]:
+    """'1-10', '10-25', ...: bucket i holds the ranks [edges[i], edges[i+1])."""
+    return [f"{lo}-{hi}" for lo, hi in zip(edges, edges[1:])]
+
+
+def bucket_index(ranks: np.ndarray, edges: list[int]) -> np.ndarray:
+    """The bucket of each rank (index into bucket_labels), -1 outside [edges[0], edges[-1])."""
+    ranks = np.asarray(ranks)
+    index = np.searchsorted(np.asarray(edges), ranks, side="right") - 1
+    index[(ranks < edges[0]) | (ranks >= edges[-1])] = -1
+    return index
+
+
+def sample_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random subset of `limit` of `n` rows (all rows when limit is None
+    or not smaller than n): the same subset for every model of an experiment."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=int(limit), replace=False))

@@ -1,0 +1,113 @@
+"""The metric tables every measurement writes: CSV files under `paths.metrics`, written atomically,
+each with a `<name>.json` record beside it (the settings, versions and wall time that made it)."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from omegaconf import DictConfig
+
+from pipeline.config import to_plain
+from pipeline.store import PipelineError, config_hash, read_json, versions, write_json, write_text
+
+# Columns of every table, in order (the report and the tests read them by name).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "similarity": ("measure", "objective_a", "seed_a", "objective_b", "seed_b", "layer", "distance", "n_tokens"),
+    "change": ("measure", "objective", "seed", "layer_from", "layer_to", "bucket", "distance", "n_tokens"),
+    "influence": ("measure", "objective", "seed", "layer", "bucket", "distance", "n_pairs"),
+    "mi": ("objective", "seed", "layer", "target", "n_clusters", "mi", "mi_shuffled", "mi_corrected", "n_tokens"),
+    "neighbours": ("objective", "seed", "layer", "property", "k", "metric", "value", "n_queries"),
+    "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked"),
+}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise ValueError(f"row {row} lacks the columns {missing}")
+        writer.writerow([_cell(row[c]) for c in columns])
+    return out.getvalue()
+
+
+def write_table(path: str | Path, table: str, rows: Iterable[dict[str, Any]], settings: Any,
+                started: float | None = None, **extra: Any) -> Path:
+    """Write `rows` as `path` (a CSV with the columns of `table`) and its record `path.json`:
+    the settings it was made with (and their hash), versions, wall time since `started`."""
+    path = Path(path)
+    text = to_csv(rows, COLUMNS[table])
+    write_text(path, text)
+    record = {"table": table, "rows": text.count("\n") - 1, "settings": to_plain(settings),
+              "config_hash": config_hash(to_plain(settings)), "versions": versions(),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    if started is not None:
+        record["wall_time_s"] = round(time.perf_counter() - started, 2)
+    write_json(path.with_suffix(".json"), record)
+    return path
+
+
+def read_table(path: str | Path, table: str | None = None) -> list[dict[str, str]]:
+    """The rows of a metric CSV as dicts of strings; checks the header against `table`'s columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run its measurement first")
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if table is not None and tuple(reader.fieldnames or ()) != COLUMNS[table]:
+            raise PipelineError(f"{path}, line 1: expected the columns {','.join(COLUMNS[table])}")
+        return list(reader)
+
+
+def read_record(path: str | Path) -> dict:
+    """The `.json` record beside a table (settings, versions, wall time)."""
+    return read_json(Path(path).with_suffix(".json"))
+
+
+def section(cfg: DictConfig, name: str) -> dict:
+    """The settings a measurement depends on: its own section plus the shared analysis keys."""
+    a = cfg.analysis
+    return {"measure": name, "buckets": to_plain(a.buckets), "min_bucket_tokens": a.min_bucket_tokens,
+            "sample_seed": a.sample_seed, name: to_plain(a[name])}
+
+
+# ---------------------------------------------------------------- per-model parts of a table
+
+def part_path(cfg: DictConfig, table: str, objective: str | None = None, seed: int | None = None) -> Path:
+    """Where one model's rows of `table` go: <paths.metrics>/<table>/<objective>/seed<n>.csv
+    (objective and seed default to cfg.objective.name and cfg.seed)."""
+    objective = str(cfg.objective.name) if objective is None else objective
+    seed = int(cfg.seed) if seed is None else int(seed)
+    return Path(str(cfg.paths.metrics)) / table / objective / f"seed{seed}.csv"
+
+
+def table_path(cfg: DictConfig, table: str) -> Path:
+    """The whole table: <paths.metrics>/<table>.csv."""
+    return Path(str(cfg.paths.metrics)) / f"{table}.csv"
+
+
+def merge_parts(parts: Sequence[str | Path], out: str | Path, table: str) -> Path:
+    """Concatenate per-model part tables (same columns) into `out`, with a record listing the
+    parts and their wall times."""
+    started = time.perf_counter()
+    rows: list[dict[str, str]] = []
+    records = []
+    for part in parts:
+        rows += read_table(part, table)
+        record = read_record(part)
+        records.append({"part": str(part), "wall_time_s": record.get("wall_time_s"),
+                        "config_hash": record.get("config_hash")})
+    settings = {"merged": [str(p) for p in parts]}
+    return write_table(out, table, rows, settings, started, parts=records)

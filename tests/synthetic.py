@@ -1,0 +1,46 @@
+"""Dumps in the exact on-disk format of `pipeline.dump`, made from given arrays (no model run), for
+tests of the analyses."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.dump import MASKED_COLUMNS, MASKED_DIR, TOKEN_COLUMNS, layer_file, write_token_table
+from pipeline.store import write_json, write_stage_record
+
+
+def token_columns(lengths, token_ids, ranks_of_id, pieces_of_id=None) -> dict:
+    """tokens.tsv columns for sentences of `lengths` holding `token_ids` (flat), ranks by id."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    token_ids = np.asarray(token_ids, dtype=np.int64)
+    assert len(token_ids) == lengths.sum()
+    pieces = [pieces_of_id[i] if pieces_of_id is not None else f"t{i}" for i in token_ids]
+    return {"sentence_id": np.repeat(np.arange(len(lengths)), lengths),
+            "position": np.concatenate([np.arange(n) for n in lengths]),
+            "token_id": token_ids, "token": pieces,
+            "sentence_length": np.repeat(lengths, lengths),
+            "freq_rank": np.asarray(ranks_of_id)[token_ids]}
+
+
+def write_fake_dump(folder: Path, states: list[np.ndarray], columns: dict, objective: str = "lm", seed: int = 1,
+                    kind: str | None = None, masked: tuple[list[np.ndarray], dict] | None = None,
+                    dtype=np.float16) -> Path:
+    """A finished dump in `folder`: one layer file per array of `states` (layer 0..L), tokens.tsv,
+    meta.json, stage.json; `masked` = (states, extra columns masked/input_id/label_id) for MLM."""
+    kind = kind or objective.split("_")[0]
+    sets = [(folder, states, columns, TOKEN_COLUMNS)]
+    if masked is not None:
+        sets.append((folder / MASKED_DIR, masked[0], {**columns, **masked[1]}, MASKED_COLUMNS))
+    for sub, arrays, cols, names in sets:
+        sub.mkdir(parents=True, exist_ok=True)
+        n, d = arrays[0].shape
+        for layer, array in enumerate(arrays):
+            assert array.shape == (n, d)
+            np.save(sub / layer_file(layer), np.asarray(array, dtype=dtype))
+        write_token_table(sub / "tokens.tsv", {c: cols[c] for c in names})
+        write_json(sub / "meta.json", {"n_tokens": n, "n_layers": len(arrays) - 1, "d_model": d,
+                                       "dtype": np.dtype(dtype).name, "objective": objective, "seed": seed,
+                                       "kind": kind, "masked": sub != folder, "columns": list(names)})
+    write_stage_record(folder, "dump", {"fake": True, "objective": objective, "seed": seed})
+    return folder
