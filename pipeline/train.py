@@ -126,7 +126,10 @@ def make_optimizer(model: Model, tcfg: DictConfig) -> torch.optim.Optimizer:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     groups = [{"params": decay, "weight_decay": float(tcfg.weight_decay)}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=float(tcfg.lr), betas=tuple(tcfg.betas))
+    # The fused kernel updates every parameter in one pass; on the CPU the default per-tensor loop
+    # spent as long as forward and backward together on a 10M-parameter model (py-spy, 2 cores).
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    return torch.optim.AdamW(groups, lr=float(tcfg.lr), betas=tuple(tcfg.betas), fused=fused)
 
 
 def lr_factor(tcfg: DictConfig) -> Callable[[int], float]:
