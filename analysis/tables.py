@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 from omegaconf import DictConfig
 
 from pipeline.config import to_plain
@@ -26,8 +27,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else repr(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return "nan" if math.isnan(value) else repr(value)  # repr: the shortest exact round trip
+    if isinstance(value, np.integer):
+        return str(int(value))
     return str(value)
 
 

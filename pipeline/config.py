@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .store import PipelineError
 
@@ -31,7 +31,7 @@ def compose(overrides: Sequence[str] = (), config_dir: str | Path = CONFIG_DIR) 
 
 
 def to_plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
 
 
 def data_config(cfg: DictConfig) -> dict:
