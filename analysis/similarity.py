@@ -1,0 +1,431 @@
+"""Distances between two views of the same samples: PWCCA, SVCCA and linear CKA (METHODS.md §4-6),
+and the table of distances between the models of an experiment, layer by layer.
+
+A view is an (n_samples, n_features) array: n token occurrences (the same in both views) by d
+features. Features are centred first; every measure depends only on the covariances Σxx (d1, d1),
+Σxy (d1, d2), Σyy (d2, d2), so after the Gram products all the work is d x d (decompositions of
+these, never the n x d canonical variates), and each view's covariance is decomposed once
+(`Spectrum`) for all its pairs. Torch, float64 unless `dtype` says otherwise, on the inputs' device
+(CUDA tensors stay on their GPU; numpy arrays run on the CPU). A small ridge, relative to the mean
+variance of the view, keeps rank-deficient views (duplicated or constant features) finite. A view
+without any variance shares nothing with the other: distance 1.
+
+    python -m analysis.similarity experiment=<name> [overrides]
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from analysis.dumps import load_grid, sample_rows
+from analysis.tables import section, table_path, write_table
+from pipeline.config import cli, require
+from pipeline.runtime import resolve_device
+from pipeline.store import PipelineError
+
+log = logging.getLogger("analysis.similarity")
+
+MEASURES = ("pwcca", "svcca", "cka")
+RIDGE = 1e-6           # default ridge, relative to the mean variance (setting analysis.similarity.ridge)
+SVCCA_KEEP = 0.99      # default share of each view's variance SVCCA keeps (analysis.similarity.svcca_variance)
+View = np.ndarray | torch.Tensor
+
+
+# ---------------------------------------------------------------- views and their covariances
+
+def check_samples(n: int, d1: int, d2: int, min_ratio: float = 1.0) -> None:
+    """Raise ValueError unless n > max(d1, d2) and n >= min_ratio * max(d1, d2)."""
+    if not min_ratio > 0:
+        raise ValueError(f"min_ratio={min_ratio!r}: expected a positive number of samples per feature")
+    d = max(d1, d2)
+    least = max(d + 1, math.ceil(min_ratio * d))
+    if n < least:
+        raise ValueError(f"{n} samples for views of {d1} and {d2} features: need at least {least} "
+                         f"(n must exceed max(d1, d2) = {d} and reach min_ratio = {min_ratio} times it), "
+                         f"{least - n} samples short")
+
+
+def _unit(value: float) -> float:
+    """Clamp into [0, 1] what rounding pushed out of it."""
+    return min(max(value, 0.0), 1.0)
+
+
+def centre(x: View, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> torch.Tensor:
+    """A new (n, d) tensor of `x` (n, d) in `dtype` with every feature's mean removed. The first
+    sample is subtracted before the mean, so a constant feature becomes exactly zero."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to(device=device or x.device, dtype=dtype, copy=True)
+    else:
+        t = torch.from_numpy(np.array(x, dtype=torch.empty((), dtype=dtype).numpy().dtype))
+        t = t.to(device or "cpu")
+    if t.ndim != 2 or t.shape[0] < 2:
+        raise ValueError(f"a view must be an (n_samples, n_features) array with n >= 2, got shape {tuple(t.shape)}")
+    t -= t[0].clone()
+    t -= t.mean(0)
+    return t
+
+
+@dataclass(frozen=True, eq=False)
+class Spectrum:
+    """One view's covariance and its eigendecomposition: computed once per view, reused for every
+    pair the view is part of (the ridge is applied when it is used, so it is not part of it)."""
+
+    matrix: torch.Tensor        # (d, d) Σ
+    eigenvalues: torch.Tensor   # (d,) descending, rounding below zero clamped to 0
+    eigenvectors: torch.Tensor  # (d, d), column i belongs to eigenvalues[i]
+
+    @classmethod
+    def of(cls, matrix: torch.Tensor | Spectrum) -> Spectrum:
+        if isinstance(matrix, Spectrum):
+            return matrix
+        if not torch.isfinite(matrix).all():
+            raise ValueError("a covariance holds NaN or infinite values: the view has non-finite entries")
+        values, vectors = torch.linalg.eigh(matrix)  # ascending; symmetric PSD, so eigh, not a general inverse
+        return cls(matrix, values.flip(0).clamp_min(0), vectors.flip(1))
+
+    @property
+    def d(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def rank(self) -> int:
+        """Numerical rank, by numpy's matrix_rank rule: eigenvalues above λ_max x d x eps."""
+        tol = float(self.eigenvalues[0]) * self.d * torch.finfo(self.eigenvalues.dtype).eps
+        return int((self.eigenvalues > tol).sum())
+
+    def kept(self, keep: float) -> int:
+        """SVCCA's reduction: the fewest top directions explaining the share `keep` of the variance."""
+        total = self.eigenvalues.sum()
+        if total <= 0:
+            return 1
+        share = torch.cumsum(self.eigenvalues, 0) / total
+        return min(int((share < keep - 1e-12).sum()) + 1, self.d)
+
+    def whitening(self, ridge: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Basis (d, k) of the top k eigenvectors and the scales (λ_i + r)^-1/2 (k,) that whiten the
+        view inside it; r = ridge x the mean of those k eigenvalues (x 1 when they are all zero)."""
+        values = self.eigenvalues[:k]
+        mean = float(values.mean())
+        r = ridge * (mean if mean > 0 else 1.0)
+        return self.eigenvectors[:, :k], (values + r).rsqrt()
+
+
+@dataclass(frozen=True, eq=False)
+class Covariances:
+    """Covariances of two centred views over the same n samples (normalised by n - 1). Σxx and Σyy
+    may be Spectra, so that a view's decomposition is shared by all its pairs."""
+
+    sxx: torch.Tensor | Spectrum  # (d1, d1)
+    sxy: torch.Tensor             # (d1, d2)
+    syy: torch.Tensor | Spectrum  # (d2, d2)
+    n: int
+
+    def swapped(self) -> Covariances:
+        return Covariances(self.syy, self.sxy.T, self.sxx, self.n)
+
+    def spectra(self, min_ratio: float = 1.0) -> tuple[Spectrum, Spectrum]:
+        """Both views' Spectra, after checking n against the widths (`check_samples`)."""
+        sx, sy = Spectrum.of(self.sxx), Spectrum.of(self.syy)
+        check_samples(self.n, sx.d, sy.d, min_ratio)
+        return sx, sy
+
+
+def covariances(x: View, y: View, dtype: torch.dtype = torch.float64, min_ratio: float = 1.0,
+                device: torch.device | str | None = None) -> Covariances:
+    """Σxx, Σxy, Σyy of x (n, d1) and y (n, d2), centred, on `device` (default: the first CUDA
+    input's device, else the CPU); ValueError when n is too small (`check_samples`)."""
+    device = device or next((v.device for v in (x, y) if isinstance(v, torch.Tensor) and v.device.type != "cpu"),
+                            "cpu")
+    xc, yc = centre(x, dtype, device), centre(y, dtype, device)
+    if xc.shape[0] != yc.shape[0]:
+        raise ValueError(f"the views must hold the same samples: x has {xc.shape[0]} rows, y has {yc.shape[0]}")
+    n = xc.shape[0]
+    check_samples(n, xc.shape[1], yc.shape[1], min_ratio)
+    return Covariances(xc.T @ xc / (n - 1), xc.T @ yc / (n - 1), yc.T @ yc / (n - 1), n)
+
+
+# ---------------------------------------------------------------- CCA, PWCCA, SVCCA, CKA
+
+@dataclass(frozen=True, eq=False)
+class CCA:
+    """Canonical correlation analysis of two views (in SVCCA: of the kept dimensions)."""
+
+    correlations: torch.Tensor  # (k,) descending, in [0, 1]; k = min(d1, d2, rank X, rank Y)
+    x_directions: torch.Tensor  # (d1, k): variates h = X_c @ x_directions have unit variance
+    y_directions: torch.Tensor  # (d2, k): the same for Y, paired with x_directions column by column
+    x_projections: torch.Tensor  # (k, d1): <h_i, x_j> / (n - 1), the canonical variates against X's neurons
+    y_projections: torch.Tensor  # (k, d2)
+    n: int
+
+
+def _cca(sx: Spectrum, sxy: torch.Tensor, sy: Spectrum, n: int, ridge: float, kx: int, ky: int) -> CCA:
+    """CCA inside the top kx / ky eigendirections of each view (all of them: plain CCA; fewer: SVCCA).
+    One code path for both argument orders: the SVD returns min(kx, ky) pairs whichever is wider.
+    There are at most min(rank X, rank Y) canonical pairs: beyond them the correlations are 0 and
+    the directions arbitrary (so would be their PWCCA weights), and they are left out."""
+    if not ridge > 0:
+        raise ValueError(f"ridge={ridge!r}: expected a positive number (relative to the mean variance)")
+    bx, ax = sx.whitening(ridge, kx)  # (d1, kx), (kx,)
+    by, ay = sy.whitening(ridge, ky)
+    m = ax[:, None] * (bx.T @ sxy @ by) * ay[None, :]  # (kx, ky): Σxx^-1/2 Σxy Σyy^-1/2 in the eigenbases
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)  # (kx, k), (k,), (k, ky)
+    k = min(kx, ky, sx.rank, sy.rank)
+    u, s, vh = u[:, :k], s[:k], vh[:k]
+    ux, uy = ax[:, None] * u, ay[:, None] * vh.T
+    # W^T Σ = u^T diag(a λ) B^T, because B^T Σ = diag(λ) B^T for eigenvectors: no n x d variates needed.
+    px = (ux * sx.eigenvalues[:kx, None]).T @ bx.T
+    py = (uy * sy.eigenvalues[:ky, None]).T @ by.T
+    return CCA(s.clamp(0.0, 1.0), bx @ ux, by @ uy, px, py, n)
+
+
+def cca_from_covariances(cov: Covariances, ridge: float = RIDGE, min_ratio: float = 1.0) -> CCA:
+    """CCA (Hotelling 1936) from the covariances of two views."""
+    sx, sy = cov.spectra(min_ratio)
+    return _cca(sx, cov.sxy, sy, cov.n, ridge, sx.d, sy.d)
+
+
+def cca(x: View, y: View, ridge: float = RIDGE, min_ratio: float = 1.0, dtype: torch.dtype = torch.float64) -> CCA:
+    """CCA of x (n, d1) and y (n, d2) over the same n samples, features centred."""
+    return cca_from_covariances(covariances(x, y, dtype, min_ratio), ridge, min_ratio)
+
+
+def _projection_weights(projections: torch.Tensor) -> torch.Tensor:
+    """α_i = Σ_j |<h_i, x_j>|, normalised to sum 1 (k = 0 pairs: empty)."""
+    alpha = projections.abs().sum(1)
+    total = alpha.sum()
+    return alpha / total if total > 0 else alpha
+
+
+@dataclass(frozen=True, eq=False)
+class PWCCA:
+    """Projection-weighted CCA. PWCCA is asymmetric: `x_distance` weighs the correlations by how much
+    of the FIRST view X each canonical variate accounts for (Morcos et al. 2018; google/svcca's
+    compute_pwcca takes the view with fewer neurons instead); `y_distance` by the second view;
+    `distance` is x_distance, or the mean of both when `symmetric`."""
+
+    cca: CCA
+    x_weights: torch.Tensor  # (k,) α from X's neurons, sum 1
+    y_weights: torch.Tensor  # (k,) the same from Y's neurons
+    symmetric: bool
+
+    @property
+    def x_distance(self) -> float:
+        return _unit(1.0 - float(self.x_weights @ self.cca.correlations))
+
+    @property
+    def y_distance(self) -> float:
+        return _unit(1.0 - float(self.y_weights @ self.cca.correlations))
+
+    @property
+    def distance(self) -> float:
+        return (self.x_distance + self.y_distance) / 2 if self.symmetric else self.x_distance
+
+
+def pwcca_from_covariances(cov: Covariances, symmetric: bool = False, ridge: float = RIDGE,
+                           min_ratio: float = 1.0) -> PWCCA:
+    """PWCCA (Morcos, Raghu & Bengio 2018, "Insights on representational similarity in neural
+    networks with canonical correlation") from the covariances of two views."""
+    c = cca_from_covariances(cov, ridge, min_ratio)
+    return PWCCA(c, _projection_weights(c.x_projections), _projection_weights(c.y_projections), symmetric)
+
+
+def pwcca(x: View, y: View, symmetric: bool = False, ridge: float = RIDGE, min_ratio: float = 1.0,
+          dtype: torch.dtype = torch.float64) -> PWCCA:
+    """PWCCA of x (n, d1) and y (n, d2): distance 1 - Σ_i α_i ρ_i with α_i = Σ_j |<h_i, x_j>| over
+    X's neurons x_j (n,) and X's canonical variates h_i (n,), normalised to sum 1. The weights come
+    from the first view x; `symmetric=True` makes `.distance` the mean of both orders."""
+    return pwcca_from_covariances(covariances(x, y, dtype, min_ratio), symmetric, ridge, min_ratio)
+
+
+def pwcca_distance(x: View, y: View, symmetric: bool = False, ridge: float = RIDGE, min_ratio: float = 1.0,
+                   dtype: torch.dtype = torch.float64) -> float:
+    """1 - PWCCA similarity in [0, 1], weights from x (the mean of both orders when `symmetric`)."""
+    return pwcca(x, y, symmetric, ridge, min_ratio, dtype).distance
+
+
+@dataclass(frozen=True, eq=False)
+class SVCCA:
+    """SVCCA: CCA of the views reduced to their top directions; distance = 1 - mean correlation."""
+
+    cca: CCA          # in the reduced views: k = min(x_kept, y_kept)
+    x_kept: int       # directions of X kept by the SVD step
+    y_kept: int
+
+    @property
+    def distance(self) -> float:
+        rho = self.cca.correlations
+        return _unit(1.0 - float(rho.mean())) if len(rho) else 1.0  # no pairs: a view without variance
+
+
+def svcca_from_covariances(cov: Covariances, keep: float = SVCCA_KEEP, ridge: float = RIDGE,
+                           min_ratio: float = 1.0) -> SVCCA:
+    """SVCCA (Raghu, Gilmer, Yosinski & Sohl-Dickstein 2017) from covariances: the SVD of the
+    centred view X_c is X_c = U S V^T with V the eigenvectors of Σxx and S^2 / (n - 1) its
+    eigenvalues, so the reduction to the top directions explaining the share `keep` of each view's
+    variance is read off the eigendecomposition; the ridge is relative to the kept variance."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep={keep!r}: expected the share of variance SVCCA keeps, in (0, 1]")
+    sx, sy = cov.spectra(min_ratio)
+    kx, ky = sx.kept(keep), sy.kept(keep)
+    return SVCCA(_cca(sx, cov.sxy, sy, cov.n, ridge, kx, ky), kx, ky)
+
+
+def svcca(x: View, y: View, keep: float = SVCCA_KEEP, ridge: float = RIDGE, min_ratio: float = 1.0,
+          dtype: torch.dtype = torch.float64) -> SVCCA:
+    """SVCCA of x (n, d1) and y (n, d2) over the same samples (symmetric in x and y)."""
+    return svcca_from_covariances(covariances(x, y, dtype, min_ratio), keep, ridge, min_ratio)
+
+
+def svcca_distance(x: View, y: View, keep: float = SVCCA_KEEP, ridge: float = RIDGE,
+                   min_ratio: float = 1.0, dtype: torch.dtype = torch.float64) -> float:
+    """1 - mean SVCCA correlation, in [0, 1]."""
+    return svcca(x, y, keep, ridge, min_ratio, dtype).distance
+
+
+@dataclass(frozen=True, eq=False)
+class CKA:
+    """Linear CKA = ||Σxy||_F^2 / (||Σxx||_F ||Σyy||_F); 0 when a view has no variance."""
+
+    cross: float   # ||Σxy||_F^2
+    x_norm: float  # ||Σxx||_F
+    y_norm: float  # ||Σyy||_F
+
+    @property
+    def similarity(self) -> float:
+        denominator = self.x_norm * self.y_norm
+        return _unit(self.cross / denominator) if denominator > 0 else 0.0
+
+    @property
+    def distance(self) -> float:
+        return 1.0 - self.similarity
+
+
+def linear_cka_from_covariances(cov: Covariances, min_ratio: float = 1.0) -> CKA:
+    """Linear CKA (Kornblith, Norouzi, Lee & Hinton 2019, "Similarity of neural network
+    representations revisited") from the covariances of two views."""
+    sx, sy = cov.spectra(min_ratio)
+    return CKA(float(cov.sxy.square().sum()), float(torch.linalg.matrix_norm(sx.matrix)),
+               float(torch.linalg.matrix_norm(sy.matrix)))
+
+
+def linear_cka(x: View, y: View, min_ratio: float = 1.0, dtype: torch.dtype = torch.float64) -> CKA:
+    """Linear CKA of x (n, d1) and y (n, d2); invariant to orthogonal maps and isotropic scaling."""
+    return linear_cka_from_covariances(covariances(x, y, dtype, min_ratio), min_ratio)
+
+
+def linear_cka_distance(x: View, y: View, min_ratio: float = 1.0, dtype: torch.dtype = torch.float64) -> float:
+    """1 - linear CKA, in [0, 1]."""
+    return linear_cka(x, y, min_ratio, dtype).distance
+
+
+def distance_from_covariances(measure: str, cov: Covariances, ridge: float = RIDGE, keep: float = SVCCA_KEEP,
+                              min_ratio: float = 1.0) -> float:
+    """The distance `measure` (pwcca: the symmetric mean of both orders; svcca; cka) of two views."""
+    if measure == "pwcca":
+        return pwcca_from_covariances(cov, True, ridge, min_ratio).distance
+    if measure == "svcca":
+        return svcca_from_covariances(cov, keep, ridge, min_ratio).distance
+    if measure == "cka":
+        return linear_cka_from_covariances(cov, min_ratio).distance
+    raise ValueError(f"unknown measure {measure!r}: expected one of {', '.join(MEASURES)}")
+
+
+# ---------------------------------------------------------------- between the models of an experiment
+
+_SETTINGS = {  # analysis.similarity.<key>: (check, what it expects)
+    "measures": (lambda v: v is not None and len(v) > 0 and all(m in MEASURES for m in v),
+                 f"expected a non-empty list of {', '.join(MEASURES)}"),
+    "max_tokens": (lambda v: v is None or (isinstance(v, int) and v > 1), "expected null (all) or an integer > 1"),
+    "ridge": (lambda v: isinstance(v, (int, float)) and v > 0, "expected a positive number"),
+    "svcca_variance": (lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "expected a share in (0, 1]"),
+    "min_ratio": (lambda v: isinstance(v, (int, float)) and v >= 1, "expected tokens per feature, >= 1"),
+}
+
+
+def _settings(cfg: DictConfig) -> dict:
+    return {key: require(cfg, f"analysis.similarity.{key}", check, what) for key, (check, what) in _SETTINGS.items()}
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Decompositions of d x d matrices gain little from threads, and OpenMP's spin-waiting makes
+    them many times slower when other processes share the cores: run them on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Write <paths.metrics>/similarity.csv: for every pair of models of the experiment's grid and
+    every layer 1..L, the distance between their states of the same seeded subset of probe tokens,
+    for each measure of `analysis.similarity.measures`. PWCCA, being asymmetric, is written as the
+    mean of both orders. Pairs of one objective with different seeds are the "init." baseline.
+    Each (model, layer) covariance is computed and decomposed once and shared by all its pairs."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    s = _settings(cfg)
+    device = resolve_device(cfg.analysis.device, "analysis.device")
+    dumps = load_grid(cfg)
+    keys = list(dumps)
+    if len(keys) < 2:
+        raise PipelineError(f"settings workflow.objectives / workflow.seeds give {len(keys)} model: "
+                            "the similarity table needs at least two")
+    layers = {key: d.n_layers for key, d in dumps.items()}
+    if len(set(layers.values())) > 1:
+        raise PipelineError(f"the dumps have different numbers of layers: {layers}")
+    n_layers = layers[keys[0]]
+    rows_idx = sample_rows(dumps[keys[0]].n_tokens, s["max_tokens"], int(cfg.analysis.sample_seed))
+    n, widest = len(rows_idx), max(d.d_model for d in dumps.values())
+    try:
+        check_samples(n, widest, widest, s["min_ratio"])
+    except ValueError as e:
+        raise PipelineError(f"setting analysis.similarity.max_tokens / min_ratio: {e}") from None
+    pairs = list(itertools.combinations(keys, 2))
+    log.info("%d models, %d pairs, layers 1..%d, %d tokens, %s on %s", len(keys), len(pairs), n_layers, n,
+             ",".join(s["measures"]), device)
+    rows = []
+    bar = tqdm(total=n_layers * (len(keys) + 2 * len(pairs)), desc="similarity", disable=None)
+    for layer in range(1, n_layers + 1):
+        # The n x d work, on every thread: each (model, layer) covariance once, each pair's cross-covariance.
+        views = {key: centre(dumps[key].states(layer, rows_idx), device=device) for key in keys}
+        covs = {}
+        for a, b in itertools.combinations_with_replacement(keys, 2):
+            covs[a, b] = views[a].T @ views[b] / (n - 1)  # (d_a, d_b)
+            bar.update()
+        del views
+        bad = [str(dumps[key].folder) for key in keys if not torch.isfinite(covs[key, key]).all()]
+        if bad:
+            raise PipelineError(f"layer {layer} of {', '.join(bad)} holds NaN or infinite states: dump it again")
+        with _one_thread():  # the d x d work: each view decomposed once, then every pair
+            spectra = {key: Spectrum.of(covs[key, key]) for key in keys}
+            for a, b in pairs:
+                for measure in s["measures"]:
+                    cov = Covariances(spectra[a], covs[a, b], spectra[b], n)
+                    distance = distance_from_covariances(measure, cov, s["ridge"], s["svcca_variance"], s["min_ratio"])
+                    rows.append({"measure": measure, "objective_a": a[0], "seed_a": a[1], "objective_b": b[0],
+                                 "seed_b": b[1], "layer": layer, "distance": distance, "n_tokens": n})
+                bar.update()
+    bar.close()
+    out = write_table(table_path(cfg, "similarity"), "similarity", rows, section(cfg, "similarity"), started,
+                      models=[f"{o}/seed{seed}" for o, seed in keys], device=str(device))
+    log.info("wrote %d rows to %s in %.1f s", len(rows), out, time.perf_counter() - started)
+    return out
+
+
+main = cli(run)
+
+if __name__ == "__main__":
+    main()

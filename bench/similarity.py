@@ -1,0 +1,91 @@
+"""Time PWCCA: analysis.similarity (torch, CPU, float64, d x d work after the Gram products) against
+the plain numpy implementation of the paper's equations in tests/reference_similarity.py (explicit
+n x k canonical variates and <h_i, x_j> inner products), on the same views in the same run.
+
+    python bench/similarity.py [--sizes 10000 50000] [--d 512] [--repeats 3]
+
+Two views of realistic structure: x with a decaying spectrum and per-feature offsets, y = x A +
+noise, stored as float32 (as the dumps are read). Each implementation runs once on a small pair
+first (library warm-up, not timed), then `--repeats` times interleaved; the best time of each is
+reported (the machine may be shared), with the ratio and |Δ| of the distances.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the packages are not installed here
+
+from analysis.similarity import pwcca_distance
+from tests import reference_similarity as reference
+
+
+def views(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """x (n, d): features mixed by a random rotation, variances decaying as 1 / i, offsets;
+    y (n, d) = x A + noise with a random A: related but far from identical."""
+    rng = np.random.default_rng(seed)
+    rotation, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    x = (rng.standard_normal((n, d)) / np.sqrt(np.arange(1, d + 1))) @ rotation + rng.uniform(-2, 2, d)
+    a = rng.standard_normal((d, d)) / np.sqrt(d)
+    y = x @ a + 0.3 * rng.standard_normal((n, d)) * x.std(0).mean()
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        numpy_blas = f"{blas['name']} {blas.get('version', '')}".strip()
+    except (TypeError, KeyError):  # older numpy: no dict mode
+        numpy_blas = "unknown BLAS"
+    torch_blas = "MKL" if torch.backends.mkl.is_available() else "non-MKL BLAS"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, "
+            f"load average {load}\ntorch {torch.__version__} ({torch_blas}), numpy {np.__version__} ({numpy_blas}), "
+            f"Python {platform.python_version()}")
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    start = time.perf_counter()
+    value = fn(*args)
+    return time.perf_counter() - start, value
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000], help="numbers of samples n")
+    p.add_argument("--d", type=int, default=512, help="features of each view")
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    print(machine())
+    warm_x, warm_y = views(2 * a.d, a.d, seed=1)
+    pwcca_distance(warm_x, warm_y), reference.pwcca_distance(warm_x, warm_y)
+    print(f"PWCCA distance, d = {a.d}, best of {a.repeats} (interleaved), weights from the first view")
+    print(f"{'n':>7} {'torch s':>9} {'numpy s':>9} {'ratio':>7} {'|Δ|':>9} {'distance':>9}")
+    for n in a.sizes:
+        x, y = views(n, a.d)
+        ours, theirs = [], []
+        for _ in range(a.repeats):
+            t, value = timed(pwcca_distance, x, y)
+            ours.append(t)
+            t, expected = timed(reference.pwcca_distance, x, y)
+            theirs.append(t)
+        print(f"{n:>7} {min(ours):>9.3f} {min(theirs):>9.3f} {min(theirs) / min(ours):>6.1f}x "
+              f"{abs(value - expected):>9.1e} {value:>9.5f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
