@@ -6,8 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from omegaconf import OmegaConf
+
+from pipeline.config import to_plain, train_config
 from pipeline.dump import MASKED_COLUMNS, MASKED_DIR, TOKEN_COLUMNS, layer_file, write_token_table
-from pipeline.store import write_json, write_stage_record
+from pipeline.model import ModelArgs, build_model
+from pipeline.store import config_hash, torch_save, write_json, write_stage_record
 
 
 def token_columns(lengths, token_ids, ranks_of_id, pieces_of_id=None) -> dict:
@@ -44,3 +48,14 @@ def write_fake_dump(folder: Path, states: list[np.ndarray], columns: dict, objec
                                        "kind": kind, "masked": sub != folder, "columns": list(names)})
     write_stage_record(folder, "dump", {"fake": True, "objective": objective, "seed": seed})
     return folder
+
+
+def save_untrained(cfg, tok) -> Path:
+    """model.pt as train.py writes it, with the untrained weights (enough to test the dump)."""
+    args = ModelArgs(d_vocab=tok.vocab_size, pad_id=tok.pad_id, **to_plain(cfg.model))
+    model = build_model(cfg.objective.kind, args, int(cfg.seed)).eval()
+    path = Path(cfg.paths.model) / "model.pt"
+    torch_save({"model": model.checkpoint_args(), "state_dict": model.state_dict(),
+                "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": config_hash(train_config(cfg)),
+                "tokenizer": str(cfg.paths.tokenizer), "summary": {"steps": 0, "note": "untrained (test)"}}, path)
+    return path

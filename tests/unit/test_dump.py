@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from pipeline import dump as dump_mod
-from pipeline.config import compose, to_plain, train_config
+from pipeline.config import compose
 from pipeline.corpus import prepare_data, read_lines
 from pipeline.dump import MASKED_COLUMNS, TOKEN_COLUMNS, dump, layer_file, read_tokens
-from pipeline.model import ModelArgs, build_model, load_model
-from pipeline.store import PipelineError, config_hash, read_json, torch_save
+from pipeline.model import load_model
+from pipeline.store import PipelineError, read_json
 from pipeline.tokenizer import Tokenizer, load_frequency_ranks, train_tokenizer
+from tests.synthetic import save_untrained
 
 REPO = Path(__file__).resolve().parents[2]
 ARCHIVE = REPO.parent / "shared/data/tatoeba-deu-eng/deu-eng.zip"
@@ -38,17 +38,6 @@ FP16 = {"rtol": 1e-3, "atol": 1e-4}
 def make_cfg(root: Path, objective: str = "lm", seed: int = 1, *extra: str):
     return compose(["experiment=smoke", f"paths.results={root}", f"data.archive={ARCHIVE}",
                     f"objective={objective}", f"seed={seed}", "dump.device=cpu", "train.progress=false", *extra])
-
-
-def save_untrained(cfg, tok: Tokenizer) -> Path:
-    """model.pt as train.py writes it, with the untrained weights (enough to test the dump)."""
-    args = ModelArgs(d_vocab=tok.vocab_size, pad_id=tok.pad_id, **to_plain(cfg.model))
-    model = build_model(cfg.objective.kind, args, int(cfg.seed)).eval()
-    path = Path(cfg.paths.model) / "model.pt"
-    torch_save({"model": model.checkpoint_args(), "state_dict": model.state_dict(),
-                "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": config_hash(train_config(cfg)),
-                "tokenizer": str(cfg.paths.tokenizer), "summary": {"steps": 0, "note": "untrained (test)"}}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,87 @@
+"""Amount of change: how far a group of tokens' states move from one layer to the next.
+
+    python -m analysis.change experiment=default objective=mt seed=1 [overrides]
+
+METHODS.md §5 (Voita, Sennrich and Titov 2019, §5.1): for the token occurrences of a group (all
+tokens, or one frequency-rank bucket), the distance between their states at layers l and l+1,
+l = 0..L-1, with the measures of `analysis.change.measures` (PWCCA as in the study; Morcos et al.
+2018). PWCCA is asymmetric; this table reports the symmetric mean of both directions, as the
+task-distance table does.
+
+Buckets are compared at equal sample sizes (see analysis.buckets): every measured bucket
+contributes the same number of tokens, drawn with `analysis.sample_seed`, and the same rows are
+used at every layer pair. Writes `<paths.metrics>/change/<objective>/seed<n>.csv` with the columns
+`measure, objective, seed, layer_from, layer_to, bucket, distance, n_tokens`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from omegaconf import DictConfig
+
+from pipeline.config import cli
+from pipeline.runtime import resolve_device
+from pipeline.store import PipelineError
+
+from .buckets import draw, plan_buckets
+from .dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, sample_rows
+from .measures import distance_fn
+from .tables import part_path, section, write_table
+
+log = logging.getLogger("analysis.change")
+
+
+def token_groups(dump: Dump, cfg: DictConfig) -> tuple[dict[str, np.ndarray], str]:
+    """Rows of each group: `all` (capped by analysis.change.max_tokens) and every bucket that
+    clears the floor, all of one size. Returns (label -> sorted rows, a description for the log)."""
+    a = cfg.analysis
+    edges = bucket_edges(cfg)
+    labels = bucket_labels(edges)
+    index = bucket_index(dump.tokens["freq_rank"], edges)
+    rows_of = {label: np.flatnonzero(index == i) for i, label in enumerate(labels)}
+    plan = plan_buckets(labels, {k: len(v) for k, v in rows_of.items()},
+                        floor=float(a.min_bucket_tokens) * dump.d_model, cap=a.change.max_tokens)
+    rng = np.random.default_rng(int(a.sample_seed))
+    groups = {"all": sample_rows(dump.n_tokens, a.change.max_tokens, int(a.sample_seed))}
+    for label in plan.measured:
+        groups[label] = draw(rows_of[label], plan.size, rng)
+    return groups, plan.describe()
+
+
+def change_rows(dump: Dump, cfg: DictConfig) -> list[dict]:
+    """The rows of the change table for one dump."""
+    measures = list(cfg.analysis.change.measures)
+    if not measures:
+        raise PipelineError("setting analysis.change.measures is empty: name at least one of pwcca, svcca, cka")
+    device = resolve_device(str(cfg.analysis.device), "analysis.device")
+    fns = {m: distance_fn(m, cfg, key="analysis.change.measures") for m in measures}
+    groups, described = token_groups(dump, cfg)
+    log.info("%s seed %d: %d tokens; buckets: %s", dump.objective, dump.seed, dump.n_tokens, described)
+    rows = []
+    from tqdm.auto import tqdm
+
+    for layer in tqdm(range(dump.n_layers), desc=f"change {dump.objective} seed {dump.seed}", unit="layer",
+                      disable=None):
+        lower, upper = dump.states(layer), dump.states(layer + 1)  # (n_tokens, d_model) each
+        for label, idx in groups.items():
+            for measure, fn in fns.items():
+                rows.append({"measure": measure, "objective": dump.objective, "seed": dump.seed,
+                             "layer_from": layer, "layer_to": layer + 1, "bucket": label,
+                             "distance": fn(lower[idx], upper[idx], device), "n_tokens": len(idx)})
+    return rows
+
+
+def run(cfg: DictConfig) -> None:
+    started = time.perf_counter()
+    dump = load_dump(dump_folder(cfg, str(cfg.objective.name), int(cfg.seed)))
+    rows = change_rows(dump, cfg)
+    out = write_table(part_path(cfg, "change"), "change", rows, section(cfg, "change"), started)
+    log.info("wrote %s (%d rows)", out, len(rows))
+
+
+main = cli(run)
+
+if __name__ == "__main__":
+    main()

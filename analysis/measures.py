@@ -1,0 +1,81 @@
+"""The distance measures by name, as the per-model measurements (change, influence) call them, and
+running moments for paired views too large (or too many) to keep in memory.
+
+Every measurement reports a symmetric distance: PWCCA (asymmetric by definition, Morcos et al.
+2018) enters as the mean of its two directions; SVCCA (Raghu et al. 2017) and linear CKA
+(Kornblith et al. 2019) are symmetric already. See analysis.similarity for the definitions; the
+ridge and SVCCA's kept variance are the settings of `analysis.similarity`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from pipeline.store import PipelineError
+
+from .similarity import MEASURES, Covariances, covariances, distance_from_covariances
+
+
+def _check(measure: str, key: str) -> str:
+    if measure not in MEASURES:
+        raise PipelineError(f"setting {key}: unknown measure {measure!r}; expected one of {', '.join(MEASURES)}")
+    return measure
+
+
+def _distance(measure: str, cov: Covariances, cfg: DictConfig) -> float:
+    s = cfg.analysis.similarity
+    # The group sizes are checked by the callers (analysis.buckets): n > d is all CCA itself needs.
+    return distance_from_covariances(measure, cov, float(s.ridge), float(s.svcca_variance), min_ratio=1.0)
+
+
+def distance_fn(measure: str, cfg: DictConfig, key: str) -> Callable[[np.ndarray, np.ndarray, torch.device], float]:
+    """fn(x, y, device) -> the symmetric distance `measure` between views x (n, d1) and y (n, d2)."""
+    _check(measure, key)
+    return lambda x, y, device: _distance(measure, covariances(x, y, device=device), cfg)
+
+
+class Moments:
+    """Running float64 sums of paired rows (a_i, b_i): enough for the covariances of the two views.
+
+    `add` takes (m, d) tensors of any float dtype on the moments' device; memory stays O(d^2).
+    Rows are shifted by the first batch's means before they are summed, so that features whose
+    mean is large next to their spread do not lose their precision to cancellation.
+    """
+
+    def __init__(self, d_a: int, d_b: int | None = None, device: torch.device | str = "cpu") -> None:
+        d_b = d_a if d_b is None else d_b
+        kw = {"dtype": torch.float64, "device": device}
+        self.n = 0
+        self.shift_a = self.shift_b = None
+        self.sum_a, self.sum_b = torch.zeros(d_a, **kw), torch.zeros(d_b, **kw)
+        self.aa, self.bb, self.ab = torch.zeros(d_a, d_a, **kw), torch.zeros(d_b, d_b, **kw), torch.zeros(d_a, d_b, **kw)
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        a, b = a.to(torch.float64), b.to(torch.float64)
+        if self.shift_a is None:
+            self.shift_a, self.shift_b = a.mean(0), b.mean(0)
+        a, b = a - self.shift_a, b - self.shift_b
+        self.n += a.shape[0]
+        self.sum_a += a.sum(0)
+        self.sum_b += b.sum(0)
+        self.aa += a.T @ a
+        self.bb += b.T @ b
+        self.ab += a.T @ b
+
+    def covariances(self) -> Covariances:
+        """The centred covariances (divided by n - 1) of the rows added so far."""
+        if self.n < 2:
+            raise ValueError(f"covariances need at least 2 rows, have {self.n}")
+        ma, mb = self.sum_a / self.n, self.sum_b / self.n
+        scale = 1.0 / (self.n - 1)
+        return Covariances(sxx=(self.aa - self.n * torch.outer(ma, ma)) * scale,
+                           sxy=(self.ab - self.n * torch.outer(ma, mb)) * scale,
+                           syy=(self.bb - self.n * torch.outer(mb, mb)) * scale, n=self.n)
+
+
+def distance_from_moments(measure: str, moments: Moments, cfg: DictConfig, key: str) -> float:
+    """The symmetric distance `measure` between the two views accumulated in `moments`."""
+    return _distance(_check(measure, key), moments.covariances(), cfg)

@@ -1,0 +1,33 @@
+"""Concatenate per-model part tables into one (the workflow's merge rule).
+
+    python -m analysis.merge <table> <out.csv> <part.csv> [<part.csv> ...]
+
+<table> is one of the names in analysis.tables.COLUMNS; every part must have its columns.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.store import PipelineError
+
+from .tables import COLUMNS, merge_parts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.merge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", choices=sorted(COLUMNS))
+    parser.add_argument("out")
+    parser.add_argument("parts", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        out = merge_parts(args.parts, args.out, args.table)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} from {len(args.parts)} parts")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

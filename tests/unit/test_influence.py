@@ -1,0 +1,169 @@
+"""Amount of influence: the batched removal pass against a one-at-a-time computation and against
+deleting the token outright, equal-size buckets, and the table on a real (untrained) dump."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.influence import (choose_influencers, load_matching_model, pairs_per_influencer, removal_mask,
+                                removed_states, removed_states_direct, run)
+from analysis.dumps import bucket_edges, bucket_index, bucket_labels, load_dump
+from analysis.tables import read_table
+from pipeline.config import compose
+from pipeline.corpus import prepare_data, read_lines
+from pipeline.dump import dump
+from pipeline.model import ModelArgs, build_model
+from pipeline.store import PipelineError
+from pipeline.tokenizer import Tokenizer, train_tokenizer
+from tests.synthetic import save_untrained
+
+ARGS = ModelArgs(d_vocab=60, pad_id=0, n_layers=3, n_dec_layers=1, d_model=32, n_heads=4, d_mlp=64,
+                 dropout=0.0, n_ctx=40)
+REPO = Path(__file__).resolve().parents[2]
+ARCHIVE = REPO.parent / "shared/data/tatoeba-deu-eng/deu-eng.zip"
+
+
+def sentences(lengths, seed=0):
+    """[bos] x_1..x_n [eos] + padding, for each n in lengths -> (tokens (B, T), states of every layer)."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths) + 2
+    tokens = torch.zeros(len(lengths), T, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        tokens[b, 0], tokens[b, n + 1] = 2, 3
+        tokens[b, 1:n + 1] = torch.randint(5, ARGS.d_vocab, (n,), generator=g)
+    return tokens
+
+
+@pytest.mark.parametrize("kind", ["lm", "mlm", "mt"])
+def test_batched_removal_equals_one_at_a_time(kind):
+    model = build_model(kind, ARGS, seed=3).eval()
+    lengths = [5, 9, 2, 7]
+    tokens = sentences(lengths)
+    mask = model.stack.mask(tokens)
+    _, states = model.encode(tokens, return_states=True)
+    owner = torch.tensor([b for b, n in enumerate(lengths) for _ in range(n)])
+    removed = torch.tensor([p + 1 for n in lengths for p in range(n)])
+    for layer in range(1, ARGS.n_layers + 1):
+        block = model.stack.blocks[layer - 1]
+        batched = removed_states(block, states[layer - 1], mask, owner, removed)
+        direct = removed_states_direct(block, states[layer - 1], mask, owner, removed)
+        torch.testing.assert_close(batched, direct, rtol=1e-5, atol=1e-5)
+
+
+def test_removal_equals_deleting_the_token_from_the_layer_input():
+    """For a bidirectional stack, hiding key j from every other query is the same as running the
+    block on the sentence without row j (positions are already in the layer n-1 states)."""
+    model = build_model("mlm", ARGS, seed=4).eval()
+    tokens = sentences([8])
+    _, states = model.encode(tokens, return_states=True)
+    mask = model.stack.mask(tokens)
+    block = model.stack.blocks[1]
+    for j in (1, 4, 8):
+        out = removed_states(block, states[1], mask, torch.tensor([0]), torch.tensor([j]))[0]
+        keep = [i for i in range(tokens.shape[1]) if i != j]
+        without = block(states[1][:, keep], model.stack.mask(tokens[:, keep]))[0]
+        torch.testing.assert_close(out[keep], without, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(out[keep], states[2][0, keep], atol=1e-4), "removing a key changed nothing"
+
+
+def test_causal_removal_changes_only_later_tokens():
+    model = build_model("lm", ARGS, seed=5).eval()
+    tokens = sentences([9])
+    _, states = model.encode(tokens, return_states=True)
+    out = removed_states(model.stack.blocks[0], states[0], model.stack.mask(tokens), torch.tensor([0]), torch.tensor([4]))[0]
+    torch.testing.assert_close(out[:5], states[1][0, :5])  # the token itself and everything before it
+    assert (out[5:10] - states[1][0, 5:10]).abs().amax(-1).min() > 1e-5
+
+
+def test_removal_mask_keeps_the_own_row_and_every_other_key():
+    mask = torch.ones(2, 1, 4, 4, dtype=torch.bool)
+    out = removal_mask(mask, torch.tensor([1, 3]))
+    assert out[0, 0, :, 1].tolist() == [False, True, False, False]
+    assert out[1, 0, :, 3].tolist() == [False, False, False, True]
+    assert int(out.sum()) == 2 * 16 - 2 * 3
+
+
+def test_pairs_per_influencer():
+    pos, length = np.array([0, 1, 2, 0]), np.array([3, 3, 3, 1])
+    assert pairs_per_influencer(pos, length, "all", causal=True).tolist() == [2, 2, 2, 0]
+    assert pairs_per_influencer(pos, length, "later", causal=True).tolist() == [2, 1, 0, 0]
+    assert pairs_per_influencer(pos, length, "later", causal=False).tolist() == [2, 2, 2, 0]
+    with pytest.raises(PipelineError, match="analysis.influence.affected"):
+        pairs_per_influencer(pos, length, "some", causal=False)
+
+
+# ---------------------------------------------------------------- on a real dump of an untrained model
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    if not ARCHIVE.is_file():
+        pytest.skip(f"the Tatoeba archive {ARCHIVE} is not available")
+    root = tmp_path_factory.mktemp("influence")
+
+    def cfg(objective="lm", *extra, seed=1):
+        return compose(["experiment=smoke", f"paths.results={root}", f"data.archive={ARCHIVE}", f"objective={objective}",
+                        f"seed={seed}", "dump.device=cpu", "train.progress=false", "analysis.influence.max_sentences=60",
+                        "analysis.min_bucket_tokens=1", *extra])
+
+    prepare_data(cfg())
+    train_tokenizer(cfg())
+    probe = Path(cfg().paths.data) / "probe.txt"
+    probe.write_text("".join(f"{line}\n" for line in read_lines(probe)[:80]), encoding="utf-8")
+    tok = Tokenizer.load(cfg().paths.tokenizer)
+    for objective in ("lm", "mlm"):
+        save_untrained(cfg(objective), tok)
+        dump(cfg(objective))
+    return cfg
+
+
+def test_buckets_get_equal_numbers_of_pairs(experiment):
+    cfg = experiment("mlm")
+    d = load_dump(Path(cfg.paths.dump))
+    chosen, row_bucket, _ = choose_influencers(d, cfg)
+    t = d.tokens
+    first = {int(s): int(np.flatnonzero(t["sentence_id"] == s)[0]) for s in chosen}
+    pairs: dict[int, int] = {}
+    for s, positions in chosen.items():
+        assert len(set(positions)) == len(positions)
+        for p in positions:
+            k = int(row_bucket[first[s] + p])
+            assert k >= 0
+            pairs[k] = pairs.get(k, 0) + int(t["sentence_length"][first[s]]) - 1
+    edges = bucket_edges(cfg)
+    present = set(bucket_index(t["freq_rank"], edges).tolist()) - {-1}
+    assert len(pairs) >= 2 and set(pairs) <= present
+    longest = int(t["sentence_length"].max())
+    assert max(pairs.values()) - min(pairs.values()) < longest  # equal up to one sentence's overshoot
+
+
+def test_table_on_a_dump(experiment):
+    cfg = experiment("lm")
+    run(cfg)
+    rows = read_table(Path(cfg.paths.metrics) / "influence" / "lm" / "seed1.csv", "influence")
+    labels = bucket_labels(bucket_edges(cfg))
+    layers = {int(r["layer"]) for r in rows}
+    assert layers == set(range(1, int(cfg.model.n_layers) + 1))
+    for r in rows:
+        assert r["bucket"] in labels and r["measure"] == "pwcca"
+        assert 0.0 <= float(r["distance"]) <= 1.0
+        assert int(r["n_pairs"]) > int(cfg.model.d_model)
+    per_layer = {}
+    for r in rows:
+        per_layer.setdefault(r["layer"], set()).add(r["bucket"])
+    assert len({frozenset(b) for b in per_layer.values()}) == 1, "every layer measures the same buckets"
+
+
+def test_checkpoint_must_match_the_dump(experiment, tmp_path):
+    cfg = experiment("lm")
+    d = load_dump(Path(cfg.paths.dump))
+    path = Path(cfg.paths.model) / "model.pt"
+    original = path.read_bytes()
+    try:
+        save_untrained(experiment("lm", f"paths.model={path.parent}", seed=2), Tokenizer.load(cfg.paths.tokenizer))
+        with pytest.raises(PipelineError, match="not the checkpoint"):
+            load_matching_model(cfg, d, torch.device("cpu"))
+    finally:
+        path.write_bytes(original)
