@@ -1,0 +1,356 @@
+"""The report's figures, drawn with matplotlib (Agg) from typed table rows and returned as bytes.
+
+Every layer-wise curve is the mean over seeds; with more than one seed a band spans their minimum to
+maximum. The study's numbers (`analysis.reference`) are drawn as dashed lines, at relative depth
+when this run's stack has another number of layers than the study's six.
+"""
+from __future__ import annotations
+
+import io
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from . import reference  # noqa: E402
+from .reference import Curve, scaled_layers  # noqa: E402
+
+Rows = Sequence[Mapping[str, Any]]
+COLOURS = {"mt": "#1f6fb4", "mt_td": "#86b9e3", "lm": "#c8321e", "lm_td": "#f0a08f", "mlm": "#2f9a3c"}
+_EXTRA = ["#8e5bb5", "#a66a1e", "#4d4d4d", "#d4a017", "#17a2b8"]
+PAIR_COLOURS = {("mlm", "mt"): "#6a3d9a", ("lm", "mt"): "#e08214", ("lm", "mlm"): "#1b9e9e"}
+PROPERTIES = ("identity", "position", "left_token", "right_token")
+PROPERTY_TITLES = {"identity": "same token (share)", "position": "|Δ position| (same type)",
+                   "left_token": "same left token (share)", "right_token": "same right token (share)"}
+
+plt.rcParams.update({"svg.hashsalt": "bottom-up-evolution", "font.size": 9, "axes.titlesize": 10,
+                     "axes.spines.top": False, "axes.spines.right": False, "legend.fontsize": 8,
+                     "legend.frameon": False})
+
+
+@dataclass(frozen=True)
+class Style:
+    """How figures are stored: svg (vector; scatter points rasterised at `dpi`) or png."""
+
+    fmt: str = "svg"
+    dpi: int = 110
+
+    def __post_init__(self) -> None:
+        if self.fmt not in ("svg", "png"):
+            raise ValueError(f"setting analysis.report.figure_format={self.fmt!r}: expected svg or png")
+
+
+def colour(objective: str) -> str:
+    if objective not in COLOURS:
+        COLOURS[objective] = _EXTRA[(len(COLOURS) - 5) % len(_EXTRA)]
+    return COLOURS[objective]
+
+
+def render(fig, style: Style) -> tuple[bytes, str]:
+    """(bytes, MIME type) of `fig`, closed afterwards."""
+    buf = io.BytesIO()
+    try:
+        if style.fmt == "png":
+            fig.savefig(buf, format="png", dpi=style.dpi, bbox_inches="tight", metadata={"Software": None})
+            return buf.getvalue(), "image/png"
+        fig.savefig(buf, format="svg", dpi=style.dpi, bbox_inches="tight", metadata={"Date": None})
+        return buf.getvalue(), "image/svg+xml"
+    finally:
+        plt.close(fig)
+
+
+def panels(n: int, ncols: int, width: float = 3.4, height: float = 2.6, sharey: bool = False):
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                             sharey=sharey, layout="constrained")
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def spread(rows: Rows, x: str, value: str, **where: Any) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(xs, mean, min, max, most values at one x) of `value` over the rows matching `where`."""
+    groups: dict[Any, list[float]] = defaultdict(list)
+    for row in rows:
+        if all(row.get(k) == v for k, v in where.items()) and not np.isnan(float(row[value])):
+            groups[row[x]].append(float(row[value]))
+    xs = sorted(groups)
+    vals = [groups[k] for k in xs]
+    return (xs, np.array([statistics.fmean(v) for v in vals]), np.array([min(v) for v in vals]),
+            np.array([max(v) for v in vals]), max((len(v) for v in vals), default=0))
+
+
+def draw_spread(ax, rows: Rows, x: str, value: str, colour_: str, label: str, lw: float = 1.6,
+                ls: str = "-", **where: Any) -> bool:
+    xs, mean, lo, hi, n = spread(rows, x, value, **where)
+    if not xs:
+        return False
+    ax.plot(xs, mean, color=colour_, lw=lw, ls=ls, marker="o", ms=2.5, label=label)
+    if n > 1:
+        ax.fill_between(xs, lo, hi, color=colour_, alpha=0.18, lw=0)
+    return True
+
+
+def draw_reference(ax, curve: Curve | None, n_layers: int, colour_: str = "black", label: str | None = None,
+                   offset: float = 0.0) -> None:
+    if curve is not None:
+        ax.plot([x + offset for x in scaled_layers(curve, n_layers)], curve.values, ls="--", lw=1.1,
+                color=colour_, alpha=0.75, label=label)
+
+
+def legend(ax, **kwargs) -> None:
+    """A legend when something labelled was drawn (matplotlib warns otherwise)."""
+    if any(not label.startswith("_") for label in ax.get_legend_handles_labels()[1]):
+        ax.legend(**kwargs)
+
+
+def layer_axis(ax, label: str = "layer") -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(label)
+
+
+# ---------------------------------------------------------------- setup
+
+def training_curves(logs: Mapping[str, Mapping[int, list[dict]]], style: Style) -> tuple[bytes, str] | None:
+    """Train and dev loss against steps; one panel per objective, one colour shade per seed."""
+    objectives = [o for o, runs in logs.items() if any(runs.values())]
+    if not objectives:
+        return None
+    fig, axes = panels(len(objectives), 3)
+    for ax, objective in zip(axes, objectives):
+        for i, (seed, log) in enumerate(sorted(logs[objective].items())):
+            steps = [e["step"] for e in log]
+            alpha = 1.0 if i == 0 else 0.6
+            if any("dev_loss" in e for e in log):
+                ax.plot(steps, [e.get("dev_loss", np.nan) for e in log], color=colour(objective), alpha=alpha,
+                        marker="o", ms=2, label=f"dev, seed {seed}")
+            if any("train_loss" in e for e in log):
+                ax.plot(steps, [e.get("train_loss", np.nan) for e in log], color=colour(objective), ls=":",
+                        alpha=alpha, label=f"train, seed {seed}")
+        ax.set_title(objective)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        legend(ax)
+    return render(fig, style)
+
+
+# ---------------------------------------------------------------- mutual information
+
+def mi_panels(rows: Rows, which: Sequence[tuple[str, str]], n_clusters: int, n_layers: int,
+              style: Style) -> tuple[bytes, str]:
+    """Per (objective, target): the plug-in MI, its chance level (labels shuffled), the corrected MI
+    (plug-in minus chance) and the study's plug-in values."""
+    fig, axes = panels(len(which), 3, sharey=False)
+    for i, (ax, (objective, target)) in enumerate(zip(axes, which)):
+        where = {"objective": objective, "target": target, "n_clusters": n_clusters}
+        c = colour(objective)
+        draw_spread(ax, rows, "layer", "mi", c, "plug-in MI", lw=1.0, ls="-.", **where)
+        draw_spread(ax, rows, "layer", "mi_shuffled", "#888888", "chance (shuffled)", lw=1.0, ls=":", **where)
+        draw_spread(ax, rows, "layer", "mi_corrected", c, "corrected", lw=2.0, **where)
+        draw_reference(ax, reference.MI.get((objective, target)), n_layers, label="study (plug-in)")
+        ax.set_title(f"{objective}: {target}")
+        ax.set_ylabel("nats")
+        layer_axis(ax)
+        if i == 0:
+            legend(ax)
+    return render(fig, style)
+
+
+def mi_sweep(rows: Rows, which: Sequence[tuple[str, str]], style: Style) -> tuple[bytes, str]:
+    """Corrected MI (solid) and chance level (dotted) per number of clusters."""
+    fig, axes = panels(len(which), 3)
+    for ax, (objective, target) in zip(axes, which):
+        mine = [r for r in rows if r["objective"] == objective and r["target"] == target]
+        counts = sorted({r["n_clusters"] for r in mine})
+        shades = plt.cm.viridis(np.linspace(0.1, 0.85, max(len(counts), 1)))
+        for k, shade in zip(counts, shades):
+            draw_spread(ax, mine, "layer", "mi_corrected", shade, f"{k} clusters", n_clusters=k)
+            draw_spread(ax, mine, "layer", "mi_shuffled", shade, "_", lw=1.0, ls=":", n_clusters=k)
+        ax.set_title(f"{objective}: {target}")
+        ax.set_ylabel("nats (dotted: chance)")
+        layer_axis(ax)
+        legend(ax)
+    return render(fig, style)
+
+
+# ---------------------------------------------------------------- similarity, change, influence
+
+def similarity(rows: Rows, measures: Sequence[str], pairs: Sequence[tuple[str, str]], n_layers: int,
+               style: Style) -> tuple[bytes, str]:
+    """Distance at each layer between two objectives (band: seed pairs) and each objective's seed
+    baseline (same objective, different seeds, grey); the study's PWCCA dashed."""
+    fig, axes = panels(len(measures), 3, width=3.8, height=3.0)
+    for i, (ax, measure) in enumerate(zip(axes, measures)):
+        mine = [r for r in rows if r["measure"] == measure]
+        for a, b in pairs:
+            pair_rows = [r for r in mine if {r["objective_a"], r["objective_b"]} == {a, b} and a != b]
+            c = PAIR_COLOURS.get(reference.pair_key(a, b), "#555555")
+            draw_spread(ax, pair_rows, "layer", "distance", c, f"{a}–{b}")
+            if measure == "pwcca":
+                draw_reference(ax, reference.PWCCA.get(reference.pair_key(a, b)), n_layers, c)
+        objectives = sorted({r["objective_a"] for r in mine if r["objective_a"] == r["objective_b"]})
+        for j, objective in enumerate(objectives):
+            base = [r for r in mine if r["objective_a"] == r["objective_b"] == objective and r["seed_a"] != r["seed_b"]]
+            draw_spread(ax, base, "layer", "distance", "#9a9a9a", f"seed baselines ({', '.join(objectives)})"
+                        if j == 0 else "_", lw=1.0, ls=":")
+        if measure == "pwcca":
+            ax.axhspan(*reference.PWCCA_SEED_BASELINE, color="#cccccc", alpha=0.3, lw=0, label="study: seeds")
+        ax.set_title(measure.upper())
+        ax.set_ylabel("distance (1 − similarity)")
+        layer_axis(ax)
+        if i == 0:
+            legend(ax, fontsize=7)
+    return render(fig, style)
+
+
+def change_all(rows: Rows, objectives: Sequence[str], measure: str, n_layers: int, style: Style) -> tuple[bytes, str]:
+    """Distance between the states of all tokens at layers l-1 and l, per objective."""
+    fig, (ax,) = panels(1, 1, width=5.5, height=3.4)
+    for objective in objectives:
+        if draw_spread(ax, rows, "layer_to", "distance", colour(objective), objective,
+                       objective=objective, bucket="all", measure=measure):
+            draw_reference(ax, reference.CHANGE.get(objective), n_layers, colour(objective))
+    ax.set_ylabel(f"{measure.upper()} distance, layer l−1 → l")
+    layer_axis(ax, "l (transition l−1 → l)")
+    legend(ax)
+    return render(fig, style)
+
+
+def bucket_order(buckets) -> list[str]:
+    """Frequency buckets from frequent to rare ('1-10' < '10-25' < ...; others last)."""
+    def start(b: str) -> float:
+        try:
+            return float(b.split("-")[0])
+        except ValueError:
+            return float("inf")
+    return sorted(set(buckets), key=start)
+
+
+def change_by_bucket(rows: Rows, objectives: Sequence[str], measure: str, style: Style) -> tuple[bytes, str]:
+    """Per objective: the change of each frequency bucket's tokens (viridis: frequent dark, rare light)."""
+    mine = [r for r in rows if r["measure"] == measure and r["bucket"] != "all"]
+    buckets = bucket_order(r["bucket"] for r in mine)
+    shades = dict(zip(buckets, plt.cm.viridis(np.linspace(0, 0.92, max(len(buckets), 1)))))
+    fig, axes = panels(len(objectives), 3, sharey=True)
+    for ax, objective in zip(axes, objectives):
+        for bucket in buckets:
+            draw_spread(ax, mine, "layer_to", "distance", shades[bucket], bucket, lw=1.2,
+                        objective=objective, bucket=bucket)
+        ax.set_title(objective)
+        layer_axis(ax, "l (transition l−1 → l)")
+    axes[0].set_ylabel(f"{measure.upper()} distance")
+    legend(axes[-1], title="rank bucket", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return render(fig, style)
+
+
+def influence(rows: Rows, layout: Sequence[Sequence[str]], measure: str, style: Style) -> tuple[bytes, str]:
+    """Per objective (a row per kind: the base objective, then its token-dropout variant beside it):
+    influence of each frequency bucket's tokens, one line per layer."""
+    mine = [r for r in rows if r["measure"] == measure and r["bucket"] != "all"]
+    buckets = bucket_order(r["bucket"] for r in mine)
+    layers = sorted({r["layer"] for r in mine})
+    shades = dict(zip(layers, plt.cm.plasma(np.linspace(0, 0.85, max(len(layers), 1)))))
+    ncols = max(len(row) for row in layout)
+    fig, grid = plt.subplots(len(layout), ncols, figsize=(4.2 * ncols, 2.7 * len(layout)), squeeze=False,
+                             sharey=True, layout="constrained")
+    for r, row in enumerate(layout):
+        for c in range(ncols):
+            ax = grid[r][c]
+            if c >= len(row):
+                ax.set_visible(False)
+                continue
+            objective = row[c]
+            for layer in layers:
+                xs, mean, lo, hi, n = spread([x for x in mine if x["objective"] == objective and x["layer"] == layer],
+                                             "bucket", "distance")
+                pos = [buckets.index(b) for b in xs]
+                order = np.argsort(pos)
+                pos, mean, lo, hi = np.asarray(pos)[order], mean[order], lo[order], hi[order]
+                if len(pos):
+                    ax.plot(pos, mean, color=shades[layer], marker="o", ms=2.5, lw=1.3, label=f"layer {layer}")
+                    if n > 1:
+                        ax.fill_between(pos, lo, hi, color=shades[layer], alpha=0.15, lw=0)
+            ax.set_title(objective)
+            ax.set_xticks(range(len(buckets)), buckets, rotation=45, ha="right", fontsize=7)
+            ax.set_ylabel(f"{measure.upper()} distance")
+    legend(grid[0][0])
+    return render(fig, style)
+
+
+# ---------------------------------------------------------------- neighbours, t-SNE
+
+def neighbours(rows: Rows, objectives: Sequence[str], n_layers: int, style: Style) -> tuple[bytes, str]:
+    """Per property: the seed-mean value per layer for each objective; the study's endpoints dashed."""
+    present = [p for p in PROPERTIES if any(r["property"] == p for r in rows)]
+    fig, axes = panels(len(present), 4, width=3.0, height=2.8)
+    for i, (ax, prop) in enumerate(zip(axes, present)):
+        for objective in objectives:
+            if draw_spread(ax, rows, "layer", "value", colour(objective), objective,
+                           objective=objective, property=prop):
+                draw_reference(ax, reference.NEIGHBOURS.get((objective, prop)), n_layers, colour(objective))
+        ax.set_title(PROPERTY_TITLES[prop])
+        layer_axis(ax)
+        if i == 0:
+            legend(ax)
+    return render(fig, style)
+
+
+def tsne_grid(rows: Rows, objectives: Sequence[str], layers: Sequence[int], colour_by: str,
+              max_points: int, style: Style, seed: int = 0) -> tuple[bytes, str]:
+    """t-SNE points: a row per objective, a column per layer. `colour_by`: token (a colour per
+    word; masked occurrences drawn as black crosses when the set has them) or position."""
+    fig, grid = plt.subplots(len(objectives), len(layers), figsize=(1.9 * len(layers) + 1.2, 1.9 * len(objectives)),
+                             squeeze=False, layout="constrained")
+    tokens = sorted({r["token"] for r in rows})
+    palette = dict(zip(tokens, plt.cm.tab10(np.arange(len(tokens)) % 10)))
+    positions = [r["position"] for r in rows] or [0]
+    norm = plt.Normalize(min(positions), max(positions))
+    rng = np.random.default_rng(seed)
+    by_panel: dict[tuple[str, int], list] = defaultdict(list)
+    for row in rows:
+        by_panel[(row["objective"], row["layer"])].append(row)
+    scatter = None
+    for i, objective in enumerate(objectives):
+        for j, layer in enumerate(layers):
+            ax = grid[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ("top", "right"):
+                ax.spines[side].set_visible(True)
+            pts = by_panel.get((objective, layer), [])
+            if len(pts) > max_points:
+                pts = [pts[k] for k in sorted(rng.choice(len(pts), max_points, replace=False))]
+            if i == 0:
+                ax.set_title(f"layer {layer}")
+            if j == 0:
+                ax.set_ylabel(objective)
+            if not pts:
+                ax.text(0.5, 0.5, "no points", ha="center", va="center", transform=ax.transAxes, color="#888888")
+                continue
+            x, y = np.array([p["x"] for p in pts]), np.array([p["y"] for p in pts])
+            masked = np.array([bool(p.get("masked")) for p in pts])
+            if colour_by == "position":
+                scatter = ax.scatter(x, y, c=[p["position"] for p in pts], cmap="viridis", norm=norm, s=5,
+                                     lw=0, rasterized=True)
+            else:
+                ax.scatter(x[~masked], y[~masked], c=[palette[p["token"]] for p, m in zip(pts, masked) if not m],
+                           s=5, lw=0, rasterized=True)
+                if masked.any():
+                    ax.scatter(x[masked], y[masked], c="black", marker="x", s=6, lw=0.6, rasterized=True)
+    if colour_by == "position" and scatter is not None:
+        fig.colorbar(scatter, ax=grid[:, -1].tolist(), label="position", shrink=0.8)
+    elif colour_by != "position":
+        handles = [plt.Line2D([], [], ls="", marker="o", color=palette[t], label=t) for t in tokens]
+        if any(r.get("masked") for r in rows):
+            handles.append(plt.Line2D([], [], ls="", marker="x", color="black", label="[MASK]ed"))
+        fig.legend(handles=handles, loc="outside right center")
+    return render(fig, style)

@@ -1,0 +1,280 @@
+"""The experiment's report: one self-contained HTML page.
+
+    python -m analysis.report experiment=default [overrides]
+
+Reads everything under `paths.results` (the metric tables, every model's summary and training log,
+the data / tokenizer / dump records, Snakemake's benchmark files; `analysis.gather`), checks the
+study's claims against the tables (`analysis.claims`), draws the figures (`analysis.figures`) and
+writes `<paths.report>/report.html` atomically. Any input may be missing: its section then says
+"not measured" and why. Settings: `analysis.report` in conf/analysis/default.yaml.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import cli, require, to_plain
+from pipeline.store import PipelineError, config_hash, versions, write_text
+
+from . import claims, gather
+from .claims import Criteria, check_all
+from .html import (Section, details, esc, figure, key_values, not_measured, note, page, para, pre, table,
+                   verdict_cell)
+
+log = logging.getLogger("analysis.report")
+REPORT_FILE = "report.html"
+_RUNTIME_KEYS = {"device", "progress", "threads"}
+QUALITY = {"mt": ("BLEU", "bleu"), "lm": ("perplexity", "perplexity"), "mlm": ("masked accuracy", "accuracy")}
+
+
+def report_path(cfg: DictConfig) -> Path:
+    return Path(str(cfg.paths.report)) / REPORT_FILE
+
+
+def report_config(cfg: DictConfig) -> dict:
+    """What the report depends on besides its input files: the resolved config it shows, without
+    Hydra's own keys and the settings that change how stages run but not what they compute."""
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in _RUNTIME_KEYS}
+        return node
+
+    plain = to_plain(cfg)
+    plain.pop("hydra", None)
+    return strip(plain)
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Reject bad report settings before any work, naming the key."""
+    positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0  # noqa: E731
+    require(cfg, "analysis.report.figure_format", lambda v: v in ("svg", "png"), "expected svg or png")
+    require(cfg, "analysis.report.dpi", positive, "expected a positive integer")
+    require(cfg, "analysis.report.tsne_max_points", positive, "expected a positive integer")
+    require(cfg, "analysis.report.tsne_layers",
+            lambda v: v is None or (OmegaConf.is_list(v) and all(isinstance(x, int) and x >= 0 for x in v)),
+            "expected null or a list of layer numbers")
+    for key in ("mi_tolerance", "change_tolerance", "mt_keep_share", "dropout_excess_factor"):
+        require(cfg, f"analysis.report.claims.{key}", number, "expected a non-negative number")
+
+
+# ---------------------------------------------------------------- setup
+
+def setup_section(exp: gather.Experiment, style) -> Section:
+    from .figures import training_curves
+
+    cfg = exp.cfg
+    s = Section("setup", "Setup: corpus, models, training")
+    s.add(para(f"One Transformer stack trained with each objective ({', '.join(exp.objectives)}); only the "
+               "objective differs: same data, vocabulary, architecture and initialisation per seed. "
+               "MT's encoder is analysed; LM and MLM are analysed whole. Layer 0 is embeddings + positions."))
+    s.add("<h3>Corpus and vocabulary</h3>")
+    if exp.data_stage is None:
+        s.add(not_measured("the corpus", f"{exp.results / 'data' / 'stage.json'} not found (rule prepare)"))
+    else:
+        counts = exp.data_stage.get("counts", {})
+        data = exp.data_stage.get("config", {}).get("data", {})
+        s.add(key_values([("corpus", data.get("name")), ("archive sha256", exp.data_stage.get("archive_sha256")),
+                          ("longest sentence (tokens)", data.get("max_len")), *sorted(counts.items())]))
+    if exp.tokenizer_stage is not None:
+        s.add(key_values([("vocabulary size", exp.tokenizer_stage.get("vocab_size")),
+                          ("tokenizer training sentences", exp.tokenizer_stage.get("train_sentences"))]))
+    s.add("<h3>Objectives, seeds and model</h3>")
+    seeds: dict[str, list[int]] = defaultdict(list)
+    for run in exp.models:
+        seeds[run.objective].append(run.seed)
+    rows = []
+    for objective in exp.objectives:
+        metas = [exp.dumps.get((objective, seed)) for seed in seeds[objective]]
+        tokens = sorted({m["n_tokens"] for m in metas if m and "n_tokens" in m})
+        rows.append((objective, ", ".join(map(str, seeds[objective])),
+                     sum(run.summary is not None for run in exp.models if run.objective == objective),
+                     sum(m is not None for m in metas), ", ".join(f"{t:,}" for t in tokens) or "—"))
+    s.add(table(("objective", "seeds", "models trained", "dumps", "probe tokens"), rows))
+    s.add(key_values([(f"model.{k}", v) for k, v in to_plain(cfg.model).items()]))
+    s.add("<h3>Dev quality</h3>")
+    body = []
+    for run in exp.models:
+        if run.summary is None:
+            body.append((run.objective, run.seed, "—", None, None, None, None, "not trained", None))
+            continue
+        sm, dev = run.summary, run.summary.get("dev", {})
+        label, key = QUALITY.get(run.kind, ("dev accuracy", "accuracy"))
+        body.append((run.objective, run.seed, label, dev.get(key), dev.get("loss"), sm.get("steps"),
+                     sm.get("best_step"), sm.get("stop_reason"), sm.get("wall_time_s")))
+    s.add(table(("objective", "seed", "quality", "value", "dev loss", "steps", "best step", "stopped by",
+                 "wall time (s)"), body))
+    missing = [f"{r.objective} seed {r.seed}" for r in exp.models if r.summary is None]
+    if missing:
+        s.add(note(f"Not trained yet (no summary.json): {', '.join(missing)}."))
+    s.add(para("The study does not report dev quality numbers to compare with (it trained on WMT En–De)."))
+    logs: dict[str, dict[int, list[dict]]] = defaultdict(dict)
+    for run in exp.models:
+        logs[run.objective][run.seed] = run.log
+    made = training_curves(logs, style)
+    if made is None:
+        s.add(not_measured("training curves", "no model has a log.jsonl"))
+    else:
+        s.add(figure(made[0], made[1], "training curves",
+                     "Training loss (dotted, mean since the previous evaluation) and dev loss (solid) per "
+                     "evaluation; lighter lines: further seeds. Losses of different objectives are not comparable."))
+    return s
+
+
+# ---------------------------------------------------------------- the claims
+
+def claims_section(exp: gather.Experiment, crit: Criteria) -> Section:
+    s = Section("claims", "The study and this run")
+    verdicts = check_all(exp.as_tables(), crit)
+    tally = {v: sum(verdict.verdict == v for _, verdict in verdicts)
+             for v in ("holds", "does not hold", "not measured")}
+    s.add(para(f"The study's conclusions (METHODS §9), each checked against this run's tables by a fixed "
+               f"criterion (analysis/claims.py): {tally['holds']} hold, {tally['does not hold']} do not hold, "
+               f"{tally['not measured']} not measured. A small model on a small corpus need not reproduce "
+               "every claim; none is hidden."))
+    rows = [(c.number, esc(c.statement), esc(c.study), esc(v.numbers), verdict_cell(v.verdict), esc(v.reason))
+            for c, v in verdicts]
+    s.add(table(("#", "claim", "the study", "this run", "verdict", "why"), rows, raw=True))
+    doc = (claims.__doc__ or "").strip()
+    criteria = doc[doc.find("1. "):] if "1. " in doc else doc
+    s.add(details("How each verdict is decided", pre(criteria)))
+    s.add(key_values([("MI tolerance (nats)", crit.mi_tolerance), ("change tolerance", crit.change_tolerance),
+                      ("MT keeps most identity: share of layer-0 MI", crit.mt_keep_share),
+                      ("token dropout excess factor", crit.dropout_excess_factor),
+                      ("measure", crit.measure), ("MI clusters (main estimate)", crit.n_clusters),
+                      ("neighbours k, metric", f"{crit.k}, {crit.metric}")]))
+    return s
+
+
+# ---------------------------------------------------------------- provenance
+
+_STAGE_ORDER = ("prepare", "train", "dump", "similarity", "change", "influence", "mi", "neighbours", "tsne")
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def _wall_times(exp: gather.Experiment) -> list[tuple]:
+    """Per stage (rule): jobs, summed wall time (s and h:m:s), longest job, peak RSS (MB)."""
+    stages: dict[str, list[gather.BenchmarkJob]] = defaultdict(list)
+    for job in exp.benchmarks:
+        stages[job.stage].append(job)
+    rank = {name: i for i, name in enumerate(_STAGE_ORDER)}
+    rank["report"] = len(rank) + 1  # merge_<table> and other rules sort by name between the two
+    rows = []
+    for stage in sorted(stages, key=lambda name: (rank.get(name, len(rank)), name)):
+        secs = [j.seconds for j in stages[stage] if j.seconds is not None]
+        rss = [j.max_rss_mb for j in stages[stage] if j.max_rss_mb is not None]
+        total = sum(secs) if secs else None
+        rows.append((stage, len(stages[stage]), total, _clock(total), max(secs) if secs else None,
+                     max(rss) if rss else None))
+    return rows
+
+
+def provenance_section(exp: gather.Experiment, started: float) -> Section:
+    import matplotlib
+
+    s = Section("provenance", "Provenance")
+    found = versions()
+    found["matplotlib"] = matplotlib.__version__
+    s.add("<h3>Code and environment</h3>")
+    s.add(key_values([("git commit", found.pop("git_commit", None) or "unknown (not a git checkout)"),
+                      *sorted(found.items())]))
+    commits = defaultdict(list)
+    records = [("data", exp.data_stage), ("tokenizer", exp.tokenizer_stage),
+               *((f"metrics/{t.name}.csv", t.record) for t in exp.tables.values())]
+    for name, record in records:
+        if record and (record.get("versions") or {}).get("git_commit"):
+            commits[record["versions"]["git_commit"]].append(name)
+    if len(commits) > 1:
+        s.add(note("The inputs were made at different commits: "
+                   + "; ".join(f"{c[:10]}: {', '.join(n)}" for c, n in commits.items())))
+    s.add("<h3>Hardware</h3>")
+    hw = exp.hardware
+    s.add(key_values([("CPU (this report's machine)", hw.get("cpu")), ("cores", hw.get("cores")),
+                      ("RAM (GiB)", hw.get("ram_gib")), ("GPU", hw.get("gpu")), ("platform", hw.get("platform")),
+                      ("training devices", ", ".join(sorted({str(r.summary.get("device")) for r in exp.models
+                                                             if r.summary})) or "—")]))
+    s.add("<h3>Wall time</h3>")
+    stages = _wall_times(exp)
+    if stages:
+        total = sum(r[2] or 0 for r in stages)
+        s.add(table(("stage (rule)", "jobs", "wall time (s)", "h:m:s", "longest job (s)", "peak RSS (MB)"),
+                    [*stages, ("total", sum(r[1] for r in stages), total, _clock(total), None, None)]))
+        s.add(para(f"Total: {total / 3600:.2f} h of job wall time (the sum over jobs; jobs that ran in parallel "
+                   "overlap). From Snakemake's benchmark files under benchmarks/."))
+    else:
+        s.add(not_measured("wall time per stage", f"no benchmark files under {exp.results / 'benchmarks'}"))
+    made = [(f"metrics/{t.name}.csv", len(t.rows or ()), (t.record or {}).get("finished"),
+             (t.record or {}).get("config_hash"), (t.record or {}).get("wall_time_s"))
+            for t in exp.tables.values() if t.rows is not None]
+    if made:
+        s.add(table(("metric table", "rows", "finished", "settings hash", "wall time in its record (s)"), made))
+    recorded = [(f"train {r.objective} seed {r.seed}", r.summary.get("wall_time_s")) for r in exp.models if r.summary]
+    for t in exp.tables.values():
+        times = [p.get("wall_time_s") for p in (t.record or {}).get("parts") or [] if p.get("wall_time_s") is not None]
+        if times:
+            recorded.append((f"{t.name}: its {len(times)} per-model parts", sum(times)))
+    if recorded:
+        total = sum(seconds or 0 for _, seconds in recorded)
+        s.add(para(f"Training and measurement time the stages recorded themselves: {_clock(total)} "
+                   f"({total:,.0f} s; without data preparation, dumps and Snakemake's overhead)."))
+    recorded.append(("this report (until this section)", round(time.perf_counter() - started, 1)))
+    s.add(details("Wall times the stages recorded themselves (s)", table(("what", "wall time (s)"), recorded)))
+    missing = [f"metrics/{t.name}.csv: {t.missing}" for t in exp.tables.values() if t.missing]
+    if missing:
+        s.add(details(f"Inputs not found ({len(missing)})", pre("\n".join(missing))))
+    s.add("<h3>Resolved configuration</h3>")
+    s.add(para(f"config hash {config_hash(report_config(exp.cfg))}"))
+    s.add(details("config.yaml (resolved)", pre(OmegaConf.to_yaml(exp.cfg, resolve=True))))
+    return s
+
+
+# ---------------------------------------------------------------- the page
+
+def build(cfg: DictConfig, probe_hardware: bool = True) -> str:
+    """The report's HTML for `cfg`'s experiment."""
+    from . import figures
+    from .report_sections import measurement_sections
+
+    started = time.perf_counter()
+    check_settings(cfg)
+    style = figures.Style(str(cfg.analysis.report.figure_format), int(cfg.analysis.report.dpi))
+    exp = gather.collect(cfg, probe_hardware=probe_hardware)
+    crit = Criteria.from_cfg(cfg)
+    sections = [setup_section(exp, style), claims_section(exp, crit), *measurement_sections(exp, style, crit)]
+    sections.append(provenance_section(exp, started))
+    measured = sum(t.rows is not None for t in exp.tables.values())
+    subtitle = (f"Experiment {cfg.experiment_name}: {len(exp.models)} models, {measured} of {len(exp.tables)} "
+                f"metric tables; made {time.strftime('%Y-%m-%d %H:%M %Z')}. Reproduces Voita, Sennrich and Titov "
+                "(EMNLP 2019), The Bottom-up Evolution of Representations in the Transformer.")
+    return page(f"The bottom-up evolution of representations: {cfg.experiment_name}", subtitle, sections)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Write `<paths.report>/report.html` for `cfg`'s experiment; returns its path."""
+    started = time.perf_counter()
+    if not Path(str(cfg.paths.results)).is_dir():
+        raise PipelineError(f"paths.results={cfg.paths.results} does not exist: run the workflow first "
+                            "(snakemake --cores N), or set experiment=/paths.results= to a finished run")
+    text = build(cfg)
+    out = report_path(cfg)
+    write_text(out, text)
+    log.info("wrote %s (%.0f kB) in %.1f s", out, len(text.encode()) / 1024,
+             time.perf_counter() - started)
+    return out
+
+
+main = cli(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""The report's measurement sections (docs/METHODS.md §3–§8): each reads its metric table from the
+`Experiment`, draws its figures and tables, and says "not measured" (and why) for whatever is absent."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+from omegaconf import OmegaConf
+
+from . import figures, reference
+from .claims import Criteria, influence_by_bucket, mean_by
+from .gather import Experiment
+from .html import Section, details, esc, figure, note, not_measured, para, pre, table
+
+BASE = ("mt", "lm", "mlm")
+TSNE_SETS = {"verbs": ("token", "occurrences of the four verbs, coloured by word (MLM input unmasked)"),
+             "verbs_masked": ("token", "MLM with 15% of the input masked as in training: masked occurrences "
+                                       "are black crosses"),
+             "it": ("position", "occurrences of the position word, coloured by position in the sentence")}
+
+
+def _missing(section: Section, exp: Experiment, name: str, what: str) -> bool:
+    """Add the "not measured" note when table `name` is absent; True if it is."""
+    if exp.rows(name) is None:
+        section.add(not_measured(what, exp.tables[name].missing or ""))
+        return True
+    return False
+
+
+def _settings(section: Section, exp: Experiment, name: str) -> None:
+    """The measurement's settings, as the resolved config has them (the tables' records hold the same)."""
+    if name in exp.cfg.analysis:
+        yaml = OmegaConf.to_yaml(exp.cfg.analysis[name], resolve=True)
+        section.add(details(f"Settings (analysis.{name})", pre(yaml)))
+
+
+def _fig(section: Section, made: tuple[bytes, str] | None, alt: str, caption: str) -> None:
+    if made is not None:
+        section.add(figure(made[0], made[1], alt, caption))
+
+
+def _ordered(exp: Experiment, present) -> list[str]:
+    present = set(present)
+    return [o for o in exp.objectives if o in present] + sorted(present - set(exp.objectives))
+
+
+def _depth_note(exp: Experiment) -> str:
+    if exp.n_layers == reference.STUDY_LAYERS:
+        return "Dashed: the study's values."
+    return (f"Dashed: the study's values; its 6 layers are drawn at relative depth on this run's "
+            f"{exp.n_layers} (study layer l at l × {exp.n_layers}/6).")
+
+
+def _ends(curve: dict) -> str:
+    values = list(curve.values())
+    return f"{values[0]:.3f} → {values[-1]:.3f}" if values else "—"
+
+
+# ---------------------------------------------------------------- §3 mutual information
+
+def mi_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section:
+    s = Section("mi", "Mutual information with the input and the output")
+    s.add(para("Plug-in MI (nats) between k-means clusters of a layer's states and a label; the chance level "
+               "is the same estimate with the labels shuffled, and the corrected MI is their difference "
+               "(METHODS §3). Targets: input (the token itself), output (LM: the next token; MLM: the original "
+               "token where the input was masked or replaced), input_masked (MLM's masked input)."))
+    if _missing(s, exp, "mi", "mutual information"):
+        return s
+    _settings(s, exp, "mi")
+    rows = exp.rows("mi")
+    counts = Counter(r["n_clusters"] for r in rows)
+    k = crit.n_clusters if crit.n_clusters in counts else counts.most_common(1)[0][0]
+    main = [r for r in rows if r["n_clusters"] == k]
+    targets = {(r["objective"], r["target"]) for r in main}
+    inputs = [(o, "input") for o in _ordered(exp, {o for o, t in targets if t == "input"})]
+    outputs = [(o, t) for o in _ordered(exp, {o for o, _ in targets}) for t in ("input_masked", "output")
+               if (o, t) in targets]
+    if inputs:
+        _fig(s, figures.mi_panels(main, inputs, k, exp.n_layers, style), "MI with the input per layer",
+             f"MI with the input token, {k} clusters; band: seeds' range. {_depth_note(exp)} The study's "
+             "values are plug-in estimates without a chance correction.")
+    else:
+        s.add(not_measured("MI with the input", f"no rows with target input and {k} clusters"))
+    for objective, target in (("lm", "output"), ("mlm", "output"), ("mlm", "input_masked")):
+        if objective in exp.objectives and (objective, target) not in targets:
+            s.add(not_measured(f"{objective} {target} MI", f"no rows in metrics/mi.csv with {k} clusters"))
+    if outputs:
+        _fig(s, figures.mi_panels(main, outputs, k, exp.n_layers, style), "MI with the output per layer",
+             f"MLM's masked input and the output label (LM: next token; MLM: the original token at masked "
+             f"positions), {k} clusters. {_depth_note(exp)}")
+    swept = [(o, t) for o, t in [*inputs, *outputs]
+             if len({r["n_clusters"] for r in rows if r["objective"] == o and r["target"] == t}) > 1]
+    if swept:
+        _fig(s, figures.mi_sweep(rows, swept, style), "MI per number of clusters",
+             "The cluster sweep: corrected MI (solid) and chance level (dotted) for each number of clusters. "
+             "The plug-in estimate grows with the clusters; the corrected one should move much less.")
+    else:
+        s.add(note("No cluster sweep: every row has the same number of clusters."))
+    body = []
+    for objective, target in [*inputs, *outputs]:
+        plug = mean_by(main, "layer", "mi", objective=objective, target=target)
+        corr = mean_by(main, "layer", "mi_corrected", objective=objective, target=target)
+        chance = mean_by(main, "layer", "mi_shuffled", objective=objective, target=target)
+        study = reference.MI.get((objective, target))
+        body.append((objective, target, f"{study.values[0]:.2f} → {study.values[-1]:.2f}" if study else "—",
+                     _ends(plug), _ends(chance), _ends(corr)))
+    s.add(table(("objective", "target", "study (plug-in)", "this run: plug-in", "chance", "corrected"), body,
+                caption="First → last layer, seed means"))
+    return s
+
+
+# ---------------------------------------------------------------- §4 distances between tasks
+
+def similarity_section(exp: Experiment, style: figures.Style) -> Section:
+    s = Section("similarity", "Distances between tasks")
+    s.add(para("Layer l of one objective against layer l of another, on the same tokens: PWCCA distance "
+               "(1 − projection-weighted mean canonical correlation), with SVCCA and linear CKA beside it "
+               "(METHODS §4). Same-objective pairs with different seeds are the baselines."))
+    if _missing(s, exp, "similarity", "distances between tasks"):
+        return s
+    _settings(s, exp, "similarity")
+    rows = exp.rows("similarity")
+    measures = [m for m in ("pwcca", "svcca", "cka") if any(r["measure"] == m for r in rows)]
+    measures += sorted({r["measure"] for r in rows} - set(measures))
+    present = {r["objective_a"] for r in rows} | {r["objective_b"] for r in rows}
+    pairs = [(a, b) for a, b in (("mt", "mlm"), ("lm", "mt"), ("lm", "mlm")) if a in present and b in present]
+    _fig(s, figures.similarity(rows, measures, pairs, exp.n_layers, style), "distance between tasks per layer",
+         f"Cross-task distances (band: seed pairs' range) and seed baselines (grey dotted). {_depth_note(exp)} "
+         "Grey area: the study's seed baselines (.26–.37).")
+    if not any(r["objective_a"] == r["objective_b"] for r in rows):
+        s.add(not_measured("seed baselines", "no same-objective pair: the grid needs two seeds of an objective"))
+    main = [r for r in rows if r["measure"] == (measures[0] if "pwcca" not in measures else "pwcca")]
+    layers = sorted({r["layer"] for r in main})
+    header, body = ["pair"] + [f"layer {layer}" for layer in layers], []
+    all_pairs = sorted({tuple(sorted((r["objective_a"], r["objective_b"]))) for r in main})
+    for a, b in all_pairs:
+        means = mean_by([r for r in main if {r["objective_a"], r["objective_b"]} == {a, b}], "layer", "distance")
+        label = f"{a}–{b}" if a != b else f"{a} seeds"
+        body.append([label] + [means.get(layer) for layer in layers])
+        study = reference.PWCCA.get((a, b)) if a != b else None
+        if study is not None and main[0]["measure"] == "pwcca":
+            ref = dict(zip(study.layers, study.values))
+            body.append([f"{label} (study)"] + [ref.get(layer) if exp.n_layers == 6 else None for layer in layers])
+    s.add(details(f"{main[0]['measure'].upper()} per layer, seed means", table(header, body)))
+    return s
+
+
+# ---------------------------------------------------------------- §5 change, §6 influence
+
+def _left_out(exp: Experiment, rows: Sequence[dict]) -> str | None:
+    edges = [int(e) for e in exp.cfg.analysis.buckets]
+    configured = [f"{lo}-{hi}" for lo, hi in zip(edges, edges[1:])]
+    present = {r["bucket"] for r in rows}
+    absent = [b for b in configured if b not in present]
+    if not absent:
+        return None
+    return (f"Buckets left out (fewer than analysis.min_bucket_tokens={exp.cfg.analysis.min_bucket_tokens} tokens "
+            f"per feature, or no tokens in the probe set): {', '.join(absent)}.")
+
+
+def change_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section:
+    s = Section("change", "Amount of change")
+    s.add(para("PWCCA distance between the states of the same tokens at adjacent layers l−1 and l: how much "
+               "information the tokens receive in layer l (METHODS §5); all tokens, then per frequency bucket."))
+    if _missing(s, exp, "change", "amount of change"):
+        return s
+    _settings(s, exp, "change")
+    rows = exp.rows("change")
+    measure = crit.measure if any(r["measure"] == crit.measure for r in rows) else rows[0]["measure"]
+    objectives = _ordered(exp, {r["objective"] for r in rows})
+    if any(r["bucket"] == "all" and r["measure"] == measure for r in rows):
+        _fig(s, figures.change_all(rows, objectives, measure, exp.n_layers, style), "change of all tokens",
+             f"All tokens; band: seeds' range. {_depth_note(exp)} (the study gives MT's first and last).")
+    else:
+        s.add(not_measured("change of all tokens", "no rows with bucket 'all'"))
+    if any(r["bucket"] != "all" for r in rows):
+        _fig(s, figures.change_by_bucket(rows, objectives, measure, style), "change per frequency bucket",
+             "Per frequency-rank bucket (dark: frequent, light: rare). Study: in MT and LM frequent tokens change "
+             "more; at MLM's top layer rare tokens change most.")
+        if (gap := _left_out(exp, [r for r in rows if r["bucket"] != "all"])) is not None:
+            s.add(note(gap))
+    else:
+        s.add(not_measured("change per frequency bucket", "no rows with a rank bucket"))
+    return s
+
+
+def influence_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section:
+    s = Section("influence", "Amount of influence")
+    s.add(para("At layer n one token is removed from attention; the influence of a frequency bucket is the PWCCA "
+               "distance between the other tokens' layer-n states with and without it, pooled over the bucket's "
+               "tokens (METHODS §6). Token-dropout variants are drawn beside their base objective."))
+    if _missing(s, exp, "influence", "amount of influence"):
+        return s
+    _settings(s, exp, "influence")
+    rows = exp.rows("influence")
+    measure = crit.measure if any(r["measure"] == crit.measure for r in rows) else rows[0]["measure"]
+    present = {r["objective"] for r in rows}
+    layout = [[o for o in (kind, f"{kind}_td") if o in present] for kind in BASE]
+    layout = [row for row in layout if row]
+    layout += [[o] for o in _ordered(exp, present) if not any(o in row for row in layout)]
+    _fig(s, figures.influence(rows, layout, measure, style), "influence per frequency bucket",
+         "Influence per rank bucket (frequent → rare), one line per layer; band: seeds' range. Study: at layer 1 "
+         "MT's rarest bucket ≈ .006 against ≤ .002 for the others; with token dropout the excess disappears.")
+    if (gap := _left_out(exp, rows)) is not None:
+        s.add(note(gap))
+    body = []
+    for objective in [o for row in layout for o in row]:
+        layer, means = influence_by_bucket(rows, objective, crit)
+        if means:
+            values = list(means.values())
+            body.append((objective, layer, list(means)[-1], values[-1], max(values[:-1], default=None)))
+    body.append(("mt (study)", 1, "rarest", reference.INFLUENCE_MT_LAYER1["rarest"],
+                 reference.INFLUENCE_MT_LAYER1["others_at_most"]))
+    s.add(table(("objective", "layer", "rarest bucket", "its influence", "largest other bucket"), body,
+                caption="The lowest measured layer, seed means"))
+    return s
+
+
+# ---------------------------------------------------------------- §7 neighbours, §8 t-SNE
+
+def neighbours_section(exp: Experiment, style: figures.Style) -> Section:
+    s = Section("neighbours", "What a layer keeps: nearest neighbours")
+    s.add(para("For each query occurrence, its k nearest neighbours among a layer's states: the share with the "
+               "same token (identity), the mean position distance among neighbours of the same type (lower: "
+               "position kept), and the share whose left / right token equals the query's (METHODS §7)."))
+    if _missing(s, exp, "neighbours", "nearest neighbours"):
+        return s
+    _settings(s, exp, "neighbours")
+    rows = exp.rows("neighbours")
+    (k, metric), _ = Counter((r["k"], r["metric"]) for r in rows).most_common(1)[0]
+    rows = [r for r in rows if r["k"] == k and r["metric"] == metric]
+    objectives = _ordered(exp, {r["objective"] for r in rows})
+    _fig(s, figures.neighbours(rows, objectives, exp.n_layers, style), "nearest-neighbour properties per layer",
+         f"k = {k}, {metric} distance; band: seeds' range. {_depth_note(exp)} (the study gives layers 1 and 6).")
+    missing = [p for p in figures.PROPERTIES if not any(r["property"] == p for r in rows)]
+    if missing:
+        s.add(not_measured(", ".join(missing), "no rows for these properties"))
+    body = []
+    for objective in objectives:
+        for prop in figures.PROPERTIES:
+            curve = mean_by(rows, "layer", "value", objective=objective, property=prop)
+            study = reference.NEIGHBOURS.get((objective, prop))
+            if curve:
+                ref = f"{study.values[0]} → {study.values[-1]}" if study else "—"
+                body.append((objective, prop, _ends(curve), ref))
+    s.add(table(("objective", "property", "this run (first → last layer)", "study (1 → 6)"), body))
+    return s
+
+
+def tsne_section(exp: Experiment, style: figures.Style) -> Section:
+    s = Section("tsne", "Pictures: t-SNE")
+    s.add(para("Two-dimensional t-SNE maps of a few words' occurrences, a row per objective and a column per "
+               "layer (METHODS §8); the first seed of each objective (maps of different runs are not aligned)."))
+    if _missing(s, exp, "tsne", "t-SNE pictures"):
+        return s
+    _settings(s, exp, "tsne")
+    rows = exp.rows("tsne")
+    settings = exp.cfg.analysis.report
+    for name, (colour_by, what) in [*TSNE_SETS.items(), *[(n, ("token", n)) for n in
+                                                          sorted({r["set"] for r in rows} - set(TSNE_SETS))]]:
+        mine = [r for r in rows if r["set"] == name]
+        if not mine:
+            s.add(not_measured(f"t-SNE set {name}", "no rows in metrics/tsne.csv"))
+            continue
+        first_seed = {o: min(r["seed"] for r in mine if r["objective"] == o) for o in {r["objective"] for r in mine}}
+        mine = [r for r in mine if r["seed"] == first_seed[r["objective"]]]
+        present = sorted({r["layer"] for r in mine})
+        layers = [int(x) for x in settings.tsne_layers] if settings.tsne_layers is not None else present
+        objectives = _ordered(exp, first_seed)
+        s.add(f"<h3>{esc(name)}</h3>")
+        _fig(s, figures.tsne_grid(mine, objectives, layers, colour_by, int(settings.tsne_max_points), style),
+             f"t-SNE of {name}", f"{what}. Seeds: " + ", ".join(f"{o} {first_seed[o]}" for o in objectives) + ".")
+    return s
+
+
+def measurement_sections(exp: Experiment, style: figures.Style, crit: Criteria) -> list[Section]:
+    return [mi_section(exp, style, crit), similarity_section(exp, style), change_section(exp, style, crit),
+            influence_section(exp, style, crit), neighbours_section(exp, style), tsne_section(exp, style)]
+

@@ -1,0 +1,34 @@
+# The experiment's HTML report (python -m analysis.report): the study's figures and tables, the claim
+# checks and provenance in one self-contained file at <paths.report>/report.html, also flagged for
+# `snakemake --report`. Besides the six merged tables it reads the model summaries and logs, the
+# stage records and the benchmark files, all finished before the tables are.
+from analysis.report import report_config  # noqa: E402  (light: no torch, no matplotlib)
+
+REPORT_DIR = os.path.normpath(str(BASE.paths.report))
+if not _PLAIN_PATH.match(REPORT_DIR):
+    raise WorkflowError(f"setting paths.report={REPORT_DIR!r}: use a path of letters, digits and "
+                        "_ . / @ + - only (it is passed to Hydra on the command line)")
+# Hash of the resolved config the report shows and checks its claims with (runtime keys left out).
+REPORT_HASH = config_hash(report_config(BASE))
+
+
+rule report:
+    input:
+        similarity=results("metrics/similarity.csv"),
+        change=results("metrics/change.csv"),
+        influence=results("metrics/influence.csv"),
+        mi=results("metrics/mi.csv"),
+        neighbours=results("metrics/neighbours.csv"),
+        tsne=results("metrics/tsne.csv"),
+    output:
+        html=report(f"{REPORT_DIR}/report.html", caption="../report/report.rst", category="Report"),
+    params:
+        config_hash=REPORT_HASH,
+        run_dir=f"{REPORT_DIR}/hydra",
+    log:
+        logs("report.log"),
+    benchmark:
+        results("benchmarks/report.tsv")
+    threads: 1
+    shell:
+        "{PYTHON:q} -m analysis.report {HYDRA_ARGS:q} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
