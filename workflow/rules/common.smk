@@ -29,6 +29,7 @@ if sys.path[0] != _CHECKOUT:
 
 from pipeline.config import CONFIG_DIR, compose, data_config, to_plain, tokenizer_config, train_config  # noqa: E402
 from pipeline.store import config_hash  # noqa: E402
+from analysis.tables import section as analysis_section  # noqa: E402
 
 # The interpreter running snakemake has the pipeline's dependencies (it just imported them).
 PYTHON = sys.executable
@@ -186,6 +187,43 @@ def dump_hash(wildcards) -> str:
     return config_hash({**train_config(cfg), "dump": settings})
 
 
+# ---------------------------------------------------------------- the measurements
+
+# Per-model measurements: the module each runs, and the models it runs on (t-SNE pictures: the first
+# seed of each objective; everything else: every model).
+MEASURE_MODULES = {"change": "analysis.change", "influence": "analysis.influence", "mi": "analysis.mutual_info",
+                   "neighbours": "analysis.neighbours", "tsne": "analysis.tsne"}
+FIRST_SEEDS = [(o, s) for i, (o, s) in enumerate(GRID) if all(o != p for p, _ in GRID[:i])]
+MEASURE_MODELS = {name: FIRST_SEEDS if name == "tsne" else GRID for name in MEASURE_MODULES}
+# Hash of each measurement's settings (its analysis section and the shared analysis keys).
+ANALYSIS_HASH = {name: config_hash(analysis_section(BASE, name)) for name in ("similarity", *MEASURE_MODULES)}
+
+
+def measure_inputs(wildcards) -> dict:
+    """A per-model measurement reads the model's dump; influence also its checkpoint."""
+    inputs = {"dump": results(f"dumps/{wildcards.objective}/seed{wildcards.seed}/stage.json")}
+    if wildcards.measure == "influence":
+        inputs["model"] = results(f"models/{wildcards.objective}/seed{wildcards.seed}/model.pt")
+    return inputs
+
+
+def measure_module(wildcards) -> str:
+    return MEASURE_MODULES[wildcards.measure]
+
+
+def measure_hash(wildcards) -> str:
+    return ANALYSIS_HASH[wildcards.measure]
+
+
+def measure_parts(wildcards) -> list[str]:
+    """The part tables a merged table is made of."""
+    return [results(f"metrics/{wildcards.measure}/{o}/seed{s}.csv") for o, s in MEASURE_MODELS[wildcards.measure]]
+
+
+def metric_tables() -> list[str]:
+    return [results(f"metrics/{name}.csv") for name in ANALYSIS_HASH]
+
+
 # Compose every model of the grid now: a bad setting fails here, before any job runs.
 for _objective, _seed in GRID:
     job_config(_objective, _seed)
@@ -193,3 +231,4 @@ for _objective, _seed in GRID:
 wildcard_constraints:
     objective="|".join(map(re.escape, _choices("objective"))),
     seed=r"0|[1-9][0-9]*",
+    measure="|".join(MEASURE_MODULES),

@@ -13,6 +13,8 @@ rule prepare:
         run_dir=results("data/hydra"),
     log:
         logs("prepare.log"),
+    benchmark:
+        results("benchmarks/prepare.tsv")
     threads: 4  # sentencepiece trains with 4 threads
     shell:
         "{PYTHON:q} -m pipeline.prepare {HYDRA_ARGS:q} hydra.run.dir={params.run_dir:q}"

@@ -16,6 +16,8 @@ rule dump:
         run_dir=results("dumps/{objective}/seed{seed}/hydra"),
     log:
         logs("dump/{objective}/seed{seed}.log"),
+    benchmark:
+        results("benchmarks/dump/{objective}/seed{seed}.tsv")
     threads: 2  # change per run with --set-threads dump=N
     resources:
         gpu=GPUS,

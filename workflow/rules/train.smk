@@ -14,6 +14,8 @@ rule train:
         run_dir=results("models/{objective}/seed{seed}/hydra"),
     log:
         logs("train/{objective}/seed{seed}.log"),
+    benchmark:
+        results("benchmarks/train/{objective}/seed{seed}.tsv")
     threads: 2  # change per run with --set-threads train=N
     resources:
         gpu=GPUS,

@@ -1,0 +1,59 @@
+# The measurements on the dumps. Per-model measures write one part table per (objective, seed); a
+# merge job concatenates the parts into results/<experiment>/metrics/<table>.csv, which the report
+# reads. The task distances compare every pair of models, so they are one job. Each rule's params
+# carry the hash of its analysis settings: changing analysis.<measure>.* reruns that measure only.
+
+
+rule similarity:
+    input:
+        dumps=expand(rules.dump.output.stage, zip, objective=[o for o, _ in GRID], seed=[s for _, s in GRID]),
+    output:
+        table=report(results("metrics/similarity.csv"), caption="../report/similarity.rst", category="Metrics"),
+    params:
+        config_hash=ANALYSIS_HASH["similarity"],
+        run_dir=results("metrics/hydra/similarity"),
+    log:
+        logs("similarity.log"),
+    benchmark:
+        results("benchmarks/similarity.tsv")
+    threads: 2
+    resources:
+        gpu=GPUS,
+    shell:
+        "OMP_NUM_THREADS={threads} {PYTHON:q} -m analysis.similarity {HYDRA_ARGS:q}"
+        " hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
+
+
+rule measure:
+    input:
+        unpack(measure_inputs),
+    output:
+        part=results("metrics/{measure}/{objective}/seed{seed}.csv"),
+    params:
+        module=measure_module,
+        config_hash=measure_hash,
+        run_dir=results("metrics/hydra/{measure}/{objective}/seed{seed}"),
+    log:
+        logs("{measure}/{objective}/seed{seed}.log"),
+    benchmark:
+        results("benchmarks/{measure}/{objective}/seed{seed}.tsv")
+    threads: 2
+    resources:
+        gpu=GPUS,
+    shell:
+        "OMP_NUM_THREADS={threads} {PYTHON:q} -m {params.module} {HYDRA_ARGS:q}"
+        " objective={wildcards.objective} seed={wildcards.seed} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
+
+
+rule merge:
+    input:
+        parts=measure_parts,
+    output:
+        table=report(results("metrics/{measure}.csv"), caption="../report/metrics.rst", category="Metrics",
+                     subcategory="{measure}"),
+    log:
+        logs("merge/{measure}.log"),
+    benchmark:
+        results("benchmarks/merge_{measure}.tsv")
+    shell:
+        "{PYTHON:q} -m analysis.merge {wildcards.measure:q} {output.table:q} {input.parts:q} > {log:q} 2>&1"
