@@ -80,11 +80,17 @@ def read_record(path: str | Path) -> dict:
     return read_json(Path(path).with_suffix(".json"))
 
 
+# The shared analysis keys each measurement reads besides its own section.
+_SHARED_KEYS = {"change": ("buckets", "min_bucket_tokens", "sample_seed"),
+                "influence": ("buckets", "min_bucket_tokens", "sample_seed")}
+
+
 def section(cfg: DictConfig, name: str) -> dict:
-    """The settings a measurement depends on: its own section plus the shared analysis keys."""
+    """The settings a measurement depends on: its own section plus the shared analysis keys it reads
+    (so that, e.g., new bucket edges rerun change and influence but not the task distances)."""
     a = cfg.analysis
-    return {"measure": name, "buckets": to_plain(a.buckets), "min_bucket_tokens": a.min_bucket_tokens,
-            "sample_seed": a.sample_seed, name: to_plain(a[name])}
+    shared = _SHARED_KEYS.get(name, ("sample_seed",))
+    return {"measure": name, **{key: to_plain(a[key]) for key in shared}, name: to_plain(a[name])}
 
 
 # ---------------------------------------------------------------- per-model parts of a table

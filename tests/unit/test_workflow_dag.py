@@ -20,7 +20,11 @@ from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSetting
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 CONFIGFILE = REPO / "workflow" / "config.yaml"
-GRID = {"prepare": 1, "train": 8, "dump": 8}  # 5 objectives, seeds mt/lm/mlm x2, mt_td/lm_td x1
+# 5 objectives, seeds mt/lm/mlm x2, mt_td/lm_td x1: 8 models; 4 per-model measures on each and t-SNE on
+# the first seed of each objective (37 jobs); 5 merged tables, the task distances, the report.
+GRID = {"prepare": 1, "train": 8, "dump": 8, "measure": 37, "merge": 5, "similarity": 1, "report": 1}
+RULES = tuple(GRID)
+TABLES = ("change", "influence", "mi", "neighbours", "tsne")
 PAPER_DATA = ["data.src_file=/nonexistent/train.en", "data.tgt_file=/nonexistent/train.de"]
 
 
@@ -38,8 +42,9 @@ def run_workflow(workdir: Path, config: dict, executor: str = "dryrun", forceall
     return scheduled
 
 
-def jobs_per_rule(outputs: list[str]) -> dict[str, int]:
-    """Jobs of the rules prepare/train/dump, recognised by their main output."""
+def jobs_per_rule(outputs: list[str], measure: str | None = None) -> dict[str, int]:
+    """Jobs of each rule, recognised by their main output (`measure`: count only that measure's
+    per-model jobs)."""
     counts: collections.Counter[str] = collections.Counter()
     for path in map(PurePosixPath, outputs):
         if path.name == "model.pt" and "models" in path.parts:
@@ -48,7 +53,15 @@ def jobs_per_rule(outputs: list[str]) -> dict[str, int]:
             counts["dump"] += 1
         elif path.name == "stage.json" and path.parent.name == "data":
             counts["prepare"] += 1
-    return {rule: counts[rule] for rule in ("prepare", "train", "dump")}
+        elif path.name == "report.html":
+            counts["report"] += 1
+        elif path.parent.name == "metrics" and path.stem == "similarity":
+            counts["similarity"] += 1
+        elif path.parent.name == "metrics" and path.stem in TABLES:
+            counts["merge"] += 1
+        elif "metrics" in path.parts and path.parts[-3] in TABLES and (measure is None or path.parts[-3] == measure):
+            counts["measure"] += 1
+    return {rule: counts[rule] for rule in RULES}
 
 
 # ---------------------------------------------------------------- the DAG of each experiment
@@ -57,16 +70,18 @@ def jobs_per_rule(outputs: list[str]) -> dict[str, int]:
 def test_dry_run_schedules_the_whole_grid(tmp_path, experiment, overrides):
     outputs = run_workflow(tmp_path, {"experiment": experiment, "overrides": overrides})
     assert jobs_per_rule(outputs) == GRID
-    assert all(path.startswith(f"results/{experiment}/") for path in outputs)
+    assert all(path.startswith((f"results/{experiment}/", f"reports/{experiment}/")) for path in outputs)
+    assert f"reports/{experiment}/report.html" in outputs
     assert f"results/{experiment}/models/mlm/seed2/model.pt" in outputs
     assert f"results/{experiment}/dumps/lm_td/seed1/tokens.tsv" in outputs
-    assert not (tmp_path / "results").exists(), "a dry run must not create outputs"
+    assert not (tmp_path / "results").exists() and not (tmp_path / "reports").exists(), "a dry run created outputs"
 
 
 def test_grid_and_results_folder_follow_the_hydra_config(tmp_path):
     overrides = ["workflow.objectives=[mt,mlm]", "workflow.seeds={mt:[1],mlm:[3,4]}", "paths.results=out/run1"]
     outputs = run_workflow(tmp_path, {"experiment": "smoke", "overrides": overrides})
-    assert jobs_per_rule(outputs) == {"prepare": 1, "train": 3, "dump": 3}
+    assert jobs_per_rule(outputs) == {"prepare": 1, "train": 3, "dump": 3, "measure": 14, "merge": 5,
+                                      "similarity": 1, "report": 1}
     assert sorted(p for p in outputs if p.endswith("model.pt")) == [
         "out/run1/models/mlm/seed3/model.pt", "out/run1/models/mlm/seed4/model.pt", "out/run1/models/mt/seed1/model.pt"]
 
@@ -111,20 +126,30 @@ def finished_smoke(tmp_path_factory) -> Path:
     return workdir
 
 
-NOTHING = {"prepare": 0, "train": 0, "dump": 0}
+NOTHING = dict.fromkeys(RULES, 0)
+DOWNSTREAM_OF_DUMPS = {"measure": 37, "merge": 5, "similarity": 1, "report": 1}
 
 
 @pytest.mark.parametrize("overrides,expected", [
     ([], NOTHING),
     # runtime settings change how a stage runs, not what it computes
     (["train.threads=3", "train.progress=false", "train.device=cpu", "dump.device=cpu"], NOTHING),
-    (["model.d_model=32"], {"prepare": 0, "train": 8, "dump": 8}),
-    (["train.lr=1e-3"], {"prepare": 0, "train": 8, "dump": 8}),
-    (["dump.dtype=float32"], {"prepare": 0, "train": 0, "dump": 8}),
+    (["analysis.device=cpu", "analysis.report.dpi=110"], NOTHING),
+    (["model.d_model=32"], {**NOTHING, "train": 8, "dump": 8, **DOWNSTREAM_OF_DUMPS}),
+    (["train.lr=1e-3"], {**NOTHING, "train": 8, "dump": 8, **DOWNSTREAM_OF_DUMPS}),
+    (["dump.dtype=float32"], {**NOTHING, "dump": 8, **DOWNSTREAM_OF_DUMPS}),
     (["data.max_len=40"], GRID),
     (["data.tokenizer.vocab_size=900"], GRID),
-    # a seed more for one objective: only its model and dump
-    (["workflow.seeds.mt=[1,2,3]"], {"prepare": 0, "train": 1, "dump": 1}),
+    # an analysis setting reruns its measurement (and the report) only, never a model or a dump
+    (["analysis.similarity.ridge=1e-5"], {**NOTHING, "similarity": 1, "report": 1}),
+    (["analysis.mi.n_clusters=7"], {**NOTHING, "measure": 8, "merge": 1, "report": 1}),
+    (["analysis.neighbours.k=5"], {**NOTHING, "measure": 8, "merge": 1, "report": 1}),
+    (["analysis.buckets=[1,100,30000]"], {**NOTHING, "measure": 16, "merge": 2, "report": 1}),
+    (["analysis.report.claims.mi_tolerance=0.1"], {**NOTHING, "report": 1}),
+    # a seed more for one objective: its model and dump, its measures, every table over models but
+    # the t-SNE pictures (first seeds only)
+    (["workflow.seeds.mt=[1,2,3]"], {**NOTHING, "train": 1, "dump": 1, "measure": 4, "merge": 4, "similarity": 1,
+                                     "report": 1}),
 ])
 def test_changed_setting_reruns_exactly_the_affected_jobs(finished_smoke, overrides, expected):
     outputs = run_workflow(finished_smoke, {"experiment": "smoke", "overrides": overrides})
@@ -137,4 +162,6 @@ def test_setting_reruns_only_the_models_whose_config_it_changes(finished_smoke):
     retrained = sorted(str(PurePosixPath(p).parent.relative_to("results/smoke/models"))
                        for p in outputs if p.endswith("model.pt"))
     assert retrained == ["lm/seed1", "lm/seed2", "mlm/seed1", "mlm/seed2", "mt/seed1", "mt/seed2"]
-    assert jobs_per_rule(outputs) == {"prepare": 0, "train": 6, "dump": 6}
+    # 6 x 4 per-model measures + t-SNE of mt/seed1, lm/seed1, mlm/seed1
+    assert jobs_per_rule(outputs) == {**NOTHING, "train": 6, "dump": 6, "measure": 27, "merge": 5, "similarity": 1,
+                                      "report": 1}
