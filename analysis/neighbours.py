@@ -1,0 +1,142 @@
+"""What a layer keeps, seen through nearest neighbours (METHODS.md §7).
+
+    python -m analysis.neighbours experiment=default objective=lm seed=1 [overrides]
+
+Per layer 0..L: for a seeded subset of `max_queries` occurrences, the k exact nearest neighbours
+among every probe token of the layer (the query itself excluded), by cosine similarity (default) or
+Euclidean distance; then the share of neighbours that are the same token (`identity`), the mean
+position distance to the neighbours of the same token type (`position`), and the share of neighbours
+whose left (right) neighbouring token equals the query's (`left_token`, `right_token`).
+
+A token at the start (end) of its sentence has no left (right) token: it is given a sentinel that
+never matches, so such a query counts with a share of 0 and such a neighbour never counts as a match.
+Writes `<paths.metrics>/neighbours/<objective>/seed<n>.csv`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from pipeline.config import cli, require
+from pipeline.runtime import resolve_device
+from pipeline.store import PipelineError
+
+from .dumps import dump_folder, load_dump, sample_rows
+from .tables import part_path, section, write_table
+
+log = logging.getLogger("analysis.neighbours")
+
+METRICS = ("cosine", "euclidean")
+PROPERTIES = ("identity", "position", "left_token", "right_token")
+NO_TOKEN = -1  # the sentinel left/right token of a sentence's first/last token (token ids are >= 0)
+CHUNK_ELEMENTS = 1 << 23  # queries x pool similarities per block (32 MiB of float32)
+
+
+def context_tokens(tokens: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right): for each row of a dump's token table (rows of one sentence consecutive, in
+    position order), the token id just before (after) it in its sentence, NO_TOKEN where none."""
+    sid, pos, ids = tokens["sentence_id"], tokens["position"], tokens["token_id"]
+    follows = np.flatnonzero((sid[1:] == sid[:-1]) & (pos[1:] == pos[:-1] + 1))  # row i + 1 follows row i
+    left = np.full(len(ids), NO_TOKEN, dtype=np.int64)
+    right = np.full(len(ids), NO_TOKEN, dtype=np.int64)
+    left[follows + 1] = ids[follows]
+    right[follows] = ids[follows + 1]
+    return left, right
+
+
+def nearest_neighbours(pool: np.ndarray | torch.Tensor, queries: np.ndarray, k: int, metric: str = "cosine",
+                       device: torch.device | str | None = None) -> np.ndarray:
+    """Indices (q, k) into pool (n, d) of the k nearest rows to each pool row listed in `queries` (q,),
+    nearest first, never the query row itself. Exact search: the (q, n) similarities are formed in
+    blocks of queries (one matrix product each, float32) and reduced with topk. `metric`: cosine
+    (largest cosine similarity) or euclidean (smallest distance, as largest 2 q.p - ||p||^2)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r}: expected one of {METRICS}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    x = torch.as_tensor(np.asarray(pool, dtype=np.float32) if not torch.is_tensor(pool) else pool)
+    x = x.to(device=device, dtype=torch.float32)
+    n = len(x)
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"k={k} neighbours asked for, but the pool has {n} rows (at most {n - 1})")
+    queries = torch.as_tensor(np.asarray(queries, dtype=np.int64), device=device)
+    if metric == "cosine":
+        x = x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        bias = torch.zeros(n, device=device)
+    else:
+        bias = -(x * x).sum(1)  # (n,): 2 q.p - ||p||^2 = -||q - p||^2 + ||q||^2
+    alpha = 1.0 if metric == "cosine" else 2.0
+    out = torch.empty(len(queries), k, dtype=torch.int64, device=device)
+    step = max(1, CHUNK_ELEMENTS // n)
+    for start in range(0, len(queries), step):
+        q = queries[start:start + step]
+        scores = torch.addmm(bias, x[q], x.T, alpha=alpha)  # (b, n), larger = nearer
+        scores[torch.arange(len(q), device=device), q] = -torch.inf  # never one's own neighbour
+        out[start:start + step] = scores.topk(k, dim=1).indices
+    return out.cpu().numpy()
+
+
+def neighbour_properties(neighbours: np.ndarray, queries: np.ndarray,
+                         tokens: dict[str, np.ndarray]) -> dict[str, tuple[float, int]]:
+    """What the neighbours (q, k) (pool row indices) of the `queries` (q,) rows share with them, from
+    the dump's token table: {property: (value, number of queries it averages over)}.
+
+    identity: mean share of neighbours with the query's token id; position: per query, the mean
+    |position difference| to its neighbours of the same token id, averaged over the queries that
+    have at least one (nan when none has); left_token / right_token: mean share of neighbours whose
+    left (right) neighbouring token in their sentence equals the query's (a missing one never matches).
+    """
+    ids, pos = tokens["token_id"], tokens["position"]
+    left, right = context_tokens(tokens)
+    q = np.asarray(queries)[:, None]  # (q, 1) against neighbours (q, k)
+    same = ids[neighbours] == ids[q]
+    n_same = same.sum(1)
+    has = n_same > 0
+    gap = np.abs(pos[neighbours] - pos[q]) * same
+    position = float((gap.sum(1)[has] / n_same[has]).mean()) if has.any() else float("nan")
+    result = {"identity": (float(same.mean()), len(queries)), "position": (position, int(has.sum()))}
+    for name, ctx in (("left_token", left), ("right_token", right)):
+        match = (ctx[neighbours] == ctx[q]) & (ctx[q] != NO_TOKEN)
+        result[name] = (float(match.mean()), len(queries))
+    return result
+
+
+def run(cfg: DictConfig) -> Path:
+    """Neighbour properties of every layer of cfg.objective / cfg.seed's dump: its `neighbours` part."""
+    started = time.perf_counter()
+    k = int(require(cfg, "analysis.neighbours.k", lambda v: isinstance(v, int) and not isinstance(v, bool)
+                    and v > 0, "a positive integer"))
+    metric = require(cfg, "analysis.neighbours.metric", lambda v: v in METRICS, f"one of {list(METRICS)}")
+    max_queries = require(cfg, "analysis.neighbours.max_queries", lambda v: v is None or (
+        isinstance(v, int) and not isinstance(v, bool) and v > 0), "a positive integer or null (all tokens)")
+    device = resolve_device(str(cfg.analysis.device), "analysis.device")
+    objective = str(cfg.objective.name)
+    dump = load_dump(dump_folder(cfg, objective, int(cfg.seed)))
+    if k >= dump.n_tokens:
+        raise PipelineError(f"setting analysis.neighbours.k={k}: the dump in {dump.folder} has only "
+                            f"{dump.n_tokens} tokens")
+    queries = sample_rows(dump.n_tokens, max_queries, int(cfg.analysis.sample_seed))
+    log.info("%s seed %s on %s: %d queries, pool %d tokens, k=%d, %s", objective, cfg.seed, device,
+             len(queries), dump.n_tokens, k, metric)
+    rows = []
+    for layer in range(dump.n_layers + 1):
+        t = time.perf_counter()
+        nn = nearest_neighbours(dump.states(layer), queries, k, metric, device)
+        for prop, (value, n) in neighbour_properties(nn, queries, dump.tokens).items():
+            rows.append({"objective": objective, "seed": int(cfg.seed), "layer": layer, "property": prop,
+                         "k": k, "metric": metric, "value": value, "n_queries": n})
+        log.info("layer %d done in %.1f s", layer, time.perf_counter() - t)
+    path = write_table(part_path(cfg, "neighbours"), "neighbours", rows, section(cfg, "neighbours"), started,
+                       device=str(device))
+    log.info("wrote %s (%d rows) in %.1f s", path, len(rows), time.perf_counter() - started)
+    return path
+
+
+main = cli(run)
+
+if __name__ == "__main__":
+    main()
