@@ -307,7 +307,7 @@ def neighbours(rows: Rows, objectives: Sequence[str], n_layers: int, style: Styl
 def tsne_grid(rows: Rows, objectives: Sequence[str], layers: Sequence[int], colour_by: str,
               max_points: int, style: Style, seed: int = 0) -> tuple[bytes, str]:
     """t-SNE points: a row per objective, a column per layer. `colour_by`: token (a colour per
-    word; masked occurrences drawn as black crosses when the set has them) or position."""
+    word; in the masked run [MASK]ed occurrences as black crosses, randomly replaced ones as grey pluses) or position."""
     fig, grid = plt.subplots(len(objectives), len(layers), figsize=(1.9 * len(layers) + 1.2, 1.9 * len(objectives)),
                              squeeze=False, layout="constrained")
     tokens = sorted({r["token"] for r in rows})
@@ -337,20 +337,28 @@ def tsne_grid(rows: Rows, objectives: Sequence[str], layers: Sequence[int], colo
                 ax.text(0.5, 0.5, "no points", ha="center", va="center", transform=ax.transAxes, color="#888888")
                 continue
             x, y = np.array([p["x"] for p in pts]), np.array([p["y"] for p in pts])
-            masked = np.array([bool(p.get("masked")) for p in pts])
+            # the masking code of the masked run: 1 [MASK], 2 a random token (3, kept, looks unmasked)
+            code = np.array([int(p.get("masked") or 0) for p in pts])
+            masked, replaced = code == 1, code == 2
             if colour_by == "position":
                 scatter = ax.scatter(x, y, c=[p["position"] for p in pts], cmap="viridis", norm=norm, s=5,
                                      lw=0, rasterized=True)
             else:
-                ax.scatter(x[~masked], y[~masked], c=[palette[p["token"]] for p, m in zip(pts, masked) if not m],
+                plain = ~(masked | replaced)
+                ax.scatter(x[plain], y[plain], c=[palette[p["token"]] for p, m in zip(pts, plain) if m],
                            s=5, lw=0, rasterized=True)
                 if masked.any():
                     ax.scatter(x[masked], y[masked], c="black", marker="x", s=6, lw=0.6, rasterized=True)
+                if replaced.any():
+                    ax.scatter(x[replaced], y[replaced], c="#999999", marker="+", s=6, lw=0.6, rasterized=True)
     if colour_by == "position" and scatter is not None:
         fig.colorbar(scatter, ax=grid[:, -1].tolist(), label="position", shrink=0.8)
     elif colour_by != "position":
         handles = [plt.Line2D([], [], ls="", marker="o", color=palette[t], label=t) for t in tokens]
-        if any(r.get("masked") for r in rows):
-            handles.append(plt.Line2D([], [], ls="", marker="x", color="black", label="[MASK]ed"))
+        codes = {int(r.get("masked") or 0) for r in rows}
+        if 1 in codes:
+            handles.append(plt.Line2D([], [], ls="", marker="x", color="black", label="[MASK]"))
+        if 2 in codes:
+            handles.append(plt.Line2D([], [], ls="", marker="+", color="#999999", label="random token"))
         fig.legend(handles=handles, loc="outside right center")
     return render(fig, style)

@@ -25,10 +25,8 @@ from .tables import COLUMNS, read_record, read_table
 
 TABLES = tuple(COLUMNS)  # similarity, change, influence, mi, neighbours, tsne
 _INT = {"seed", "seed_a", "seed_b", "layer", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_clusters",
-        "k", "n_queries", "position", "sentence_id"}
+        "k", "n_queries", "position", "sentence_id", "masked"}
 _FLOAT = {"distance", "mi", "mi_shuffled", "mi_corrected", "value", "x", "y"}
-_BOOL = {"masked"}
-_TRUE, _FALSE = {"1", "true", "True", "yes"}, {"0", "false", "False", "no", ""}
 
 
 @dataclass
@@ -101,15 +99,11 @@ def _typed(row: dict[str, str], path: Path, line: int) -> dict[str, Any]:
                 out[key] = int(text)
             elif key in _FLOAT:
                 out[key] = float(text)
-            elif key in _BOOL:
-                if text not in _TRUE | _FALSE:
-                    raise ValueError(text)
-                out[key] = text in _TRUE
             else:
                 out[key] = text
         except ValueError:
             raise PipelineError(f"{path}, line {line}: column {key} holds {text!r}, not a "
-                                f"{'number' if key not in _BOOL else 'flag (0/1)'}") from None
+                                "number") from None
     return out
 
 

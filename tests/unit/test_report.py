@@ -118,7 +118,7 @@ def _tsne_rows(grid, rng):
                         rows.append({"set": name, "objective": objective, "seed": seed, "layer": layer,
                                      "x": i * 5 + float(rng.normal()), "y": float(rng.normal()), "token": token,
                                      "position": j, "sentence_id": j,
-                                     "masked": int(name == "verbs_masked" and j % 4 == 0)})
+                                     "masked": (j % 4) if name == "verbs_masked" else 0})
     return rows
 
 
