@@ -1,5 +1,6 @@
 """The smoke experiment end to end through snakemake, as a user runs it, from an empty folder:
-data and tokenizer, every model, every dump; then a second invocation has nothing to do."""
+data and tokenizer, every model, every dump, every measurement and the report; then a second
+invocation has nothing to do, and changed settings rerun only what they affect."""
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ def finished(tmp_path_factory) -> Path:
         pytest.skip(f"the Tatoeba archive is not at {ARCHIVE}")
     workdir = tmp_path_factory.mktemp("workflow")
     # A clean checkout's layout: the jobs run `python -m pipeline.<stage>` from this folder.
-    for name in ("conf", "pipeline", "workflow"):
+    for name in ("conf", "pipeline", "analysis", "workflow"):
         (workdir / name).symlink_to(REPO / name, target_is_directory=True)
     run = snakemake(workdir, timeout=3 * 3600)
     assert run.returncode == 0, f"snakemake failed:\n{run.stdout[-5000:]}\n{run.stderr[-5000:]}"
@@ -62,7 +63,7 @@ def test_every_stage_leaves_its_files(finished):
 
 def test_hydra_files_stay_inside_the_output_folders(finished):
     top = {p.name for p in finished.iterdir()}
-    assert top <= {"conf", "pipeline", "workflow", "results", "logs", ".snakemake"}, top
+    assert top <= {"conf", "pipeline", "analysis", "workflow", "results", "reports", "logs", ".snakemake"}, top
     for objective, seed in GRID:
         for stage in ("models", "dumps"):
             assert (finished / "results" / EXPERIMENT / stage / objective / f"seed{seed}" / "hydra"
@@ -113,3 +114,40 @@ def test_dump_setting_reruns_only_the_dumps(finished):
     table = {line.split()[0]: int(line.split()[1]) for line in (run.stdout + run.stderr).splitlines()
              if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert table.get("dump") == len(GRID) and "train" not in table and "prepare" not in table, table
+    assert table.get("similarity") == 1 and table.get("report") == 1, table
+
+
+def test_every_table_and_the_report(finished):
+    from analysis.tables import COLUMNS, read_table
+
+    metrics = finished / "results" / EXPERIMENT / "metrics"
+    models = {(o, str(s)) for o, s in GRID}
+    for table, columns in COLUMNS.items():
+        rows = read_table(metrics / f"{table}.csv", table)
+        assert rows, table
+        assert (metrics / f"{table}.json").is_file()
+        if table == "similarity":
+            pairs = {(r["objective_a"], r["seed_a"], r["objective_b"], r["seed_b"]) for r in rows}
+            assert len(pairs) == len(GRID) * (len(GRID) - 1) // 2
+        elif table != "tsne":
+            assert {(r["objective"], r["seed"]) for r in rows} == models, table
+        for r in rows:
+            for key in ("distance", "value", "mi", "mi_corrected"):
+                if key in r:
+                    assert r[key] != "nan" or table == "mi", (table, r)
+            if "distance" in r:
+                assert 0.0 <= float(r["distance"]) <= 1.0, (table, r)
+    html = (finished / "reports" / EXPERIMENT / "report.html").read_text(encoding="utf-8")
+    assert "The study and this run" in html and "<svg" in html
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
+    for stage in ("prepare", "train/mt/seed1", "dump/mlm/seed2", "influence/lm/seed1", "similarity", "merge_mi"):
+        assert (finished / "results" / EXPERIMENT / "benchmarks" / f"{stage}.tsv").is_file(), stage
+
+
+def test_analysis_setting_reruns_only_its_measurement(finished):
+    run = snakemake(finished, "--dry-run", "--quiet", "rules", overrides=("analysis.neighbours.k=5",), timeout=600)
+    assert run.returncode == 0, run.stderr
+    table = {line.split()[0]: int(line.split()[1]) for line in (run.stdout + run.stderr).splitlines()
+             if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert (table.get("measure"), table.get("merge"), table.get("report")) == (len(GRID), 1, 1), table
+    assert not {"prepare", "train", "dump", "similarity"} & set(table), table
