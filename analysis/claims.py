@@ -17,7 +17,8 @@ The criteria, one per claim:
    (refined with context), yet the last layer keeps at least `mt_keep_share` of the first layer's
    MI and a larger share than LM's; MT's mean all-token change over layers is below LM's and MLM's.
 4. Similarity (`measure`, PWCCA by default), layers >= 1: every cross-task distance among mt, lm,
-   mlm (every seed pair) exceeds the largest same-objective seed baseline at that layer; the mean
+   mlm (pairs of the same seed, i.e. the same initialisation, when the run has them; see
+   `cross_task`) exceeds the largest same-objective seed baseline at that layer; the mean
    MT–MLM distance is below the mean LM–MT and LM–MLM distances.
 5. Change (`measure`, all tokens): MT's change never rises by more than `change_tolerance` from
    one transition to the next and ends lower than it starts; MLM's largest change is at the top
@@ -214,20 +215,26 @@ def claim_mt_identity(tables: Tables, crit: Criteria) -> Verdict:
     return combine(parts, numbers)
 
 
+def cross_task(rows: Rows) -> list[Mapping[str, Any]]:
+    """The rows comparing two different objectives, restricted to models of the same seed (the same
+    initialisation: only the objective differs, METHODS §1) when the table has such pairs; rows of
+    different seeds would add the difference the initialisation makes."""
+    cross = [r for r in rows if r["objective_a"] != r["objective_b"]]
+    same_init = [r for r in cross if r["seed_a"] == r["seed_b"]]
+    return same_init or cross
+
+
 def claim_similarity(tables: Tables, crit: Criteria) -> Verdict:
     rows = [r for r in tables.get("similarity") or () if r["measure"] == crit.measure and r["layer"] >= 1]
     base = {"mt", "lm", "mlm"}
+    rows = [r for r in rows if r["objective_a"] in base and r["objective_b"] in base]
     cross: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     seeds: dict[int, list[float]] = defaultdict(list)
     for r in rows:
-        a, b = r["objective_a"], r["objective_b"]
-        if a not in base or b not in base:
-            continue
-        if a == b:
-            if r["seed_a"] != r["seed_b"]:
-                seeds[r["layer"]].append(r["distance"])
-        else:
-            cross[tuple(sorted((a, b)))][r["layer"]].append(r["distance"])
+        if r["objective_a"] == r["objective_b"] and r["seed_a"] != r["seed_b"]:
+            seeds[r["layer"]].append(r["distance"])
+    for r in cross_task(rows):
+        cross[tuple(sorted((r["objective_a"], r["objective_b"])))][r["layer"]].append(r["distance"])
     pairs = [("mlm", "mt"), ("lm", "mt"), ("lm", "mlm")]
     if not all(p in cross for p in pairs):
         return combine([_missing("similarity", f"{crit.measure} between all of MT, LM and MLM")], [])

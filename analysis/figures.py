@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import reference  # noqa: E402
+from .claims import cross_task  # noqa: E402
 from .reference import Curve, scaled_layers  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]]
@@ -186,13 +187,15 @@ def mi_sweep(rows: Rows, which: Sequence[tuple[str, str]], style: Style) -> tupl
 
 def similarity(rows: Rows, measures: Sequence[str], pairs: Sequence[tuple[str, str]], n_layers: int,
                style: Style) -> tuple[bytes, str]:
-    """Distance at each layer between two objectives (band: seed pairs) and each objective's seed
-    baseline (same objective, different seeds, grey); the study's PWCCA dashed."""
+    """Distance at each layer between two objectives (models of the same seed, as `claims.cross_task`
+    picks them; band: their range) and each objective's seed baseline (same objective, different
+    seeds, grey); the study's PWCCA dashed."""
     fig, axes = panels(len(measures), 3, width=3.8, height=3.0)
     for i, (ax, measure) in enumerate(zip(axes, measures)):
         mine = [r for r in rows if r["measure"] == measure]
+        cross = cross_task(mine)
         for a, b in pairs:
-            pair_rows = [r for r in mine if {r["objective_a"], r["objective_b"]} == {a, b} and a != b]
+            pair_rows = [r for r in cross if {r["objective_a"], r["objective_b"]} == {a, b} and a != b]
             c = PAIR_COLOURS.get(reference.pair_key(a, b), "#555555")
             draw_spread(ax, pair_rows, "layer", "distance", c, f"{a}–{b}")
             if measure == "pwcca":

@@ -8,7 +8,7 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from . import figures, reference
-from .claims import Criteria, influence_by_bucket, mean_by
+from .claims import Criteria, cross_task, influence_by_bucket, mean_by
 from .gather import Experiment
 from .html import Section, details, esc, figure, note, not_measured, para, pre, table
 
@@ -125,7 +125,8 @@ def similarity_section(exp: Experiment, style: figures.Style) -> Section:
     present = {r["objective_a"] for r in rows} | {r["objective_b"] for r in rows}
     pairs = [(a, b) for a, b in (("mt", "mlm"), ("lm", "mt"), ("lm", "mlm")) if a in present and b in present]
     _fig(s, figures.similarity(rows, measures, pairs, exp.n_layers, style), "distance between tasks per layer",
-         f"Cross-task distances (band: seed pairs' range) and seed baselines (grey dotted). {_depth_note(exp)} "
+         "Cross-task distances between models of the same seed, i.e. the same initialisation (band: their "
+         f"range over seeds), and seed baselines: one objective, two seeds (grey dotted). {_depth_note(exp)} "
          "Grey area: the study's seed baselines (.26–.37).")
     if not any(r["objective_a"] == r["objective_b"] for r in rows):
         s.add(not_measured("seed baselines", "no same-objective pair: the grid needs two seeds of an objective"))
@@ -134,7 +135,8 @@ def similarity_section(exp: Experiment, style: figures.Style) -> Section:
     header, body = ["pair"] + [f"layer {layer}" for layer in layers], []
     all_pairs = sorted({tuple(sorted((r["objective_a"], r["objective_b"]))) for r in main})
     for a, b in all_pairs:
-        means = mean_by([r for r in main if {r["objective_a"], r["objective_b"]} == {a, b}], "layer", "distance")
+        pool = cross_task(main) if a != b else [r for r in main if r["seed_a"] != r["seed_b"]]
+        means = mean_by([r for r in pool if {r["objective_a"], r["objective_b"]} == {a, b}], "layer", "distance")
         label = f"{a}–{b}" if a != b else f"{a} seeds"
         body.append([label] + [means.get(layer) for layer in layers])
         study = reference.PWCCA.get((a, b)) if a != b else None

@@ -276,3 +276,23 @@ def test_claims_from_written_tables_and_the_config(tmp_path):
     rows = load_table(tmp_path / "mi.csv", "mi").rows
     assert isinstance(rows[0]["mi_corrected"], float) and isinstance(rows[0]["layer"], int)
     assert claim_lm_mi({"mi": rows}, crit).verdict == HOLDS
+
+
+def test_cross_task_distances_compare_models_of_the_same_initialisation():
+    """Claim 4 reads cross-task pairs of the same seed: a pair of different seeds differs by its
+    initialisation too, and must not decide it."""
+    from analysis.claims import Criteria, claim_similarity
+
+    rows = []
+    for layer in (1, 2):
+        for a, b in (("mt", "mlm"), ("lm", "mt"), ("lm", "mlm")):
+            for sa, sb in ((1, 1), (2, 2), (1, 2)):
+                far = 0.5 if (a, b) != ("mt", "mlm") else 0.45
+                rows.append({"measure": "pwcca", "objective_a": a, "seed_a": sa, "objective_b": b, "seed_b": sb,
+                             "layer": layer, "distance": far if sa == sb else 0.05, "n_tokens": 1000})
+        for o in ("mt", "lm", "mlm"):
+            rows.append({"measure": "pwcca", "objective_a": o, "seed_a": 1, "objective_b": o, "seed_b": 2,
+                         "layer": layer, "distance": 0.3, "n_tokens": 1000})
+    assert claim_similarity({"similarity": rows}, Criteria()).verdict == "holds"
+    only_mixed = [r for r in rows if r["objective_a"] == r["objective_b"] or r["seed_a"] != r["seed_b"]]
+    assert claim_similarity({"similarity": only_mixed}, Criteria()).verdict == "does not hold"
