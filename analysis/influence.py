@@ -14,7 +14,8 @@ before j cannot change; `analysis.influence.affected: all` keeps them (as the de
 Batched: the states of every layer are computed once per batch of sentences; then, per layer n,
 one pass of block n over one copy of the layer n-1 states per influencing token (each copy with
 its own key removed) gives every removal at once. `removed_states` is that step;
-`removed_states_direct` is the one-token-at-a-time reference it is tested against.
+`removed_states_direct` is the definition computed one token and one layer at a time from the
+embeddings up, the reference it is tested and benchmarked against.
 
 Buckets are compared at equal sizes (see analysis.buckets): influencing tokens are drawn at random
 per bucket until it holds as many pairs as the smallest measured bucket (capped by
@@ -74,12 +75,15 @@ def removed_states(block: Block, prev: torch.Tensor, mask: torch.Tensor, owner: 
 
 
 @torch.no_grad()
-def removed_states_direct(block: Block, prev: torch.Tensor, mask: torch.Tensor, owner: torch.Tensor,
-                          removed: torch.Tensor) -> torch.Tensor:
-    """The same as `removed_states`, one removal at a time (the reference for tests and benchmarks)."""
-    out = [block(prev[b:b + 1], removal_mask(mask[b:b + 1], removed[r:r + 1]))
-           for r, b in enumerate(owner.tolist())]
-    return torch.cat(out)
+def removed_states_direct(model: Model, tokens: torch.Tensor, removed: int, layer: int) -> torch.Tensor:
+    """The definition, one removal at a time (the reference for tests and benchmarks): run one
+    sentence tokens (1, T) from its embeddings through layers 1..layer-1 as usual and layer `layer`
+    with key position `removed` hidden from every other token. Returns its layer states (T, d_model)."""
+    mask = model.stack.mask(tokens)
+    x = model.stack.embed(tokens)
+    for n, block in enumerate(model.stack.blocks[:layer], start=1):
+        x = block(x, removal_mask(mask, torch.tensor([removed], device=tokens.device)) if n == layer else mask)
+    return x[0]
 
 
 # ---------------------------------------------------------------- choosing influencing tokens

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,17 +28,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 from analysis.kmeans import assign, kmeans
 from analysis.mutual_info import mi_of_clusters, plugin_mi
 from pipeline.runtime import resolve_device
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from bench.machine import cpu_model
 
 
 def mixture(n: int, d: int, components: int, spread: float, n_labels: int, purity: float, seed: int):

@@ -39,6 +39,8 @@ def sentences(lengths, seed=0):
 
 @pytest.mark.parametrize("kind", ["lm", "mlm", "mt"])
 def test_batched_removal_equals_one_at_a_time(kind):
+    """Every removal of a batch of padded sentences, from the cached layer n-1 states in one pass,
+    against the definition computed for each sentence, token and layer alone from the embeddings."""
     model = build_model(kind, ARGS, seed=3).eval()
     lengths = [5, 9, 2, 7]
     tokens = sentences(lengths)
@@ -47,10 +49,11 @@ def test_batched_removal_equals_one_at_a_time(kind):
     owner = torch.tensor([b for b, n in enumerate(lengths) for _ in range(n)])
     removed = torch.tensor([p + 1 for n in lengths for p in range(n)])
     for layer in range(1, ARGS.n_layers + 1):
-        block = model.stack.blocks[layer - 1]
-        batched = removed_states(block, states[layer - 1], mask, owner, removed)
-        direct = removed_states_direct(block, states[layer - 1], mask, owner, removed)
-        torch.testing.assert_close(batched, direct, rtol=1e-5, atol=1e-5)
+        batched = removed_states(model.stack.blocks[layer - 1], states[layer - 1], mask, owner, removed)
+        for r, (b, j) in enumerate(zip(owner.tolist(), removed.tolist())):
+            n = lengths[b] + 2
+            direct = removed_states_direct(model, tokens[b:b + 1, :n], j, layer)
+            torch.testing.assert_close(batched[r, :n], direct, rtol=1e-5, atol=1e-5)
 
 
 def test_removal_equals_deleting_the_token_from_the_layer_input():
