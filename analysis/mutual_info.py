@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pipeline.config import cli, require
 from pipeline.runtime import resolve_device
@@ -36,7 +36,7 @@ from pipeline.store import PipelineError
 
 from .dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
 from .kmeans import kmeans
-from .tables import part_path, section, write_table
+from .tables import mi_cluster_counts, mi_settings, part_path, positive_int, write_table
 
 log = logging.getLogger("analysis.mutual_info")
 
@@ -163,34 +163,19 @@ def row_sets(dump: Dump, top_types: int, max_tokens: int | None, sample_seed: in
 
 # ---------------------------------------------------------------- the stage
 
-def _positive_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def cluster_counts(cfg: DictConfig) -> list[int]:
-    """The main analysis.mi.n_clusters, then the sweep when cfg.seed is the first seed of its objective
-    in workflow.seeds (the sweep is the costly part; one seed per objective shows the trend)."""
-    main = int(require(cfg, "analysis.mi.n_clusters", lambda v: _positive_int(v) and v > 1, "an integer > 1"))
-    sweep = require(cfg, "analysis.mi.sweep", lambda v: v is None or (OmegaConf.is_list(v) and all(
-        _positive_int(c) and c > 1 for c in v)), "a list of integers > 1 (or null)") or []
-    seeds = OmegaConf.select(cfg, f"workflow.seeds.{cfg.objective.name}")
-    first = seeds is not None and len(seeds) > 0 and int(seeds[0]) == int(cfg.seed)
-    return [main] + ([int(c) for c in sweep if int(c) != main] if first else [])
-
-
 def run(cfg: DictConfig) -> Path:
     """Measure every layer of cfg.objective / cfg.seed's dump; write its part of the `mi` table."""
     started = time.perf_counter()
-    top_types = require(cfg, "analysis.mi.top_types", _positive_int, "a positive integer")
-    max_tokens = require(cfg, "analysis.mi.max_tokens", lambda v: v is None or _positive_int(v),
+    top_types = require(cfg, "analysis.mi.top_types", positive_int, "a positive integer")
+    max_tokens = require(cfg, "analysis.mi.max_tokens", lambda v: v is None or positive_int(v),
                          "a positive integer or null")
-    iters = require(cfg, "analysis.mi.kmeans_iters", _positive_int, "a positive integer")
-    batch = require(cfg, "analysis.mi.kmeans_batch", lambda v: v is None or _positive_int(v),
+    iters = require(cfg, "analysis.mi.kmeans_iters", positive_int, "a positive integer")
+    batch = require(cfg, "analysis.mi.kmeans_batch", lambda v: v is None or positive_int(v),
                     "a positive integer or null (full-batch Lloyd)")
     tol = require(cfg, "analysis.mi.kmeans_tol", lambda v: isinstance(v, (int, float)) and 0 <= v < 1,
                   "a share of points in [0, 1)")
     seed = int(require(cfg, "analysis.mi.seed", lambda v: isinstance(v, int), "an integer"))
-    counts = cluster_counts(cfg)
+    counts = mi_cluster_counts(cfg)
     device = resolve_device(str(cfg.analysis.device), "analysis.device")
     objective = str(cfg.objective.name)
     dump = load_dump(dump_folder(cfg, objective, int(cfg.seed)))
@@ -221,7 +206,7 @@ def run(cfg: DictConfig) -> Path:
                                      "mi_shuffled": est.mi_shuffled, "mi_corrected": est.mi_corrected,
                                      "n_tokens": est.n_tokens})
         log.info("layer %d done in %.1f s", layer, time.perf_counter() - t)
-    path = write_table(part_path(cfg, "mi"), "mi", out_rows, section(cfg, "mi"), started, device=str(device))
+    path = write_table(part_path(cfg, "mi"), "mi", out_rows, mi_settings(cfg), started, device=str(device))
     log.info("wrote %s (%d rows) in %.1f s", path, len(out_rows), time.perf_counter() - started)
     return path
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import to_plain
+from pipeline.config import require, to_plain
 from pipeline.store import PipelineError, config_hash, read_json, versions, write_json, write_text
 
 # Columns of every table, in order (the report and the tests read them by name).
@@ -91,6 +91,28 @@ def section(cfg: DictConfig, name: str) -> dict:
     a = cfg.analysis
     shared = _SHARED_KEYS.get(name, ("sample_seed",))
     return {"measure": name, **{key: to_plain(a[key]) for key in shared}, name: to_plain(a[name])}
+
+
+def positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def mi_cluster_counts(cfg: DictConfig) -> list[int]:
+    """The cluster counts MI is measured with for cfg's model: analysis.mi.n_clusters, then the sweep
+    when cfg.seed is the first seed of its objective in workflow.seeds (the sweep is the costly part;
+    one seed per objective shows the trend)."""
+    main = int(require(cfg, "analysis.mi.n_clusters", lambda v: positive_int(v) and v > 1, "an integer > 1"))
+    sweep = require(cfg, "analysis.mi.sweep", lambda v: v is None or (OmegaConf.is_list(v) and all(
+        positive_int(c) and c > 1 for c in v)), "a list of integers > 1 (or null)") or []
+    seeds = OmegaConf.select(cfg, f"workflow.seeds.{cfg.objective.name}")
+    first = seeds is not None and len(seeds) > 0 and int(seeds[0]) == int(cfg.seed)
+    return [main] + ([int(c) for c in sweep if int(c) != main] if first else [])
+
+
+def mi_settings(cfg: DictConfig) -> dict:
+    """What one model's MI part depends on: the MI section, the shared keys, and its cluster counts
+    (reordering workflow.seeds moves the sweep to another model, which must rerun)."""
+    return {**section(cfg, "mi"), "clusters": mi_cluster_counts(cfg)}
 
 
 # ---------------------------------------------------------------- per-model parts of a table

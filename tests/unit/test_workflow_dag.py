@@ -150,6 +150,9 @@ DOWNSTREAM_OF_DUMPS = {"measure": 37, "merge": 5, "similarity": 1, "report": 1}
     # the t-SNE pictures (first seeds only)
     (["workflow.seeds.mt=[1,2,3]"], {**NOTHING, "train": 1, "dump": 1, "measure": 4, "merge": 4, "similarity": 1,
                                      "report": 1}),
+    # the same models in another order: the first seed of mt changes, which moves the MI cluster
+    # sweep (MI of both mt models) and the t-SNE pictures (mt/seed2) to it; no model, dump or distance
+    (["workflow.seeds.mt=[2,1]"], {**NOTHING, "measure": 3, "merge": 2, "report": 1}),
 ])
 def test_changed_setting_reruns_exactly_the_affected_jobs(finished_smoke, overrides, expected):
     outputs = run_workflow(finished_smoke, {"experiment": "smoke", "overrides": overrides})

@@ -29,7 +29,7 @@ if sys.path[0] != _CHECKOUT:
 
 from pipeline.config import CONFIG_DIR, compose, data_config, to_plain, tokenizer_config, train_config  # noqa: E402
 from pipeline.store import config_hash  # noqa: E402
-from analysis.tables import section as analysis_section  # noqa: E402
+from analysis.tables import mi_settings, section as analysis_section  # noqa: E402
 
 # The interpreter running snakemake has the pipeline's dependencies (it just imported them).
 PYTHON = sys.executable
@@ -212,6 +212,10 @@ def measure_module(wildcards) -> str:
 
 
 def measure_hash(wildcards) -> str:
+    """The measurement's settings hash; for MI also the cluster counts this model gets (the sweep runs
+    on the first seed of each objective, so reordering workflow.seeds moves it)."""
+    if wildcards.measure == "mi":
+        return config_hash(mi_settings(job_config(wildcards.objective, int(wildcards.seed))))
     return ANALYSIS_HASH[wildcards.measure]
 
 
