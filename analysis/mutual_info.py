@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config import cli, require
+from pipeline.config import cli, positive_int, positive_int_or_none, require
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
 
 from .dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
 from .kmeans import kmeans
-from .tables import mi_cluster_counts, mi_settings, part_path, positive_int, write_table
+from .tables import mi_cluster_counts, mi_settings, part_path, write_table
 
 log = logging.getLogger("analysis.mutual_info")
 
@@ -167,10 +167,10 @@ def run(cfg: DictConfig) -> Path:
     """Measure every layer of cfg.objective / cfg.seed's dump; write its part of the `mi` table."""
     started = time.perf_counter()
     top_types = require(cfg, "analysis.mi.top_types", positive_int, "a positive integer")
-    max_tokens = require(cfg, "analysis.mi.max_tokens", lambda v: v is None or positive_int(v),
+    max_tokens = require(cfg, "analysis.mi.max_tokens", positive_int_or_none,
                          "a positive integer or null")
     iters = require(cfg, "analysis.mi.kmeans_iters", positive_int, "a positive integer")
-    batch = require(cfg, "analysis.mi.kmeans_batch", lambda v: v is None or positive_int(v),
+    batch = require(cfg, "analysis.mi.kmeans_batch", positive_int_or_none,
                     "a positive integer or null (full-batch Lloyd)")
     tol = require(cfg, "analysis.mi.kmeans_tol", lambda v: isinstance(v, (int, float)) and 0 <= v < 1,
                   "a share of points in [0, 1)")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config import cli, require
+from pipeline.config import cli, positive_int, positive_int_or_none, require
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
 
@@ -108,11 +108,10 @@ def neighbour_properties(neighbours: np.ndarray, queries: np.ndarray,
 def run(cfg: DictConfig) -> Path:
     """Neighbour properties of every layer of cfg.objective / cfg.seed's dump: its `neighbours` part."""
     started = time.perf_counter()
-    k = int(require(cfg, "analysis.neighbours.k", lambda v: isinstance(v, int) and not isinstance(v, bool)
-                    and v > 0, "a positive integer"))
+    k = int(require(cfg, "analysis.neighbours.k", positive_int, "a positive integer"))
     metric = require(cfg, "analysis.neighbours.metric", lambda v: v in METRICS, f"one of {list(METRICS)}")
-    max_queries = require(cfg, "analysis.neighbours.max_queries", lambda v: v is None or (
-        isinstance(v, int) and not isinstance(v, bool) and v > 0), "a positive integer or null (all tokens)")
+    max_queries = require(cfg, "analysis.neighbours.max_queries", positive_int_or_none,
+                          "a positive integer or null (all tokens)")
     device = resolve_device(str(cfg.analysis.device), "analysis.device")
     objective = str(cfg.objective.name)
     dump = load_dump(dump_folder(cfg, objective, int(cfg.seed)))

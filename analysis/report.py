@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import cli, require, to_plain
+from pipeline.config import cli, positive_int, require, to_plain
 from pipeline.store import PipelineError, config_hash, versions, write_text
 
 from . import claims, gather
@@ -51,11 +51,10 @@ def report_config(cfg: DictConfig) -> dict:
 
 def check_settings(cfg: DictConfig) -> None:
     """Reject bad report settings before any work, naming the key."""
-    positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0  # noqa: E731
     require(cfg, "analysis.report.figure_format", lambda v: v in ("svg", "png"), "expected svg or png")
-    require(cfg, "analysis.report.dpi", positive, "expected a positive integer")
-    require(cfg, "analysis.report.tsne_max_points", positive, "expected a positive integer")
+    require(cfg, "analysis.report.dpi", positive_int, "expected a positive integer")
+    require(cfg, "analysis.report.tsne_max_points", positive_int, "expected a positive integer")
     require(cfg, "analysis.report.tsne_layers",
             lambda v: v is None or (OmegaConf.is_list(v) and all(isinstance(x, int) and x >= 0 for x in v)),
             "expected null or a list of layer numbers")

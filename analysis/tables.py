@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import require, to_plain
+from pipeline.config import positive_int, require, to_plain
 from pipeline.store import PipelineError, config_hash, read_json, versions, write_json, write_text
 
 # Columns of every table, in order (the report and the tests read them by name).
@@ -91,10 +91,6 @@ def section(cfg: DictConfig, name: str) -> dict:
     a = cfg.analysis
     shared = _SHARED_KEYS.get(name, ("sample_seed",))
     return {"measure": name, **{key: to_plain(a[key]) for key in shared}, name: to_plain(a[name])}
-
-
-def positive_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def mi_cluster_counts(cfg: DictConfig) -> list[int]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import cli, require
+from pipeline.config import cli, positive_int, positive_int_or_none, require
 
 from .dumps import check_aligned, dump_folder, load_dump, sample_rows
 from .tables import part_path, section, write_table
@@ -104,8 +104,8 @@ def run(cfg: DictConfig) -> Path:
         isinstance(w, str) and w.strip() == w and w for w in v), "a list of words (no spaces)")
     position_word = require(cfg, "analysis.tsne.position_word", lambda v: v is None or (
         isinstance(v, str) and v.strip() == v and v), "a word, or null for no position picture")
-    max_per_word = require(cfg, "analysis.tsne.max_per_word", lambda v: v is None or (
-        isinstance(v, int) and not isinstance(v, bool) and v > 0), "a positive integer or null (all)")
+    max_per_word = require(cfg, "analysis.tsne.max_per_word", positive_int_or_none,
+                           "a positive integer or null (all)")
     perplexity = require(cfg, "analysis.tsne.perplexity", lambda v: isinstance(v, (int, float))
                          and not isinstance(v, bool) and v > 0, "a positive number")
     seed = int(require(cfg, "analysis.tsne.seed", lambda v: isinstance(v, int), "an integer"))

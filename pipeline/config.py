@@ -52,6 +52,19 @@ def train_config(cfg: DictConfig) -> dict:
             "train": train, "seed": int(cfg.seed)}
 
 
+def is_int(v: Any) -> bool:
+    """An integer setting (YAML booleans are ints to Python: refused)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def positive_int(v: Any) -> bool:
+    return is_int(v) and v > 0
+
+
+def positive_int_or_none(v: Any) -> bool:
+    return v is None or positive_int(v)
+
+
 def require(cfg: DictConfig, key: str, check: Callable[[Any], bool], what: str) -> Any:
     """Fetch `key` and fail with a message naming it when `check` rejects the value."""
     value = OmegaConf.select(cfg, key)

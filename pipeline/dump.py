@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import cli, require, to_plain, train_config
+from .config import cli, is_int, positive_int, require, to_plain, train_config
 from .corpus import read_lines
 from .model import Model, load_model
 from .objectives import Specials, mask_tokens, pad, specials
@@ -292,11 +292,9 @@ def dump(cfg: DictConfig) -> Path:
             log.info("%s is already dumped with this config and checkpoint; nothing to do", out)
             return out
 
-    batch_tokens = require(cfg, "dump.batch_tokens", lambda v: isinstance(v, int) and not isinstance(v, bool)
-                           and v > 0, "must be a positive integer")
+    batch_tokens = require(cfg, "dump.batch_tokens", positive_int, "must be a positive integer")
     dtype = require(cfg, "dump.dtype", lambda v: v in DTYPES, f"expected one of {sorted(DTYPES)}")
-    mask_seed = require(cfg, "dump.mask_seed", lambda v: isinstance(v, int) and not isinstance(v, bool),
-                        "must be an integer")
+    mask_seed = require(cfg, "dump.mask_seed", is_int, "must be an integer")
     device = resolve_device(str(cfg.dump.device), "dump.device")
     model, ckpt = _load_checkpoint(cfg, ckpt_path)
     checkpoint_sha = sha256_file(ckpt_path)

@@ -54,12 +54,11 @@ class TrainState:
 
 def check_settings(cfg: DictConfig) -> None:
     """Reject bad training settings before any work, naming the key."""
-    from .config import require
+    from .config import positive_int, require
 
-    positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
     for key in ("train.max_tokens", "train.max_steps", "train.eval_every", "train.patience", "data.max_len",
                 "model.n_layers", "model.d_model", "model.n_heads", "model.d_mlp", "model.n_ctx"):
-        require(cfg, key, positive, "expected a positive integer")
+        require(cfg, key, positive_int, "expected a positive integer")
     require(cfg, "train.lr", lambda v: isinstance(v, (int, float)) and v > 0, "expected a positive number")
     require(cfg, "train.decay", lambda v: v in ("inverse_sqrt", "cosine", "linear", "constant"),
             "expected inverse_sqrt, cosine, linear or constant")

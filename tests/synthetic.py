@@ -1,7 +1,8 @@
 """Dumps in the exact on-disk format of `pipeline.dump`, made from given arrays (no model run), for
-tests of the analyses."""
+tests of the analyses; untrained checkpoints; the short training settings the training tests share."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,16 @@ from pipeline.config import to_plain, train_config
 from pipeline.dump import MASKED_COLUMNS, MASKED_DIR, TOKEN_COLUMNS, layer_file, write_token_table
 from pipeline.model import ModelArgs, build_model
 from pipeline.store import config_hash, torch_save, write_json, write_stage_record
+
+
+# Overrides that make a smoke-config training short enough for a unit test (4 dev evaluations).
+FAST_TRAINING = ["train.max_steps=40", "train.eval_every=10", "train.patience=100", "train.dev_sentences=100",
+                 "train.bleu_sentences=20"]
+
+
+def read_log(folder) -> list[dict]:
+    """The entries of a training run's log.jsonl."""
+    return [json.loads(line) for line in (Path(folder) / "log.jsonl").read_text().splitlines()]
 
 
 def token_columns(lengths, token_ids, ranks_of_id, pieces_of_id=None) -> dict:

@@ -2,7 +2,6 @@
 code of the analyses (k-means, exact neighbours, the influence pass). Skipped without CUDA."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -18,21 +17,17 @@ from pipeline.dump import dump, read_tokens
 from pipeline.model import ModelArgs, build_model, load_model
 from pipeline.tokenizer import Tokenizer, train_tokenizer
 from pipeline.train import train
-from tests.synthetic import save_untrained
+from tests.synthetic import FAST_TRAINING, read_log, save_untrained
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-FAST = ["train.max_steps=40", "train.eval_every=10", "train.patience=100", "train.dev_sentences=100",
-        "train.bleu_sentences=20"]
-
-
 @pytest.mark.parametrize("objective", ["mt", "mlm"])
 def test_training_on_cuda_with_bf16_autocast_learns_and_loads_on_the_cpu(objective, smoke_cfg, tmp_path):
-    cfg = smoke_cfg(f"objective={objective}", "train.device=cuda", "train.precision=auto", *FAST)
+    cfg = smoke_cfg(f"objective={objective}", "train.device=cuda", "train.precision=auto", *FAST_TRAINING)
     summary = train(cfg)
     assert summary["device"].startswith("cuda") and summary["precision"] == "torch.bfloat16"
     model_dir = tmp_path / "models" / objective / "seed1"
-    log = [json.loads(line) for line in (model_dir / "log.jsonl").read_text().splitlines()]
+    log = read_log(model_dir)
     assert log[-1]["dev_loss"] < log[0]["dev_loss"] < math.log(cfg.data.tokenizer.vocab_size)
     model, _ = load_model(model_dir / "model.pt")  # a GPU-trained checkpoint rebuilds on the CPU
     assert next(model.parameters()).device.type == "cpu"

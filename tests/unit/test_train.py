@@ -1,6 +1,5 @@
 """Training for real on the smoke slice: the loss falls for every objective, a killed run resumes to
 the same weights, a finished run is not repeated, and bad settings fail before any work."""
-import json
 import math
 import subprocess
 import sys
@@ -10,9 +9,8 @@ import torch
 
 from pipeline.store import PipelineError
 from pipeline.train import train
+from tests.synthetic import FAST_TRAINING, read_log
 
-FAST = ["train.max_steps=40", "train.eval_every=10", "train.patience=100", "train.dev_sentences=100",
-        "train.bleu_sentences=20"]
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +21,7 @@ def shared_data(tmp_path_factory):
 
 def cfg_for(smoke_cfg, shared_data, tmp_path, *overrides):
     return smoke_cfg(f"paths.data={shared_data}/data", f"paths.tokenizer={shared_data}/tokenizer",
-                     f"paths.model={tmp_path}/model", *FAST, *overrides)
-
-
-def read_log(folder):
-    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+                     f"paths.model={tmp_path}/model", *FAST_TRAINING, *overrides)
 
 
 @pytest.mark.parametrize("objective", ["mt", "lm", "mlm", "mt_td", "lm_td"])
