@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.store import PipelineError
+
 log = logging.getLogger("analysis.buckets")
 
 
@@ -32,9 +34,13 @@ class BucketPlan:
         return f"{self.size} per bucket from [{', '.join(parts)}]" + (f"; left out: {gone}" if gone else "")
 
 
-def plan_buckets(labels: list[str], available: dict[str, int], floor: float, cap: int | None) -> BucketPlan:
+def plan_buckets(labels: list[str], available: dict[str, int], floor: float, cap: int | None,
+                 cap_key: str) -> BucketPlan:
     """Measure every bucket holding more than `floor` samples, each with the same number of samples:
-    the smallest such bucket's size, or `cap` if smaller."""
+    the smallest such bucket's size, or `cap` (the setting `cap_key`) if smaller."""
+    if cap is not None and cap <= floor:
+        raise PipelineError(f"setting {cap_key}={cap} is invalid: it must exceed analysis.min_bucket_tokens x "
+                            f"d_model = {floor:g}, the samples a bucket needs to be measured")
     skipped = {label: f"{available.get(label, 0)} samples, at most {floor:g} needed"
                for label in labels if available.get(label, 0) <= floor}
     measured = [label for label in labels if label not in skipped]

@@ -27,7 +27,8 @@ from pipeline.store import PipelineError
 
 from .buckets import draw, plan_buckets
 from .dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, sample_rows
-from .measures import distance_fn
+from .measures import check_measure, distance
+from .similarity import covariances
 from .tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.change")
@@ -42,7 +43,8 @@ def token_groups(dump: Dump, cfg: DictConfig) -> tuple[dict[str, np.ndarray], st
     index = bucket_index(dump.tokens["freq_rank"], edges)
     rows_of = {label: np.flatnonzero(index == i) for i, label in enumerate(labels)}
     plan = plan_buckets(labels, {k: len(v) for k, v in rows_of.items()},
-                        floor=float(a.min_bucket_tokens) * dump.d_model, cap=a.change.max_tokens)
+                        floor=float(a.min_bucket_tokens) * dump.d_model, cap=a.change.max_tokens,
+                        cap_key="analysis.change.max_tokens")
     rng = np.random.default_rng(int(a.sample_seed))
     groups = {"all": sample_rows(dump.n_tokens, a.change.max_tokens, int(a.sample_seed))}
     for label in plan.measured:
@@ -56,20 +58,22 @@ def change_rows(dump: Dump, cfg: DictConfig) -> list[dict]:
     if not measures:
         raise PipelineError("setting analysis.change.measures is empty: name at least one of pwcca, svcca, cka")
     device = resolve_device(str(cfg.analysis.device), "analysis.device")
-    fns = {m: distance_fn(m, cfg, key="analysis.change.measures") for m in measures}
+    measures = [check_measure(m, "analysis.change.measures") for m in measures]
     groups, described = token_groups(dump, cfg)
     log.info("%s seed %d: %d tokens; buckets: %s", dump.objective, dump.seed, dump.n_tokens, described)
     rows = []
     from tqdm.auto import tqdm
 
+    upper = dump.states(0)  # (n_tokens, d_model); each layer is read once
     for layer in tqdm(range(dump.n_layers), desc=f"change {dump.objective} seed {dump.seed}", unit="layer",
                       disable=None):
-        lower, upper = dump.states(layer), dump.states(layer + 1)  # (n_tokens, d_model) each
+        lower, upper = upper, dump.states(layer + 1)
         for label, idx in groups.items():
-            for measure, fn in fns.items():
+            cov = covariances(lower[idx], upper[idx], device=device)  # shared by the measures
+            for measure in measures:
                 rows.append({"measure": measure, "objective": dump.objective, "seed": dump.seed,
                              "layer_from": layer, "layer_to": layer + 1, "bucket": label,
-                             "distance": fn(lower[idx], upper[idx], device), "n_tokens": len(idx)})
+                             "distance": distance(measure, cov, cfg), "n_tokens": len(idx)})
     return rows
 
 

@@ -107,7 +107,7 @@ def choose_influencers(dump: Dump, cfg: DictConfig) -> tuple[dict[int, list[int]
     candidates = {label: np.flatnonzero(in_subset & (bucket == i) & (pairs_of > 0)) for i, label in enumerate(labels)}
     available = {label: int(pairs_of[rows].sum()) for label, rows in candidates.items()}
     plan = plan_buckets(labels, available, floor=float(cfg.analysis.min_bucket_tokens) * dump.d_model,
-                        cap=icfg.max_pairs_per_bucket)
+                        cap=icfg.max_pairs_per_bucket, cap_key="analysis.influence.max_pairs_per_bucket")
     chosen: dict[int, list[int]] = defaultdict(list)
     for label in plan.measured:
         rows = rng.permutation(candidates[label])

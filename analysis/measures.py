@@ -8,33 +8,27 @@ ridge and SVCCA's kept variance are the settings of `analysis.similarity`.
 """
 from __future__ import annotations
 
-from typing import Callable
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from pipeline.store import PipelineError
 
-from .similarity import MEASURES, Covariances, covariances, distance_from_covariances
+from .similarity import MEASURES, Covariances, distance_from_covariances
 
 
-def _check(measure: str, key: str) -> str:
+def check_measure(measure: str, key: str) -> str:
+    """`measure` when it names a distance measure; else an error naming the setting `key`."""
     if measure not in MEASURES:
         raise PipelineError(f"setting {key}: unknown measure {measure!r}; expected one of {', '.join(MEASURES)}")
     return measure
 
 
-def _distance(measure: str, cov: Covariances, cfg: DictConfig) -> float:
+def distance(measure: str, cov: Covariances, cfg: DictConfig) -> float:
+    """The symmetric distance `measure` from the covariances of two views."""
     s = cfg.analysis.similarity
     # The group sizes are checked by the callers (analysis.buckets): n > d is all CCA itself needs.
     return distance_from_covariances(measure, cov, float(s.ridge), float(s.svcca_variance), min_ratio=1.0)
-
-
-def distance_fn(measure: str, cfg: DictConfig, key: str) -> Callable[[np.ndarray, np.ndarray, torch.device], float]:
-    """fn(x, y, device) -> the symmetric distance `measure` between views x (n, d1) and y (n, d2)."""
-    _check(measure, key)
-    return lambda x, y, device: _distance(measure, covariances(x, y, device=device), cfg)
 
 
 class Moments:
@@ -78,4 +72,4 @@ class Moments:
 
 def distance_from_moments(measure: str, moments: Moments, cfg: DictConfig, key: str) -> float:
     """The symmetric distance `measure` between the two views accumulated in `moments`."""
-    return _distance(_check(measure, key), moments.covariances(), cfg)
+    return distance(check_measure(measure, key), moments.covariances(), cfg)

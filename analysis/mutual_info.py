@@ -147,15 +147,17 @@ def masked_rows(masked_tokens: dict[str, np.ndarray], top_types: int) -> RowSet:
                                "output": masked_tokens["label_id"][rows]})
 
 
-def row_sets(dump: Dump, top_types: int, max_tokens: int | None, sample_seed: int) -> list[RowSet]:
+def row_sets(dump: Dump, top_types: int, max_tokens: int | None, sample_seed: int,
+             masked: Dump | None = None) -> list[RowSet]:
     """The row sets measured for `dump` by its kind (mt: input; lm: + output; mlm: + the masked run's
     output and input_masked), each cut to a seeded subset of `max_tokens` rows (the same rows for
-    every model of an experiment, since the candidates depend on the probe tokens only)."""
+    every model of an experiment, since the candidates depend on the probe tokens only). An MLM's
+    masked run is opened here unless the caller passes it as `masked`."""
     sets = [input_rows(dump.tokens, top_types)]
     if dump.kind == "lm":
         sets.append(next_token_rows(dump.tokens, top_types))
     elif dump.kind == "mlm":
-        masked = dump.masked()
+        masked = masked or dump.masked()
         check_aligned([dump, masked])
         sets.append(masked_rows(masked.tokens, top_types))
     return [s.subset(sample_rows(len(s.rows), max_tokens, sample_seed)) for s in sets]
@@ -180,7 +182,7 @@ def run(cfg: DictConfig) -> Path:
     objective = str(cfg.objective.name)
     dump = load_dump(dump_folder(cfg, objective, int(cfg.seed)))
     masked = dump.masked() if dump.kind == "mlm" else None
-    sets = row_sets(dump, int(top_types), max_tokens, int(cfg.analysis.sample_seed))
+    sets = row_sets(dump, int(top_types), max_tokens, int(cfg.analysis.sample_seed), masked)
     log.info("%s seed %s on %s: %s; clusters %s", objective, cfg.seed, device,
              ", ".join(f"{'/'.join(s.labels)} {len(s.rows)} rows" for s in sets), counts)
 

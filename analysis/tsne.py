@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import cli, positive_int, positive_int_or_none, require
+from pipeline.config import cli, positive_int_or_none, require
+from pipeline.dump import MASKED_DIR
 
 from .dumps import check_aligned, dump_folder, load_dump, sample_rows
 from .tables import part_path, section, write_table
@@ -114,7 +115,7 @@ def run(cfg: DictConfig) -> Path:
     dump = load_dump(dump_folder(cfg, objective, int(cfg.seed)))
     masked = None
     if dump.kind == "mlm":
-        if (dump.folder / "masked").is_dir():
+        if (dump.folder / MASKED_DIR).is_dir():
             masked = dump.masked()
             check_aligned([dump, masked])
         else:

@@ -2,7 +2,11 @@
 import numpy as np
 import torch
 
-from analysis.measures import Moments, distance_fn
+import pytest
+
+from analysis.buckets import plan_buckets
+from analysis.measures import Moments, check_measure, distance
+from pipeline.store import PipelineError
 from analysis.similarity import covariances, pwcca_distance
 from pipeline.config import compose
 
@@ -20,11 +24,23 @@ def test_moments_equal_direct_covariances_even_with_large_offsets():
         torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-9, atol=1e-9)
 
 
-def test_distance_fn_is_the_symmetric_pwcca():
+def test_distance_is_the_symmetric_pwcca():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((600, 5))
     y = x[:, :3] @ rng.standard_normal((3, 7)) + 0.5 * rng.standard_normal((600, 7))
-    fn = distance_fn("pwcca", compose(["experiment=smoke"]), "analysis.change.measures")
+    got = distance(check_measure("pwcca", "analysis.change.measures"), covariances(x, y), compose(["experiment=smoke"]))
     both = (pwcca_distance(x, y) + pwcca_distance(y, x)) / 2
-    assert abs(fn(x, y, torch.device("cpu")) - both) < 1e-12
+    assert abs(got - both) < 1e-12
     assert abs(pwcca_distance(x, y) - pwcca_distance(y, x)) > 1e-3  # the two directions do differ here
+
+
+def test_unknown_measure_names_the_setting():
+    with pytest.raises(PipelineError, match="analysis.change.measures: unknown measure 'ccA'"):
+        check_measure("ccA", "analysis.change.measures")
+
+
+def test_a_cap_at_or_below_the_floor_is_refused_naming_the_setting():
+    available = {"1-10": 5000, "10-100": 3000}
+    assert plan_buckets(list(available), available, floor=256, cap=257, cap_key="x.cap").size == 257
+    with pytest.raises(PipelineError, match=r"x.cap=256 is invalid: it must exceed .* = 256"):
+        plan_buckets(list(available), available, floor=256, cap=256, cap_key="x.cap")
