@@ -112,14 +112,18 @@ def _path(curve: Mapping[Any, float]) -> str:
     return " → ".join(_fmt(v) for v in curve.values())
 
 
+def main_clusters(rows: Rows, crit: Criteria) -> int:
+    """The cluster count MI is read at: `crit.n_clusters` when some row has it, else the most used."""
+    counts = Counter(r["n_clusters"] for r in rows)
+    return crit.n_clusters if crit.n_clusters in counts else counts.most_common(1)[0][0]
+
+
 def mi_curve(mi: Rows | None, objective: str, target: str, crit: Criteria) -> dict[int, float]:
     """Seed-mean corrected MI per layer, at `crit.n_clusters` if measured, else the most used count."""
     rows = [r for r in mi or () if r["objective"] == objective and r["target"] == target]
     if not rows:
         return {}
-    counts = Counter(r["n_clusters"] for r in rows)
-    k = crit.n_clusters if crit.n_clusters in counts else counts.most_common(1)[0][0]
-    return mean_by(rows, "layer", "mi_corrected", n_clusters=k)
+    return mean_by(rows, "layer", "mi_corrected", n_clusters=main_clusters(rows, crit))
 
 
 def _missing(table: str, what: str) -> Part:
@@ -333,12 +337,18 @@ def claim_influence(tables: Tables, crit: Criteria) -> Verdict:
     return combine(parts, numbers)
 
 
+def neighbour_rows(rows: Sequence[dict], crit: Criteria) -> list[dict]:
+    """The neighbours rows of the configured (k, metric), or of the most common pair when the table
+    holds other settings only."""
+    if not rows:
+        return []
+    settings = Counter((r["k"], r["metric"]) for r in rows)
+    k, metric = (crit.k, crit.metric) if (crit.k, crit.metric) in settings else settings.most_common(1)[0][0]
+    return [r for r in rows if r["k"] == k and r["metric"] == metric]
+
+
 def claim_neighbours(tables: Tables, crit: Criteria) -> Verdict:
-    rows = list(tables.get("neighbours") or ())
-    if rows:
-        settings = Counter((r["k"], r["metric"]) for r in rows)
-        k, metric = (crit.k, crit.metric) if (crit.k, crit.metric) in settings else settings.most_common(1)[0][0]
-        rows = [r for r in rows if r["k"] == k and r["metric"] == metric]
+    rows = neighbour_rows(list(tables.get("neighbours") or ()), crit)
     ident = {o: mean_by(rows, "layer", "value", objective=o, property="identity") for o in ("mt", "lm", "mlm")}
     pos = {o: mean_by([r for r in rows if r["layer"] >= 1], "layer", "value", objective=o, property="position")
            for o in ("mt", "lm", "mlm")}

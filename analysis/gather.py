@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.store import PipelineError, read_json
 
-from .tables import COLUMNS, read_record, read_table
+from .tables import COLUMNS, read_record, read_table, table_path
 
 TABLES = tuple(COLUMNS)  # similarity, change, influence, mi, neighbours, tsne
 _INT = {"seed", "seed_a", "seed_b", "layer", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_clusters",
@@ -34,7 +34,6 @@ class Table:
     """One metric table: typed rows, or None with the reason in `missing`."""
 
     name: str
-    path: Path
     rows: list[dict[str, Any]] | None = None
     record: dict | None = None
     missing: str | None = None
@@ -46,10 +45,8 @@ class ModelRun:
 
     objective: str
     seed: int
-    folder: Path
     summary: dict | None = None
     log: list[dict] = field(default_factory=list)
-    missing: str | None = None
 
     @property
     def kind(self) -> str:
@@ -62,10 +59,8 @@ class BenchmarkJob:
     """One Snakemake `benchmark:` file: its stage (the first path part), wall time and peak memory."""
 
     stage: str
-    path: Path
     seconds: float | None
     max_rss_mb: float | None
-    cpu_time_s: float | None
 
 
 @dataclass
@@ -111,7 +106,7 @@ def load_table(path: str | Path, name: str) -> Table:
     """Read `metrics/<name>.csv` with typed columns; a missing, empty or malformed table is kept as
     `missing` (the reason) rather than raised."""
     path = Path(path)
-    table = Table(name, path)
+    table = Table(name)
     if not path.is_file():
         table.missing = f"{path} not found: its measurement has not run (snakemake {path})"
         return table
@@ -156,10 +151,7 @@ def _read_log(path: Path) -> list[dict]:
 
 def load_model(results: Path, objective: str, seed: int) -> ModelRun:
     folder = results / "models" / objective / f"seed{seed}"
-    run = ModelRun(objective, seed, folder, _read_json(folder / "summary.json"), _read_log(folder / "log.jsonl"))
-    if run.summary is None:
-        run.missing = f"{folder / 'summary.json'} not found: the model has not finished training"
-    return run
+    return ModelRun(objective, seed, _read_json(folder / "summary.json"), _read_log(folder / "log.jsonl"))
 
 
 def grid(cfg: DictConfig) -> list[tuple[str, int]]:
@@ -205,7 +197,7 @@ def read_benchmark(path: Path, root: Path) -> BenchmarkJob | None:
 
     rss = [v for v in cols.get("max_rss", []) if v is not None]
     stage = path.relative_to(root).parts[0].removesuffix(".tsv")
-    return BenchmarkJob(stage, path, mean("s"), max(rss) if rss else None, mean("cpu_time"))
+    return BenchmarkJob(stage, mean("s"), max(rss) if rss else None)
 
 
 def read_benchmarks(root: Path) -> list[BenchmarkJob]:
@@ -255,8 +247,7 @@ def hardware() -> dict[str, Any]:
 def collect(cfg: DictConfig, probe_hardware: bool = True) -> Experiment:
     """Read every input of the report under `cfg.paths.results`."""
     results = Path(str(cfg.paths.results))
-    metrics = Path(str(cfg.paths.metrics))
-    tables = {name: load_table(metrics / f"{name}.csv", name) for name in TABLES}
+    tables = {name: load_table(table_path(cfg, name), name) for name in TABLES}
     keys = list(dict.fromkeys([*grid(cfg), *_found_in_tables(tables.values())]))
     objectives = list(dict.fromkeys([o for o, _ in keys]))
     models = [load_model(results, o, s) for o, s in keys]

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import cli, positive_int, require, to_plain
+from pipeline.config import RUNTIME_KEYS, cli, positive_int, require, to_plain
 from pipeline.store import PipelineError, config_hash, versions, write_text
 
 from . import claims, gather
@@ -28,7 +28,6 @@ from .html import (Section, details, esc, figure, key_values, not_measured, note
 
 log = logging.getLogger("analysis.report")
 REPORT_FILE = "report.html"
-_RUNTIME_KEYS = {"device", "progress", "threads"}
 QUALITY = {"mt": ("BLEU", "bleu"), "lm": ("perplexity", "perplexity"), "mlm": ("masked accuracy", "accuracy")}
 
 
@@ -41,7 +40,7 @@ def report_config(cfg: DictConfig) -> dict:
     Hydra's own keys and the settings that change how stages run but not what they compute."""
     def strip(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if k not in _RUNTIME_KEYS}
+            return {k: strip(v) for k, v in node.items() if k not in RUNTIME_KEYS}
         return node
 
     plain = to_plain(cfg)
@@ -168,15 +167,22 @@ def _wall_times(exp: gather.Experiment) -> list[tuple]:
     for job in exp.benchmarks:
         stages[job.stage].append(job)
     rank = {name: i for i, name in enumerate(_STAGE_ORDER)}
-    rank["report"] = len(rank) + 1  # merge_<table> and other rules sort by name between the two
+    other, rank["report"] = len(_STAGE_ORDER), len(_STAGE_ORDER) + 1  # merge_<table> etc. sort by name before it
     rows = []
-    for stage in sorted(stages, key=lambda name: (rank.get(name, len(rank)), name)):
+    for stage in sorted(stages, key=lambda name: (rank.get(name, other), name)):
         secs = [j.seconds for j in stages[stage] if j.seconds is not None]
         rss = [j.max_rss_mb for j in stages[stage] if j.max_rss_mb is not None]
         total = sum(secs) if secs else None
         rows.append((stage, len(stages[stage]), total, _clock(total), max(secs) if secs else None,
                      max(rss) if rss else None))
     return rows
+
+
+def _settings_hashes(record: dict) -> str | None:
+    """The settings hash of a table: its own, or for a merged table those of its per-model parts."""
+    if record.get("parts"):
+        return ", ".join(sorted({str(p.get("config_hash")) for p in record["parts"]}))
+    return record.get("config_hash")
 
 
 def provenance_section(exp: gather.Experiment, started: float) -> Section:
@@ -214,7 +220,7 @@ def provenance_section(exp: gather.Experiment, started: float) -> Section:
     else:
         s.add(not_measured("wall time per stage", f"no benchmark files under {exp.results / 'benchmarks'}"))
     made = [(f"metrics/{t.name}.csv", len(t.rows or ()), (t.record or {}).get("finished"),
-             (t.record or {}).get("config_hash"), (t.record or {}).get("wall_time_s"))
+             _settings_hashes(t.record or {}), (t.record or {}).get("wall_time_s"))
             for t in exp.tables.values() if t.rows is not None]
     if made:
         s.add(table(("metric table", "rows", "finished", "settings hash", "wall time in its record (s)"), made))

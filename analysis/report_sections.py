@@ -2,13 +2,12 @@
 `Experiment`, draws its figures and tables, and says "not measured" (and why) for whatever is absent."""
 from __future__ import annotations
 
-from collections import Counter
 from typing import Sequence
 
 from omegaconf import OmegaConf
 
 from . import figures, reference
-from .claims import Criteria, cross_task, influence_by_bucket, mean_by
+from .claims import Criteria, cross_task, influence_by_bucket, main_clusters, mean_by, neighbour_rows
 from .gather import Experiment
 from .html import Section, details, esc, figure, note, not_measured, para, pre, table
 
@@ -19,19 +18,16 @@ TSNE_SETS = {"verbs": ("token", "occurrences of the four verbs, coloured by word
              "it": ("position", "occurrences of the position word, coloured by position in the sentence")}
 
 
-def _missing(section: Section, exp: Experiment, name: str, what: str) -> bool:
-    """Add the "not measured" note when table `name` is absent; True if it is."""
-    if exp.rows(name) is None:
+def _rows(section: Section, exp: Experiment, name: str, what: str) -> list[dict] | None:
+    """The rows of table `name` with the measurement's settings shown (analysis.<name>, as the
+    resolved config has them); or None with a "not measured" note when the table is absent."""
+    rows = exp.rows(name)
+    if rows is None:
         section.add(not_measured(what, exp.tables[name].missing or ""))
-        return True
-    return False
-
-
-def _settings(section: Section, exp: Experiment, name: str) -> None:
-    """The measurement's settings, as the resolved config has them (the tables' records hold the same)."""
-    if name in exp.cfg.analysis:
+    elif name in exp.cfg.analysis:
         yaml = OmegaConf.to_yaml(exp.cfg.analysis[name], resolve=True)
         section.add(details(f"Settings (analysis.{name})", pre(yaml)))
+    return rows
 
 
 def _fig(section: Section, made: tuple[bytes, str] | None, alt: str, caption: str) -> None:
@@ -64,12 +60,10 @@ def mi_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section
                "is the same estimate with the labels shuffled, and the corrected MI is their difference "
                "(METHODS §3). Targets: input (the token itself), output (LM: the next token; MLM: the original "
                "token where the input was masked or replaced), input_masked (MLM's masked input)."))
-    if _missing(s, exp, "mi", "mutual information"):
+    rows = _rows(s, exp, "mi", "mutual information")
+    if rows is None:
         return s
-    _settings(s, exp, "mi")
-    rows = exp.rows("mi")
-    counts = Counter(r["n_clusters"] for r in rows)
-    k = crit.n_clusters if crit.n_clusters in counts else counts.most_common(1)[0][0]
+    k = main_clusters(rows, crit)
     main = [r for r in rows if r["n_clusters"] == k]
     targets = {(r["objective"], r["target"]) for r in main}
     inputs = [(o, "input") for o in _ordered(exp, {o for o, t in targets if t == "input"})]
@@ -111,15 +105,14 @@ def mi_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section
 
 # ---------------------------------------------------------------- §4 distances between tasks
 
-def similarity_section(exp: Experiment, style: figures.Style) -> Section:
+def similarity_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section:
     s = Section("similarity", "Distances between tasks")
     s.add(para("Layer l of one objective against layer l of another, on the same tokens: PWCCA distance "
                "(1 − projection-weighted mean canonical correlation), with SVCCA and linear CKA beside it "
                "(METHODS §4). Same-objective pairs with different seeds are the baselines."))
-    if _missing(s, exp, "similarity", "distances between tasks"):
+    rows = _rows(s, exp, "similarity", "distances between tasks")
+    if rows is None:
         return s
-    _settings(s, exp, "similarity")
-    rows = exp.rows("similarity")
     measures = [m for m in ("pwcca", "svcca", "cka") if any(r["measure"] == m for r in rows)]
     measures += sorted({r["measure"] for r in rows} - set(measures))
     present = {r["objective_a"] for r in rows} | {r["objective_b"] for r in rows}
@@ -130,7 +123,7 @@ def similarity_section(exp: Experiment, style: figures.Style) -> Section:
          "Grey area: the study's seed baselines (.26–.37).")
     if not any(r["objective_a"] == r["objective_b"] for r in rows):
         s.add(not_measured("seed baselines", "no same-objective pair: the grid needs two seeds of an objective"))
-    main = [r for r in rows if r["measure"] == (measures[0] if "pwcca" not in measures else "pwcca")]
+    main = [r for r in rows if r["measure"] == (crit.measure if crit.measure in measures else measures[0])]
     layers = sorted({r["layer"] for r in main})
     header, body = ["pair"] + [f"layer {layer}" for layer in layers], []
     all_pairs = sorted({tuple(sorted((r["objective_a"], r["objective_b"]))) for r in main})
@@ -164,10 +157,9 @@ def change_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Sec
     s = Section("change", "Amount of change")
     s.add(para("PWCCA distance between the states of the same tokens at adjacent layers l−1 and l: how much "
                "information the tokens receive in layer l (METHODS §5); all tokens, then per frequency bucket."))
-    if _missing(s, exp, "change", "amount of change"):
+    rows = _rows(s, exp, "change", "amount of change")
+    if rows is None:
         return s
-    _settings(s, exp, "change")
-    rows = exp.rows("change")
     measure = crit.measure if any(r["measure"] == crit.measure for r in rows) else rows[0]["measure"]
     objectives = _ordered(exp, {r["objective"] for r in rows})
     if any(r["bucket"] == "all" and r["measure"] == measure for r in rows):
@@ -191,10 +183,9 @@ def influence_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
     s.add(para("At layer n one token is removed from attention; the influence of a frequency bucket is the PWCCA "
                "distance between the other tokens' layer-n states with and without it, pooled over the bucket's "
                "tokens (METHODS §6). Token-dropout variants are drawn beside their base objective."))
-    if _missing(s, exp, "influence", "amount of influence"):
+    rows = _rows(s, exp, "influence", "amount of influence")
+    if rows is None:
         return s
-    _settings(s, exp, "influence")
-    rows = exp.rows("influence")
     measure = crit.measure if any(r["measure"] == crit.measure for r in rows) else rows[0]["measure"]
     present = {r["objective"] for r in rows}
     layout = [[o for o in (kind, f"{kind}_td") if o in present] for kind in BASE]
@@ -220,17 +211,16 @@ def influence_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
 
 # ---------------------------------------------------------------- §7 neighbours, §8 t-SNE
 
-def neighbours_section(exp: Experiment, style: figures.Style) -> Section:
+def neighbours_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section:
     s = Section("neighbours", "What a layer keeps: nearest neighbours")
     s.add(para("For each query occurrence, its k nearest neighbours among a layer's states: the share with the "
                "same token (identity), the mean position distance among neighbours of the same type (lower: "
                "position kept), and the share whose left / right token equals the query's (METHODS §7)."))
-    if _missing(s, exp, "neighbours", "nearest neighbours"):
+    rows = _rows(s, exp, "neighbours", "nearest neighbours")
+    if rows is None:
         return s
-    _settings(s, exp, "neighbours")
-    rows = exp.rows("neighbours")
-    (k, metric), _ = Counter((r["k"], r["metric"]) for r in rows).most_common(1)[0]
-    rows = [r for r in rows if r["k"] == k and r["metric"] == metric]
+    rows = neighbour_rows(rows, crit)
+    k, metric = rows[0]["k"], rows[0]["metric"]
     objectives = _ordered(exp, {r["objective"] for r in rows})
     _fig(s, figures.neighbours(rows, objectives, exp.n_layers, style), "nearest-neighbour properties per layer",
          f"k = {k}, {metric} distance; band: seeds' range. {_depth_note(exp)} (the study gives layers 1 and 6).")
@@ -253,10 +243,9 @@ def tsne_section(exp: Experiment, style: figures.Style) -> Section:
     s = Section("tsne", "Pictures: t-SNE")
     s.add(para("Two-dimensional t-SNE maps of a few words' occurrences, a row per objective and a column per "
                "layer (METHODS §8); the first seed of each objective (maps of different runs are not aligned)."))
-    if _missing(s, exp, "tsne", "t-SNE pictures"):
+    rows = _rows(s, exp, "tsne", "t-SNE pictures")
+    if rows is None:
         return s
-    _settings(s, exp, "tsne")
-    rows = exp.rows("tsne")
     settings = exp.cfg.analysis.report
     for name, (colour_by, what) in [*TSNE_SETS.items(), *[(n, ("token", n)) for n in
                                                           sorted({r["set"] for r in rows} - set(TSNE_SETS))]]:
@@ -276,6 +265,6 @@ def tsne_section(exp: Experiment, style: figures.Style) -> Section:
 
 
 def measurement_sections(exp: Experiment, style: figures.Style, crit: Criteria) -> list[Section]:
-    return [mi_section(exp, style, crit), similarity_section(exp, style), change_section(exp, style, crit),
-            influence_section(exp, style, crit), neighbours_section(exp, style), tsne_section(exp, style)]
+    return [mi_section(exp, style, crit), similarity_section(exp, style, crit), change_section(exp, style, crit),
+            influence_section(exp, style, crit), neighbours_section(exp, style, crit), tsne_section(exp, style)]
 

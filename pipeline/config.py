@@ -16,7 +16,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("pipeline")
 
 # Settings that change how a stage runs but not what it computes: they never trigger a rerun.
-_RUNTIME_KEYS = {"progress", "device", "threads"}
+RUNTIME_KEYS = {"progress", "device", "threads"}
 
 
 def compose(overrides: Sequence[str] = (), config_dir: str | Path = CONFIG_DIR) -> DictConfig:
@@ -47,7 +47,7 @@ def tokenizer_config(cfg: DictConfig) -> dict:
 
 def train_config(cfg: DictConfig) -> dict:
     """What a trained model depends on: data, tokenizer, model, objective, training, seed."""
-    train = {k: v for k, v in to_plain(cfg.train).items() if k not in _RUNTIME_KEYS}
+    train = {k: v for k, v in to_plain(cfg.train).items() if k not in RUNTIME_KEYS}
     return {**tokenizer_config(cfg), "model": to_plain(cfg.model), "objective": to_plain(cfg.objective),
             "train": train, "seed": int(cfg.seed)}
 

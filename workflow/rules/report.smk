@@ -14,12 +14,7 @@ REPORT_HASH = config_hash(report_config(BASE))
 
 rule report:
     input:
-        similarity=results("metrics/similarity.csv"),
-        change=results("metrics/change.csv"),
-        influence=results("metrics/influence.csv"),
-        mi=results("metrics/mi.csv"),
-        neighbours=results("metrics/neighbours.csv"),
-        tsne=results("metrics/tsne.csv"),
+        metric_tables(),
     output:
         html=report(f"{REPORT_DIR}/report.html", caption="../report/report.rst", category="Report"),
     params:
