@@ -1,5 +1,6 @@
 # Each target sets up its own virtual environment first (idempotent).
-# TORCH_SPEC: torch==2.13.0 is the small CPU build; on a CUDA machine use e.g. TORCH_SPEC=torch.
+# TORCH_SPEC: torch==2.13.0 (the CPU build where a local CPU wheel of it is on pip's path, as on the
+# development machine; from PyPI on Linux it is the CUDA build, which runs on the CPU as well).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0

@@ -1,4 +1,4 @@
-"""The study's seven conclusions (docs/METHODS.md §9) checked against this run's metric tables.
+"""The study's seven conclusions (METHODS.md §9) checked against this run's metric tables.
 
 Each check is a function of the tables (name -> typed rows as `analysis.gather.load_table` reads
 them, or None when the table is missing) and the `Criteria`; it returns a `Verdict`: "holds",

@@ -1,5 +1,5 @@
 """The study's numbers (Voita, Sennrich and Titov 2019, read off the blog post's figures as listed in
-docs/METHODS.md §3–§7), drawn beside this run's curves and quoted in the claim table.
+METHODS.md §3–§7), drawn beside this run's curves and quoted in the claim table.
 
 The study's analysed stack has 6 layers. A run with another depth L sees them at relative depth:
 study layer l is drawn at l * L / 6 (`scaled_layers`), and the report says so.

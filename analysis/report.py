@@ -131,7 +131,7 @@ def claims_section(exp: gather.Experiment, crit: Criteria) -> Section:
     verdicts = check_all(exp.as_tables(), crit)
     tally = {v: sum(verdict.verdict == v for _, verdict in verdicts)
              for v in ("holds", "does not hold", "not measured")}
-    s.add(para(f"The study's conclusions (METHODS §9), each checked against this run's tables by a fixed "
+    s.add(para(f"The study's conclusions, each checked against this run's tables by a fixed "
                f"criterion (analysis/claims.py): {tally['holds']} hold, {tally['does not hold']} do not hold, "
                f"{tally['not measured']} not measured. A small model on a small corpus need not reproduce "
                "every claim; none is hidden."))

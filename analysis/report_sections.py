@@ -1,4 +1,4 @@
-"""The report's measurement sections (docs/METHODS.md §3–§8): each reads its metric table from the
+"""The report's measurement sections (METHODS.md §3–§8): each reads its metric table from the
 `Experiment`, draws its figures and tables, and says "not measured" (and why) for whatever is absent."""
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def _ends(curve: dict) -> str:
 def mi_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section:
     s = Section("mi", "Mutual information with the input and the output")
     s.add(para("Plug-in MI (nats) between k-means clusters of a layer's states and a label; the chance level "
-               "is the same estimate with the labels shuffled, and the corrected MI is their difference "
-               "(METHODS §3). Targets: input (the token itself), output (LM: the next token; MLM: the original "
+               "is the same estimate with the labels shuffled, and the corrected MI is their difference. "
+               "Targets: input (the token itself), output (LM: the next token; MLM: the original "
                "token where the input was masked or replaced), input_masked (MLM's masked input)."))
     rows = _rows(s, exp, "mi", "mutual information")
     if rows is None:
@@ -108,8 +108,8 @@ def mi_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section
 def similarity_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section:
     s = Section("similarity", "Distances between tasks")
     s.add(para("Layer l of one objective against layer l of another, on the same tokens: PWCCA distance "
-               "(1 − projection-weighted mean canonical correlation), with SVCCA and linear CKA beside it "
-               "(METHODS §4). Same-objective pairs with different seeds are the baselines."))
+               "(1 − projection-weighted mean canonical correlation), with SVCCA and linear CKA beside it. "
+               "Same-objective pairs with different seeds are the baselines."))
     rows = _rows(s, exp, "similarity", "distances between tasks")
     if rows is None:
         return s
@@ -156,7 +156,7 @@ def _left_out(exp: Experiment, rows: Sequence[dict]) -> str | None:
 def change_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section:
     s = Section("change", "Amount of change")
     s.add(para("PWCCA distance between the states of the same tokens at adjacent layers l−1 and l: how much "
-               "information the tokens receive in layer l (METHODS §5); all tokens, then per frequency bucket."))
+               "information the tokens receive in layer l; all tokens, then per frequency bucket."))
     rows = _rows(s, exp, "change", "amount of change")
     if rows is None:
         return s
@@ -182,7 +182,7 @@ def influence_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
     s = Section("influence", "Amount of influence")
     s.add(para("At layer n one token is removed from attention; the influence of a frequency bucket is the PWCCA "
                "distance between the other tokens' layer-n states with and without it, pooled over the bucket's "
-               "tokens (METHODS §6). Token-dropout variants are drawn beside their base objective."))
+               "tokens. Token-dropout variants are drawn beside their base objective."))
     rows = _rows(s, exp, "influence", "amount of influence")
     if rows is None:
         return s
@@ -215,7 +215,7 @@ def neighbours_section(exp: Experiment, style: figures.Style, crit: Criteria) ->
     s = Section("neighbours", "What a layer keeps: nearest neighbours")
     s.add(para("For each query occurrence, its k nearest neighbours among a layer's states: the share with the "
                "same token (identity), the mean position distance among neighbours of the same type (lower: "
-               "position kept), and the share whose left / right token equals the query's (METHODS §7)."))
+               "position kept), and the share whose left / right token equals the query's."))
     rows = _rows(s, exp, "neighbours", "nearest neighbours")
     if rows is None:
         return s
@@ -242,7 +242,7 @@ def neighbours_section(exp: Experiment, style: figures.Style, crit: Criteria) ->
 def tsne_section(exp: Experiment, style: figures.Style) -> Section:
     s = Section("tsne", "Pictures: t-SNE")
     s.add(para("Two-dimensional t-SNE maps of a few words' occurrences, a row per objective and a column per "
-               "layer (METHODS §8); the first seed of each objective (maps of different runs are not aligned)."))
+               "layer; the first seed of each objective (maps of different runs are not aligned)."))
     rows = _rows(s, exp, "tsne", "t-SNE pictures")
     if rows is None:
         return s

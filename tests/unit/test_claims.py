@@ -281,7 +281,6 @@ def test_claims_from_written_tables_and_the_config(tmp_path):
 def test_cross_task_distances_compare_models_of_the_same_initialisation():
     """Claim 4 reads cross-task pairs of the same seed: a pair of different seeds differs by its
     initialisation too, and must not decide it."""
-    from analysis.claims import Criteria, claim_similarity
 
     rows = []
     for layer in (1, 2):
@@ -293,6 +292,6 @@ def test_cross_task_distances_compare_models_of_the_same_initialisation():
         for o in ("mt", "lm", "mlm"):
             rows.append({"measure": "pwcca", "objective_a": o, "seed_a": 1, "objective_b": o, "seed_b": 2,
                          "layer": layer, "distance": 0.3, "n_tokens": 1000})
-    assert claim_similarity({"similarity": rows}, Criteria()).verdict == "holds"
+    assert claim_similarity({"similarity": rows}, Criteria()).verdict == HOLDS
     only_mixed = [r for r in rows if r["objective_a"] == r["objective_b"] or r["seed_a"] != r["seed_b"]]
-    assert claim_similarity({"similarity": only_mixed}, Criteria()).verdict == "does not hold"
+    assert claim_similarity({"similarity": only_mixed}, Criteria()).verdict == FAILS

@@ -21,6 +21,7 @@ from tests.synthetic import FAST_TRAINING, read_log, save_untrained
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
+
 @pytest.mark.parametrize("objective", ["mt", "mlm"])
 def test_training_on_cuda_with_bf16_autocast_learns_and_loads_on_the_cpu(objective, smoke_cfg, tmp_path):
     cfg = smoke_cfg(f"objective={objective}", "train.device=cuda", "train.precision=auto", *FAST_TRAINING)

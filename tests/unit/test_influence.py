@@ -22,12 +22,10 @@ from tests.synthetic import save_untrained
 
 ARGS = ModelArgs(d_vocab=60, pad_id=0, n_layers=3, n_dec_layers=1, d_model=32, n_heads=4, d_mlp=64,
                  dropout=0.0, n_ctx=40)
-REPO = Path(__file__).resolve().parents[2]
-ARCHIVE = REPO.parent / "shared/data/tatoeba-deu-eng/deu-eng.zip"
 
 
 def sentences(lengths, seed=0):
-    """[bos] x_1..x_n [eos] + padding, for each n in lengths -> (tokens (B, T), states of every layer)."""
+    """[bos] x_1..x_n [eos] + padding, for each n in lengths -> tokens (B, T)."""
     g = torch.Generator().manual_seed(seed)
     T = max(lengths) + 2
     tokens = torch.zeros(len(lengths), T, dtype=torch.long)
@@ -101,13 +99,11 @@ def test_pairs_per_influencer():
 # ---------------------------------------------------------------- on a real dump of an untrained model
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    if not ARCHIVE.is_file():
-        pytest.skip(f"the Tatoeba archive {ARCHIVE} is not available")
+def experiment(tmp_path_factory, shared_zip):
     root = tmp_path_factory.mktemp("influence")
 
     def cfg(objective="lm", *extra, seed=1):
-        return compose(["experiment=smoke", f"paths.results={root}", f"data.archive={ARCHIVE}", f"objective={objective}",
+        return compose(["experiment=smoke", f"paths.results={root}", f"data.archive={shared_zip}", f"objective={objective}",
                         f"seed={seed}", "dump.device=cpu", "train.progress=false", "analysis.influence.max_sentences=60",
                         "analysis.min_bucket_tokens=1", *extra])
 
@@ -159,7 +155,7 @@ def test_table_on_a_dump(experiment):
     assert len({frozenset(b) for b in per_layer.values()}) == 1, "every layer measures the same buckets"
 
 
-def test_checkpoint_must_match_the_dump(experiment, tmp_path):
+def test_checkpoint_must_match_the_dump(experiment):
     cfg = experiment("lm")
     d = load_dump(Path(cfg.paths.dump))
     path = Path(cfg.paths.model) / "model.pt"

@@ -351,7 +351,8 @@ def test_command_line_entry_point(tmp_path):
            f"paths.report={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "out" / "report.html").is_file()
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert 'id="claims"' in html and 'id="mi"' in html and "<img" in html  # the claim table, MI and its figures
     bad = subprocess.run([*cmd[:-3], f"paths.results={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'h2'}"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "error: paths.results=" in bad.stderr

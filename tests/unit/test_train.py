@@ -12,7 +12,6 @@ from pipeline.train import train
 from tests.synthetic import FAST_TRAINING, read_log
 
 
-
 @pytest.fixture(scope="module")
 def shared_data(tmp_path_factory):
     """One prepared corpus + tokenizer for the whole module (each test trains into its own folder)."""

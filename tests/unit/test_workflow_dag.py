@@ -42,9 +42,8 @@ def run_workflow(workdir: Path, config: dict, executor: str = "dryrun", forceall
     return scheduled
 
 
-def jobs_per_rule(outputs: list[str], measure: str | None = None) -> dict[str, int]:
-    """Jobs of each rule, recognised by their main output (`measure`: count only that measure's
-    per-model jobs)."""
+def jobs_per_rule(outputs: list[str]) -> dict[str, int]:
+    """Jobs of each rule, recognised by their main output."""
     counts: collections.Counter[str] = collections.Counter()
     for path in map(PurePosixPath, outputs):
         if path.name == "model.pt" and "models" in path.parts:
@@ -59,7 +58,7 @@ def jobs_per_rule(outputs: list[str], measure: str | None = None) -> dict[str, i
             counts["similarity"] += 1
         elif path.parent.name == "metrics" and path.stem in TABLES:
             counts["merge"] += 1
-        elif "metrics" in path.parts and path.parts[-3] in TABLES and (measure is None or path.parts[-3] == measure):
+        elif "metrics" in path.parts and path.parts[-3] in TABLES:
             counts["measure"] += 1
     return {rule: counts[rule] for rule in RULES}
 
