@@ -101,10 +101,9 @@ def draw_spread(ax, rows: Rows, x: str, value: str, colour_: str, label: str, lw
     return True
 
 
-def draw_reference(ax, curve: Curve | None, n_layers: int, colour_: str = "black", label: str | None = None,
-                   offset: float = 0.0) -> None:
+def draw_reference(ax, curve: Curve | None, n_layers: int, colour_: str = "black", label: str | None = None) -> None:
     if curve is not None:
-        ax.plot([x + offset for x in scaled_layers(curve, n_layers)], curve.values, ls="--", lw=1.1,
+        ax.plot(scaled_layers(curve, n_layers), curve.values, ls="--", lw=1.1,
                 color=colour_, alpha=0.75, label=label)
 
 
