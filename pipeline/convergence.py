@@ -1,0 +1,57 @@
+"""Did a training run converge? Computed from its dev-loss log alone.
+
+A run has converged when early stopping ended it (the dev loss stopped improving for
+`train.patience` evaluations), or when the last quarter of its training improved the best dev loss
+by less than `threshold` (1% by default) of the best dev loss reached by the start of that quarter.
+A run whose dev loss still falls at the end is *not* converged, whatever its stop reason.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+THRESHOLD = 0.01  # the last quarter must improve the best dev loss by less than this share
+
+
+def read_log(folder) -> list[dict]:
+    """The entries of a training run's log.jsonl (one per evaluation)."""
+    path = Path(folder) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def convergence(entries: list[dict], stop_reason: str | None = None, threshold: float = THRESHOLD) -> dict:
+    """{converged, last_quarter_improvement, reason, steps, best_dev_loss} of a run's log entries
+    (dicts with `step` and `dev_loss`, in step order).
+
+    last_quarter_improvement: (best dev loss up to step 0.75 * S - best dev loss up to S) / the
+    former, S the last logged step; the best up to a step is the lowest dev loss of the evaluations
+    at or before it. With fewer than two evaluations nothing can be said: not converged."""
+    entries = sorted((e for e in entries if math.isfinite(float(e.get("dev_loss", math.nan)))),
+                     key=lambda e: e["step"])
+    if len(entries) < 2:
+        return {"converged": False, "last_quarter_improvement": None, "reason": "fewer than two evaluations",
+                "steps": entries[-1]["step"] if entries else 0, "best_dev_loss": None}
+    last = entries[-1]["step"]
+    cut = 0.75 * last
+    before = [e["dev_loss"] for e in entries if e["step"] <= cut]
+    if not before:  # the first evaluation came after three quarters of training: compare with it
+        before = [entries[0]["dev_loss"]]
+    best_before, best_end = min(before), min(e["dev_loss"] for e in entries)
+    improvement = (best_before - best_end) / abs(best_before) if best_before else 0.0
+    if stop_reason == "early_stopping":
+        converged, reason = True, "early stopping"
+    elif improvement < threshold:
+        converged, reason = True, f"last quarter improved the dev loss by {100 * improvement:.2f}% (< {100 * threshold:g}%)"
+    else:
+        converged, reason = False, f"dev loss still falling: last quarter improved it by {100 * improvement:.2f}%"
+    return {"converged": converged, "last_quarter_improvement": improvement, "reason": reason,
+            "steps": last, "best_dev_loss": best_end}
+
+
+def model_convergence(folder, threshold: float = THRESHOLD) -> dict:
+    """convergence() of the trained model in `folder` (its log.jsonl and summary.json)."""
+    folder = Path(folder)
+    summary_path = folder / "summary.json"
+    stop = json.loads(summary_path.read_text()).get("stop_reason") if summary_path.exists() else None
+    return convergence(read_log(folder), stop, threshold)
