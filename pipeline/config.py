@@ -52,6 +52,37 @@ def train_config(cfg: DictConfig) -> dict:
             "train": train, "seed": int(cfg.seed)}
 
 
+# The objective name of the step-0 control (conf/objective/init.yaml): the untrained stack of a seed,
+# dumped and measured like a model. It is never trained.
+INIT = "init"
+
+
+def init_config(cfg: DictConfig) -> dict:
+    """What the untrained stack of a seed depends on: the vocabulary (data, tokenizer), the model
+    settings and the seed; not the training settings, which never touch it."""
+    return {**tokenizer_config(cfg), "model": to_plain(cfg.model), "objective": to_plain(cfg.objective),
+            "seed": int(cfg.seed)}
+
+
+def trained_grid(cfg: DictConfig) -> list[tuple[str, int]]:
+    """(objective, seed) of every model the workflow trains: workflow.objectives x workflow.seeds."""
+    seeds = OmegaConf.to_container(cfg.workflow.seeds, resolve=True) or {}
+    return [(str(o), int(s)) for o in cfg.workflow.objectives for s in seeds.get(str(o)) or []]
+
+
+def init_grid(cfg: DictConfig) -> list[tuple[str, int]]:
+    """(INIT, seed) for every seed some trained model uses (the union of workflow.seeds), in order;
+    none when workflow.init is false."""
+    if not OmegaConf.select(cfg, "workflow.init", default=True):
+        return []
+    return [(INIT, seed) for seed in sorted({seed for _, seed in trained_grid(cfg)})]
+
+
+def model_grid(cfg: DictConfig) -> list[tuple[str, int]]:
+    """Every model the analyses measure: the trained grid, then the step-0 control of each seed."""
+    return [*trained_grid(cfg), *init_grid(cfg)]
+
+
 def is_int(v: Any) -> bool:
     """An integer setting (YAML booleans are ints to Python: refused)."""
     return isinstance(v, int) and not isinstance(v, bool)

@@ -12,6 +12,14 @@ Reads `<paths.model>/model.pt` alone (args + weights), the tokenizer in `paths.t
   columns masked (0 untouched, 1 [MASK], 2 random, 3 chosen but kept), input_id and label_id;
 - `stage.json`: written last; a dump with the same config and checkpoint is not made again.
 
+`objective=init` (conf/objective/init.yaml) dumps the step-0 control instead: the untrained stack
+of `seed`, built by `pipeline.model.build_model` with the experiment's model settings and the
+tokenizer's vocabulary, i.e. the same ModelArgs and seed as every trained model of that seed, so its
+weights are what each of them started from. No trained checkpoint is read; its weights are written
+to `<paths.model>/model.pt` (models/init/seed<n>/, no summary: it was never trained) for the
+measurements that rerun the stack (influence). Attention is bidirectional, as in the MT encoder and
+the MLM (the LM's step-0 stack has the same weights and only masks the future); no masked/ run.
+
 Every stack sees `[bos] x_1 .. x_n [eos]` (as in training); only the states of x_1 .. x_n are kept.
 Sentences longer than n_ctx - 2 tokens are skipped: that depends on the tokenizer and n_ctx only,
 so every model of an experiment keeps the same sentences and the rows line up across dumps.
@@ -28,13 +36,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import cli, is_int, positive_int, require, to_plain, train_config
+from .config import INIT, cli, init_config, is_int, positive_int, require, to_plain, train_config
 from .corpus import read_lines
-from .model import Model, load_model
+from .model import Model, ModelArgs, build_model, load_model
 from .objectives import Specials, mask_tokens, pad, specials
 from .runtime import resolve_device
 from .store import (STAGE_RECORD, PipelineError, config_hash, read_json, sha256_file, stage_is_current,
-                    write_json, write_stage_record)
+                    torch_save, write_json, write_stage_record)
 from .tokenizer import Tokenizer, load_frequency_ranks
 
 log = logging.getLogger("pipeline.dump")
@@ -42,6 +50,8 @@ log = logging.getLogger("pipeline.dump")
 TOKENS_FILE = "tokens.tsv"
 META_FILE = "meta.json"
 MASKED_DIR = "masked"
+# The step-0 control is the stack as this objective kind builds it: bidirectional attention.
+INIT_BUILT_AS = "mlm"
 PARTIAL = ".partial"  # suffix of files being written; never read, removed or overwritten by a rerun
 TOKEN_COLUMNS = ("sentence_id", "position", "token_id", "token", "sentence_length", "freq_rank")
 MASKED_COLUMNS = (*TOKEN_COLUMNS, "masked", "input_id", "label_id")
@@ -59,10 +69,16 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{PARTIAL}")
 
 
+def is_init(cfg: DictConfig) -> bool:
+    """True for the step-0 control (objective.kind init), which is built, not trained."""
+    return str(cfg.objective.kind) == INIT
+
+
 def dump_config(cfg: DictConfig) -> dict:
-    """What a dump depends on: the trained model's config and the dump settings (not the device)."""
+    """What a dump depends on: the trained model's config (the step-0 control: `init_config`) and the
+    dump settings (not the device)."""
     settings = {k: v for k, v in to_plain(cfg.dump).items() if k != "device"}
-    return {**train_config(cfg), "dump": settings}
+    return {**(init_config(cfg) if is_init(cfg) else train_config(cfg)), "dump": settings}
 
 
 # ---------------------------------------------------------------- the probe set
@@ -281,14 +297,40 @@ def _load_checkpoint(cfg: DictConfig, path: Path) -> tuple[Model, dict]:
     return model, ckpt
 
 
+def initial_model(cfg: DictConfig, tok: Tokenizer) -> Model:
+    """The untrained model of `cfg.seed` whose stack every objective of that seed starts from: the
+    ModelArgs train.py builds (the tokenizer's vocabulary and padding id, then cfg.model), built as
+    INIT_BUILT_AS (bidirectional); on the CPU, so that the weights do not depend on the device."""
+    try:
+        args = ModelArgs(d_vocab=tok.vocab_size, pad_id=tok.pad_id, **to_plain(cfg.model))
+    except (TypeError, ValueError) as e:
+        raise PipelineError(f"settings model.*: {e}") from None
+    return build_model(INIT_BUILT_AS, args, int(cfg.seed)).eval()
+
+
+def _save_initial(cfg: DictConfig, tok: Tokenizer, path: Path) -> tuple[Model, dict]:
+    """Build the step-0 model of cfg.seed and write it to `path` as train.py writes a checkpoint,
+    with no summary (it was never trained)."""
+    model = initial_model(cfg, tok)
+    ckpt = {"model": model.checkpoint_args(), "state_dict": model.state_dict(),
+            "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": config_hash(init_config(cfg)),
+            "tokenizer": str(cfg.paths.tokenizer), "summary": None, "step": 0}
+    torch_save(ckpt, path)
+    return model, ckpt
+
+
 def dump(cfg: DictConfig) -> Path:
     """Dump the layer states of `cfg.objective` / `cfg.seed` over the probe set into cfg.paths.dump."""
     out = Path(str(cfg.paths.dump))
     ckpt_path = Path(str(cfg.paths.model)) / "model.pt"
     stage_cfg = dump_config(cfg)
+    initial = is_init(cfg)
     if stage_is_current(out, stage_cfg) and (out / META_FILE).is_file():
         done_with = read_json(out / STAGE_RECORD).get("checkpoint_sha256")
-        if not ckpt_path.is_file() or done_with == sha256_file(ckpt_path):
+        # a trained model may have been cleaned away after its dump; the step-0 checkpoint is the
+        # dump's own output, which influence reads, so it must be there
+        same_checkpoint = ckpt_path.is_file() and done_with == sha256_file(ckpt_path)
+        if same_checkpoint or (not ckpt_path.is_file() and not initial):
             log.info("%s is already dumped with this config and checkpoint; nothing to do", out)
             return out
 
@@ -296,10 +338,11 @@ def dump(cfg: DictConfig) -> Path:
     dtype = require(cfg, "dump.dtype", lambda v: v in DTYPES, f"expected one of {sorted(DTYPES)}")
     mask_seed = require(cfg, "dump.mask_seed", is_int, "must be an integer")
     device = resolve_device(str(cfg.dump.device), "dump.device")
-    model, ckpt = _load_checkpoint(cfg, ckpt_path)
+    tok = Tokenizer.load(cfg.paths.tokenizer)
+    model, ckpt = _save_initial(cfg, tok, ckpt_path) if initial else _load_checkpoint(cfg, ckpt_path)
+    model_kind = INIT if initial else model.kind
     checkpoint_sha = sha256_file(ckpt_path)
     model.to(device)
-    tok = Tokenizer.load(cfg.paths.tokenizer)
     if tok.vocab_size != model.args.d_vocab:
         raise PipelineError(f"{ckpt_path} has a vocabulary of {model.args.d_vocab}, the tokenizer in "
                             f"{cfg.paths.tokenizer} one of {tok.vocab_size}: they were not made together")
@@ -320,13 +363,13 @@ def dump(cfg: DictConfig) -> Path:
             "n_skipped_too_long": probe.n_too_long, "n_skipped_empty": probe.n_empty,
             "max_sentence_length": n_ctx - 2, "n_layers": n_layers, "n_layer_files": n_layers + 1,
             "d_model": d_model, "dtype": dtype, "objective": objective.get("name", cfg.objective.name),
-            "kind": model.kind, "seed": int(train_cfg.get("seed", cfg.seed)), "checkpoint": str(ckpt_path),
+            "kind": model_kind, "seed": int(train_cfg.get("seed", cfg.seed)), "checkpoint": str(ckpt_path),
             "checkpoint_sha256": checkpoint_sha, "config_hash": ckpt.get("config_hash"),
             "summary": ckpt.get("summary"), "input": "[bos] x_1 .. x_n [eos]; rows are x_1 .. x_n",
             "masked": False, "columns": list(TOKEN_COLUMNS)}
     columns = _token_columns(probe, tok, ranks)
     sets = [DumpSet(out, probe.tokens, columns, meta)]
-    if model.kind == "mlm" and bool(cfg.dump.mlm_masked):
+    if model_kind == "mlm" and bool(cfg.dump.mlm_masked):
         inputs, kind = mask_probe(probe, sp, int(mask_seed), objective)
         masked_columns = {**columns, "masked": kind, "input_id": np.concatenate(inputs),
                           "label_id": columns["token_id"]}
@@ -338,7 +381,7 @@ def dump(cfg: DictConfig) -> Path:
 
     _remove_outputs(out)
     batches = length_batches(probe.lengths, int(batch_tokens))
-    log.info("%s seed %d (%s) on %s: %d batches of at most %d tokens", meta["objective"], meta["seed"], model.kind,
+    log.info("%s seed %d (%s) on %s: %d batches of at most %d tokens", meta["objective"], meta["seed"], model_kind,
              device, len(batches), batch_tokens)
     progress = bool(OmegaConf.select(cfg, "train.progress", default=True))
     try:

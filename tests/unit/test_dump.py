@@ -268,3 +268,92 @@ def test_cli_skips_a_current_dump_and_reports_errors(root, dumps):
     assert done.returncode == 0 and "nothing to do" in done.stdout + done.stderr, done.stderr
     missing = subprocess.run([*base, "seed=9"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "error:" in missing.stderr and "model.pt not found" in missing.stderr
+
+
+# ---------------------------------------------------------------- the step-0 control (objective init)
+
+def _stack_weights(state_dict: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state_dict.items() if k.startswith("stack.")}
+
+
+@pytest.fixture(scope="module")
+def init_dumps(root) -> dict[int, Path]:
+    return {seed: dump(make_cfg(root, "init", seed)) for seed in (1, 2)}
+
+
+def test_init_dump_is_a_forward_pass_of_a_freshly_built_stack(root, init_dumps, dumps, tok):
+    from pipeline.config import to_plain
+    from pipeline.model import ModelArgs, build_model
+
+    folder = init_dumps[1]
+    meta = read_json(folder / "meta.json")
+    assert (meta["objective"], meta["kind"], meta["seed"], meta["summary"]) == ("init", "init", 1, None)
+    assert not (folder / "masked").exists()
+    assert (folder / "tokens.tsv").read_bytes() == (dumps["lm", 1] / "tokens.tsv").read_bytes()
+    # built here from scratch, as train.py builds every model: the MT encoder is bidirectional, like init
+    cfg = make_cfg(root, "init", 1)
+    fresh = build_model("mt", ModelArgs(d_vocab=tok.vocab_size, pad_id=tok.pad_id, **to_plain(cfg.model)), 1).eval()
+    table, arrays = read_tokens(folder), layers(folder)
+    for sid in (table["sentence_id"][0], table["sentence_id"][-1]):
+        rows = np.flatnonzero(table["sentence_id"] == sid)
+        with torch.no_grad():
+            _, states = fresh.encode(torch.tensor([[tok.bos_id, *table["token_id"][rows].tolist(), tok.eos_id]]),
+                                     return_states=True)
+        for layer, (state, got) in enumerate(zip(states, arrays, strict=True)):
+            np.testing.assert_allclose(got[rows].astype(np.float32), state[0, 1:-1].numpy(), **FP16,
+                                       err_msg=f"layer {layer}")
+    # another seed is another initialisation
+    assert not np.allclose(layers(init_dumps[2])[-1].astype(np.float32), arrays[-1].astype(np.float32), atol=1e-2)
+    # the checkpoint influence reruns is the one the dump was made from, with the stack's weights
+    saved = Path(cfg.paths.model) / "model.pt"
+    assert meta["checkpoint"] == str(saved) and read_json(folder / "stage.json")["checkpoint_sha256"] == \
+        meta["checkpoint_sha256"]
+    model, _ = load_model(saved)
+    assert not model.stack.causal
+    for name, weight in _stack_weights(fresh.state_dict()).items():
+        assert torch.equal(model.state_dict()[name], weight), name
+
+
+def test_init_stack_equals_the_step0_weights_train_starts_from(root, smoke_cfg, tmp_path, monkeypatch):
+    """pipeline.train's own model at step 0 (captured as it is built) has the init checkpoint's stack."""
+    import pipeline.train as train_mod
+
+    built = {}
+
+    def capture(kind, args, seed):
+        model = real_build(kind, args, seed)
+        built["stack"] = {k: v.clone() for k, v in _stack_weights(model.state_dict()).items()}
+        return model
+
+    class Stop(Exception):
+        pass
+
+    def stop(step):
+        raise Stop
+
+    real_build = train_mod.build_model
+    monkeypatch.setattr(train_mod, "build_model", capture)
+    cfg = make_cfg(root, "lm", 1, f"paths.model={tmp_path / 'lm'}")
+    with pytest.raises(Stop):
+        train_mod.train(cfg, on_step=stop)
+    init_model, _ = load_model(Path(make_cfg(root, "init", 1).paths.model) / "model.pt")
+    init_stack = _stack_weights(init_model.state_dict())
+    assert built["stack"].keys() == init_stack.keys()
+    for name, weight in init_stack.items():
+        assert torch.equal(built["stack"][name], weight), name
+
+
+def test_init_dump_reruns_for_model_settings_not_training_settings(root, tmp_path, monkeypatch):
+    where = [f"paths.dump={tmp_path / 'dump'}", f"paths.model={tmp_path / 'model'}"]
+    dump(make_cfg(root, "init", 1, *where))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dump ran again")
+
+    monkeypatch.setattr(dump_mod, "write_states", refuse)
+    dump(make_cfg(root, "init", 1, *where, "train.lr=0.5"))  # never trained: training settings do not matter
+    with pytest.raises(AssertionError, match="ran again"):
+        dump(make_cfg(root, "init", 1, *where, "model.dropout=0.2"))
+    (tmp_path / "model" / "model.pt").unlink()  # the step-0 checkpoint is the dump's own output: remade
+    with pytest.raises(AssertionError, match="ran again"):
+        dump(make_cfg(root, "init", 1, *where))
