@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from pipeline.config import model_grid
 from pipeline.dump import MASKED_DIR, META_FILE, layer_file, read_tokens
 from pipeline.store import STAGE_RECORD, PipelineError, read_json
 
@@ -94,9 +95,9 @@ def load_dump(folder: str | Path) -> Dump:
 # ---------------------------------------------------------------- the models of an experiment
 
 def grid(cfg: DictConfig) -> list[tuple[str, int]]:
-    """(objective, seed) of every model of the experiment, from workflow.objectives / workflow.seeds."""
-    seeds = OmegaConf.to_container(cfg.workflow.seeds, resolve=True)
-    return [(str(o), int(s)) for o in cfg.workflow.objectives for s in seeds[o]]
+    """(objective, seed) of every model of the experiment: workflow.objectives x workflow.seeds, then
+    the step-0 control `init` of every seed in use (`pipeline.config.model_grid`)."""
+    return model_grid(cfg)
 
 
 def dump_folder(cfg: DictConfig, objective: str, seed: int) -> Path:

@@ -17,16 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from pipeline.config import model_grid
 from pipeline.store import PipelineError, read_json
 
 from .tables import COLUMNS, read_record, read_table, table_path
 
 TABLES = tuple(COLUMNS)  # similarity, change, influence, mi, neighbours, tsne
-_INT = {"seed", "seed_a", "seed_b", "layer", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_clusters",
-        "k", "n_queries", "position", "sentence_id", "masked"}
-_FLOAT = {"distance", "mi", "mi_shuffled", "mi_corrected", "value", "x", "y"}
+_INT = {"seed", "seed_a", "seed_b", "layer", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_influencers",
+        "n_clusters", "k", "n_queries", "position", "sentence_id", "masked"}
+_FLOAT = {"distance", "shuffled", "mi", "mi_shuffled", "mi_corrected", "value", "x", "y"}
 
 
 @dataclass
@@ -154,10 +155,6 @@ def load_model(results: Path, objective: str, seed: int) -> ModelRun:
     return ModelRun(objective, seed, _read_json(folder / "summary.json"), _read_log(folder / "log.jsonl"))
 
 
-def grid(cfg: DictConfig) -> list[tuple[str, int]]:
-    """(objective, seed) of every model the config's workflow grid trains."""
-    seeds = OmegaConf.to_container(cfg.workflow.seeds, resolve=True) or {}
-    return [(str(o), int(s)) for o in cfg.workflow.objectives for s in seeds.get(str(o), [])]
 
 
 def _found_in_tables(tables: Iterable[Table]) -> list[tuple[str, int]]:
@@ -248,7 +245,7 @@ def collect(cfg: DictConfig, probe_hardware: bool = True) -> Experiment:
     """Read every input of the report under `cfg.paths.results`."""
     results = Path(str(cfg.paths.results))
     tables = {name: load_table(table_path(cfg, name), name) for name in TABLES}
-    keys = list(dict.fromkeys([*grid(cfg), *_found_in_tables(tables.values())]))
+    keys = list(dict.fromkeys([*model_grid(cfg), *_found_in_tables(tables.values())]))
     objectives = list(dict.fromkeys([o for o, _ in keys]))
     models = [load_model(results, o, s) for o, s in keys]
     dumps = {}

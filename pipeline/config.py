@@ -59,9 +59,8 @@ INIT = "init"
 
 def init_config(cfg: DictConfig) -> dict:
     """What the untrained stack of a seed depends on: the vocabulary (data, tokenizer), the model
-    settings and the seed; not the training settings, which never touch it."""
-    return {**tokenizer_config(cfg), "model": to_plain(cfg.model), "objective": to_plain(cfg.objective),
-            "seed": int(cfg.seed)}
+    settings and the seed; not the objective's or the training settings, which never touch it."""
+    return {**tokenizer_config(cfg), "model": to_plain(cfg.model), "objective": INIT, "seed": int(cfg.seed)}
 
 
 def trained_grid(cfg: DictConfig) -> list[tuple[str, int]]:

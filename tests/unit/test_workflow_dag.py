@@ -20,9 +20,11 @@ from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSetting
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 CONFIGFILE = REPO / "workflow" / "config.yaml"
-# 5 objectives, seeds mt/lm/mlm x2, mt_td/lm_td x1: 8 models; 4 per-model measures on each and t-SNE on
-# the first seed of each objective (37 jobs); 5 merged tables, the task distances, the report.
-GRID = {"prepare": 1, "train": 8, "dump": 8, "measure": 37, "merge": 5, "similarity": 1, "report": 1}
+# 5 objectives, seeds mt/lm/mlm x2, mt_td/lm_td x1: 8 trained models, and the step-0 control `init` of
+# seeds 1 and 2 (dumped, never trained); 4 per-model measures on each of the 10 and t-SNE on the first
+# seed of each objective and of init (46 jobs); 5 merged tables, the task distances, the report.
+GRID = {"prepare": 1, "train": 8, "dump": 8, "dump_init": 2, "measure": 46, "merge": 5, "similarity": 1,
+        "report": 1}
 RULES = tuple(GRID)
 TABLES = ("change", "influence", "mi", "neighbours", "tsne")
 PAPER_DATA = ["data.src_file=/nonexistent/train.en", "data.tgt_file=/nonexistent/train.de"]
@@ -47,9 +49,9 @@ def jobs_per_rule(outputs: list[str]) -> dict[str, int]:
     counts: collections.Counter[str] = collections.Counter()
     for path in map(PurePosixPath, outputs):
         if path.name == "model.pt" and "models" in path.parts:
-            counts["train"] += 1
+            counts["train"] += path.parts[-3] != "init"  # rule dump_init writes the step-0 weights
         elif path.name == "stage.json" and "dumps" in path.parts:
-            counts["dump"] += 1
+            counts["dump_init" if path.parts[-3] == "init" else "dump"] += 1
         elif path.name == "stage.json" and path.parent.name == "data":
             counts["prepare"] += 1
         elif path.name == "report.html":
@@ -73,16 +75,29 @@ def test_dry_run_schedules_the_whole_grid(tmp_path, experiment, overrides):
     assert f"reports/{experiment}/report.html" in outputs
     assert f"results/{experiment}/models/mlm/seed2/model.pt" in outputs
     assert f"results/{experiment}/dumps/lm_td/seed1/tokens.tsv" in outputs
+    assert f"results/{experiment}/dumps/init/seed2/tokens.tsv" in outputs
+    assert f"results/{experiment}/metrics/influence/init/seed1.csv" in outputs
+    assert f"results/{experiment}/metrics/tsne/init/seed1.csv" in outputs
+    assert f"results/{experiment}/metrics/tsne/init/seed2.csv" not in outputs
     assert not (tmp_path / "results").exists() and not (tmp_path / "reports").exists(), "a dry run created outputs"
 
 
 def test_grid_and_results_folder_follow_the_hydra_config(tmp_path):
     overrides = ["workflow.objectives=[mt,mlm]", "workflow.seeds={mt:[1],mlm:[3,4]}", "paths.results=out/run1"]
     outputs = run_workflow(tmp_path, {"experiment": "smoke", "overrides": overrides})
-    assert jobs_per_rule(outputs) == {"prepare": 1, "train": 3, "dump": 3, "measure": 14, "merge": 5,
+    # the step-0 control of every seed in use (1, 3, 4): 4 measures on each of 6 models, t-SNE on 3
+    assert jobs_per_rule(outputs) == {"prepare": 1, "train": 3, "dump": 3, "dump_init": 3, "measure": 27, "merge": 5,
                                       "similarity": 1, "report": 1}
     assert sorted(p for p in outputs if p.endswith("model.pt")) == [
-        "out/run1/models/mlm/seed3/model.pt", "out/run1/models/mlm/seed4/model.pt", "out/run1/models/mt/seed1/model.pt"]
+        "out/run1/models/init/seed1/model.pt", "out/run1/models/init/seed3/model.pt",
+        "out/run1/models/init/seed4/model.pt", "out/run1/models/mlm/seed3/model.pt",
+        "out/run1/models/mlm/seed4/model.pt", "out/run1/models/mt/seed1/model.pt"]
+
+
+def test_init_control_can_be_switched_off(tmp_path):
+    outputs = run_workflow(tmp_path, {"experiment": "smoke", "overrides": ["workflow.init=false"]})
+    assert jobs_per_rule(outputs) == {**GRID, "dump_init": 0, "measure": 37}
+    assert not [p for p in outputs if "/init/" in p]
 
 
 # ---------------------------------------------------------------- bad settings fail before any job
@@ -95,6 +110,9 @@ def test_grid_and_results_folder_follow_the_hydra_config(tmp_path):
     ({"experiment": "smoke", "overrides": ["seed=3"]}, ["overrides", "seed=3"]),
     ({"experiment": "smoke", "overrides": ["workflow.objectives=[mt,nope]"]}, ["workflow.objectives", "nope"]),
     ({"experiment": "smoke", "overrides": ["workflow.seeds.lm=[]"]}, ["workflow.seeds.lm"]),
+    ({"experiment": "smoke", "overrides": ["workflow.objectives=[mt,init]", "+workflow.seeds.init=[1]"]},
+     ["workflow.objectives", "'init'", "step-0"]),
+    ({"experiment": "smoke", "overrides": ["workflow.init=sometimes"]}, ["workflow.init", "sometimes"]),
     ({"experiment": "paper"}, ["data.src_file"]),
     ({"experiment": "smoke", "gpus": 2}, ["gpus"]),
     ({"experiment": "smoke", "experimnet": "smoke"}, ["experimnet"]),
@@ -126,7 +144,9 @@ def finished_smoke(tmp_path_factory) -> Path:
 
 
 NOTHING = dict.fromkeys(RULES, 0)
-DOWNSTREAM_OF_DUMPS = {"measure": 37, "merge": 5, "similarity": 1, "report": 1}
+DOWNSTREAM_OF_DUMPS = {"measure": 46, "merge": 5, "similarity": 1, "report": 1}
+# what depends on the 8 trained models' dumps only (not on the step-0 control's)
+DOWNSTREAM_OF_TRAINED = {"measure": 37, "merge": 5, "similarity": 1, "report": 1}
 
 
 @pytest.mark.parametrize("overrides,expected", [
@@ -134,21 +154,22 @@ DOWNSTREAM_OF_DUMPS = {"measure": 37, "merge": 5, "similarity": 1, "report": 1}
     # runtime settings change how a stage runs, not what it computes
     (["train.threads=3", "train.progress=false", "train.device=cpu", "dump.device=cpu"], NOTHING),
     (["analysis.device=cpu", "analysis.report.dpi=110"], NOTHING),
-    (["model.d_model=32"], {**NOTHING, "train": 8, "dump": 8, **DOWNSTREAM_OF_DUMPS}),
-    (["train.lr=1e-3"], {**NOTHING, "train": 8, "dump": 8, **DOWNSTREAM_OF_DUMPS}),
-    (["dump.dtype=float32"], {**NOTHING, "dump": 8, **DOWNSTREAM_OF_DUMPS}),
+    (["model.d_model=32"], {**NOTHING, "train": 8, "dump": 8, "dump_init": 2, **DOWNSTREAM_OF_DUMPS}),
+    # the step-0 control is never trained: training settings leave it alone
+    (["train.lr=1e-3"], {**NOTHING, "train": 8, "dump": 8, **DOWNSTREAM_OF_TRAINED}),
+    (["dump.dtype=float32"], {**NOTHING, "dump": 8, "dump_init": 2, **DOWNSTREAM_OF_DUMPS}),
     (["data.max_len=40"], GRID),
     (["data.tokenizer.vocab_size=900"], GRID),
     # an analysis setting reruns its measurement (and the report) only, never a model or a dump
     (["analysis.similarity.ridge=1e-5"], {**NOTHING, "similarity": 1, "report": 1}),
-    (["analysis.mi.n_clusters=7"], {**NOTHING, "measure": 8, "merge": 1, "report": 1}),
-    (["analysis.neighbours.k=5"], {**NOTHING, "measure": 8, "merge": 1, "report": 1}),
-    (["analysis.buckets=[1,100,30000]"], {**NOTHING, "measure": 16, "merge": 2, "report": 1}),
+    (["analysis.mi.n_clusters=7"], {**NOTHING, "measure": 10, "merge": 1, "report": 1}),
+    (["analysis.neighbours.k=5"], {**NOTHING, "measure": 10, "merge": 1, "report": 1}),
+    (["analysis.buckets=[1,100,30000]"], {**NOTHING, "measure": 20, "merge": 2, "report": 1}),
     (["analysis.report.claims.mi_tolerance=0.1"], {**NOTHING, "report": 1}),
-    # a seed more for one objective: its model and dump, its measures, every table over models but
-    # the t-SNE pictures (first seeds only)
-    (["workflow.seeds.mt=[1,2,3]"], {**NOTHING, "train": 1, "dump": 1, "measure": 4, "merge": 4, "similarity": 1,
-                                     "report": 1}),
+    # a seed more for one objective: its model and dump, the step-0 control of the new seed, the
+    # measures of both, every table over models but the t-SNE pictures (first seeds only)
+    (["workflow.seeds.mt=[1,2,3]"], {**NOTHING, "train": 1, "dump": 1, "dump_init": 1, "measure": 8, "merge": 4,
+                                     "similarity": 1, "report": 1}),
     # the same models in another order: the first seed of mt changes, which moves the MI cluster
     # sweep (MI of both mt models) and the t-SNE pictures (mt/seed2) to it; no model, dump or distance
     (["workflow.seeds.mt=[2,1]"], {**NOTHING, "measure": 3, "merge": 2, "report": 1}),
@@ -164,6 +185,7 @@ def test_setting_reruns_only_the_models_whose_config_it_changes(finished_smoke):
     retrained = sorted(str(PurePosixPath(p).parent.relative_to("results/smoke/models"))
                        for p in outputs if p.endswith("model.pt"))
     assert retrained == ["lm/seed1", "lm/seed2", "mlm/seed1", "mlm/seed2", "mt/seed1", "mt/seed2"]
-    # 6 x 4 per-model measures + t-SNE of mt/seed1, lm/seed1, mlm/seed1
+    # 6 x 4 per-model measures + t-SNE of mt/seed1, lm/seed1, mlm/seed1; the step-0 control has no
+    # objective settings to change
     assert jobs_per_rule(outputs) == {**NOTHING, "train": 6, "dump": 6, "measure": 27, "merge": 5, "similarity": 1,
                                       "report": 1}

@@ -6,7 +6,7 @@
 
 rule similarity:
     input:
-        dumps=expand(rules.dump.output.stage, zip, objective=[o for o, _ in GRID], seed=[s for _, s in GRID]),
+        dumps=model_dumps(),
     output:
         table=report(results("metrics/similarity.csv"), caption="../report/similarity.rst", category="Metrics"),
     params:

@@ -27,7 +27,8 @@ _CHECKOUT = str(Path(workflow.basedir).parent)
 if sys.path[0] != _CHECKOUT:
     sys.path.insert(0, _CHECKOUT)
 
-from pipeline.config import CONFIG_DIR, compose, data_config, to_plain, tokenizer_config, train_config  # noqa: E402
+from pipeline.config import (CONFIG_DIR, INIT, compose, data_config, init_config, init_grid, to_plain,  # noqa: E402
+                             tokenizer_config, train_config)
 from pipeline.store import config_hash  # noqa: E402
 from analysis.tables import mi_settings, section as analysis_section  # noqa: E402
 
@@ -135,6 +136,9 @@ def _grid(cfg) -> list[tuple[str, int]]:
     if not isinstance(objectives, list) or not objectives or not all(isinstance(o, str) for o in objectives):
         raise WorkflowError(f"setting workflow.objectives={objectives!r}: expected a non-empty list of names")
     for objective in objectives:
+        if objective == INIT:
+            raise WorkflowError(f"setting workflow.objectives: {INIT!r} is the step-0 control, never trained; "
+                                "it is dumped and measured for every seed in use unless workflow.init=false")
         if objective not in known:
             raise WorkflowError(
                 f"setting workflow.objectives: {objective!r} has no conf/objective/{objective}.yaml "
@@ -152,7 +156,14 @@ def _grid(cfg) -> list[tuple[str, int]]:
     return grid
 
 
-GRID = _grid(BASE)  # (objective, seed) of every model, in the order of workflow.objectives
+GRID = _grid(BASE)  # (objective, seed) of every trained model, in the order of workflow.objectives
+if not isinstance(OmegaConf.select(BASE, "workflow.init"), bool):
+    raise WorkflowError(f"setting workflow.init={OmegaConf.select(BASE, 'workflow.init')!r}: expected true or false")
+# The step-0 control: the untrained stack of every seed in use (rule dump_init), measured like a model.
+INIT_GRID = init_grid(BASE)
+MODELS = [*GRID, *INIT_GRID]  # every model the measurements run on
+# The objectives rules train and dump from a checkpoint match (rule-level wildcard_constraints).
+TRAINED = "|".join(re.escape(o) for o in _choices("objective") if o != INIT)
 
 
 @functools.cache
@@ -179,28 +190,39 @@ def train_hash(wildcards) -> str:
     return config_hash(train_config(job_config(wildcards.objective, int(wildcards.seed))))
 
 
-def dump_hash(wildcards) -> str:
-    """Hash of what a dump depends on: its model's config and the dump settings but the device
-    (pipeline.dump.dump_config, rebuilt here so that parsing the workflow never imports torch)."""
-    cfg = job_config(wildcards.objective, int(wildcards.seed))
+def _dump_hash(objective: str, seed: int) -> str:
+    """Hash of what a dump depends on: its model's config (the step-0 control: model settings,
+    vocabulary and seed only) and the dump settings but the device (pipeline.dump.dump_config,
+    rebuilt here so that parsing the workflow never imports torch)."""
+    cfg = job_config(objective, seed)
     settings = {key: value for key, value in to_plain(cfg.dump).items() if key != "device"}
-    return config_hash({**train_config(cfg), "dump": settings})
+    model = init_config(cfg) if objective == INIT else train_config(cfg)
+    return config_hash({**model, "dump": settings})
+
+
+def dump_hash(wildcards) -> str:
+    return _dump_hash(wildcards.objective, int(wildcards.seed))
+
+
+def init_dump_hash(wildcards) -> str:
+    return _dump_hash(INIT, int(wildcards.seed))
 
 
 # ---------------------------------------------------------------- the measurements
 
-# Per-model measurements: the module each runs, and the models it runs on (t-SNE pictures: the first
-# seed of each objective; everything else: every model).
+# Per-model measurements: the module each runs, and the models it runs on, the step-0 control
+# included (t-SNE pictures: the first seed of each objective; everything else: every model).
 MEASURE_MODULES = {"change": "analysis.change", "influence": "analysis.influence", "mi": "analysis.mutual_info",
                    "neighbours": "analysis.neighbours", "tsne": "analysis.tsne"}
-FIRST_SEEDS = [(o, s) for i, (o, s) in enumerate(GRID) if all(o != p for p, _ in GRID[:i])]
-MEASURE_MODELS = {name: FIRST_SEEDS if name == "tsne" else GRID for name in MEASURE_MODULES}
+FIRST_SEEDS = [(o, s) for i, (o, s) in enumerate(MODELS) if all(o != p for p, _ in MODELS[:i])]
+MEASURE_MODELS = {name: FIRST_SEEDS if name == "tsne" else MODELS for name in MEASURE_MODULES}
 # Hash of each measurement's settings (its analysis section and the shared analysis keys).
 ANALYSIS_HASH = {name: config_hash(analysis_section(BASE, name)) for name in ("similarity", *MEASURE_MODULES)}
 
 
 def measure_inputs(wildcards) -> dict:
-    """A per-model measurement reads the model's dump; influence also its checkpoint."""
+    """A per-model measurement reads the model's dump; influence also its checkpoint (the step-0
+    control's is written by rule dump_init)."""
     inputs = {"dump": results(f"dumps/{wildcards.objective}/seed{wildcards.seed}/stage.json")}
     if wildcards.measure == "influence":
         inputs["model"] = results(f"models/{wildcards.objective}/seed{wildcards.seed}/model.pt")
@@ -224,12 +246,17 @@ def measure_parts(wildcards) -> list[str]:
     return [results(f"metrics/{wildcards.measure}/{o}/seed{s}.csv") for o, s in MEASURE_MODELS[wildcards.measure]]
 
 
+def model_dumps() -> list[str]:
+    """The finished dump (stage.json) of every model, trained or the step-0 control."""
+    return [results(f"dumps/{o}/seed{s}/stage.json") for o, s in MODELS]
+
+
 def metric_tables() -> list[str]:
     return [results(f"metrics/{name}.csv") for name in ANALYSIS_HASH]
 
 
 # Compose every model of the grid now: a bad setting fails here, before any job runs.
-for _objective, _seed in GRID:
+for _objective, _seed in MODELS:
     job_config(_objective, _seed)
 
 wildcard_constraints:

@@ -1,9 +1,12 @@
 # Layer-wise activations of one model on the probe sentences. stage.json is written last, so a
 # folder without it (a killed dump) is never taken as finished; tokens.tsv is what the analyses read
-# first.
+# first. The step-0 control (objective init) has no train job: rule dump_init builds the untrained
+# stack of a seed and writes its weights as models/init/seed<n>/model.pt (influence reruns them).
 
 
 rule dump:
+    wildcard_constraints:
+        objective=TRAINED,
     input:
         model=rules.train.output.model,
         data=rules.prepare.output.data,
@@ -25,3 +28,26 @@ rule dump:
         "OMP_NUM_THREADS={threads} {PYTHON:q} -m pipeline.dump {HYDRA_ARGS:q}"
         " objective={wildcards.objective} seed={wildcards.seed} hydra.run.dir={params.run_dir:q}"
         " > {log:q} 2>&1"
+
+
+rule dump_init:
+    input:
+        data=rules.prepare.output.data,
+        tokenizer=rules.prepare.output.tokenizer,
+    output:
+        stage=results("dumps/init/seed{seed}/stage.json"),
+        tokens=results("dumps/init/seed{seed}/tokens.tsv"),
+        model=results("models/init/seed{seed}/model.pt"),
+    params:
+        config_hash=init_dump_hash,
+        run_dir=results("dumps/init/seed{seed}/hydra"),
+    log:
+        logs("dump/init/seed{seed}.log"),
+    benchmark:
+        results("benchmarks/dump/init/seed{seed}.tsv")
+    threads: 2
+    resources:
+        gpu=GPUS,
+    shell:
+        "OMP_NUM_THREADS={threads} {PYTHON:q} -m pipeline.dump {HYDRA_ARGS:q}"
+        " objective=init seed={wildcards.seed} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"

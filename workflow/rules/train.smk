@@ -4,6 +4,8 @@
 
 
 rule train:
+    wildcard_constraints:
+        objective=TRAINED,  # never init: the step-0 control is built by rule dump_init
     input:
         data=rules.prepare.output.data,
         tokenizer=rules.prepare.output.tokenizer,
