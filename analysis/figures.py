@@ -19,12 +19,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from pipeline.config import INIT  # noqa: E402
+
 from . import reference  # noqa: E402
 from .claims import cross_task  # noqa: E402
 from .reference import Curve, scaled_layers  # noqa: E402
+from .tables import DIFFERENT_INIT, INIT_PAIR, SEED_BASELINE  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]]
-COLOURS = {"mt": "#1f6fb4", "mt_td": "#86b9e3", "lm": "#c8321e", "lm_td": "#f0a08f", "mlm": "#2f9a3c"}
+COLOURS = {"mt": "#1f6fb4", "mt_td": "#86b9e3", "lm": "#c8321e", "lm_td": "#f0a08f", "mlm": "#2f9a3c",
+           "init": "#7f7f7f"}
+INIT_LS = "--"  # the step-0 control `init`: drawn grey dashed, as a reference, wherever objectives are curves
 _EXTRA = ["#8e5bb5", "#a66a1e", "#4d4d4d", "#d4a017", "#17a2b8"]
 PAIR_COLOURS = {("mlm", "mt"): "#6a3d9a", ("lm", "mt"): "#e08214", ("lm", "mlm"): "#1b9e9e"}
 PROPERTIES = ("identity", "position", "left_token", "right_token")
@@ -186,24 +191,31 @@ def mi_sweep(rows: Rows, which: Sequence[tuple[str, str]], style: Style) -> tupl
 
 def similarity(rows: Rows, measures: Sequence[str], pairs: Sequence[tuple[str, str]], n_layers: int,
                style: Style) -> tuple[bytes, str]:
-    """Distance at each layer between two objectives (models of the same seed, as `claims.cross_task`
-    picks them; band: their range) and each objective's seed baseline (same objective, different
-    seeds, grey); the study's PWCCA dashed."""
+    """Distance at each layer between two objectives: models of the same seed (as `claims.cross_task`
+    picks them; band: their range), and thin dash-dotted beside them models of different seeds;
+    each objective's seed baseline (same objective, different seeds, grey dotted); the step-0
+    controls of two seeds (grey dashed); the study's PWCCA dashed in the pair's colour."""
     fig, axes = panels(len(measures), 3, width=3.8, height=3.0)
     for i, (ax, measure) in enumerate(zip(axes, measures)):
         mine = [r for r in rows if r["measure"] == measure]
-        cross = cross_task(mine)
-        for a, b in pairs:
-            pair_rows = [r for r in cross if {r["objective_a"], r["objective_b"]} == {a, b} and a != b]
+        cross, mixed = cross_task(mine), [r for r in mine if r["pair"] == DIFFERENT_INIT]
+        for j, (a, b) in enumerate(pairs):
             c = PAIR_COLOURS.get(reference.pair_key(a, b), "#555555")
-            draw_spread(ax, pair_rows, "layer", "distance", c, f"{a}–{b}")
+            draw_spread(ax, [r for r in cross if {r["objective_a"], r["objective_b"]} == {a, b}], "layer",
+                        "distance", c, f"{a}–{b}")
+            drew = draw_spread(ax, [r for r in mixed if {r["objective_a"], r["objective_b"]} == {a, b}], "layer",
+                               "distance", c, "_", lw=0.9, ls="-.")
+            if drew and j == 0:
+                ax.plot([], [], color="#555555", lw=0.9, ls="-.", label="different seeds")
             if measure == "pwcca":
                 draw_reference(ax, reference.PWCCA.get(reference.pair_key(a, b)), n_layers, c)
-        objectives = sorted({r["objective_a"] for r in mine if r["objective_a"] == r["objective_b"]})
+        base = [r for r in mine if r["pair"] == SEED_BASELINE]
+        objectives = sorted({r["objective_a"] for r in base})
         for j, objective in enumerate(objectives):
-            base = [r for r in mine if r["objective_a"] == r["objective_b"] == objective and r["seed_a"] != r["seed_b"]]
-            draw_spread(ax, base, "layer", "distance", "#9a9a9a", f"seed baselines ({', '.join(objectives)})"
-                        if j == 0 else "_", lw=1.0, ls=":")
+            draw_spread(ax, [r for r in base if r["objective_a"] == objective], "layer", "distance", "#9a9a9a",
+                        f"seed baselines ({', '.join(objectives)})" if j == 0 else "_", lw=1.0, ls=":")
+        controls = [r for r in mine if r["pair"] == INIT_PAIR and r["objective_a"] == r["objective_b"] == INIT]
+        draw_spread(ax, controls, "layer", "distance", colour(INIT), "untrained: init seeds", lw=1.0, ls=INIT_LS)
         if measure == "pwcca":
             ax.axhspan(*reference.PWCCA_SEED_BASELINE, color="#cccccc", alpha=0.3, lw=0, label="study: seeds")
         ax.set_title(measure.upper())

@@ -6,10 +6,13 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
+from pipeline.config import INIT
+
 from . import figures, reference
-from .claims import Criteria, cross_task, influence_by_bucket, main_clusters, mean_by, neighbour_rows
+from .claims import Criteria, influence_by_bucket, main_clusters, mean_by, neighbour_rows
 from .gather import Experiment
 from .html import Section, details, esc, figure, note, not_measured, para, pre, table
+from .tables import DIFFERENT_INIT, INIT_PAIR, SAME_INIT, SEED_BASELINE
 
 BASE = ("mt", "lm", "mlm")
 TSNE_SETS = {"verbs": ("token", "occurrences of the four verbs, coloured by word (MLM input unmasked)"),
@@ -109,7 +112,11 @@ def similarity_section(exp: Experiment, style: figures.Style, crit: Criteria) ->
     s = Section("similarity", "Distances between tasks")
     s.add(para("Layer l of one objective against layer l of another, on the same tokens: PWCCA distance "
                "(1 − projection-weighted mean canonical correlation), with SVCCA and linear CKA beside it. "
-               "Same-objective pairs with different seeds are the baselines."))
+               "Cross-task pairs of the same seed share their initialisation, the study's design: only the "
+               "objective differs (pair same_init; the claim reads these). Pairs of different seeds "
+               "(different_init) differ by their initialisation too and are shown beside them. Same-objective "
+               "pairs with different seeds are the seed baselines; the untrained stack of each seed (init) "
+               "against a trained model of that seed is how far training moved it."))
     rows = _rows(s, exp, "similarity", "distances between tasks")
     if rows is None:
         return s
@@ -118,26 +125,51 @@ def similarity_section(exp: Experiment, style: figures.Style, crit: Criteria) ->
     present = {r["objective_a"] for r in rows} | {r["objective_b"] for r in rows}
     pairs = [(a, b) for a, b in (("mt", "mlm"), ("lm", "mt"), ("lm", "mlm")) if a in present and b in present]
     _fig(s, figures.similarity(rows, measures, pairs, exp.n_layers, style), "distance between tasks per layer",
-         "Cross-task distances between models of the same seed, i.e. the same initialisation (band: their "
-         f"range over seeds), and seed baselines: one objective, two seeds (grey dotted). {_depth_note(exp)} "
-         "Grey area: the study's seed baselines (.26–.37).")
-    if not any(r["objective_a"] == r["objective_b"] for r in rows):
+         "Cross-task distances between models of the same seed, i.e. the same initialisation (solid; band: "
+         "their range over seeds), between models of different seeds (thin dash-dotted), seed baselines: one "
+         "objective, two seeds (grey dotted), and the untrained stacks of two seeds (grey dashed). "
+         f"{_depth_note(exp)} Grey area: the study's seed baselines (.26–.37).")
+    if not any(r["pair"] == SEED_BASELINE for r in rows):
         s.add(not_measured("seed baselines", "no same-objective pair: the grid needs two seeds of an objective"))
+    if not any(r["pair"] == SAME_INIT for r in rows):
+        s.add(not_measured("cross-task distances of the same initialisation",
+                           "no two objectives share a seed in workflow.seeds"))
     main = [r for r in rows if r["measure"] == (crit.measure if crit.measure in measures else measures[0])]
     layers = sorted({r["layer"] for r in main})
-    header, body = ["pair"] + [f"layer {layer}" for layer in layers], []
-    all_pairs = sorted({tuple(sorted((r["objective_a"], r["objective_b"]))) for r in main})
-    for a, b in all_pairs:
-        pool = cross_task(main) if a != b else [r for r in main if r["seed_a"] != r["seed_b"]]
-        means = mean_by([r for r in pool if {r["objective_a"], r["objective_b"]} == {a, b}], "layer", "distance")
-        label = f"{a}–{b}" if a != b else f"{a} seeds"
-        body.append([label] + [means.get(layer) for layer in layers])
-        study = reference.PWCCA.get((a, b)) if a != b else None
-        if study is not None and main[0]["measure"] == "pwcca":
-            ref = dict(zip(study.layers, study.values))
-            body.append([f"{label} (study)"] + [ref.get(layer) if exp.n_layers == 6 else None for layer in layers])
-    s.add(details(f"{main[0]['measure'].upper()} per layer, seed means", table(header, body)))
+    body = [[kind, label] + [means.get(layer) for layer in layers]
+            for kind, label, means in _pair_means(exp, main)]
+    s.add(table(["pair", "models"] + [f"layer {layer}" for layer in layers], body,
+                caption=f"{main[0]['measure'].upper()} per layer, means over seeds (init–X: the untrained stack "
+                        "against X of the same seed)"))
     return s
+
+
+def _pair_means(exp: Experiment, rows: Sequence[dict]) -> list[tuple[str, str, dict]]:
+    """(pair kind, which models, mean distance per layer) of every group of similarity rows the report
+    shows: each cross-task pair of the same, then of different initialisations (the study's values
+    after the first when the rows are PWCCA), the seed baselines, the untrained stack against each
+    trained objective of its seed and the untrained stacks of two seeds."""
+    def means(kind: str, a: str, b: str, same_seed: bool = False) -> dict:
+        pool = [r for r in rows if r["pair"] == kind and sorted((r["objective_a"], r["objective_b"])) == sorted((a, b))
+                and (not same_seed or r["seed_a"] == r["seed_b"])]
+        return mean_by(pool, "layer", "distance")
+
+    objectives = _ordered(exp, {r[side] for r in rows for side in ("objective_a", "objective_b")} - {INIT})
+    out = []
+    for i, a in enumerate(objectives):
+        for b in objectives[i + 1:]:
+            for kind in (SAME_INIT, DIFFERENT_INIT):
+                if curve := means(kind, a, b):
+                    out.append((kind, f"{a}–{b}", curve))
+                study = reference.PWCCA.get(reference.pair_key(a, b))
+                if kind == SAME_INIT and curve and study is not None and rows[0]["measure"] == "pwcca":
+                    ref = dict(zip(study.layers, study.values)) if exp.n_layers == reference.STUDY_LAYERS else {}
+                    out.append(("study", f"{a}–{b}", ref))
+    out += [(SEED_BASELINE, f"{o} seeds", curve) for o in objectives if (curve := means(SEED_BASELINE, o, o))]
+    out += [(INIT_PAIR, f"init–{o}", curve) for o in objectives if (curve := means(INIT_PAIR, INIT, o, True))]
+    if curve := means(INIT_PAIR, INIT, INIT):
+        out.append((INIT_PAIR, "init seeds", curve))
+    return out
 
 
 # ---------------------------------------------------------------- §5 change, §6 influence

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from analysis.dumps import load_grid, sample_rows
-from analysis.tables import section, table_path, write_table
+from analysis.tables import pair_kind, section, table_path, write_table
 from pipeline.config import cli, require
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
@@ -371,7 +371,10 @@ def run(cfg: DictConfig) -> Path:
     """Write <paths.metrics>/similarity.csv: for every pair of models of the experiment's grid and
     every layer 1..L, the distance between their states of the same seeded subset of probe tokens,
     for each measure of `analysis.similarity.measures`. PWCCA, being asymmetric, is written as the
-    mean of both orders. Pairs of one objective with different seeds are the "init." baseline.
+    mean of both orders. The models include the step-0 control `init` of every seed in use; each
+    row says which kind of pair it compares (column `pair`, `analysis.tables.pair_kind`): two
+    objectives of one seed (same_init: the study's design), of two seeds (different_init), one
+    objective of two seeds (seed_baseline: the "init." baseline), or the step-0 control (init).
     Each (model, layer) covariance is computed and decomposed once and shared by all its pairs."""
     from tqdm.auto import tqdm
 
@@ -393,7 +396,7 @@ def run(cfg: DictConfig) -> Path:
         check_samples(n, widest, widest, s["min_ratio"])
     except ValueError as e:
         raise PipelineError(f"setting analysis.similarity.max_tokens / min_ratio: {e}") from None
-    pairs = list(itertools.combinations(keys, 2))
+    pairs = {pair: pair_kind(*pair) for pair in itertools.combinations(keys, 2)}  # (a, b) -> its kind
     log.info("%d models, %d pairs, layers 1..%d, %d tokens, %s on %s", len(keys), len(pairs), n_layers, n,
              ",".join(s["measures"]), device)
     rows = []
@@ -415,7 +418,8 @@ def run(cfg: DictConfig) -> Path:
                 for measure in s["measures"]:
                     cov = Covariances(spectra[a], covs[a, b], spectra[b], n)
                     distance = distance_from_covariances(measure, cov, s["ridge"], s["svcca_variance"], s["min_ratio"])
-                    rows.append({"measure": measure, "objective_a": a[0], "seed_a": a[1], "objective_b": b[0],
+                    rows.append({"measure": measure, "pair": pairs[a, b],
+                                 "objective_a": a[0], "seed_a": a[1], "objective_b": b[0],
                                  "seed_b": b[1], "layer": layer, "distance": distance, "n_tokens": n})
                 bar.update()
     bar.close()

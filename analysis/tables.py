@@ -12,18 +12,39 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import positive_int, require, to_plain
+from pipeline.config import INIT, positive_int, require, to_plain
 from pipeline.store import PipelineError, config_hash, read_json, versions, write_json, write_text
 
 # Columns of every table, in order (the report and the tests read them by name).
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "similarity": ("measure", "objective_a", "seed_a", "objective_b", "seed_b", "layer", "distance", "n_tokens"),
+    "similarity": ("measure", "objective_a", "seed_a", "objective_b", "seed_b", "pair", "layer", "distance", "n_tokens"),
     "change": ("measure", "objective", "seed", "layer_from", "layer_to", "bucket", "distance", "n_tokens"),
     "influence": ("measure", "objective", "seed", "layer", "bucket", "distance", "n_pairs"),
     "mi": ("objective", "seed", "layer", "target", "n_clusters", "mi", "mi_shuffled", "mi_corrected", "n_tokens"),
     "neighbours": ("objective", "seed", "layer", "property", "k", "metric", "value", "n_queries"),
     "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked"),
 }
+
+
+# Column `pair` of the similarity table: which kind of pair of models a row compares.
+SAME_INIT = "same_init"            # two objectives, one seed: the study's design (only the objective differs)
+DIFFERENT_INIT = "different_init"  # two objectives, two seeds: the initialisation differs too
+SEED_BASELINE = "seed_baseline"    # one objective, two seeds: the "init." baseline
+INIT_PAIR = "init"                 # the step-0 control against a trained model or another seed's control
+PAIRS = (SAME_INIT, DIFFERENT_INIT, SEED_BASELINE, INIT_PAIR)
+
+
+def pair_kind(a: tuple[str, int], b: tuple[str, int]) -> str:
+    """The kind of pair of two (objective, seed) models: INIT_PAIR when either is the step-0
+    control (against a trained model of its seed: how far training moved the stack), else
+    SEED_BASELINE for one objective, SAME_INIT / DIFFERENT_INIT for two by their seeds."""
+    if INIT in (a[0], b[0]):
+        return INIT_PAIR
+    if a[0] == b[0]:
+        if a[1] == b[1]:
+            raise ValueError(f"{a[0]} seed {a[1]} is paired with itself")
+        return SEED_BASELINE
+    return SAME_INIT if a[1] == b[1] else DIFFERENT_INIT
 
 
 def _cell(value: Any) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from analysis.report import build, report_config, run
-from analysis.tables import write_table
+from analysis.tables import pair_kind, write_table
 from pipeline.config import compose
 from pipeline.store import PipelineError, write_json
 
@@ -62,7 +62,8 @@ def _similarity_rows(grid):
                 continue
             for measure, scale in (("pwcca", 1.0), ("svcca", 0.9), ("cka", 0.6)):
                 for layer in range(1, L + 1):
-                    rows.append({"measure": measure, "objective_a": a, "seed_a": sa, "objective_b": b, "seed_b": sb,
+                    rows.append({"measure": measure, "pair": pair_kind((a, sa), (b, sb)),
+                                 "objective_a": a, "seed_a": sa, "objective_b": b, "seed_b": sb,
                                  "layer": layer, "distance": scale * (start + step * layer + 0.003 * (sa + sb)),
                                  "n_tokens": 3000})
     return rows

@@ -9,7 +9,7 @@ from threadpoolctl import threadpool_limits
 
 from analysis import similarity as sim
 from analysis.dumps import sample_rows
-from analysis.tables import read_record, read_table
+from analysis.tables import DIFFERENT_INIT, INIT_PAIR, SAME_INIT, SEED_BASELINE, pair_kind, read_record, read_table
 from pipeline.config import compose
 from pipeline.store import PipelineError
 from tests import reference_similarity as ref
@@ -254,7 +254,8 @@ def test_gpu_tensors_are_computed_on_the_gpu():
 # ---------------------------------------------------------------- the table between models
 
 def fake_experiment(tmp_path, *overrides: str):
-    """lm seed 1 and 2 with identical states, mlm seed 1 unrelated to them; 3 layers, 12 features."""
+    """lm seed 1 and 2 and the step-0 control of seed 1 with identical states, mlm seed 1 and the
+    control of seed 2 unrelated to them and to each other; 3 layers, 12 features."""
     cfg = compose(["experiment=smoke", f"paths.results={tmp_path}", "workflow.objectives=[lm,mlm]",
                    "workflow.seeds={lm:[1,2],mlm:[1]}", "analysis.device=cpu", *overrides])
     rng = np.random.default_rng(23)
@@ -262,10 +263,14 @@ def fake_experiment(tmp_path, *overrides: str):
     columns = token_columns(lengths, rng.integers(0, 50, size=lengths.sum()), np.arange(1, 51))
     n = int(lengths.sum())
     shared = [rng.standard_normal((n, 12)) for _ in range(4)]
-    for objective, seed, states in [("lm", 1, shared), ("lm", 2, shared),
-                                    ("mlm", 1, [rng.standard_normal((n, 12)) for _ in range(4)])]:
+    for objective, seed, states in [("lm", 1, shared), ("lm", 2, shared), ("init", 1, shared),
+                                    ("mlm", 1, [rng.standard_normal((n, 12)) for _ in range(4)]),
+                                    ("init", 2, [rng.standard_normal((n, 12)) for _ in range(4)])]:
         write_fake_dump(tmp_path / "dumps" / objective / f"seed{seed}", states, columns, objective, seed)
     return cfg, n
+
+
+IDENTICAL = {("lm", "1", "lm", "2"), ("lm", "1", "init", "1"), ("lm", "2", "init", "1")}
 
 
 def test_the_table_holds_every_pair_layer_and_measure(tmp_path):
@@ -273,13 +278,18 @@ def test_the_table_holds_every_pair_layer_and_measure(tmp_path):
     path = sim.run(cfg)
     assert path == tmp_path / "metrics" / "similarity.csv"
     rows = read_table(path, "similarity")  # checks the columns
-    assert len(rows) == 3 * 3 * 3  # pairs x layers 1..3 x measures
-    assert {(r["objective_a"], r["seed_a"], r["objective_b"], r["seed_b"]) for r in rows} == {
-        ("lm", "1", "lm", "2"), ("lm", "1", "mlm", "1"), ("lm", "2", "mlm", "1")}
+    assert len(rows) == 10 * 3 * 3  # pairs of 5 models x layers 1..3 x measures
+    kinds = {(r["objective_a"], r["seed_a"], r["objective_b"], r["seed_b"]): r["pair"] for r in rows}
+    assert kinds == {("lm", "1", "lm", "2"): "seed_baseline", ("lm", "1", "mlm", "1"): "same_init",
+                     ("lm", "2", "mlm", "1"): "different_init",
+                     **{pair: "init" for pair in [("lm", "1", "init", "1"), ("lm", "1", "init", "2"),
+                                                  ("lm", "2", "init", "1"), ("lm", "2", "init", "2"),
+                                                  ("mlm", "1", "init", "1"), ("mlm", "1", "init", "2"),
+                                                  ("init", "1", "init", "2")]}}
     assert {r["layer"] for r in rows} == {"1", "2", "3"} and {r["n_tokens"] for r in rows} == {"500"}
     for r in rows:
         distance = float(r["distance"])
-        if r["objective_b"] == "lm":  # the identical pair
+        if (r["objective_a"], r["seed_a"], r["objective_b"], r["seed_b"]) in IDENTICAL:
             assert distance < 1e-5, r
         else:  # unrelated states: near chance, far from 0
             assert distance > (0.9 if r["measure"] == "cka" else 0.5), r
@@ -290,6 +300,16 @@ def test_the_table_holds_every_pair_layer_and_measure(tmp_path):
     row = next(r for r in rows if r["measure"] == "pwcca" and r["layer"] == "2" and r["objective_b"] == "mlm")
     assert float(row["distance"]) == pytest.approx(direct, abs=1e-9)
     assert read_record(path)["settings"]["similarity"]["ridge"] == 1e-6
+
+
+def test_pair_kinds():
+    assert pair_kind(("mt", 1), ("lm", 1)) == SAME_INIT
+    assert pair_kind(("mt", 1), ("lm", 2)) == DIFFERENT_INIT
+    assert pair_kind(("mt", 1), ("mt", 2)) == SEED_BASELINE
+    assert pair_kind(("init", 1), ("mt", 1)) == pair_kind(("mt", 2), ("init", 1)) == INIT_PAIR
+    assert pair_kind(("init", 1), ("init", 2)) == INIT_PAIR
+    with pytest.raises(ValueError, match="with itself"):
+        pair_kind(("mt", 1), ("mt", 1))
 
 
 @pytest.mark.parametrize("override,message", [
