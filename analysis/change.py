@@ -8,10 +8,14 @@ l = 0..L-1, with the measures of `analysis.change.measures` (PWCCA as in the stu
 2018). PWCCA is asymmetric; this table reports the symmetric mean of both directions, as the
 task-distance table does.
 
-Buckets are compared at equal sample sizes (see analysis.buckets): every measured bucket
-contributes the same number of tokens, drawn with `analysis.sample_seed`, and the same rows are
-used at every layer pair. Writes `<paths.metrics>/change/<objective>/seed<n>.csv` with the columns
-`measure, objective, seed, layer_from, layer_to, bucket, distance, n_tokens`.
+Every estimate is made with at least `analysis.min_samples_per_dim` x d_model tokens (see
+analysis.buckets): buckets below that floor are left out, and the table's record names them with
+their n and the floor. Buckets are compared at equal sample sizes: every measured bucket contributes
+the same number of tokens, drawn with `analysis.sample_seed`, and the same rows are used at every
+layer pair. Each row also holds `shuffled`: the same two views with the upper layer's rows permuted
+(one seeded permutation per group, the same at every layer pair), what "no correspondence" reads
+at that n. Writes `<paths.metrics>/change/<objective>/seed<n>.csv` with the columns
+`measure, objective, seed, layer_from, layer_to, bucket, distance, shuffled, n_tokens`.
 """
 from __future__ import annotations
 
@@ -25,42 +29,47 @@ from pipeline.config import cli
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
 
-from .buckets import draw, plan_buckets
+from .buckets import FLOOR_KEY, BucketPlan, draw, plan_buckets, sample_floor, shuffle_seed
 from .dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, sample_rows
-from .measures import check_measure, distance
-from .similarity import covariances
+from .measures import check_measure, distance, paired
 from .tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.change")
 
 
-def token_groups(dump: Dump, cfg: DictConfig) -> tuple[dict[str, np.ndarray], str]:
+def token_groups(dump: Dump, cfg: DictConfig) -> tuple[dict[str, np.ndarray], BucketPlan]:
     """Rows of each group: `all` (capped by analysis.change.max_tokens) and every bucket that
-    clears the floor, all of one size. Returns (label -> sorted rows, a description for the log)."""
+    clears the floor, all of one size. Returns (label -> sorted rows, the bucket plan)."""
     a = cfg.analysis
     edges = bucket_edges(cfg)
     labels = bucket_labels(edges)
     index = bucket_index(dump.tokens["freq_rank"], edges)
     rows_of = {label: np.flatnonzero(index == i) for i, label in enumerate(labels)}
-    plan = plan_buckets(labels, {k: len(v) for k, v in rows_of.items()},
-                        floor=float(a.min_bucket_tokens) * dump.d_model, cap=a.change.max_tokens,
-                        cap_key="analysis.change.max_tokens")
+    floor = sample_floor(cfg, dump.d_model)
+    plan = plan_buckets(labels, {k: len(v) for k, v in rows_of.items()}, floor=floor, cap=a.change.max_tokens,
+                        cap_key="analysis.change.max_tokens", unit="tokens")
     rng = np.random.default_rng(int(a.sample_seed))
-    groups = {"all": sample_rows(dump.n_tokens, a.change.max_tokens, int(a.sample_seed))}
+    everything = sample_rows(dump.n_tokens, a.change.max_tokens, int(a.sample_seed))
+    if len(everything) < floor:
+        raise PipelineError(f"{dump.folder} holds {len(everything)} tokens (analysis.change.max_tokens="
+                            f"{a.change.max_tokens}): fewer than {FLOOR_KEY} x d_model = {floor}; "
+                            "use more probe sentences or lower the setting")
+    groups = {"all": everything}
     for label in plan.measured:
         groups[label] = draw(rows_of[label], plan.size, rng)
-    return groups, plan.describe()
+    return groups, plan
 
 
-def change_rows(dump: Dump, cfg: DictConfig) -> list[dict]:
-    """The rows of the change table for one dump."""
+def change_rows(dump: Dump, cfg: DictConfig) -> tuple[list[dict], BucketPlan]:
+    """The rows of the change table for one dump, and the bucket plan they follow."""
     measures = list(cfg.analysis.change.measures)
     if not measures:
         raise PipelineError("setting analysis.change.measures is empty: name at least one of pwcca, svcca, cka")
     device = resolve_device(str(cfg.analysis.device), "analysis.device")
     measures = [check_measure(m, "analysis.change.measures") for m in measures]
-    groups, described = token_groups(dump, cfg)
-    log.info("%s seed %d: %d tokens; buckets: %s", dump.objective, dump.seed, dump.n_tokens, described)
+    groups, plan = token_groups(dump, cfg)
+    log.info("%s seed %d: %d tokens; buckets: %s", dump.objective, dump.seed, dump.n_tokens, plan.describe())
+    perms = {label: shuffle_seed(cfg, i).permutation(len(idx)) for i, (label, idx) in enumerate(groups.items())}
     rows = []
     from tqdm.auto import tqdm
 
@@ -69,19 +78,21 @@ def change_rows(dump: Dump, cfg: DictConfig) -> list[dict]:
                       disable=None):
         lower, upper = upper, dump.states(layer + 1)
         for label, idx in groups.items():
-            cov = covariances(lower[idx], upper[idx], device=device)  # shared by the measures
+            cov, shuffled = paired(lower[idx], upper[idx], perms[label], device=device)  # shared by the measures
             for measure in measures:
                 rows.append({"measure": measure, "objective": dump.objective, "seed": dump.seed,
                              "layer_from": layer, "layer_to": layer + 1, "bucket": label,
-                             "distance": distance(measure, cov, cfg), "n_tokens": len(idx)})
-    return rows
+                             "distance": distance(measure, cov, cfg), "shuffled": distance(measure, shuffled, cfg),
+                             "n_tokens": len(idx)})
+    return rows, plan
 
 
 def run(cfg: DictConfig) -> None:
     started = time.perf_counter()
     dump = load_dump(dump_folder(cfg, str(cfg.objective.name), int(cfg.seed)))
-    rows = change_rows(dump, cfg)
-    out = write_table(part_path(cfg, "change"), "change", rows, section(cfg, "change"), started)
+    rows, plan = change_rows(dump, cfg)
+    out = write_table(part_path(cfg, "change"), "change", rows, section(cfg, "change"), started,
+                      model=f"{dump.objective}/seed{dump.seed}", floor=plan.floor, left_out=plan.left_out())
     log.info("wrote %s (%d rows)", out, len(rows))
 
 

@@ -8,8 +8,11 @@ layer-n states of the other tokens of the sentence, with and without the removal
 Pairs are pooled over all influencing tokens of a frequency bucket, and the influence is the
 distance (`analysis.influence.measure`, PWCCA by default, symmetric mean) between the two pooled
 views. The influencing token's own position is in neither view. With a causal model the tokens
-before j cannot change; `analysis.influence.affected: all` keeps them (as the definition reads),
-`later` keeps only the tokens after j.
+before j cannot change (their states are bit for bit the same without j): they would enter as
+identical pairs and dilute the distance in proportion to j's position, so that a sentence-final
+token would read as uninfluential by construction. `analysis.influence.affected: auto` (the
+default) therefore keeps only the tokens after j in a causal model (lm, lm_td) and every other
+token otherwise (mt, mlm); `all` and `later` force either. The resolved choice is in every row.
 
 Batched: the states of every layer are computed once per batch of sentences; then, per layer n,
 one pass of block n over one copy of the layer n-1 states per influencing token (each copy with
@@ -17,12 +20,20 @@ its own key removed) gives every removal at once. `removed_states` is that step;
 `removed_states_direct` is the definition computed one token and one layer at a time from the
 embeddings up, the reference it is tested and benchmarked against.
 
-Buckets are compared at equal sizes (see analysis.buckets): influencing tokens are drawn at random
-per bucket until it holds as many pairs as the smallest measured bucket (capped by
-`max_pairs_per_bucket`). The pairs are accumulated as float64 moments, so memory does not grow with
-their number. Reads the checkpoint (model.pt) and the dump's token table (the same sentences and
-frequency ranks as every other measurement); writes `<paths.metrics>/influence/<objective>/seed<n>.csv`
-with the columns `measure, objective, seed, layer, bucket, distance, n_pairs`.
+Sample sizes (see analysis.buckets): a bucket is measured only with at least
+`analysis.min_samples_per_dim` x d_model pairs from at least `analysis.influence.min_influencers`
+distinct influencing tokens; the others are left out and the table's record names them. Every
+measured bucket is measured with exactly the same number of pairs (the smallest measured bucket's,
+capped by `max_pairs_per_bucket`): influencing tokens are drawn at random until the bucket holds
+that many pairs and that many influencers, and the pairs are then subsampled to the size, keeping
+at least one pair of every drawn influencer. The pairs are kept on the analysis device (at most
+buckets x layers x max_pairs_per_bucket x 2 rows of d_model floats). Each row also holds
+`shuffled`: the same two views with the rows of the view without removal permuted (one seeded
+permutation per bucket, the same at every layer), what "no correspondence" reads at that n.
+Reads the checkpoint (model.pt) and the dump's token table (the same sentences and frequency ranks
+as every other measurement); writes `<paths.metrics>/influence/<objective>/seed<n>.csv` with the
+columns `measure, objective, seed, layer, bucket, affected, distance, shuffled, n_pairs,
+n_influencers`.
 """
 from __future__ import annotations
 
@@ -40,13 +51,13 @@ from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError, sha256_file
 from pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
-from .buckets import plan_buckets
+from .buckets import BucketPlan, plan_buckets, sample_floor, shuffle_seed
 from .dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, model_file
-from .measures import Moments, distance_from_moments
+from .measures import check_measure, distance, paired
 from .tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.influence")
-
+AFFECTED = ("auto", "all", "later")
 
 
 # ---------------------------------------------------------------- the removal pass
@@ -88,11 +99,24 @@ def removed_states_direct(model: Model, tokens: torch.Tensor, removed: int, laye
 
 # ---------------------------------------------------------------- choosing influencing tokens
 
-def choose_influencers(dump: Dump, cfg: DictConfig) -> tuple[dict[int, list[int]], np.ndarray, str]:
-    """Influencing tokens per bucket, drawn so that every measured bucket holds about the same number
-    of pairs. Returns (sentence id -> positions of its influencing tokens, the bucket of every dump
-    row (-1: none), a description for the log)."""
+def resolve_affected(setting: str, causal: bool) -> str:
+    """`analysis.influence.affected` for a model: later (only the tokens after the influencing one)
+    for a causal model under auto or later; all otherwise (in a bidirectional model every other
+    token can be affected)."""
+    if setting not in AFFECTED:
+        raise PipelineError(f"setting analysis.influence.affected={setting!r}: expected one of {', '.join(AFFECTED)}")
+    return "later" if causal and setting in ("auto", "later") else "all"
+
+
+def choose_influencers(dump: Dump, cfg: DictConfig, affected: str) -> tuple[dict[int, list[int]], np.ndarray,
+                                                                            BucketPlan]:
+    """Influencing tokens per bucket (`affected`: resolved, all | later), drawn until every measured
+    bucket holds at least the plan's number of pairs and analysis.influence.min_influencers of them.
+    Returns (sentence id -> positions of its influencing tokens, the bucket of every dump row (-1:
+    none), the bucket plan)."""
     icfg = cfg.analysis.influence
+    min_influencers = int(require(cfg, "analysis.influence.min_influencers", lambda v: isinstance(v, int) and v > 0,
+                                  "expected a positive integer (distinct influencing tokens a bucket needs)"))
     t = dump.tokens
     rng = np.random.default_rng(int(cfg.analysis.sample_seed))
     sentences = np.unique(t["sentence_id"])
@@ -103,32 +127,61 @@ def choose_influencers(dump: Dump, cfg: DictConfig) -> tuple[dict[int, list[int]
     edges = bucket_edges(cfg)
     labels = bucket_labels(edges)
     bucket = bucket_index(t["freq_rank"], edges)
-    pairs_of = pairs_per_influencer(t["position"], t["sentence_length"], str(icfg.affected), causal=dump.kind == "lm")
+    pairs_of = pairs_per_influencer(t["position"], t["sentence_length"], affected)
     candidates = {label: np.flatnonzero(in_subset & (bucket == i) & (pairs_of > 0)) for i, label in enumerate(labels)}
     available = {label: int(pairs_of[rows].sum()) for label, rows in candidates.items()}
-    plan = plan_buckets(labels, available, floor=float(cfg.analysis.min_bucket_tokens) * dump.d_model,
-                        cap=icfg.max_pairs_per_bucket, cap_key="analysis.influence.max_pairs_per_bucket")
+    plan = plan_buckets(labels, available, floor=sample_floor(cfg, dump.d_model), cap=icfg.max_pairs_per_bucket,
+                        cap_key="analysis.influence.max_pairs_per_bucket", unit="pairs",
+                        counts={label: len(rows) for label, rows in candidates.items()}, min_count=min_influencers,
+                        count_unit="influencing tokens", count_key="analysis.influence.min_influencers")
+    if plan.measured and plan.size < min_influencers:
+        raise PipelineError(f"setting analysis.influence.min_influencers={min_influencers} exceeds the {plan.size} "
+                            "pairs every bucket is measured with (analysis.influence.max_pairs_per_bucket or the "
+                            "smallest bucket): each influencing token needs a pair")
     chosen: dict[int, list[int]] = defaultdict(list)
     for label in plan.measured:
         rows = rng.permutation(candidates[label])
-        # the first influencers whose pairs reach the bucket's size (the last one may overshoot by < T)
-        take = rows[: int(np.searchsorted(np.cumsum(pairs_of[rows]), plan.size)) + 1]
+        # the first influencers whose pairs reach the bucket's size, and at least min_influencers of them
+        take = rows[: max(int(np.searchsorted(np.cumsum(pairs_of[rows]), plan.size)) + 1, min_influencers)]
         for row in take:
             chosen[int(t["sentence_id"][row])].append(int(t["position"][row]))
     keep = np.full(len(bucket), -1)
     measured = [labels.index(label) for label in plan.measured]
     keep[np.isin(bucket, measured)] = bucket[np.isin(bucket, measured)]
-    return dict(chosen), keep, plan.describe()
+    return dict(chosen), keep, plan
 
 
-def pairs_per_influencer(position: np.ndarray, length: np.ndarray, affected: str, causal: bool) -> np.ndarray:
-    """How many pairs a token contributes: the other tokens of its sentence (all of them, or with
-    `affected=later` in a causal model only those after it)."""
-    if affected not in ("all", "later"):
-        raise PipelineError(f"setting analysis.influence.affected={affected!r}: expected all or later")
-    if affected == "later" and causal:
+def pairs_per_influencer(position: np.ndarray, length: np.ndarray, affected: str) -> np.ndarray:
+    """How many pairs a token contributes (`affected` resolved): the other tokens of its sentence
+    (all), or only those after it (later)."""
+    if affected == "later":
         return length - position - 1
-    return length - 1
+    if affected == "all":
+        return length - 1
+    raise PipelineError(f"analysis.influence.affected resolved to {affected!r}: expected all or later")
+
+
+def affected_positions(removed: torch.Tensor, n_tokens: torch.Tensor, T: int, affected: str) -> torch.Tensor:
+    """(R, T) bool: the padded positions whose states form the pairs of each removal: the real tokens
+    x_1..x_n of its sentence (n_tokens (R,)) but the removed one (removed (R,), padded index), and
+    with `affected=later` only those after it."""
+    ar = torch.arange(T, device=removed.device)
+    valid = (ar[None, :] >= 1) & (ar[None, :] <= n_tokens[:, None]) & (ar[None, :] != removed[:, None])
+    if affected == "later":
+        valid &= ar[None, :] > removed[:, None]
+    return valid
+
+
+def exact_subset(influencer: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of `size` of the rows, `influencer` (n,) the influencing token of each: one row
+    of every influencer first (each keeps a pair), the rest at random."""
+    order = rng.permutation(len(influencer))
+    _, first = np.unique(influencer[order], return_index=True)
+    firsts = order[first]
+    if len(firsts) > size:
+        raise ValueError(f"{len(firsts)} influencers cannot each keep a pair of {size}")
+    rest = order[~np.isin(order, firsts)]
+    return np.sort(np.concatenate([firsts, rest[: size - len(firsts)]]))
 
 
 # ---------------------------------------------------------------- the measurement
@@ -150,17 +203,21 @@ def sentence_batches(lengths: dict[int, int], counts: dict[int, int], batch_toke
 
 
 @torch.no_grad()
-def accumulate(model: Model, dump: Dump, chosen: dict[int, list[int]], row_bucket: np.ndarray,
-               n_buckets: int, affected: str, batch_tokens: int, device: torch.device) -> dict[tuple[int, int], Moments]:
-    """Moments of the (with, without removal) pairs per (layer, bucket), over the chosen influencers."""
+def collect_pairs(model: Model, dump: Dump, chosen: dict[int, list[int]], row_bucket: np.ndarray, n_buckets: int,
+                  affected: str, batch_tokens: int, device: torch.device
+                  ) -> tuple[dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]], dict[int, np.ndarray]]:
+    """The (without removal, with removal) pairs per (layer, bucket) over the chosen influencers:
+    (layer, bucket) -> two (m, d_model) float32 tensors on `device`; and per bucket the influencing
+    token (a running index) of each of its m rows, the same rows at every layer."""
     from tqdm.auto import tqdm
 
     t = dump.tokens
     ids, starts = np.unique(t["sentence_id"], return_index=True)
     first_row = {int(s): int(r) for s, r in zip(ids, starts)}  # rows of a sentence are contiguous
     lengths = {s: int(t["sentence_length"][first_row[s]]) for s in chosen}
-    moments: dict[tuple[int, int], Moments] = {}
-    causal_later = affected == "later" and model.stack.causal
+    chunks: dict[tuple[int, int], tuple[list, list]] = defaultdict(lambda: ([], []))
+    influencers: dict[int, list[np.ndarray]] = defaultdict(list)
+    counter = 0
     batches = sentence_batches(lengths, {s: len(p) for s, p in chosen.items()}, batch_tokens)
     for batch in tqdm(batches, desc=f"influence {dump.objective} seed {dump.seed}", unit="batch", disable=None):
         T = max(lengths[s] for s in batch) + 2
@@ -177,37 +234,56 @@ def accumulate(model: Model, dump: Dump, chosen: dict[int, list[int]], row_bucke
         mask = model.stack.mask(tokens)
         _, states = model.encode(tokens, return_states=True)  # L + 1 tensors (B, T, d_model)
         owner_t, removed_t = torch.tensor(owner, device=device), torch.tensor(removed, device=device)
-        # which (row, position) pairs count: real tokens of the owner sentence, not the removed one
-        ar = torch.arange(T, device=device)
         n_of = torch.tensor([lengths[s] for s in batch], device=device)[owner_t]
-        valid = (ar[None, :] >= 1) & (ar[None, :] <= n_of[:, None]) & (ar[None, :] != removed_t[:, None])
-        if causal_later:
-            valid &= ar[None, :] > removed_t[:, None]
+        valid = affected_positions(removed_t, n_of, T, affected)  # (R, T)
         bucket_t = torch.tensor(buckets, device=device)
+        who = np.arange(counter, counter + len(owner))[:, None].repeat(T, axis=1)  # (R, T) influencer of each pair
+        counter += len(owner)
+        selections = {}
+        for k in range(n_buckets):
+            sel = valid & (bucket_t == k)[:, None]
+            if bool(sel.any()):
+                selections[k] = sel
+                influencers[k].append(who[sel.cpu().numpy()])
         for layer, block in enumerate(model.stack.blocks, start=1):
             with_removal = removed_states(block, states[layer - 1], mask, owner_t, removed_t)  # (R, T, d)
             usual = states[layer][owner_t]                                                     # (R, T, d)
-            for k in range(n_buckets):
-                sel = valid & (bucket_t == k)[:, None]
-                if bool(sel.any()):
-                    moments.setdefault((layer, k), Moments(usual.shape[-1], device=device)).add(usual[sel], with_removal[sel])
-    return moments
+            for k, sel in selections.items():
+                xs, ys = chunks[layer, k]
+                xs.append(usual[sel].float())
+                ys.append(with_removal[sel].float())
+    pairs = {key: (torch.cat(xs), torch.cat(ys)) for key, (xs, ys) in chunks.items()}
+    return pairs, {k: np.concatenate(v) for k, v in influencers.items()}
 
 
-def influence_rows(model: Model, dump: Dump, cfg: DictConfig, device: torch.device) -> list[dict]:
+def influence_rows(model: Model, dump: Dump, cfg: DictConfig, device: torch.device) -> tuple[list[dict], BucketPlan]:
+    """The rows of the influence table for one model, and the bucket plan they follow."""
     icfg = cfg.analysis.influence
     batch_tokens = require(cfg, "analysis.influence.batch_tokens", lambda v: isinstance(v, int) and v > 0,
                            "must be a positive integer")
-    chosen, row_bucket, described = choose_influencers(dump, cfg)
+    measure = check_measure(str(icfg.measure), "analysis.influence.measure")
+    affected = resolve_affected(str(icfg.affected), model.stack.causal)
+    chosen, row_bucket, plan = choose_influencers(dump, cfg, affected)
     labels = bucket_labels(bucket_edges(cfg))
-    log.info("%s seed %d: %d influencing tokens in %d sentences; pairs %s", dump.objective, dump.seed,
-             sum(map(len, chosen.values())), len(chosen), described)
-    moments = accumulate(model, dump, chosen, row_bucket, len(labels), str(icfg.affected), int(batch_tokens), device)
-    measure = str(icfg.measure)
-    return [{"measure": measure, "objective": dump.objective, "seed": dump.seed, "layer": layer,
-             "bucket": labels[k], "distance": distance_from_moments(measure, m, cfg, "analysis.influence.measure"),
-             "n_pairs": m.n}
-            for (layer, k), m in sorted(moments.items())]
+    log.info("%s seed %d (affected: %s): %d influencing tokens in %d sentences; pairs %s", dump.objective, dump.seed,
+             affected, sum(map(len, chosen.values())), len(chosen), plan.describe())
+    pairs, influencers = collect_pairs(model, dump, chosen, row_bucket, len(labels), affected, int(batch_tokens),
+                                       device)
+    rows = []
+    for k in sorted(influencers):
+        rng = shuffle_seed(cfg, k)
+        take = exact_subset(influencers[k], plan.size, rng)
+        perm = rng.permutation(len(take))
+        for layer in range(1, len(model.stack.blocks) + 1):
+            usual, with_removal = pairs[layer, k]
+            index = torch.as_tensor(take, device=usual.device)
+            cov, shuffled = paired(usual[index], with_removal[index], perm, device=device)
+            rows.append({"measure": measure, "objective": dump.objective, "seed": dump.seed, "layer": layer,
+                         "bucket": labels[k], "affected": affected, "distance": distance(measure, cov, cfg),
+                         "shuffled": distance(measure, shuffled, cfg), "n_pairs": len(take),
+                         "n_influencers": len(np.unique(influencers[k][take]))})
+    rows.sort(key=lambda r: (r["layer"], labels.index(r["bucket"])))
+    return rows, plan
 
 
 def load_matching_model(cfg: DictConfig, dump: Dump, device: torch.device) -> Model:
@@ -227,8 +303,10 @@ def run(cfg: DictConfig) -> None:
     device = resolve_device(str(cfg.analysis.device), "analysis.device")
     dump = load_dump(dump_folder(cfg, str(cfg.objective.name), int(cfg.seed)))
     model = load_matching_model(cfg, dump, device)
-    rows = influence_rows(model, dump, cfg, device)
-    out = write_table(part_path(cfg, "influence"), "influence", rows, section(cfg, "influence"), started)
+    rows, plan = influence_rows(model, dump, cfg, device)
+    out = write_table(part_path(cfg, "influence"), "influence", rows, section(cfg, "influence"), started,
+                      model=f"{dump.objective}/seed{dump.seed}", floor=plan.floor, left_out=plan.left_out(),
+                      affected=rows[0]["affected"] if rows else None)
     log.info("wrote %s (%d rows)", out, len(rows))
 
 

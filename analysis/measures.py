@@ -5,16 +5,21 @@ Every measurement reports a symmetric distance: PWCCA (asymmetric by definition,
 2018) enters as the mean of its two directions; SVCCA (Raghu et al. 2017) and linear CKA
 (Kornblith et al. 2019) are symmetric already. See analysis.similarity for the definitions; the
 ridge and SVCCA's kept variance are the settings of `analysis.similarity`.
+
+Every distance comes with its no-correspondence level at the same n: the same two views with the
+rows of the second one permuted (one seeded permutation), measured the same way (`paired`). Row
+permutations leave each view's covariance as it is, so only the cross-covariance is formed again,
+and each view's decomposition is shared by the distance and its shuffled level.
 """
 from __future__ import annotations
 
-
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from pipeline.store import PipelineError
 
-from .similarity import MEASURES, Covariances, distance_from_covariances
+from .similarity import MEASURES, Covariances, Spectrum, View, centre, distance_from_covariances
 
 
 def check_measure(measure: str, key: str) -> str:
@@ -29,6 +34,19 @@ def distance(measure: str, cov: Covariances, cfg: DictConfig) -> float:
     s = cfg.analysis.similarity
     # The group sizes are checked by the callers (analysis.buckets): n > d is all CCA itself needs.
     return distance_from_covariances(measure, cov, float(s.ridge), float(s.svcca_variance), min_ratio=1.0)
+
+
+def paired(x: View, y: View, perm: np.ndarray, device: torch.device | str | None = None
+           ) -> tuple[Covariances, Covariances]:
+    """Covariances of x (n, d1) and y (n, d2), and of x and y[perm] (the no-correspondence level):
+    the same Σxx and Σyy (decomposed once, as Spectra), two cross-covariances."""
+    xc, yc = centre(x, device=device), centre(y, device=device)
+    n = xc.shape[0]
+    if yc.shape[0] != n or len(perm) != n:
+        raise ValueError(f"x has {n} rows, y {yc.shape[0]}, the permutation {len(perm)}: expected the same")
+    sx, sy = Spectrum.of(xc.T @ xc / (n - 1)), Spectrum.of(yc.T @ yc / (n - 1))
+    index = torch.as_tensor(np.asarray(perm), device=yc.device)
+    return (Covariances(sx, xc.T @ yc / (n - 1), sy, n), Covariances(sx, xc.T @ yc[index] / (n - 1), sy, n))
 
 
 class Moments:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from analysis.buckets import FLOOR_KEY, sample_floor, shuffle_seed
 from analysis.dumps import load_grid, sample_rows
 from analysis.tables import pair_kind, section, table_path, write_table
 from pipeline.config import cli, require
@@ -347,7 +348,6 @@ _SETTINGS = {  # analysis.similarity.<key>: (check, what it expects)
     "max_tokens": (lambda v: v is None or (isinstance(v, int) and v > 1), "expected null (all) or an integer > 1"),
     "ridge": (lambda v: isinstance(v, (int, float)) and v > 0, "expected a positive number"),
     "svcca_variance": (lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "expected a share in (0, 1]"),
-    "min_ratio": (lambda v: isinstance(v, (int, float)) and v >= 1, "expected tokens per feature, >= 1"),
 }
 
 
@@ -392,10 +392,10 @@ def run(cfg: DictConfig) -> Path:
     n_layers = layers[keys[0]]
     rows_idx = sample_rows(dumps[keys[0]].n_tokens, s["max_tokens"], int(cfg.analysis.sample_seed))
     n, widest = len(rows_idx), max(d.d_model for d in dumps.values())
-    try:
-        check_samples(n, widest, widest, s["min_ratio"])
-    except ValueError as e:
-        raise PipelineError(f"setting analysis.similarity.max_tokens / min_ratio: {e}") from None
+    if n < (floor := sample_floor(cfg, widest)):
+        raise PipelineError(f"settings analysis.similarity.max_tokens={s['max_tokens']} / {FLOOR_KEY}="
+                            f"{cfg.analysis.min_samples_per_dim}: {n} tokens for views of {widest} features, "
+                            f"fewer than the {floor} every estimate needs")
     pairs = {pair: pair_kind(*pair) for pair in itertools.combinations(keys, 2)}  # (a, b) -> its kind
     log.info("%d models, %d pairs, layers 1..%d, %d tokens, %s on %s", len(keys), len(pairs), n_layers, n,
              ",".join(s["measures"]), device)
@@ -408,6 +408,9 @@ def run(cfg: DictConfig) -> Path:
         for a, b in itertools.combinations_with_replacement(keys, 2):
             covs[a, b] = views[a].T @ views[b] / (n - 1)  # (d_a, d_b)
             bar.update()
+        # The no-correspondence level at this n: b's rows permuted (one seeded permutation per layer).
+        perm = torch.as_tensor(shuffle_seed(cfg, layer).permutation(n), device=device)
+        shuffled = {(a, b): views[a].T @ views[b][perm] / (n - 1) for a, b in pairs}
         del views
         bad = [str(dumps[key].folder) for key in keys if not torch.isfinite(covs[key, key]).all()]
         if bad:
@@ -416,11 +419,13 @@ def run(cfg: DictConfig) -> Path:
             spectra = {key: Spectrum.of(covs[key, key]) for key in keys}
             for a, b in pairs:
                 for measure in s["measures"]:
-                    cov = Covariances(spectra[a], covs[a, b], spectra[b], n)
-                    distance = distance_from_covariances(measure, cov, s["ridge"], s["svcca_variance"], s["min_ratio"])
+                    distance, level = (distance_from_covariances(measure, Covariances(spectra[a], sxy, spectra[b], n),
+                                                                 s["ridge"], s["svcca_variance"])
+                                       for sxy in (covs[a, b], shuffled[a, b]))
                     rows.append({"measure": measure, "pair": pairs[a, b],
                                  "objective_a": a[0], "seed_a": a[1], "objective_b": b[0],
-                                 "seed_b": b[1], "layer": layer, "distance": distance, "n_tokens": n})
+                                 "seed_b": b[1], "layer": layer, "distance": distance, "shuffled": level,
+                                 "n_tokens": n})
                 bar.update()
     bar.close()
     out = write_table(table_path(cfg, "similarity"), "similarity", rows, section(cfg, "similarity"), started,

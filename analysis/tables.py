@@ -15,11 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import INIT, positive_int, require, to_plain
 from pipeline.store import PipelineError, config_hash, read_json, versions, write_json, write_text
 
-# Columns of every table, in order (the report and the tests read them by name).
+# Columns of every table, in order (the report and the tests read them by name). `shuffled`: the same
+# distance with one view's rows permuted, at the same n (the no-correspondence level).
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "similarity": ("measure", "objective_a", "seed_a", "objective_b", "seed_b", "pair", "layer", "distance", "n_tokens"),
-    "change": ("measure", "objective", "seed", "layer_from", "layer_to", "bucket", "distance", "n_tokens"),
-    "influence": ("measure", "objective", "seed", "layer", "bucket", "distance", "n_pairs"),
+    "similarity": ("measure", "objective_a", "seed_a", "objective_b", "seed_b", "pair", "layer", "distance", "shuffled",
+                   "n_tokens"),
+    "change": ("measure", "objective", "seed", "layer_from", "layer_to", "bucket", "distance", "shuffled",
+               "n_tokens"),
+    "influence": ("measure", "objective", "seed", "layer", "bucket", "affected", "distance", "shuffled", "n_pairs",
+                  "n_influencers"),
     "mi": ("objective", "seed", "layer", "target", "n_clusters", "mi", "mi_shuffled", "mi_corrected", "n_tokens"),
     "neighbours": ("objective", "seed", "layer", "property", "k", "metric", "value", "n_queries"),
     "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked"),
@@ -102,8 +106,9 @@ def read_record(path: str | Path) -> dict:
 
 
 # The shared analysis keys each measurement reads besides its own section.
-_SHARED_KEYS = {"change": ("buckets", "min_bucket_tokens", "sample_seed"),
-                "influence": ("buckets", "min_bucket_tokens", "sample_seed")}
+_SHARED_KEYS = {"similarity": ("min_samples_per_dim", "sample_seed"),
+                "change": ("buckets", "min_samples_per_dim", "sample_seed"),
+                "influence": ("buckets", "min_samples_per_dim", "sample_seed")}
 
 
 def section(cfg: DictConfig, name: str) -> dict:
@@ -149,7 +154,7 @@ def table_path(cfg: DictConfig, table: str) -> Path:
 
 def merge_parts(parts: Sequence[str | Path], out: str | Path, table: str) -> Path:
     """Concatenate per-model part tables (same columns) into `out`, with a record listing the
-    parts and their wall times."""
+    parts, their wall times and (change, influence) the buckets each left out."""
     started = time.perf_counter()
     rows: list[dict[str, str]] = []
     records = []
@@ -157,6 +162,7 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path, table: str) -> Pat
         rows += read_table(part, table)
         record = read_record(part)
         records.append({"part": str(part), "wall_time_s": record.get("wall_time_s"),
-                        "config_hash": record.get("config_hash")})
+                        "config_hash": record.get("config_hash"),
+                        **{key: record[key] for key in ("model", "floor", "left_out") if key in record}})
     settings = {"merged": [str(p) for p in parts]}
     return write_table(out, table, rows, settings, started, parts=records)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.influence import (choose_influencers, load_matching_model, pairs_per_influencer, removal_mask,
-                                removed_states, removed_states_direct, run)
+from analysis.influence import (affected_positions, choose_influencers, collect_pairs, exact_subset,
+                                load_matching_model, pairs_per_influencer, removal_mask, removed_states,
+                                removed_states_direct, resolve_affected, run)
 from analysis.dumps import bucket_edges, bucket_index, bucket_labels, load_dump
-from analysis.tables import read_table
+from analysis.tables import read_record, read_table
 from pipeline.config import compose
 from pipeline.corpus import prepare_data, read_lines
 from pipeline.dump import dump
@@ -79,6 +80,43 @@ def test_causal_removal_changes_only_later_tokens():
     assert (out[5:10] - states[1][0, 5:10]).abs().amax(-1).min() > 1e-5
 
 
+@pytest.mark.parametrize("layer", [1, 2, 3])
+def test_lm_influence_on_earlier_tokens_is_exactly_zero(layer):
+    """The definition: in a causal LM the states of the tokens before the removed one are bit for bit
+    those without the removal (so, as pairs, they would only dilute the distance)."""
+    model = build_model("lm", ARGS, seed=5).eval()
+    tokens = sentences([9])
+    _, states = model.encode(tokens, return_states=True)
+    for j in (2, 5, 9):
+        out = removed_states_direct(model, tokens, j, layer)
+        assert torch.equal(out[:j], states[layer][0, :j])
+        assert not torch.allclose(out[j + 1:11], states[layer][0, j + 1:11], atol=1e-6)  # up to eos
+
+
+def test_affected_positions():
+    removed, n = torch.tensor([1, 3, 5]), torch.tensor([5, 5, 5])
+    every = affected_positions(removed, n, 8, "all")
+    later = affected_positions(removed, n, 8, "later")
+    assert every.int().tolist() == [[0, 0, 1, 1, 1, 1, 0, 0], [0, 1, 1, 0, 1, 1, 0, 0], [0, 1, 1, 1, 1, 0, 0, 0]]
+    assert later.int().tolist() == [[0, 0, 1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]
+
+
+def test_resolve_affected():
+    assert resolve_affected("auto", causal=True) == "later" and resolve_affected("auto", causal=False) == "all"
+    assert resolve_affected("all", causal=True) == "all" and resolve_affected("later", causal=False) == "all"
+    assert resolve_affected("later", causal=True) == "later"
+    with pytest.raises(PipelineError, match="analysis.influence.affected"):
+        resolve_affected("some", causal=True)
+
+
+def test_exact_subset_keeps_a_pair_of_every_influencer():
+    influencer = np.repeat(np.arange(30), 7)  # 30 influencers, 7 pairs each
+    take = exact_subset(influencer, 50, np.random.default_rng(0))
+    assert len(take) == len(set(take.tolist())) == 50 and set(influencer[take]) == set(range(30))
+    with pytest.raises(ValueError):
+        exact_subset(influencer, 29, np.random.default_rng(0))
+
+
 def test_removal_mask_keeps_the_own_row_and_every_other_key():
     mask = torch.ones(2, 1, 4, 4, dtype=torch.bool)
     out = removal_mask(mask, torch.tensor([1, 3]))
@@ -89,11 +127,10 @@ def test_removal_mask_keeps_the_own_row_and_every_other_key():
 
 def test_pairs_per_influencer():
     pos, length = np.array([0, 1, 2, 0]), np.array([3, 3, 3, 1])
-    assert pairs_per_influencer(pos, length, "all", causal=True).tolist() == [2, 2, 2, 0]
-    assert pairs_per_influencer(pos, length, "later", causal=True).tolist() == [2, 1, 0, 0]
-    assert pairs_per_influencer(pos, length, "later", causal=False).tolist() == [2, 2, 2, 0]
+    assert pairs_per_influencer(pos, length, "all").tolist() == [2, 2, 2, 0]
+    assert pairs_per_influencer(pos, length, "later").tolist() == [2, 1, 0, 0]
     with pytest.raises(PipelineError, match="analysis.influence.affected"):
-        pairs_per_influencer(pos, length, "some", causal=False)
+        pairs_per_influencer(pos, length, "auto")  # resolved first
 
 
 # ---------------------------------------------------------------- on a real dump of an untrained model
@@ -105,7 +142,7 @@ def experiment(tmp_path_factory, shared_zip):
     def cfg(objective="lm", *extra, seed=1):
         return compose(["experiment=smoke", f"paths.results={root}", f"data.archive={shared_zip}", f"objective={objective}",
                         f"seed={seed}", "dump.device=cpu", "train.progress=false", "analysis.influence.max_sentences=60",
-                        "analysis.min_bucket_tokens=1", *extra])
+                        "analysis.min_samples_per_dim=2", "analysis.influence.min_influencers=20", *extra])
 
     prepare_data(cfg())
     train_tokenizer(cfg())
@@ -118,41 +155,70 @@ def experiment(tmp_path_factory, shared_zip):
     return cfg
 
 
-def test_buckets_get_equal_numbers_of_pairs(experiment):
+def test_buckets_draw_enough_pairs_and_influencers(experiment):
     cfg = experiment("mlm")
     d = load_dump(Path(cfg.paths.dump))
-    chosen, row_bucket, _ = choose_influencers(d, cfg)
+    chosen, row_bucket, plan = choose_influencers(d, cfg, "all")
     t = d.tokens
     first = {int(s): int(np.flatnonzero(t["sentence_id"] == s)[0]) for s in chosen}
     pairs: dict[int, int] = {}
+    influencers: dict[int, int] = {}
     for s, positions in chosen.items():
         assert len(set(positions)) == len(positions)
         for p in positions:
             k = int(row_bucket[first[s] + p])
             assert k >= 0
             pairs[k] = pairs.get(k, 0) + int(t["sentence_length"][first[s]]) - 1
+            influencers[k] = influencers.get(k, 0) + 1
     edges = bucket_edges(cfg)
     present = set(bucket_index(t["freq_rank"], edges).tolist()) - {-1}
     assert len(pairs) >= 2 and set(pairs) <= present
-    longest = int(t["sentence_length"].max())
-    assert max(pairs.values()) - min(pairs.values()) < longest  # equal up to one sentence's overshoot
+    assert plan.size >= plan.floor == 2 * int(cfg.model.d_model)
+    assert min(pairs.values()) >= plan.size and min(influencers.values()) >= 20
 
 
 def test_table_on_a_dump(experiment):
     cfg = experiment("lm")
     run(cfg)
-    rows = read_table(Path(cfg.paths.metrics) / "influence" / "lm" / "seed1.csv", "influence")
+    path = Path(cfg.paths.metrics) / "influence" / "lm" / "seed1.csv"
+    rows = read_table(path, "influence")
     labels = bucket_labels(bucket_edges(cfg))
     layers = {int(r["layer"]) for r in rows}
     assert layers == set(range(1, int(cfg.model.n_layers) + 1))
+    assert len({r["n_pairs"] for r in rows}) == 1, "every bucket and layer is measured with the same n"
     for r in rows:
-        assert r["bucket"] in labels and r["measure"] == "pwcca"
-        assert 0.0 <= float(r["distance"]) <= 1.0
-        assert int(r["n_pairs"]) > int(cfg.model.d_model)
+        assert r["bucket"] in labels and r["measure"] == "pwcca" and r["affected"] == "later"  # auto, causal
+        assert 0.0 <= float(r["distance"]) < float(r["shuffled"]) <= 1.0
+        assert int(r["n_pairs"]) >= 2 * int(cfg.model.d_model) and int(r["n_influencers"]) >= 20
+    record = read_record(path)
+    assert record["affected"] == "later" and record["floor"] == 2 * int(cfg.model.d_model)
+    assert {b["bucket"] for b in record["left_out"]} == set(labels) - {r["bucket"] for r in rows}
     per_layer = {}
     for r in rows:
         per_layer.setdefault(r["layer"], set()).add(r["bucket"])
     assert len({frozenset(b) for b in per_layer.values()}) == 1, "every layer measures the same buckets"
+
+
+def test_earlier_tokens_no_longer_enter_the_lm_rows(experiment):
+    """With affected=all an LM's pairs include the tokens before the influencing one, identical in both
+    views; the resolved `later` (auto) keeps only the tokens after it, none of them unchanged."""
+    cfg = experiment("lm")
+    d = load_dump(Path(cfg.paths.dump))
+    model = load_matching_model(cfg, d, torch.device("cpu"))
+    counts = {}
+    for affected in ("all", "later"):
+        chosen, row_bucket, _ = choose_influencers(d, cfg, affected)
+        pairs, _ = collect_pairs(model, d, chosen, row_bucket, len(bucket_labels(bucket_edges(cfg))), affected, 4096,
+                                 torch.device("cpu"))
+        usual, removed = pairs[1, 0]  # layer 1, the most frequent bucket
+        same = (usual - removed).abs().amax(-1) < 1e-6
+        counts[affected] = int(same.sum()), len(same)
+        if affected == "all":  # the earlier tokens: as many unchanged pairs as influencers' positions
+            t = d.tokens
+            first = {int(s): int(np.flatnonzero(t["sentence_id"] == s)[0]) for s in chosen}
+            earlier = sum(p for s, ps in chosen.items() for p in ps if row_bucket[first[s] + p] == 0)
+            assert counts["all"][0] == earlier > 0
+    assert counts["later"][0] == 0 and counts["later"][1] < counts["all"][1]
 
 
 def test_checkpoint_must_match_the_dump(experiment):

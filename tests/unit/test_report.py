@@ -65,7 +65,7 @@ def _similarity_rows(grid):
                     rows.append({"measure": measure, "pair": pair_kind((a, sa), (b, sb)),
                                  "objective_a": a, "seed_a": sa, "objective_b": b, "seed_b": sb,
                                  "layer": layer, "distance": scale * (start + step * layer + 0.003 * (sa + sb)),
-                                 "n_tokens": 3000})
+                                 "shuffled": 0.9 * scale, "n_tokens": 3000})
     return rows
 
 
@@ -78,7 +78,7 @@ def _change_rows(grid):
             for i, bucket in enumerate(["all", *BUCKETS]):
                 rows.append({"measure": "pwcca", "objective": objective, "seed": seed, "layer_from": layer_to - 1,
                              "layer_to": layer_to, "bucket": bucket,
-                             "distance": value * (1 + 0.1 * i) + 0.001 * seed, "n_tokens": 2000})
+                             "distance": value * (1 + 0.1 * i) + 0.001 * seed, "shuffled": 0.8, "n_tokens": 2000})
     return rows
 
 
@@ -90,7 +90,9 @@ def _influence_rows(grid):
             for i, bucket in enumerate(BUCKETS):
                 value = rarest[objective] / layer if i == len(BUCKETS) - 1 else 0.002 - 0.0001 * i
                 rows.append({"measure": "pwcca", "objective": objective, "seed": seed, "layer": layer,
-                             "bucket": bucket, "distance": value + 0.0001 * seed, "n_pairs": 900})
+                             "bucket": bucket, "affected": "later" if objective.startswith("lm") else "all",
+                             "distance": value + 0.0001 * seed, "shuffled": 0.85, "n_pairs": 900,
+                             "n_influencers": 150})
     return rows
 
 

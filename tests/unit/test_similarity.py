@@ -8,6 +8,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from analysis import similarity as sim
+from analysis.buckets import shuffle_seed
 from analysis.dumps import sample_rows
 from analysis.tables import DIFFERENT_INIT, INIT_PAIR, SAME_INIT, SEED_BASELINE, pair_kind, read_record, read_table
 from pipeline.config import compose
@@ -300,6 +301,23 @@ def test_the_table_holds_every_pair_layer_and_measure(tmp_path):
     row = next(r for r in rows if r["measure"] == "pwcca" and r["layer"] == "2" and r["objective_b"] == "mlm")
     assert float(row["distance"]) == pytest.approx(direct, abs=1e-9)
     assert read_record(path)["settings"]["similarity"]["ridge"] == 1e-6
+    # The no-correspondence level: the same rows with b's permuted by the layer's seeded permutation.
+    perm = shuffle_seed(cfg, 2).permutation(len(idx))
+    level = sim.pwcca_distance(np.load(tmp_path / "dumps/lm/seed1/layer_02.npy")[idx],
+                               np.load(tmp_path / "dumps/lm/seed2/layer_02.npy")[idx][perm], symmetric=True)
+    row = next(r for r in rows if r["measure"] == "pwcca" and r["layer"] == "2" and r["objective_b"] == "lm")
+    assert float(row["shuffled"]) == pytest.approx(level, abs=1e-9) and level > 0.5  # identical views, shuffled
+    for r in rows:
+        assert float(r["shuffled"]) > (0.9 if r["measure"] == "cka" else 0.5), r
+
+
+def test_the_table_refuses_a_sample_below_the_floor(tmp_path):
+    cfg, _ = fake_experiment(tmp_path, "analysis.similarity.max_tokens=119", "analysis.min_samples_per_dim=10")
+    with pytest.raises(PipelineError, match=r"analysis.similarity.max_tokens=119 / analysis.min_samples_per_dim=10: "
+                                            r"119 tokens for views of 12 features, fewer than the 120"):
+        sim.run(cfg)
+    cfg, _ = fake_experiment(tmp_path, "analysis.similarity.max_tokens=120", "analysis.min_samples_per_dim=10")
+    assert {r["n_tokens"] for r in read_table(sim.run(cfg), "similarity")} == {"120"}
 
 
 def test_pair_kinds():
