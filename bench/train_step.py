@@ -1,68 +1,172 @@
-"""Time one training step of the shared stack at a few sizes, fp32 against bf16 autocast.
+"""Our whole training loop against a plain PyTorch reference step, in the same run.
 
-    python bench/train_step.py [--d-model 128 256] [--tokens 4096] [--steps 10] [--device cpu|cuda]
+    python bench/train_step.py [--experiment default] [--kinds lm mlm mt] [--steps 200] [overrides...]
 
-Prints ms per step (median) and the bf16/fp32 ratio; `train.precision=auto` uses bf16 on CUDA and
-on CPUs with bf16 matrix instructions (AMX or AVX-512 BF16), fp32 elsewhere."""
+For each objective, on the experiment's real data (run `python -m pipeline.prepare` first), sizes
+and token batches:
+- ours: `pipeline.train.train` as a user runs it, for `--steps` steps, start-up, dev evaluations,
+  MT's BLEU and checkpoints included (its wall time, from the call to the written model.pt);
+- the reference: the same model sizes written the obvious way — `nn.TransformerEncoder` (MT:
+  `nn.Transformer`), fp32, eager, full-vocabulary logits with `ignore_index`, plain AdamW and
+  gradient clipping — timed over `--ref-steps` of the same batches spread over the run, scaled to
+  all of them by their padded token counts;
+- the ratio reference time / our time (> 1: ours is faster), and our step's share of this CPU's
+  measured bf16 matmul peak (FLOPs of one step counted by torch.utils.flop_counter).
+Extra arguments are Hydra overrides of the experiment (e.g. train.compile=true model.d_model=256).
+"""
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from pipeline.model import ModelArgs, build_model
-from pipeline.objectives import Specials, make_objective
-from pipeline.evaluate import to_device
-from pipeline.runtime import autocast, has_fast_bf16, resolve_device
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.machine import describe  # noqa: E402
+from pipeline.config import compose, to_plain  # noqa: E402
+from pipeline.evaluate import to_device  # noqa: E402
+from pipeline.model import ModelArgs, build_model, sinusoids  # noqa: E402
+from pipeline.objectives import IGNORE, make_batches, make_objective, specials  # noqa: E402
+from pipeline.tokenizer import Tokenizer  # noqa: E402
+from pipeline.train import load_examples, make_optimizer, make_step, train  # noqa: E402
 
 
-def step_ms(kind: str, d_model: int, n_tokens: int, steps: int, amp, device: torch.device) -> float:
-    args = ModelArgs(d_vocab=8000, pad_id=0, n_layers=6, n_dec_layers=3, d_model=d_model, n_heads=4,
-                     d_mlp=4 * d_model, n_ctx=128)
-    model = build_model(kind, args, seed=1).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    sp = Specials(pad=0, bos=2, eos=3, mask=4, n_special=5, d_vocab=8000)
-    from omegaconf import OmegaConf
-    obj = make_objective(OmegaConf.create({"kind": kind, "mask_prob": 0.15, "mask_token_prob": 0.8,
-                                            "random_token_prob": 0.1}), sp)
-    g = torch.Generator().manual_seed(0)
-    T = 16
-    rows = [torch.randint(5, 8000, (T - 2,), generator=g).tolist() for _ in range(n_tokens // T)]
-    examples = list(zip(rows, rows)) if kind == "mt" else rows
-    batch = to_device(obj.collate(examples, g, train=True), device)
-    times = []
-    for i in range(steps + 2):
-        t = time.perf_counter()
-        with autocast(device, amp):
-            loss, _ = obj.loss(model, batch)
+class Reference(nn.Module):
+    """The obvious PyTorch model of the same sizes: torch's own Transformer layers."""
+
+    def __init__(self, kind: str, a: ModelArgs) -> None:
+        super().__init__()
+        self.kind, self.pad = kind, a.pad_id
+        self.embed = nn.Embedding(a.d_vocab, a.d_model, padding_idx=a.pad_id)
+        self.register_buffer("pos", sinusoids(a.n_ctx, a.d_model))
+        layer = dict(d_model=a.d_model, nhead=a.n_heads, dim_feedforward=a.d_mlp, dropout=a.dropout,
+                     batch_first=True, norm_first=a.norm == "pre")
+        if kind == "mt":
+            self.net = nn.Transformer(num_encoder_layers=a.n_layers, num_decoder_layers=a.n_dec_layers, **layer)
+        else:
+            self.net = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), a.n_layers,
+                                             enable_nested_tensor=False)
+        self.out = nn.Linear(a.d_model, a.d_vocab)
+        self.scale = math.sqrt(a.d_model)
+
+    def emb(self, x):
+        return self.embed(x) * self.scale + self.pos[: x.shape[1]]
+
+    def forward(self, x, tgt_in=None):
+        pad = x == self.pad
+        if self.kind == "mt":
+            T = tgt_in.shape[1]
+            causal = torch.triu(torch.full((T, T), float("-inf")), 1)
+            h = self.net(self.emb(x), self.emb(tgt_in), tgt_mask=causal, src_key_padding_mask=pad,
+                         tgt_key_padding_mask=tgt_in == self.pad, memory_key_padding_mask=pad)
+        else:
+            T = x.shape[1]
+            causal = torch.triu(torch.full((T, T), float("-inf")), 1) if self.kind == "lm" else None
+            h = self.net(self.emb(x), mask=causal, src_key_padding_mask=pad)
+        return self.out(h)
+
+
+def reference_seconds(kind, margs, batches, cfg, n_sample: int) -> float:
+    """Seconds the reference needs for all `batches`, from a timed sample of them."""
+    model = Reference(kind, margs).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.train.lr), weight_decay=float(cfg.train.weight_decay))
+    pick = np.linspace(0, len(batches) - 1, min(n_sample, len(batches))).round().astype(int)
+
+    def step(b):
+        logits = model(b["input"], b.get("tgt_in"))
+        loss = F.cross_entropy(logits.flatten(0, 1), b["labels"].flatten(), ignore_index=IGNORE,
+                               label_smoothing=float(cfg.objective.label_smoothing))
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.train.clip_norm))
         opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - t)
-    return 1000 * sorted(times)[len(times) // 2]
+        return float(loss)
+
+    step(batches[pick[0]])  # warm-up
+    t = time.perf_counter()
+    for i in pick:
+        step(batches[i])
+    sample_s = time.perf_counter() - t
+    size = [b["input"].numel() + (b["tgt_in"].numel() if "tgt_in" in b else 0) for b in batches]
+    return sample_s * sum(size) / sum(size[i] for i in pick)
+
+
+def matmul_peak_flops(dtype=torch.bfloat16, n: int = 2048) -> float:
+    """Measured FLOP/s of a large square matmul on this CPU (the best of a few)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = math.inf
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def step_flops(kind, margs, cfg, batch) -> float:
+    """FLOPs of one of our training steps (forward + backward), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(kind, margs, 1).train()
+    opt = make_optimizer(model, cfg.train)
+    sp = specials(Tokenizer.load(cfg.paths.tokenizer))
+    eager = compose(["train.compile=false"]).train
+    step = make_step(model, make_objective(cfg.objective, sp), eager, torch.device("cpu"), None)
+    with FlopCounterMode(display=False) as counter:
+        step(batch, opt, 1.0)
+    return float(counter.get_total_flops())
+
+
+def bench_kind(kind: str, experiment: str, steps: int, ref_steps: int, overrides: list[str], peak: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose([f"experiment={experiment}", f"objective={kind}", f"train.max_steps={steps}",
+                       "train.patience=1000", "train.progress=false", f"paths.model={tmp}/model", *overrides])
+        tok = Tokenizer.load(cfg.paths.tokenizer)
+        sp = specials(tok)
+        objective = make_objective(cfg.objective, sp)
+        data = load_examples(cfg, tok)
+        margs = ModelArgs(d_vocab=tok.vocab_size, pad_id=tok.pad_id, **to_plain(cfg.model))
+        lengths = np.array([objective.length(ex) for ex in data["train"]])
+        order = make_batches(lengths, int(cfg.train.max_tokens), int(cfg.seed), 0)
+        order = (order * (steps // len(order) + 1))[:steps]
+        gen = torch.Generator().manual_seed(0)
+        batches = [objective.collate([data["train"][i] for i in idx], gen, train=True) for idx in order]
+        tokens = sum(int((b["input"] != tok.pad_id).sum()) for b in batches)
+
+        t = time.perf_counter()
+        summary = train(cfg)
+        ours_s = time.perf_counter() - t
+        ref_s = reference_seconds(kind, margs, batches, cfg, ref_steps)
+        flops = step_flops(kind, margs, cfg, to_device(batches[len(batches) // 2], torch.device("cpu")))
+        pad_tokens = batches[len(batches) // 2]["input"].numel()
+    per_step = ours_s / steps
+    print(f"{kind:4s} {steps} steps ({summary['precision']}, compile {cfg.train.compile}): ours {ours_s:6.1f} s "
+          f"({tokens / ours_s:7,.0f} input tokens/s, loop incl. start-up + {steps // int(cfg.train.eval_every)} evals), "
+          f"reference {ref_s:6.1f} s ({tokens / ref_s:7,.0f} tokens/s): ratio {ref_s / ours_s:.2f}x; "
+          f"one step {flops / 1e9:.1f} GFLOP for {pad_tokens} padded tokens, "
+          f"{flops / per_step / 1e9:.0f} GFLOP/s over the loop = {flops / per_step / peak:.1%} of the bf16 matmul peak")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--d-model", type=int, nargs="+", default=[128, 256])
-    p.add_argument("--kinds", nargs="+", default=["lm", "mt"])
-    p.add_argument("--tokens", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    a = p.parse_args()
-    device = resolve_device(a.device, "--device")
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU, threads {torch.get_num_threads()}, bf16 units {has_fast_bf16()}"
-    print(f"{where}; {a.tokens} tokens per batch")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", default="default")
+    p.add_argument("--kinds", nargs="+", default=["lm", "mlm", "mt"], choices=["lm", "mlm", "mt"])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--ref-steps", type=int, default=40, help="reference steps timed (spread over the run)")
+    a, overrides = p.parse_known_args()
+    print(describe())
+    peak = matmul_peak_flops()
+    print(f"measured bf16 matmul peak (2048^3): {peak / 1e9:.0f} GFLOP/s; fp32: {matmul_peak_flops(torch.float32) / 1e9:.0f} GFLOP/s")
     for kind in a.kinds:
-        for d in a.d_model:
-            fp32 = step_ms(kind, d, a.tokens, a.steps, None, device)
-            bf16 = step_ms(kind, d, a.tokens, a.steps, torch.bfloat16, device)
-            print(f"{kind:3s} d_model {d:4d}: fp32 {fp32:7.1f} ms  bf16 {bf16:7.1f} ms  bf16/fp32 {bf16 / fp32:.2f}")
+        bench_kind(kind, a.experiment, a.steps, a.ref_steps, overrides, peak)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.profiler import record_function
 
 from .config import cli, to_plain, train_config
 from .corpus import prepare_data, read_lines
@@ -63,6 +64,7 @@ def check_settings(cfg: DictConfig) -> None:
     require(cfg, "train.decay", lambda v: v in ("inverse_sqrt", "cosine", "linear", "constant"),
             "expected inverse_sqrt, cosine, linear or constant")
     require(cfg, "train.precision", lambda v: v in ("auto", "bf16", "fp32"), "expected auto, bf16 or fp32")
+    require(cfg, "train.compile", lambda v: v in ("auto", True, False), "expected auto, true or false")
     require(cfg, "objective.kind", lambda v: v in ("mt", "lm", "mlm"), "expected mt, lm or mlm")
     require(cfg, "model.norm", lambda v: v in ("pre", "post"), "expected pre or post")
     require(cfg, "model.n_heads", lambda v: cfg.model.d_model % v == 0, f"must divide model.d_model={cfg.model.d_model}")
@@ -129,6 +131,55 @@ def make_optimizer(model: Model, tcfg: DictConfig) -> torch.optim.Optimizer:
     # spent as long as forward and backward together on a 10M-parameter model (py-spy, 2 cores).
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     return torch.optim.AdamW(groups, lr=float(tcfg.lr), betas=tuple(tcfg.betas), fused=fused)
+
+
+def make_step(model: Model, objective, tcfg: DictConfig, device: torch.device, amp: torch.dtype | None):
+    """One optimiser step as a function `step(batch, opt, clip_norm) -> (loss, n_predicted)`, both
+    tensors left on the device (no host sync). With `train.compile` the forward and the loss (and
+    through AOTAutograd their backward) are compiled by torch.compile (inductor), with dynamic
+    shapes, since token batching makes every batch another (rows, length); where compilation is
+    unavailable the step runs eagerly, with a warning."""
+    def forward_loss(batch):
+        with autocast(device, amp):
+            return objective.loss(model, batch)
+
+    fwd = forward_loss
+    if compile_enabled(tcfg, device):
+        fwd = torch.compile(forward_loss, dynamic=True)
+
+    def step(batch, opt, clip_norm: float):
+        nonlocal fwd
+        try:
+            with record_function("forward"):
+                loss, n = fwd(batch)
+        except Exception as error:  # a backend that cannot compile here: eager from now on
+            if fwd is forward_loss:
+                raise
+            log.warning("torch.compile failed (%s: %s); training eagerly (train.compile=false skips trying)",
+                        type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            fwd = forward_loss
+            loss, n = fwd(batch)
+        with record_function("backward"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("optimizer"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm, foreach=True)
+            opt.step()
+        return loss.detach(), n
+
+    return step
+
+
+def compile_enabled(tcfg: DictConfig, device: torch.device) -> bool:
+    """train.compile: true | false | auto (compile where inductor can build kernels: on CUDA, and
+    on a CPU with a C++ compiler on the PATH)."""
+    setting = tcfg.get("compile", False)
+    if setting == "auto":
+        if device.type == "cuda":
+            return True
+        import shutil
+        return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+    return bool(setting)
 
 
 def lr_factor(tcfg: DictConfig) -> Callable[[int], float]:
@@ -223,7 +274,8 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
     stream = batch_stream(lengths, int(tcfg.max_tokens), seed, state)
     budget_s = float(tcfg.max_minutes) * 60 if tcfg.max_minutes else math.inf
     started, elapsed0 = time.perf_counter(), state.elapsed_s
-    run_loss, run_n, tokens_since, t_since = 0.0, 0, 0, time.perf_counter()
+    run_loss, run_n, t_since = 0.0, 0, time.perf_counter()
+    step, clip = make_step(model, objective, tcfg, device, amp), float(tcfg.clip_norm)
     stop = None
     try:
         from tqdm.auto import tqdm
@@ -235,21 +287,14 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
     while stop is None:
         idx = next(stream)
         batch = to_device(objective.collate([data["train"][i] for i in idx], gen, train=True), device)
-        with autocast(device, amp):
-            loss, n = objective.loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg.clip_norm))
-        opt.step()
+        loss, n = step(batch, opt, clip)
         sched.step()
         state.step += 1
-        n = int(n)
-        state.tokens += n
-        run_loss, run_n, tokens_since = run_loss + loss.item() * n, run_n + n, tokens_since + n
+        # Running sums stay on the device: no host sync per step (read at each evaluation).
+        run_loss, run_n = run_loss + loss * n, run_n + n
         state.elapsed_s = elapsed0 + time.perf_counter() - started
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
         out_of_time = state.elapsed_s >= budget_s
         if state.step % int(tcfg.eval_every) == 0 or state.step >= int(tcfg.max_steps) or out_of_time:
             dev = dev_metrics(model, objective, data["dev"], device, amp, int(tcfg.max_tokens))
@@ -259,7 +304,9 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
                 torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, best)
             else:
                 state.bad_evals += 1
-            rate = tokens_since / max(time.perf_counter() - t_since, 1e-9)
+            run_n, run_loss = int(run_n), float(run_loss)
+            state.tokens += run_n
+            rate = run_n / max(time.perf_counter() - t_since, 1e-9)
             entry = {"step": state.step, "epoch": state.epoch, "train_loss": run_loss / max(run_n, 1),
                      "lr": sched.get_last_lr()[0], "tokens_per_s": rate, "elapsed_s": state.elapsed_s,
                      **{f"dev_{k}": v for k, v in dev.items()}, "best": improved}
@@ -267,7 +314,9 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
                 f.write(json.dumps(entry) + "\n")
             log.info("step %d: train loss %.3f, dev loss %.3f%s", state.step, entry["train_loss"], dev["loss"],
                      " (best)" if improved else "")
-            run_loss, run_n, tokens_since, t_since = 0.0, 0, 0, time.perf_counter()
+            if bar is not None:
+                bar.set_postfix(train=f"{entry['train_loss']:.3f}", dev=f"{dev['loss']:.3f}", refresh=False)
+            run_loss, run_n, t_since = 0.0, 0, time.perf_counter()
             if state.step >= int(tcfg.max_steps):
                 stop = "max_steps"
             elif state.bad_evals >= int(tcfg.patience):

@@ -99,3 +99,82 @@ def test_cli_exits_nonzero_with_one_clear_line(tmp_path, shared_zip):
     assert proc.returncode == 2
     assert "error: setting train.device='cuda'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _first_losses(cfg, n_steps=2):
+    """Losses of the first `n_steps` training steps of `cfg` on the smoke data (prepared once)."""
+    import numpy as np
+
+    from pipeline.config import to_plain
+    from pipeline.corpus import prepare_data
+    from pipeline.evaluate import to_device
+    from pipeline.model import ModelArgs, build_model
+    from pipeline.objectives import make_batches, make_objective, specials
+    from pipeline.runtime import resolve_precision
+    from pipeline.tokenizer import Tokenizer, train_tokenizer
+    from pipeline.train import load_examples, make_optimizer, make_step
+
+    prepare_data(cfg)
+    train_tokenizer(cfg)
+    tok = Tokenizer.load(cfg.paths.tokenizer)
+    objective = make_objective(cfg.objective, specials(tok))
+    data = load_examples(cfg, tok)
+    device = torch.device("cpu")
+    amp = resolve_precision(str(cfg.train.precision), device)
+    model = build_model(cfg.objective.kind, ModelArgs(d_vocab=tok.vocab_size, pad_id=tok.pad_id,
+                                                      **to_plain(cfg.model)), 1).train()
+    opt = make_optimizer(model, cfg.train)
+    step = make_step(model, objective, cfg.train, device, amp)
+    lengths = np.array([objective.length(ex) for ex in data["train"]])
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for idx in make_batches(lengths, int(cfg.train.max_tokens), 1, 0)[:n_steps]:
+        torch.manual_seed(1)  # the same dropout masks in both runs
+        batch = to_device(objective.collate([data["train"][i] for i in idx], gen, train=True), device)
+        losses.append(float(step(batch, opt, 1.0)[0]))
+    return losses
+
+
+@pytest.mark.parametrize("objective", ["lm", "mlm", "mt"])
+def test_compiled_step_gives_the_eager_loss(objective, smoke_cfg, shared_data):
+    """torch.compile changes how the step runs, not what it computes: the same loss at step 1, and
+    at step 2 (so backward and the optimizer agree too). Dropout off: compiled and eager code draw
+    their random masks differently."""
+    common = (f"paths.data={shared_data}/data", f"paths.tokenizer={shared_data}/tokenizer", f"objective={objective}",
+              "train.precision=fp32", "model.dropout=0")
+    eager = _first_losses(smoke_cfg(*common, "train.compile=false"))
+    compiled = _first_losses(smoke_cfg(*common, "train.compile=true"))
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert eager[1] != eager[0]  # the second loss did see the update
+
+
+def test_bf16_step_gives_the_fp32_loss(smoke_cfg, shared_data):
+    common = (f"paths.data={shared_data}/data", f"paths.tokenizer={shared_data}/tokenizer", "objective=lm",
+              "train.compile=false", "model.dropout=0")
+    fp32 = _first_losses(smoke_cfg(*common, "train.precision=fp32"))
+    bf16 = _first_losses(smoke_cfg(*common, "train.precision=bf16"))
+    assert bf16 == pytest.approx(fp32, rel=2e-2)  # bf16 keeps ~3 significant digits
+    assert bf16 != fp32  # autocast really ran in bf16
+
+
+def test_mlm_loss_on_chosen_positions_equals_the_full_vocabulary_loss():
+    """The MLM projects only its chosen positions: the same loss as logits everywhere + ignore_index."""
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
+
+    from pipeline.model import ModelArgs, build_model
+    from pipeline.objectives import IGNORE, Specials, make_objective
+
+    sp = Specials(pad=0, bos=1, eos=2, mask=3, n_special=4, d_vocab=50)
+    obj = make_objective(OmegaConf.create({"kind": "mlm", "label_smoothing": 0.1, "mask_prob": 0.3,
+                                           "mask_token_prob": 0.8, "random_token_prob": 0.1}), sp)
+    model = build_model("mlm", ModelArgs(d_vocab=50, pad_id=0, n_layers=2, d_model=16, n_heads=2, d_mlp=32,
+                                         dropout=0.0, n_ctx=32), 1)
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(4, 50, (n,), generator=g).tolist() for n in (5, 9, 12, 3)]
+    batch = obj.collate(rows, g, train=True)
+    loss, n = obj.loss(model, batch)
+    full = F.cross_entropy(model(batch["input"]).flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE,
+                           label_smoothing=0.1)
+    assert int(n) == int((batch["labels"] != IGNORE).sum()) > 0
+    assert float(loss) == pytest.approx(float(full), rel=1e-6)
