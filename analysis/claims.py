@@ -380,24 +380,28 @@ class Claim:
     statement: str
     study: str  # the study's numbers (METHODS.md)
     check: Callable[[Tables, Criteria], Verdict]
+    reads: tuple[str, ...] = ()  # the objectives whose models (every seed) the check reads
 
 
 CLAIMS: tuple[Claim, ...] = (
     Claim(1, "LM: MI with the input falls monotonically with depth while MI with the next token rises",
-          "input 5.30 → 3.97 nats (layers 0→6); next token 1.82 → 2.35", claim_lm_mi),
+          "input 5.30 → 3.97 nats (layers 0→6); next token 1.82 → 2.35", claim_lm_mi, ("lm",)),
     Claim(2, "MLM: MI with the input falls, then rises at the top layers",
-          "input 5.21 → 4.93 (layer 4) → 5.10; masked: input 6.90 → 0.93, output 0.72 → 2.38", claim_mlm_mi),
+          "input 5.21 → 4.93 (layer 4) → 5.10; masked: input 6.90 → 0.93, output 0.72 → 2.38", claim_mlm_mi,
+          ("mlm",)),
     Claim(3, "MT: refined with context but keeps most token identity; less change",
-          "input 5.21 → 4.47 (86% kept; LM 75%); change .064 → .039", claim_mt_identity),
+          "input 5.21 → 4.47 (86% kept; LM 75%); change .064 → .039", claim_mt_identity, ("mt", "lm", "mlm")),
     Claim(4, "PWCCA: cross-task distances > seed baselines; MT–MLM < LM–MT and LM–MLM",
-          "MT–MLM .42→.54, LM–MT .45→.60, LM–MLM .41→.60; seeds .26–.37", claim_similarity),
+          "MT–MLM .42→.54, LM–MT .45→.60, LM–MLM .41→.60; seeds .26–.37", claim_similarity,
+          ("mt", "lm", "mlm")),
     Claim(5, "Change: MT decreases with depth; MLM largest at the top",
-          "MT .064 → .039; MLM U-shaped, largest at 5→6", claim_change),
+          "MT .064 → .039; MLM U-shaped, largest at 5→6", claim_change, ("mt", "mlm")),
     Claim(6, "Influence: rare tokens influence most in MT and LM; token dropout removes the excess",
-          "MT layer 1: rarest ≈ .006 vs ≤ .002 for the other buckets", claim_influence),
+          "MT layer 1: rarest ≈ .006 vs ≤ .002 for the other buckets", claim_influence,
+          ("mt", "lm", "mt_td", "lm_td")),
     Claim(7, "Neighbours: MLM keeps identity best at the top; MT keeps position best",
           "identity at layer 6: MT .915, LM .77, MLM .97; position 6: MT 4.5, LM 7.8, MLM 8.0",
-          claim_neighbours),
+          claim_neighbours, ("mt", "lm", "mlm")),
 )
 
 

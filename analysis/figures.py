@@ -97,9 +97,13 @@ def spread(rows: Rows, x: str, value: str, **where: Any) -> tuple[list, np.ndarr
 
 def draw_spread(ax, rows: Rows, x: str, value: str, colour_: str, label: str, lw: float = 1.6,
                 ls: str = "-", **where: Any) -> bool:
+    """The seed mean of `value` per `x` over the rows matching `where`, with the seeds' range as a
+    band; the step-0 control's solid curves are drawn dashed and thinner, as a reference."""
     xs, mean, lo, hi, n = spread(rows, x, value, **where)
     if not xs:
         return False
+    if where.get("objective") == INIT and ls == "-":
+        ls, lw = INIT_LS, min(lw, 1.2)
     ax.plot(xs, mean, color=colour_, lw=lw, ls=ls, marker="o", ms=2.5, label=label)
     if n > 1:
         ax.fill_between(xs, lo, hi, color=colour_, alpha=0.18, lw=0)
@@ -148,12 +152,33 @@ def training_curves(logs: Mapping[str, Mapping[int, list[dict]]], style: Style) 
     return render(fig, style)
 
 
+def dev_loss_curves(runs: Sequence[tuple[str, int, list[dict], Mapping[str, Any]]],
+                    style: Style) -> tuple[bytes, str]:
+    """One panel per model (objective, seed, log entries, `pipeline.convergence` result): its dev loss per
+    evaluation, the last quarter of its steps shaded, the title saying whether it converged (red if not)."""
+    fig, axes = panels(len(runs), 4, width=2.8, height=2.2)
+    for ax, (objective, seed, log, verdict) in zip(axes, runs):
+        points = [(e["step"], e["dev_loss"]) for e in log if np.isfinite(float(e.get("dev_loss", np.nan)))]
+        if points:
+            steps, losses = zip(*points)
+            ax.plot(steps, losses, color=colour(objective), marker="o", ms=2.5, lw=1.4)
+            ax.axvspan(0.75 * max(steps), max(steps), color="#dddddd", alpha=0.5, lw=0)
+        change = verdict.get("last_quarter_improvement")
+        title = f"{objective} seed {seed}: " + ("converged" if verdict["converged"] else "NOT converged")
+        ax.set_title(title + ("" if change is None else f"\nlast quarter: dev loss {-100 * change:+.1f}%"), fontsize=8,
+                     color="#222222" if verdict["converged"] else "#b3261e")
+        ax.set_xlabel("step")
+        ax.set_ylabel("dev loss")
+    return render(fig, style)
+
+
 # ---------------------------------------------------------------- mutual information
 
 def mi_panels(rows: Rows, which: Sequence[tuple[str, str]], n_clusters: int, n_layers: int,
               style: Style) -> tuple[bytes, str]:
     """Per (objective, target): the plug-in MI, its chance level (labels shuffled), the corrected MI
-    (plug-in minus chance) and the study's plug-in values."""
+    (plug-in minus chance), in input panels the untrained stack's corrected MI (init, grey dashed)
+    and the study's plug-in values."""
     fig, axes = panels(len(which), 3, sharey=False)
     for i, (ax, (objective, target)) in enumerate(zip(axes, which)):
         where = {"objective": objective, "target": target, "n_clusters": n_clusters}
@@ -161,6 +186,9 @@ def mi_panels(rows: Rows, which: Sequence[tuple[str, str]], n_clusters: int, n_l
         draw_spread(ax, rows, "layer", "mi", c, "plug-in MI", lw=1.0, ls="-.", **where)
         draw_spread(ax, rows, "layer", "mi_shuffled", "#888888", "chance (shuffled)", lw=1.0, ls=":", **where)
         draw_spread(ax, rows, "layer", "mi_corrected", c, "corrected", lw=2.0, **where)
+        if target == "input" and objective != INIT:
+            draw_spread(ax, rows, "layer", "mi_corrected", colour(INIT), "untrained (init), corrected", lw=1.0,
+                        objective=INIT, target=target, n_clusters=n_clusters)
         draw_reference(ax, reference.MI.get((objective, target)), n_layers, label="study (plug-in)")
         ax.set_title(f"{objective}: {target}")
         ax.set_ylabel("nats")

@@ -19,7 +19,8 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
-from pipeline.config import model_grid
+from pipeline.config import INIT, model_grid
+from pipeline.convergence import convergence
 from pipeline.store import PipelineError, read_json
 
 from .tables import COLUMNS, read_record, read_table, table_path
@@ -54,6 +55,13 @@ class ModelRun:
         """mt | lm | mlm (the summary's, else the objective name before any `_td`)."""
         return str((self.summary or {}).get("kind") or self.objective.split("_")[0])
 
+    @property
+    def convergence(self) -> dict | None:
+        """`pipeline.convergence.convergence` of its dev-loss log and stop reason; None without a log."""
+        if not self.log:
+            return None
+        return convergence(self.log, (self.summary or {}).get("stop_reason"))
+
 
 @dataclass
 class BenchmarkJob:
@@ -69,8 +77,8 @@ class Experiment:
     cfg: DictConfig
     results: Path
     tables: dict[str, Table]
-    models: list[ModelRun]
-    objectives: list[str]
+    models: list[ModelRun]  # the trained models (not the step-0 control)
+    objectives: list[str]   # every objective measured, `init` (the step-0 control) included
     n_layers: int
     data_stage: dict | None
     tokenizer_stage: dict | None
@@ -247,7 +255,7 @@ def collect(cfg: DictConfig, probe_hardware: bool = True) -> Experiment:
     tables = {name: load_table(table_path(cfg, name), name) for name in TABLES}
     keys = list(dict.fromkeys([*model_grid(cfg), *_found_in_tables(tables.values())]))
     objectives = list(dict.fromkeys([o for o, _ in keys]))
-    models = [load_model(results, o, s) for o, s in keys]
+    models = [load_model(results, o, s) for o, s in keys if o != INIT]  # the step-0 control is not trained
     dumps = {}
     for o, s in keys:
         meta = _read_json(results / "dumps" / o / f"seed{s}" / "meta.json")

@@ -34,6 +34,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { border-left: 4px solid #c9a227; background: #fdf8e7; padding: .5rem .8rem; margin: .8rem 0; }
 .verdict { font-weight: 600; white-space: nowrap; }
 .holds { color: #1b7a2f; } .fails { color: #b3261e; } .unmeasured { color: #8a6d00; }
+.flag { color: #b3261e; font-weight: 600; }
 pre { background: var(--bg-alt); border: 1px solid var(--line); padding: .6rem; overflow-x: auto;
       font-size: .8rem; max-height: 32rem; }
 details { margin: .6rem 0; } summary { cursor: pointer; color: var(--accent); }

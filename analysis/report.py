@@ -18,7 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import RUNTIME_KEYS, cli, positive_int, require, to_plain
+from pipeline.config import INIT, RUNTIME_KEYS, cli, positive_int, require, to_plain
+from pipeline.convergence import THRESHOLD as CONVERGED_BELOW
 from pipeline.store import PipelineError, config_hash, versions, write_text
 
 from . import claims, gather
@@ -68,9 +69,15 @@ def setup_section(exp: gather.Experiment, style) -> Section:
 
     cfg = exp.cfg
     s = Section("setup", "Setup: corpus, models, training")
-    s.add(para(f"One Transformer stack trained with each objective ({', '.join(exp.objectives)}); only the "
+    trained = [o for o in exp.objectives if o != INIT]
+    s.add(para(f"One Transformer stack trained with each objective ({', '.join(trained)}); only the "
                "objective differs: same data, vocabulary, architecture and initialisation per seed. "
                "MT's encoder is analysed; LM and MLM are analysed whole. Layer 0 is embeddings + positions."))
+    if INIT in exp.objectives:
+        s.add(para("The step-0 control, init: the untrained stack of each seed (what every objective of that "
+                   "seed starts from), run with bidirectional attention and measured like a model. It shows "
+                   "what the architecture and the initialisation alone give: grey dashed in the figures where "
+                   "objectives are curves, in panels of its own elsewhere."))
     s.add("<h3>Corpus and vocabulary</h3>")
     if exp.data_stage is None:
         s.add(not_measured("the corpus", f"{exp.results / 'data' / 'stage.json'} not found (rule prepare)"))
@@ -87,6 +94,9 @@ def setup_section(exp: gather.Experiment, style) -> Section:
     for run in exp.models:
         seeds[run.objective].append(run.seed)
     rows = []
+    for objective, seed in exp.dumps:
+        if objective == INIT:
+            seeds[INIT].append(seed)
     for objective in exp.objectives:
         metas = [exp.dumps.get((objective, seed)) for seed in seeds[objective]]
         tokens = sorted({m["n_tokens"] for m in metas if m and "n_tokens" in m})
@@ -126,6 +136,54 @@ def setup_section(exp: gather.Experiment, style) -> Section:
 
 # ---------------------------------------------------------------- the claims
 
+def convergence_section(exp: gather.Experiment, style) -> Section:
+    from .figures import dev_loss_curves
+
+    s = Section("convergence", "Did training converge?")
+    s.add(para("The study trained until the dev loss stopped improving. A run has converged when early "
+               "stopping ended it, or when the last quarter of its steps improved the best dev loss by less "
+               f"than {100 * CONVERGED_BELOW:g}% (pipeline/convergence.py). A finding read from a model that "
+               "has not converged may still change with more training: the claim table flags it."))
+    runs = [run for run in exp.models if run.convergence is not None]
+    if not runs:
+        s.add(not_measured("convergence", "no model has a log.jsonl with dev losses"))
+        return s
+    made = dev_loss_curves([(run.objective, run.seed, run.log, run.convergence) for run in runs], style)
+    s.add(figure(made[0], made[1], "dev loss per model",
+                 "Dev loss per evaluation, one panel per model; shaded: the last quarter of its steps. Red title: "
+                 "not converged."))
+    body = []
+    for run in exp.models:
+        c = run.convergence
+        if c is None:
+            body.append((run.objective, run.seed, None, None, None, None, "—", "no log.jsonl"))
+            continue
+        change = c["last_quarter_improvement"]
+        body.append((run.objective, run.seed, c["steps"], (run.summary or {}).get("stop_reason"), c["best_dev_loss"],
+                     None if change is None else f"{100 * change:.2f}%", "yes" if c["converged"] else "NO",
+                     c["reason"]))
+    s.add(table(("objective", "seed", "steps", "stopped by", "best dev loss", "last-quarter improvement",
+                 "converged", "why"), body))
+    return s
+
+
+def unconverged(exp: gather.Experiment, objectives) -> list[str]:
+    """The models of `objectives` whose training did not converge (or cannot be told), as text."""
+    out = []
+    for run in exp.models:
+        if run.objective not in objectives:
+            continue
+        c = run.convergence
+        if c is None:
+            out.append(f"{run.objective} seed {run.seed} (no dev-loss log)")
+        elif not c["converged"]:
+            change = c["last_quarter_improvement"]
+            out.append(f"{run.objective} seed {run.seed} ("
+                       + (f"last quarter improved the dev loss by {100 * change:.1f}%)" if change is not None
+                          else f"{c['reason']})"))
+    return out
+
+
 def claims_section(exp: gather.Experiment, crit: Criteria) -> Section:
     s = Section("claims", "The study and this run")
     verdicts = check_all(exp.as_tables(), crit)
@@ -135,9 +193,17 @@ def claims_section(exp: gather.Experiment, crit: Criteria) -> Section:
                f"criterion (analysis/claims.py): {tally['holds']} hold, {tally['does not hold']} do not hold, "
                f"{tally['not measured']} not measured. A small model on a small corpus need not reproduce "
                "every claim; none is hidden."))
-    rows = [(c.number, esc(c.statement), esc(c.study), esc(v.numbers), verdict_cell(v.verdict), esc(v.reason))
-            for c, v in verdicts]
-    s.add(table(("#", "claim", "the study", "this run", "verdict", "why"), rows, raw=True))
+    rows = []
+    for c, v in verdicts:
+        flagged = unconverged(exp, c.reads)
+        training = (f'<span class="flag">not converged: {esc("; ".join(flagged))}</span>' if flagged
+                    else "converged" if c.reads else "—")
+        rows.append((c.number, esc(c.statement), esc(c.study), esc(v.numbers), verdict_cell(v.verdict), training,
+                     esc(v.reason)))
+    s.add(table(("#", "claim", "the study", "this run", "verdict", "models read", "why"), rows, raw=True))
+    if any(unconverged(exp, c.reads) for c, _ in verdicts):
+        s.add(note("Some verdicts read models whose training had not converged (column \"models read\"; "
+                   "section \"Did training converge?\"): they may change with longer training."))
     doc = (claims.__doc__ or "").strip()
     criteria = doc[doc.find("1. "):] if "1. " in doc else doc
     s.add(details("How each verdict is decided", pre(criteria)))
@@ -256,7 +322,8 @@ def build(cfg: DictConfig, probe_hardware: bool = True) -> str:
     style = figures.Style(str(cfg.analysis.report.figure_format), int(cfg.analysis.report.dpi))
     exp = gather.collect(cfg, probe_hardware=probe_hardware)
     crit = Criteria.from_cfg(cfg)
-    sections = [setup_section(exp, style), claims_section(exp, crit), *measurement_sections(exp, style, crit)]
+    sections = [setup_section(exp, style), convergence_section(exp, style), claims_section(exp, crit),
+                *measurement_sections(exp, style, crit)]
     sections.append(provenance_section(exp, started))
     measured = sum(t.rows is not None for t in exp.tables.values())
     subtitle = (f"Experiment {cfg.experiment_name}: {len(exp.models)} models, {measured} of {len(exp.tables)} "

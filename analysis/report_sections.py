@@ -72,10 +72,12 @@ def mi_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section
     inputs = [(o, "input") for o in _ordered(exp, {o for o, t in targets if t == "input"})]
     outputs = [(o, t) for o in _ordered(exp, {o for o, _ in targets}) for t in ("input_masked", "output")
                if (o, t) in targets]
-    if inputs:
-        _fig(s, figures.mi_panels(main, inputs, k, exp.n_layers, style), "MI with the input per layer",
-             f"MI with the input token, {k} clusters; band: seeds' range. {_depth_note(exp)} The study's "
-             "values are plug-in estimates without a chance correction.")
+    if inputs:  # the untrained stack (init) is drawn in every trained objective's panel, not in its own
+        drawn = [(o, t) for o, t in inputs if o != INIT] or inputs
+        _fig(s, figures.mi_panels(main, drawn, k, exp.n_layers, style), "MI with the input per layer",
+             f"MI with the input token, {k} clusters; band: seeds' range. Grey dashed: the untrained stack of "
+             f"the same seeds (init), what the architecture and the initialisation alone keep. {_depth_note(exp)} "
+             "The study's values are plug-in estimates without a chance correction.")
     else:
         s.add(not_measured("MI with the input", f"no rows with target input and {k} clusters"))
     for objective, target in (("lm", "output"), ("mlm", "output"), ("mlm", "input_masked")):

@@ -156,7 +156,7 @@ def fake_model(root, objective: str, seed: int, n_sent: int = 60, d: int = 6, la
 
 def test_row_sets_by_kind(tmp_path):
     for objective, expected in [("mt", [["input"]]), ("lm", [["input"], ["output"]]),
-                                ("mlm", [["input"], ["input_masked", "output"]])]:
+                                ("mlm", [["input"], ["input_masked", "output"]]), ("init", [["input"]])]:
         cfg = fake_model(tmp_path, objective, 1)
         dump = load_dump(dump_folder(cfg, objective, 1))
         sets = row_sets(dump, top_types=6, max_tokens=None, sample_seed=0)
@@ -181,6 +181,14 @@ def test_run_writes_every_layer_and_target_with_the_sweep_for_the_first_seed_onl
             assert float(r["mi_corrected"]) == pytest.approx(float(r["mi"]) - float(r["mi_shuffled"]))
         masked_n = {r["n_tokens"] for r in rows if r["target"] != "input"}
         assert len(masked_n) == 1  # input_masked and output: the same rows
+
+
+def test_step0_control_has_input_mi_only_and_no_sweep(tmp_path):
+    """init has no output label, and no seed list of its own in workflow.seeds: the main count only."""
+    cfg = fake_model(tmp_path, "init", 1)
+    rows = read_table(run(cfg), "mi")
+    assert {(r["objective"], r["target"], r["n_clusters"]) for r in rows} == {("init", "input", "8")}
+    assert sorted(int(r["layer"]) for r in rows) == [0, 1, 2]
 
 
 def test_more_clusters_than_rows_are_measured_once_with_every_row_its_own_cluster(tmp_path):

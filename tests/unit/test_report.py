@@ -25,14 +25,16 @@ REPO = Path(__file__).resolve().parents[2]
 L = 3  # layers of the smoke experiment's tiny model
 GRID = [("mt", 1), ("mt", 2), ("lm", 1), ("lm", 2), ("mlm", 1), ("mlm", 2), ("mt_td", 1), ("lm_td", 1)]
 BUCKETS = ["1-10", "10-25", "25-50", "50-100"]
-SECTIONS = ["setup", "claims", "mi", "similarity", "change", "influence", "neighbours", "tsne", "provenance"]
+FULL = [*GRID, ("init", 1), ("init", 2)]  # with the step-0 control of both seeds (dumped and measured, not trained)
+SECTIONS = ["setup", "convergence", "claims", "mi", "similarity", "change", "influence", "neighbours", "tsne",
+            "provenance"]
 
 
 # ---------------------------------------------------------------- a synthetic, study-shaped experiment
 
 def _mi_rows(grid):
     input_mi = {"mt": [5.2, 5.1, 5.0, 4.8], "lm": [5.3, 5.1, 4.7, 4.0], "mlm": [5.2, 4.9, 4.8, 5.0],
-                "mt_td": [5.2, 5.1, 4.9, 4.7], "lm_td": [5.3, 5.0, 4.6, 4.1]}
+                "mt_td": [5.2, 5.1, 4.9, 4.7], "lm_td": [5.3, 5.0, 4.6, 4.1], "init": [5.2, 4.6, 4.1, 3.7]}
     extra = {("lm", "output"): [1.8, 2.0, 2.2, 2.35], ("mlm", "output"): [0.7, 1.2, 1.8, 2.4],
              ("mlm", "input_masked"): [6.9, 4.0, 2.0, 0.9]}
     rows = []
@@ -58,6 +60,8 @@ def _similarity_rows(grid):
                 start, step = 0.25, 0.02
             elif tuple(sorted((a, b))) in slope:
                 start, step = slope[tuple(sorted((a, b)))]
+            elif "init" in (a, b):
+                start, step = 0.05, 0.08
             else:
                 continue
             for measure, scale in (("pwcca", 1.0), ("svcca", 0.9), ("cka", 0.6)):
@@ -71,7 +75,7 @@ def _similarity_rows(grid):
 
 def _change_rows(grid):
     curves = {"mt": [0.064, 0.05, 0.039], "lm": [0.08, 0.09, 0.085], "mlm": [0.07, 0.06, 0.1],
-              "mt_td": [0.06, 0.05, 0.04], "lm_td": [0.08, 0.085, 0.08]}
+              "mt_td": [0.06, 0.05, 0.04], "lm_td": [0.08, 0.085, 0.08], "init": [0.03, 0.03, 0.03]}
     rows = []
     for objective, seed in grid:
         for layer_to, value in enumerate(curves[objective], start=1):
@@ -83,7 +87,7 @@ def _change_rows(grid):
 
 
 def _influence_rows(grid):
-    rarest = {"mt": 0.006, "lm": 0.005, "mlm": 0.002, "mt_td": 0.0022, "lm_td": 0.0021}
+    rarest = {"mt": 0.006, "lm": 0.005, "mlm": 0.002, "mt_td": 0.0022, "lm_td": 0.0021, "init": 0.002}
     rows = []
     for objective, seed in grid:
         for layer in range(1, L + 1):
@@ -130,8 +134,9 @@ TABLE_ROWS = {"mi": _mi_rows, "similarity": _similarity_rows, "change": _change_
 
 
 def write_experiment(results: Path, tables=("similarity", "change", "influence", "mi", "neighbours", "tsne"),
-                     models: bool = True, grid=GRID) -> None:
-    """A finished run of `grid` under `results`: tables, summaries, logs, records, benchmarks."""
+                     models: bool = True, grid=GRID, falling=()) -> None:
+    """A finished run of `grid` under `results`: tables, summaries, logs, records, benchmarks. Every
+    dev loss has levelled off by the last quarter (converged) but for the models in `falling`."""
     rng = np.random.default_rng(0)
     for name in tables:
         rows = _tsne_rows(grid, rng) if name == "tsne" else TABLE_ROWS[name](grid)
@@ -144,13 +149,19 @@ def write_experiment(results: Path, tables=("similarity", "change", "influence",
     write_json(results / "tokenizer" / "stage.json", {"stage": "tokenizer", "vocab_size": 1000})
     quality = {"mt": {"bleu": 3.2}, "lm": {"perplexity": 80.0}, "mlm": {"accuracy": 0.21}}
     for objective, seed in grid:
+        if objective == "init":  # the step-0 control: a dump, no training
+            write_json(results / "dumps" / objective / f"seed{seed}" / "meta.json",
+                       {"n_tokens": 2100, "n_layers": L, "objective": objective, "seed": seed, "kind": "init"})
+            continue
         kind = objective.split("_")[0]
         folder = results / "models" / objective / f"seed{seed}"
+        dev = [6.0, 5.2, 4.4] if (objective, seed) in falling else [6.0, 4.5, 4.49]
         write_json(folder / "summary.json", {"objective": objective, "kind": kind, "seed": seed, "steps": 120,
                                              "best_step": 120, "stop_reason": "max_steps", "wall_time_s": 30.5,
                                              "device": "cpu", "dev": {"loss": 4.5, **quality[kind]}})
         (folder / "log.jsonl").write_text("".join(
-            json.dumps({"step": s, "train_loss": 7 - s / 40, "dev_loss": 6.8 - s / 50}) + "\n" for s in (40, 80, 120)))
+            json.dumps({"step": s, "train_loss": 7 - s / 40, "dev_loss": d}) + "\n"
+            for s, d in zip((40, 80, 120), dev)))
         write_json(results / "dumps" / objective / f"seed{seed}" / "meta.json",
                    {"n_tokens": 2100, "n_layers": L, "objective": objective, "seed": seed})
         for stage in ("train", "dump", "mi"):
@@ -166,7 +177,7 @@ def experiment(tmp_path_factory):
     """(results folder, report folder, config) of the whole synthetic experiment, and its report."""
     root = tmp_path_factory.mktemp("report")
     results, reports = root / "results", root / "reports"
-    write_experiment(results)
+    write_experiment(results, grid=FULL)
     cfg = compose(["experiment=smoke", f"paths.results={results}", f"paths.report={reports}"])
     path = run(cfg)
     return results, path, cfg
@@ -210,8 +221,9 @@ def test_report_has_every_section_figure_and_the_claim_table(experiment):
     assert page.ids == SECTIONS
     for anchor in SECTIONS:
         assert f'href="#{anchor}"' in text, f"table of contents lacks {anchor}"
-    # training curves, MI input/output/sweep, similarity, change all/by bucket, influence, neighbours, 3 t-SNE sets
-    assert len(page.images) == 12
+    # training curves, dev loss per model, MI input/output/sweep, similarity, change all/by bucket, influence,
+    # neighbours, 3 t-SNE sets
+    assert len(page.images) == 13
     assert all(img["src"].startswith("data:image/svg+xml;base64,") and img["alt"] for img in page.images)
     assert page.verdicts == ["holds"] * 7, "the study-shaped synthetic run satisfies every claim"
     assert "Not measured" not in text
@@ -281,7 +293,7 @@ def test_missing_tables_only_blank_their_sections(tmp_path):
     mi = text[text.index('<section id="mi">'):text.index('<section id="similarity">')]
     assert "Not measured: mutual information" in mi and "mi.csv not found" in mi
     assert "Not measured: t-SNE pictures" in text
-    assert len(page.images) == 1 + 1 + 2 + 1 + 1  # training, similarity, change x2, influence, neighbours
+    assert len(page.images) == 1 + 1 + 1 + 2 + 1 + 1  # training, dev loss, similarity, change x2, influence, neighbours
     assert page.verdicts[:3] == ["not measured"] * 3  # the MI claims
     assert page.verdicts[3:] == ["holds"] * 4
 
@@ -309,7 +321,7 @@ def test_one_model_and_a_failed_estimate(tmp_path):
     page = _Page(text)
     assert page.verdicts == ["holds"] + ["not measured"] * 6
     assert "similarity.csv has no rows" in text  # one seed: no pair to compare
-    assert len(page.images) == 10  # training, MI x3, change x2, influence, neighbours, t-SNE verbs and it
+    assert len(page.images) == 11  # training, dev loss, MI x3, change x2, influence, neighbours, t-SNE verbs and it
     assert "Not measured: t-SNE set verbs_masked" in text
 
 
@@ -323,6 +335,41 @@ def test_a_failing_claim_is_shown_as_failing(tmp_path):
     write_table(results / "metrics" / "similarity.csv", "similarity", rows, {})
     page = _Page(build(_cfg(results, tmp_path / "reports"), probe_hardware=False))
     assert page.verdicts[3] == "does not hold"
+
+
+def test_step0_control_is_a_reference_not_a_trained_model(experiment):
+    text = experiment[1].read_text(encoding="utf-8")
+    setup = text[text.index('<section id="setup">'):text.index('<section id="convergence">')]
+    assert "step-0 control" in setup and "init seed" not in setup  # no dev quality, never "not trained"
+    similarity = text[text.index('<section id="similarity">'):text.index('<section id="change">')]
+    for label in ("same_init", "different_init", "seed_baseline", "init–mt", "init seeds"):
+        assert f"<td>{label}</td>" in similarity, label
+    assert "untrained stack" in text[text.index('<section id="mi">'):text.index('<section id="similarity">')]
+
+
+def _claim_rows(text: str) -> dict[int, str]:
+    claims = text[text.index('<section id="claims">'):text.index('<section id="mi">')]
+    return {int(n): row for n, row in re.findall(r'<tr><td class="num">(\d)</td>(.*?)</tr>', claims, re.S)}
+
+
+def test_unconverged_model_is_flagged_beside_every_claim_that_reads_it(tmp_path):
+    results = tmp_path / "results"
+    write_experiment(results, falling={("lm", 2)})
+    text = build(_cfg(results, tmp_path / "reports"), probe_hardware=False)
+    rows = _claim_rows(text)
+    assert sorted(rows) == list(range(1, 8))
+    flagged = {n for n, row in rows.items() if "not converged: lm seed 2" in row}
+    assert flagged == {1, 3, 4, 6, 7}  # every claim reading LM; 2 (MLM) and 5 (MT, MLM) do not
+    assert all("not converged" not in rows[n] and "converged" in rows[n] for n in (2, 5))
+    convergence = text[text.index('<section id="convergence">'):text.index('<section id="claims">')]
+    assert "lm seed 2: NOT converged" not in convergence  # the titles are inside the figure
+    assert convergence.count("<td>NO</td>") == 1 and convergence.count("<td>yes</td>") == len(GRID) - 1
+    assert "15.38%" in convergence  # (5.2 - 4.4) / 5.2: the last quarter's improvement
+
+
+def test_converged_models_raise_no_flag(experiment):
+    rows = _claim_rows(experiment[1].read_text(encoding="utf-8"))
+    assert not any("not converged" in row for row in rows.values())
 
 
 def test_png_figures_and_fewer_tsne_layers(tmp_path):

@@ -1,0 +1,58 @@
+"""pipeline.convergence: whether a training run converged, from its dev-loss log and stop reason."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.convergence import THRESHOLD, convergence, model_convergence
+from pipeline.store import write_json
+
+
+def curve(losses, every: int = 100) -> list[dict]:
+    return [{"step": every * (i + 1), "dev_loss": loss} for i, loss in enumerate(losses)]
+
+
+def test_plateaued_curve_has_converged():
+    # steps 100..800; the best by step 600 is 3.001, by 800 3.0: 0.03% in the last quarter
+    result = convergence(curve([6.0, 4.5, 3.6, 3.2, 3.05, 3.001, 3.0005, 3.0]), "max_steps")
+    assert result["converged"] is True
+    assert result["last_quarter_improvement"] == pytest.approx((3.001 - 3.0) / 3.001)
+    assert result["steps"] == 800 and result["best_dev_loss"] == 3.0
+
+
+def test_still_falling_curve_has_not_converged_whatever_the_stop_reason():
+    losses = [6.0, 5.0, 4.3, 3.8, 3.4, 3.1, 2.9, 2.7]
+    for stop in ("max_steps", "max_minutes", None):
+        result = convergence(curve(losses), stop)
+        assert result["converged"] is False, stop
+        assert result["last_quarter_improvement"] == pytest.approx((3.1 - 2.7) / 3.1)
+        assert "still falling" in result["reason"]
+
+
+def test_early_stopping_has_converged():
+    # the dev loss rose for the last evaluations: training stopped on patience
+    result = convergence(curve([6.0, 4.0, 3.5, 3.6, 3.7, 3.8]), "early_stopping")
+    assert result["converged"] is True and result["reason"] == "early stopping"
+    assert result["best_dev_loss"] == 3.5
+
+
+def test_threshold_is_the_boundary():
+    losses = [5.0, 4.0, 4.0, 4.0 * (1 - THRESHOLD) + 1e-6]  # just under THRESHOLD in the last quarter
+    assert convergence(curve(losses))["converged"] is True
+    assert convergence(curve([5.0, 4.0, 4.0, 4.0 * (1 - 2 * THRESHOLD)]))["converged"] is False
+
+
+def test_too_few_evaluations_and_failed_ones_say_not_converged():
+    assert convergence([], "max_steps")["converged"] is False
+    one = convergence(curve([4.0]), "max_steps")
+    assert one["converged"] is False and one["last_quarter_improvement"] is None
+    # a NaN evaluation is left out: what is left is a plateau
+    assert convergence(curve([5.0, 4.0, float("nan"), 4.0, 4.0, 3.999]))["converged"] is True
+
+
+def test_model_folder_is_read_from_its_log_and_summary(tmp_path):
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in curve([6.0, 5.0, 4.0, 3.0])))
+    assert model_convergence(tmp_path)["converged"] is False  # no summary: its stop reason is unknown
+    write_json(tmp_path / "summary.json", {"stop_reason": "early_stopping"})
+    assert model_convergence(tmp_path)["converged"] is True
