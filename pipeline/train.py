@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.profiler import record_function
 
 from .config import cli, to_plain, train_config
+from .convergence import convergence, read_log
 from .corpus import prepare_data, read_lines
 from .evaluate import bleu, dev_metrics, to_device
 from .model import Model, ModelArgs, build_model
@@ -348,7 +349,8 @@ def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop,
     summary = {"objective": cfg.objective.name, "kind": objective.kind, "seed": int(cfg.seed),
                "steps": state.step, "best_step": state.best_step, "stop_reason": stop, "epochs": state.epoch,
                "train_tokens": state.tokens, "wall_time_s": round(state.elapsed_s, 1), "n_params": n_params,
-               "device": str(device), "precision": str(amp or "fp32"), "dev": dev}
+               "device": str(device), "precision": str(amp or "fp32"), "dev": dev,
+               "convergence": convergence(read_log(out), stop)}
     torch_save({"model": model.checkpoint_args(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                 "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": chash,
                 "tokenizer": str(cfg.paths.tokenizer), "summary": summary}, out / "model.pt")
@@ -357,8 +359,10 @@ def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop,
     for tmp in (out / "last.pt", out / "best.pt"):
         tmp.unlink(missing_ok=True)
     quality = {"mt": "BLEU {bleu:.2f}", "lm": "perplexity {perplexity:.2f}", "mlm": "masked accuracy {accuracy:.3f}"}
-    log.info("%s seed %d done in %.0f s (%s after %d steps): dev loss %.3f, %s", cfg.objective.name, cfg.seed,
-             state.elapsed_s, stop, state.step, dev["loss"], quality[objective.kind].format(**dev))
+    log.info("%s seed %d done in %.0f s (%s after %d steps): dev loss %.3f, %s; %s", cfg.objective.name, cfg.seed,
+             state.elapsed_s, stop, state.step, dev["loss"], quality[objective.kind].format(**dev),
+             ("converged: " if summary["convergence"]["converged"] else "NOT converged: ")
+             + summary["convergence"]["reason"])
     return summary
 
 

@@ -178,3 +178,21 @@ def test_mlm_loss_on_chosen_positions_equals_the_full_vocabulary_loss():
                            label_smoothing=0.1)
     assert int(n) == int((batch["labels"] != IGNORE).sum()) > 0
     assert float(loss) == pytest.approx(float(full), rel=1e-6)
+
+
+def test_study_experiment_trains_shrunk_on_the_cpu(smoke_cfg, shared_data, tmp_path):
+    """The GPU experiment's settings (post-norm Transformer-base recipe: warm-up, inverse-sqrt decay,
+    early stopping, compile auto) run end to end on the CPU at a tiny size, and the summary says
+    whether the run converged."""
+    cfg = smoke_cfg("experiment=study", "data.max_pairs=4000", "data.valid_size=200", "data.test_size=200",
+                    "data.probe_size=200", "data.max_len=48", "data.tokenizer.vocab_size=1000",
+                    "model.n_layers=2", "model.n_dec_layers=1", "model.d_model=32", "model.n_heads=2",
+                    "model.d_mlp=64", "model.n_ctx=64", "train.max_tokens=1024", "train.warmup_steps=10",
+                    "train.lr=2e-3", "train.compile=false", "objective=mt", *FAST_TRAINING[:2],
+                    "train.dev_sentences=100", "train.bleu_sentences=20", f"paths.model={tmp_path}/model")
+    assert cfg.model.norm == "post" and cfg.train.decay == "inverse_sqrt"
+    summary = train(cfg)
+    log = read_log(tmp_path / "model")
+    assert log[-1]["dev_loss"] < log[0]["dev_loss"]
+    assert summary["convergence"]["converged"] in (True, False)
+    assert summary["convergence"]["last_quarter_improvement"] is not None
