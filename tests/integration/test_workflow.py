@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 ARCHIVE = REPO.parent / "shared" / "data" / "tatoeba-deu-eng" / "deu-eng.zip"
 EXPERIMENT = "smoke"
 GRID = [("mt", 1), ("mt", 2), ("lm", 1), ("lm", 2), ("mlm", 1), ("mlm", 2), ("mt_td", 1), ("lm_td", 1)]
+INIT = [("init", 1), ("init", 2)]  # the step-0 control of every seed in use: dumped and measured, never trained
+MODELS = [*GRID, *INIT]
 
 pytestmark = pytest.mark.slow
 
@@ -59,14 +61,19 @@ def test_every_stage_leaves_its_files(finished):
         assert json.loads((model / "summary.json").read_text())["seed"] == seed
         for stage in ("train", "dump"):
             assert (finished / "logs" / EXPERIMENT / stage / objective / f"seed{seed}.log").is_file()
+    for objective, seed in INIT:
+        model = results / "models" / objective / f"seed{seed}"
+        assert (model / "model.pt").is_file() and not (model / "summary.json").exists(), model
+        assert (finished / "logs" / EXPERIMENT / "dump" / objective / f"seed{seed}.log").is_file()
+        assert not (finished / "logs" / EXPERIMENT / "train" / objective).exists()
     assert (finished / "logs" / EXPERIMENT / "prepare.log").is_file()
 
 
 def test_hydra_files_stay_inside_the_output_folders(finished):
     top = {p.name for p in finished.iterdir()}
     assert top <= {"conf", "pipeline", "analysis", "workflow", "results", "reports", "logs", ".snakemake"}, top
-    for objective, seed in GRID:
-        for stage in ("models", "dumps"):
+    for objective, seed in MODELS:
+        for stage in ("models", "dumps") if objective != "init" else ("dumps",):
             assert (finished / "results" / EXPERIMENT / stage / objective / f"seed{seed}" / "hydra"
                     / ".hydra" / "config.yaml").is_file()
 
@@ -83,7 +90,7 @@ def test_dumps_have_one_row_per_token_and_layer(finished):
     n_files, d_model = int(cfg.model.n_layers) + 1, int(cfg.model.d_model)
     dumps = finished / "results" / EXPERIMENT / "dumps"
     token_ids = {}
-    for objective, seed in GRID:
+    for objective, seed in MODELS:
         folders = [dumps / objective / f"seed{seed}"]
         if objective == "mlm" and cfg.dump.mlm_masked:
             folders.append(folders[0] / "masked")
@@ -114,7 +121,8 @@ def test_dump_setting_reruns_only_the_dumps(finished):
     assert run.returncode == 0, run.stderr
     table = {line.split()[0]: int(line.split()[1]) for line in (run.stdout + run.stderr).splitlines()
              if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert table.get("dump") == len(GRID) and "train" not in table and "prepare" not in table, table
+    assert table.get("dump") == len(GRID) and table.get("dump_init") == len(INIT), table
+    assert "train" not in table and "prepare" not in table, table
     assert table.get("similarity") == 1 and table.get("report") == 1, table
 
 
@@ -122,14 +130,16 @@ def test_every_table_and_the_report(finished):
     from analysis.tables import COLUMNS, read_table
 
     metrics = finished / "results" / EXPERIMENT / "metrics"
-    models = {(o, str(s)) for o, s in GRID}
+    models = {(o, str(s)) for o, s in MODELS}
     for table in COLUMNS:
         rows = read_table(metrics / f"{table}.csv", table)
         assert rows, table
         assert (metrics / f"{table}.json").is_file()
         if table == "similarity":
-            pairs = {(r["objective_a"], r["seed_a"], r["objective_b"], r["seed_b"]) for r in rows}
-            assert len(pairs) == len(GRID) * (len(GRID) - 1) // 2
+            pairs = {(r["objective_a"], r["seed_a"], r["objective_b"], r["seed_b"]): r["pair"] for r in rows}
+            assert len(pairs) == len(MODELS) * (len(MODELS) - 1) // 2
+            assert pairs[("mt", "1", "lm", "1")] == "same_init" and pairs[("mt", "1", "lm", "2")] == "different_init"
+            assert pairs[("mt", "1", "mt", "2")] == "seed_baseline" and pairs[("mt", "1", "init", "1")] == "init"
         elif table != "tsne":
             assert {(r["objective"], r["seed"]) for r in rows} == models, table
         for r in rows:
@@ -139,7 +149,8 @@ def test_every_table_and_the_report(finished):
             if "distance" in r:
                 assert 0.0 <= float(r["distance"]) <= 1.0, (table, r)
     html = (finished / "reports" / EXPERIMENT / "report.html").read_text(encoding="utf-8")
-    assert "The study and this run" in html and html.count("data:image/svg+xml;base64,") >= 10
+    assert "The study and this run" in html and html.count("data:image/svg+xml;base64,") >= 11
+    assert "Did training converge?" in html and "step-0 control" in html
     links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", html)
     assert links and all(link.startswith(("data:", "#")) for link in links), [x[:60] for x in links if x[:5] != "data:"]
     for stage in ("prepare", "train/mt/seed1", "dump/mlm/seed2", "influence/lm/seed1", "similarity", "merge_mi"):
@@ -151,5 +162,5 @@ def test_analysis_setting_reruns_only_its_measurement(finished):
     assert run.returncode == 0, run.stderr
     table = {line.split()[0]: int(line.split()[1]) for line in (run.stdout + run.stderr).splitlines()
              if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert (table.get("measure"), table.get("merge"), table.get("report")) == (len(GRID), 1, 1), table
+    assert (table.get("measure"), table.get("merge"), table.get("report")) == (len(MODELS), 1, 1), table
     assert not {"prepare", "train", "dump", "similarity"} & set(table), table
