@@ -110,6 +110,23 @@ def draw_spread(ax, rows: Rows, x: str, value: str, colour_: str, label: str, lw
     return True
 
 
+SHUFFLED_STYLE = {"ls": ":", "lw": 0.9, "marker": "x", "ms": 3}
+
+
+def draw_shuffled(ax, rows: Rows, x: str, colour_: str, **where: Any) -> bool:
+    """The no-correspondence level of the rows matching `where` (column `shuffled`, the same distance
+    with one view's rows permuted, at the same n): dotted with crosses, in the curve's colour."""
+    xs, mean, _, _, _ = spread([r for r in rows if r.get("shuffled") is not None], x, "shuffled", **where)
+    if xs:
+        ax.plot(xs, mean, color=colour_, label="_", **SHUFFLED_STYLE)
+    return bool(xs)
+
+
+def shuffled_legend(ax) -> None:
+    """One legend entry for the shuffled levels drawn in `ax`."""
+    ax.plot([], [], color="#555555", label="rows shuffled (same n)", **SHUFFLED_STYLE)
+
+
 def draw_reference(ax, curve: Curve | None, n_layers: int, colour_: str = "black", label: str | None = None) -> None:
     if curve is not None:
         ax.plot(scaled_layers(curve, n_layers), curve.values, ls="--", lw=1.1,
@@ -229,8 +246,10 @@ def similarity(rows: Rows, measures: Sequence[str], pairs: Sequence[tuple[str, s
         cross, mixed = cross_task(mine), [r for r in mine if r["pair"] == DIFFERENT_INIT]
         for j, (a, b) in enumerate(pairs):
             c = PAIR_COLOURS.get(reference.pair_key(a, b), "#555555")
-            draw_spread(ax, [r for r in cross if {r["objective_a"], r["objective_b"]} == {a, b}], "layer",
-                        "distance", c, f"{a}–{b}")
+            same = [r for r in cross if {r["objective_a"], r["objective_b"]} == {a, b}]
+            draw_spread(ax, same, "layer", "distance", c, f"{a}–{b}")
+            if draw_shuffled(ax, same, "layer", c) and j == len(pairs) - 1:
+                shuffled_legend(ax)
             drew = draw_spread(ax, [r for r in mixed if {r["objective_a"], r["objective_b"]} == {a, b}], "layer",
                                "distance", c, "_", lw=0.9, ls="-.")
             if drew and j == 0:
@@ -261,6 +280,9 @@ def change_all(rows: Rows, objectives: Sequence[str], measure: str, n_layers: in
         if draw_spread(ax, rows, "layer_to", "distance", colour(objective), objective,
                        objective=objective, bucket="all", measure=measure):
             draw_reference(ax, reference.CHANGE.get(objective), n_layers, colour(objective))
+            draw_shuffled(ax, rows, "layer_to", colour(objective), objective=objective, bucket="all", measure=measure)
+    shuffled_legend(ax)
+    ax.set_yscale("log", nonpositive="clip")  # the change (~0.05) and the shuffled level (~0.8) both legible
     ax.set_ylabel(f"{measure.upper()} distance, layer l−1 → l")
     layer_axis(ax, "l (transition l−1 → l)")
     legend(ax)
@@ -287,9 +309,12 @@ def change_by_bucket(rows: Rows, objectives: Sequence[str], measure: str, style:
         for bucket in buckets:
             draw_spread(ax, mine, "layer_to", "distance", shades[bucket], bucket, lw=1.2,
                         objective=objective, bucket=bucket)
+            draw_shuffled(ax, mine, "layer_to", shades[bucket], objective=objective, bucket=bucket)
+        ax.set_yscale("log", nonpositive="clip")
         ax.set_title(objective)
         layer_axis(ax, "l (transition l−1 → l)")
     axes[0].set_ylabel(f"{measure.upper()} distance")
+    shuffled_legend(axes[-1])
     legend(axes[-1], title="rank bucket", loc="center left", bbox_to_anchor=(1.02, 0.5))
     return render(fig, style)
 
@@ -321,9 +346,18 @@ def influence(rows: Rows, layout: Sequence[Sequence[str]], measure: str, style: 
                     ax.plot(pos, mean, color=shades[layer], marker="o", ms=2.5, lw=1.3, label=f"layer {layer}")
                     if n > 1:
                         ax.fill_between(pos, lo, hi, color=shades[layer], alpha=0.15, lw=0)
+                here = [x for x in mine if x["objective"] == objective and x["layer"] == layer
+                        and x.get("shuffled") is not None]
+                xs, level, _, _, _ = spread(here, "bucket", "shuffled")
+                if xs:
+                    order = np.argsort([buckets.index(b) for b in xs])
+                    ax.plot(np.asarray([buckets.index(b) for b in xs])[order], level[order], color=shades[layer],
+                            label="_", **SHUFFLED_STYLE)
+            ax.set_yscale("log", nonpositive="clip")  # influence (~0.005) and the shuffled level (~0.8)
             ax.set_title(objective)
             ax.set_xticks(range(len(buckets)), buckets, rotation=45, ha="right", fontsize=7)
             ax.set_ylabel(f"{measure.upper()} distance")
+    shuffled_legend(grid[0][0])
     legend(grid[0][0])
     return render(fig, style)
 

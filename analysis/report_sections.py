@@ -176,15 +176,47 @@ def _pair_means(exp: Experiment, rows: Sequence[dict]) -> list[tuple[str, str, d
 
 # ---------------------------------------------------------------- §5 change, §6 influence
 
-def _left_out(exp: Experiment, rows: Sequence[dict]) -> str | None:
+SHUFFLED_NOTE = ("Dotted, in the same colour: the no-correspondence level, the same distance at the same n with "
+                 "one view's rows shuffled (one seeded permutation). CCA-family distances of unrelated "
+                 "views read well below 1 at finite n; a distance means something only against this level.")
+
+
+def _left_out(exp: Experiment, name: str, rows: Sequence[dict]) -> str | None:
+    """Which buckets each model's `name` part left out, with their n and the floor (from the parts'
+    records); buckets absent from the rows that no record names are listed as not recorded."""
     edges = [int(e) for e in exp.cfg.analysis.buckets]
     configured = [f"{lo}-{hi}" for lo, hi in zip(edges, edges[1:])]
+    record = exp.tables[name].record or {}
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for part in record.get("parts") or []:
+        for gone in part.get("left_out") or []:
+            reasons.setdefault((gone["bucket"], gone["reason"]), []).append(str(part.get("model", "?")))
+    models = {f"{r['objective']}/seed{r['seed']}" for r in rows}
+    named = {bucket for bucket, _ in reasons}
+    parts = []
+    for (bucket, why), who in sorted(reasons.items(), key=lambda kv: configured.index(kv[0][0])
+                                     if kv[0][0] in configured else len(configured)):
+        whom = "every model" if set(who) >= models else ", ".join(sorted(who))
+        parts.append(f"{bucket}: {why} ({whom})")
     present = {r["bucket"] for r in rows}
-    absent = [b for b in configured if b not in present]
-    if not absent:
+    unrecorded = [b for b in configured if b not in present and b not in named]
+    if unrecorded:
+        parts.append(f"{', '.join(unrecorded)}: no tokens in the probe set, or not recorded")
+    if not parts:
         return None
-    return (f"Buckets left out (fewer than analysis.min_bucket_tokens={exp.cfg.analysis.min_bucket_tokens} tokens "
-            f"per feature, or no tokens in the probe set): {', '.join(absent)}.")
+    need = f"at least analysis.min_samples_per_dim = {exp.cfg.analysis.min_samples_per_dim} samples per feature"
+    if name == "influence":
+        need += (f" from at least analysis.influence.min_influencers = {exp.cfg.analysis.influence.min_influencers} "
+                 "influencing tokens")
+    return f"Buckets left out (each estimate needs {need}): " + "; ".join(parts) + "."
+
+
+def _sizes(rows: Sequence[dict], key: str) -> str:
+    """'n = 5,564' or 'n = 1,300–5,564' over the rows' sample sizes `key`."""
+    sizes = sorted({int(r[key]) for r in rows if r.get(key) is not None})
+    if not sizes:
+        return "n not recorded"
+    return f"n = {sizes[0]:,}" if len(sizes) == 1 else f"n = {sizes[0]:,}–{sizes[-1]:,}"
 
 
 def change_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section:
@@ -198,14 +230,17 @@ def change_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Sec
     objectives = _ordered(exp, {r["objective"] for r in rows})
     if any(r["bucket"] == "all" and r["measure"] == measure for r in rows):
         _fig(s, figures.change_all(rows, objectives, measure, exp.n_layers, style), "change of all tokens",
-             f"All tokens; band: seeds' range. {_depth_note(exp)} (the study gives MT's first and last).")
+             f"All tokens, {_sizes([r for r in rows if r['bucket'] == 'all'], 'n_tokens')}; band: seeds' range. "
+             f"{_depth_note(exp)} (the study gives MT's first and last). {SHUFFLED_NOTE} Log scale.")
     else:
         s.add(not_measured("change of all tokens", "no rows with bucket 'all'"))
     if any(r["bucket"] != "all" for r in rows):
         _fig(s, figures.change_by_bucket(rows, objectives, measure, style), "change per frequency bucket",
-             "Per frequency-rank bucket (dark: frequent, light: rare). Study: in MT and LM frequent tokens change "
-             "more; at MLM's top layer rare tokens change most.")
-        if (gap := _left_out(exp, [r for r in rows if r["bucket"] != "all"])) is not None:
+             "Per frequency-rank bucket (dark: frequent, light: rare), every bucket of a model measured with the "
+             f"same number of tokens ({_sizes([r for r in rows if r['bucket'] != 'all'], 'n_tokens')}). Study: in MT "
+             f"and LM frequent tokens change more; at MLM's top layer rare tokens change most. {SHUFFLED_NOTE} "
+             "Log scale.")
+        if (gap := _left_out(exp, "change", [r for r in rows if r["bucket"] != "all"])) is not None:
             s.add(note(gap))
     else:
         s.add(not_measured("change per frequency bucket", "no rows with a rank bucket"))
@@ -216,19 +251,28 @@ def influence_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
     s = Section("influence", "Amount of influence")
     s.add(para("At layer n one token is removed from attention; the influence of a frequency bucket is the PWCCA "
                "distance between the other tokens' layer-n states with and without it, pooled over the bucket's "
-               "tokens. Token-dropout variants are drawn beside their base objective."))
+               "tokens. Token-dropout variants are drawn beside their base objective. In a causal model the tokens "
+               "before the removed one cannot change; counted as pairs they would only dilute the distance, so "
+               "there only the later tokens form the pairs (analysis.influence.affected)."))
     rows = _rows(s, exp, "influence", "amount of influence")
     if rows is None:
         return s
+    affected = {}
+    for r in rows:
+        affected.setdefault(str(r.get("affected", "not recorded")), set()).add(r["objective"])
+    s.add(note("Tokens affected: " + "; ".join(f"{kind} ({', '.join(_ordered(exp, objectives))})"
+                                               for kind, objectives in sorted(affected.items())) + "."))
     measure = crit.measure if any(r["measure"] == crit.measure for r in rows) else rows[0]["measure"]
     present = {r["objective"] for r in rows}
     layout = [[o for o in (kind, f"{kind}_td") if o in present] for kind in BASE]
     layout = [row for row in layout if row]
     layout += [[o] for o in _ordered(exp, present) if not any(o in row for row in layout)]
     _fig(s, figures.influence(rows, layout, measure, style), "influence per frequency bucket",
-         "Influence per rank bucket (frequent → rare), one line per layer; band: seeds' range. Study: at layer 1 "
-         "MT's rarest bucket ≈ .006 against ≤ .002 for the others; with token dropout the excess disappears.")
-    if (gap := _left_out(exp, rows)) is not None:
+         "Influence per rank bucket (frequent → rare), one line per layer; band: seeds' range; every bucket of a "
+         f"model measured with the same number of pairs ({_sizes(rows, 'n_pairs')}). Study: at layer 1 MT's "
+         f"rarest bucket ≈ .006 against ≤ .002 for the others; with token dropout the excess disappears. "
+         f"{SHUFFLED_NOTE} Log scale.")
+    if (gap := _left_out(exp, "influence", rows)) is not None:
         s.add(note(gap))
     body = []
     for objective in [o for row in layout for o in row]:

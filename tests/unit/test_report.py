@@ -325,6 +325,27 @@ def test_one_model_and_a_failed_estimate(tmp_path):
     assert "Not measured: t-SNE set verbs_masked" in text
 
 
+def test_buckets_below_the_floor_are_named_with_their_n_and_the_floor(tmp_path):
+    """The parts' records name the buckets each model left out; the report says which, their n, the
+    floor, and for which models; a configured bucket no record names is still listed."""
+    results = tmp_path / "results"
+    write_experiment(results, tables=("change", "influence"), models=False)
+    gone = {"bucket": "100-250", "n": 700, "floor": 1280, "reason": "700 tokens < floor 1280"}
+    parts = [{"part": f"change/{o}/seed{s}.csv", "model": f"{o}/seed{s}", "floor": 1280, "left_out": [gone]}
+             for o, s in GRID]
+    write_table(results / "metrics" / "change.csv", "change", _change_rows(GRID), {}, parts=parts)
+    few = {"bucket": "100-250", "n": 5000, "floor": 1280, "reason": "60 influencing tokens < "
+           "analysis.influence.min_influencers = 100"}
+    write_table(results / "metrics" / "influence.csv", "influence", _influence_rows(GRID), {},
+                parts=[{"part": "influence/mt/seed1.csv", "model": "mt/seed1", "floor": 1280, "left_out": [few]}])
+    text = build(_cfg(results, tmp_path / "reports", "analysis.buckets=[1,10,25,50,100,250]"), probe_hardware=False)
+    assert ("Buckets left out (each estimate needs at least analysis.min_samples_per_dim = "
+            f"{compose(['experiment=smoke']).analysis.min_samples_per_dim} samples per feature): "
+            "100-250: 700 tokens &lt; floor 1280 (every model).") in text
+    assert "100-250: 60 influencing tokens &lt; analysis.influence.min_influencers = 100 (mt/seed1)" in text
+    assert "rows shuffled" in text and "Tokens affected: all (mt, mlm, mt_td); later (lm, lm_td)." in text
+
+
 def test_a_failing_claim_is_shown_as_failing(tmp_path):
     results = tmp_path / "results"
     write_experiment(results, tables=("similarity",), models=False)
