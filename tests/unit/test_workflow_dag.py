@@ -67,7 +67,7 @@ def jobs_per_rule(outputs: list[str]) -> dict[str, int]:
 
 # ---------------------------------------------------------------- the DAG of each experiment
 
-@pytest.mark.parametrize("experiment,overrides", [("smoke", []), ("default", []), ("paper", PAPER_DATA)])
+@pytest.mark.parametrize("experiment,overrides", [("smoke", []), ("default", []), ("study", []), ("paper", PAPER_DATA)])
 def test_dry_run_schedules_the_whole_grid(tmp_path, experiment, overrides):
     outputs = run_workflow(tmp_path, {"experiment": experiment, "overrides": overrides})
     assert jobs_per_rule(outputs) == GRID
