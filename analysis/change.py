@@ -14,8 +14,10 @@ their n and the floor. Buckets are compared at equal sample sizes: every measure
 the same number of tokens, drawn with `analysis.sample_seed`, and the same rows are used at every
 layer pair. Each row also holds `shuffled`: the same two views with the upper layer's rows permuted
 (one seeded permutation per group, the same at every layer pair), what "no correspondence" reads
-at that n. Writes `<paths.metrics>/change/<objective>/seed<n>.csv` with the columns
-`measure, objective, seed, layer_from, layer_to, bucket, distance, shuffled, n_tokens`.
+at that n, and `ci_low`, `ci_high`: the percentile bootstrap interval over the group's sentences
+(analysis.bootstrap; the same draws at every layer pair). Writes
+`<paths.metrics>/change/<objective>/seed<n>.csv` with the columns
+`measure, objective, seed, layer_from, layer_to, bucket, distance, shuffled, n_tokens, ci_low, ci_high`.
 """
 from __future__ import annotations
 
@@ -29,9 +31,10 @@ from pipeline.config import cli
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
 
+from . import bootstrap
 from .buckets import FLOOR_KEY, BucketPlan, draw, plan_buckets, sample_floor, shuffle_seed
 from .dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, sample_rows
-from .measures import check_measure, distance, paired
+from .measures import check_measure, distance, intervals, paired
 from .tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.change")
@@ -70,6 +73,8 @@ def change_rows(dump: Dump, cfg: DictConfig) -> tuple[list[dict], BucketPlan]:
     groups, plan = token_groups(dump, cfg)
     log.info("%s seed %d: %d tokens; buckets: %s", dump.objective, dump.seed, dump.n_tokens, plan.describe())
     perms = {label: shuffle_seed(cfg, i).permutation(len(idx)) for i, (label, idx) in enumerate(groups.items())}
+    boot = bootstrap.plan(cfg, "change")
+    carried: dict[str, object] = {}  # per group: the upper layer's resampled sums, the next pair's lower
     rows = []
     from tqdm.auto import tqdm
 
@@ -79,11 +84,13 @@ def change_rows(dump: Dump, cfg: DictConfig) -> tuple[list[dict], BucketPlan]:
         lower, upper = upper, dump.states(layer + 1)
         for label, idx in groups.items():
             cov, shuffled = paired(lower[idx], upper[idx], perms[label], device=device)  # shared by the measures
+            ci, carried[label] = intervals(measures, lower[idx], upper[idx], dump.tokens["sentence_id"][idx], cfg,
+                                           boot, device, carried.get(label))
             for measure in measures:
                 rows.append({"measure": measure, "objective": dump.objective, "seed": dump.seed,
                              "layer_from": layer, "layer_to": layer + 1, "bucket": label,
                              "distance": distance(measure, cov, cfg), "shuffled": distance(measure, shuffled, cfg),
-                             "n_tokens": len(idx)})
+                             "n_tokens": len(idx), "ci_low": ci[measure][0], "ci_high": ci[measure][1]})
     return rows, plan
 
 
@@ -92,7 +99,8 @@ def run(cfg: DictConfig) -> None:
     dump = load_dump(dump_folder(cfg, str(cfg.objective.name), int(cfg.seed)))
     rows, plan = change_rows(dump, cfg)
     out = write_table(part_path(cfg, "change"), "change", rows, section(cfg, "change"), started,
-                      model=f"{dump.objective}/seed{dump.seed}", floor=plan.floor, left_out=plan.left_out())
+                      model=f"{dump.objective}/seed{dump.seed}", floor=plan.floor, left_out=plan.left_out(),
+                      bootstrap=bootstrap.plan(cfg, "change").describe())
     log.info("wrote %s (%d rows)", out, len(rows))
 
 

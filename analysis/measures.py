@@ -19,6 +19,8 @@ from omegaconf import DictConfig
 
 from pipeline.store import PipelineError
 
+from . import bootstrap
+
 from .similarity import MEASURES, Covariances, Spectrum, View, centre, distance_from_covariances
 
 
@@ -47,6 +49,25 @@ def paired(x: View, y: View, perm: np.ndarray, device: torch.device | str | None
     sx, sy = Spectrum.of(xc.T @ xc / (n - 1)), Spectrum.of(yc.T @ yc / (n - 1))
     index = torch.as_tensor(np.asarray(perm), device=yc.device)
     return (Covariances(sx, xc.T @ yc / (n - 1), sy, n), Covariances(sx, xc.T @ yc[index] / (n - 1), sy, n))
+
+
+def intervals(measures: list[str], x: View, y: View, sentence_ids: np.ndarray, cfg: DictConfig,
+              boot: bootstrap.Plan, device: torch.device | str | None = None,
+              x_resampled: bootstrap.Resampled | None = None) -> tuple[dict[str, tuple[float, float]],
+                                                                       bootstrap.Resampled | None]:
+    """Percentile bootstrap intervals over probe sentences of every measure's distance between x (n, d1)
+    and y (n, d2) (rows: the same tokens, of the sentences `sentence_ids` (n,)): resampled covariances
+    from per-unit sums (analysis.bootstrap), x's decompositions shared by the measures. Returns
+    ({measure: (low, high)}, y's resampled sums, to pass back as `x_resampled` when y is the next
+    pair's x; nan intervals and None when boot.resamples is 0)."""
+    if not boot.resamples:
+        return {m: bootstrap.NO_INTERVAL for m in measures}, None
+    unit, g = bootstrap.units(sentence_ids, boot.groups, boot.seed)
+    draws = bootstrap.counts(g, boot.resamples, boot.seed)
+    rx = x_resampled or bootstrap.Resampled(centre(x, device=device), unit, draws)
+    ry = bootstrap.Resampled(centre(y, device=device), unit, draws)
+    covs = bootstrap.resampled_covariances(rx, ry)
+    return {m: bootstrap.interval([distance(m, c, cfg) for c in covs], boot.level) for m in measures}, ry
 
 
 class Moments:

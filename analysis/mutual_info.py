@@ -17,7 +17,9 @@ Targets (rows = occurrences; "top types" = freq_rank <= analysis.mi.top_types):
   `output` (label = the original token, label_id) and `input_masked` (label = what the model was fed,
   input_id). Both targets share these rows and so one clustering per layer.
 The main `n_clusters` is measured for every model; the `sweep` only for the first seed of each
-objective in `workflow.seeds`. Writes `<paths.metrics>/mi/<objective>/seed<n>.csv`.
+objective in `workflow.seeds`. Rows at the main `n_clusters` carry percentile bootstrap intervals over
+probe sentences of mi and mi_corrected (the clustering fixed; analysis.bootstrap); the sweep's rows
+carry none (nan), to keep the cost down. Writes `<paths.metrics>/mi/<objective>/seed<n>.csv`.
 """
 from __future__ import annotations
 
@@ -34,9 +36,10 @@ from pipeline.config import cli, positive_int, positive_int_or_none, require
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
 
+from . import bootstrap
 from .dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
 from .kmeans import kmeans
-from .tables import mi_cluster_counts, mi_settings, part_path, write_table
+from .tables import MI_INTERVAL_COLUMNS, mi_cluster_counts, mi_settings, part_path, write_table
 
 log = logging.getLogger("analysis.mutual_info")
 
@@ -102,6 +105,17 @@ def mutual_information(states: np.ndarray | torch.Tensor, labels: np.ndarray, n_
     estimate = mi_of_clusters(result.labels, labels, seed)
     return MIEstimate(estimate.mi, estimate.mi_shuffled, estimate.mi_corrected, estimate.n_tokens,
                       estimate.n_labels, k)
+
+
+def mi_intervals(clusters: np.ndarray, labels: np.ndarray, seed: int, unit: np.ndarray, draws: np.ndarray,
+                 level: float) -> tuple[float, float, float, float]:
+    """Percentile bootstrap intervals of the plug-in MI and of the corrected MI of a fixed clustering
+    (clusters, labels: (n,)), resampling the units (sentences) of the rows with the counts `draws`
+    (B, G): the same permuted labels as `mi_of_clusters` give the chance level on every resample."""
+    shuffled = np.random.default_rng(seed).permutation(np.asarray(labels))
+    mi = bootstrap.resampled_mi(labels, clusters, unit, draws)
+    chance = bootstrap.resampled_mi(shuffled, clusters, unit, draws)
+    return (*bootstrap.interval(mi, level), *bootstrap.interval(mi - chance, level))
 
 
 # ---------------------------------------------------------------- which rows, which labels
@@ -186,6 +200,11 @@ def run(cfg: DictConfig) -> Path:
     log.info("%s seed %s on %s: %s; clusters %s", objective, cfg.seed, device,
              ", ".join(f"{'/'.join(s.labels)} {len(s.rows)} rows" for s in sets), counts)
 
+    boot = bootstrap.plan(cfg, "mi")
+    # Resampling whole sentences of each row set (analysis.bootstrap), at the main cluster count only.
+    resampling = {id(rs): bootstrap.units((masked if rs.masked else dump).tokens["sentence_id"][rs.rows], None,
+                                          boot.seed) for rs in sets if boot.resamples and len(rs.rows) >= 2}
+    draws = {key: bootstrap.counts(g, boot.resamples, boot.seed) for key, (_, g) in resampling.items()}
     out_rows = []
     for layer in range(dump.n_layers + 1):
         t = time.perf_counter()
@@ -203,12 +222,16 @@ def run(cfg: DictConfig) -> Path:
                                   device=device).labels
                 for target, labels in rs.labels.items():
                     est = mi_of_clusters(clusters, labels, seed)
+                    ci = (mi_intervals(clusters, labels, seed, resampling[id(rs)][0], draws[id(rs)], boot.level)
+                          if used == min(counts[0], len(rs.rows)) and id(rs) in draws else
+                          2 * bootstrap.NO_INTERVAL)
                     out_rows.append({"objective": objective, "seed": int(cfg.seed), "layer": layer,
                                      "target": target, "n_clusters": used, "mi": est.mi,
                                      "mi_shuffled": est.mi_shuffled, "mi_corrected": est.mi_corrected,
-                                     "n_tokens": est.n_tokens})
+                                     "n_tokens": est.n_tokens, **dict(zip(MI_INTERVAL_COLUMNS, ci))})
         log.info("layer %d done in %.1f s", layer, time.perf_counter() - t)
-    path = write_table(part_path(cfg, "mi"), "mi", out_rows, mi_settings(cfg), started, device=str(device))
+    path = write_table(part_path(cfg, "mi"), "mi", out_rows, mi_settings(cfg), started, device=str(device),
+                       bootstrap={**boot.describe(), "n_clusters": counts[0]})
     log.info("wrote %s (%d rows) in %.1f s", path, len(out_rows), time.perf_counter() - started)
     return path
 

@@ -10,6 +10,7 @@ whose left (right) neighbouring token equals the query's (`left_token`, `right_t
 
 A token at the start (end) of its sentence has no left (right) token: it is given a sentinel that
 never matches, so such a query counts with a share of 0 and such a neighbour never counts as a match.
+Every value has a percentile bootstrap interval over the queries' sentences (analysis.bootstrap).
 Writes `<paths.metrics>/neighbours/<objective>/seed<n>.csv`.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pipeline.config import cli, positive_int, positive_int_or_none, require
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
 
+from . import bootstrap
 from .dumps import dump_folder, load_dump, sample_rows
 from .tables import part_path, section, write_table
 
@@ -80,6 +82,24 @@ def nearest_neighbours(pool: np.ndarray | torch.Tensor, queries: np.ndarray, k: 
     return out.cpu().numpy()
 
 
+def per_query_properties(neighbours: np.ndarray, queries: np.ndarray,
+                         tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each query's value (q,) of every property (see `neighbour_properties`); `position` is nan for a
+    query without a neighbour of its own token type."""
+    ids, pos = tokens["token_id"], tokens["position"]
+    left, right = context_tokens(tokens)
+    q = np.asarray(queries)[:, None]  # (q, 1) against neighbours (q, k)
+    same = ids[neighbours] == ids[q]
+    n_same = same.sum(1)
+    gap = (np.abs(pos[neighbours] - pos[q]) * same).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        position = np.where(n_same > 0, gap / n_same, np.nan)
+    result = {"identity": same.mean(1), "position": position}
+    for name, ctx in (("left_token", left), ("right_token", right)):
+        result[name] = ((ctx[neighbours] == ctx[q]) & (ctx[q] != NO_TOKEN)).mean(1)
+    return result
+
+
 def neighbour_properties(neighbours: np.ndarray, queries: np.ndarray,
                          tokens: dict[str, np.ndarray]) -> dict[str, tuple[float, int]]:
     """What the neighbours (q, k) (pool row indices) of the `queries` (q,) rows share with them, from
@@ -90,18 +110,10 @@ def neighbour_properties(neighbours: np.ndarray, queries: np.ndarray,
     have at least one (nan when none has); left_token / right_token: mean share of neighbours whose
     left (right) neighbouring token in their sentence equals the query's (a missing one never matches).
     """
-    ids, pos = tokens["token_id"], tokens["position"]
-    left, right = context_tokens(tokens)
-    q = np.asarray(queries)[:, None]  # (q, 1) against neighbours (q, k)
-    same = ids[neighbours] == ids[q]
-    n_same = same.sum(1)
-    has = n_same > 0
-    gap = np.abs(pos[neighbours] - pos[q]) * same
-    position = float((gap.sum(1)[has] / n_same[has]).mean()) if has.any() else float("nan")
-    result = {"identity": (float(same.mean()), len(queries)), "position": (position, int(has.sum()))}
-    for name, ctx in (("left_token", left), ("right_token", right)):
-        match = (ctx[neighbours] == ctx[q]) & (ctx[q] != NO_TOKEN)
-        result[name] = (float(match.mean()), len(queries))
+    result = {}
+    for name, values in per_query_properties(neighbours, queries, tokens).items():
+        ok = np.isfinite(values)
+        result[name] = (float(values[ok].mean()) if ok.any() else float("nan"), int(ok.sum()))
     return result
 
 
@@ -121,16 +133,23 @@ def run(cfg: DictConfig) -> Path:
     queries = sample_rows(dump.n_tokens, max_queries, int(cfg.analysis.sample_seed))
     log.info("%s seed %s on %s: %d queries, pool %d tokens, k=%d, %s", objective, cfg.seed, device,
              len(queries), dump.n_tokens, k, metric)
+    boot = bootstrap.plan(cfg, "neighbours")
+    unit, n_units = bootstrap.units(dump.tokens["sentence_id"][queries], None, boot.seed)  # the queries' sentences
+    draws = bootstrap.counts(n_units, boot.resamples, boot.seed) if boot.resamples else None
     rows = []
     for layer in range(dump.n_layers + 1):
         t = time.perf_counter()
         nn = nearest_neighbours(dump.states(layer), queries, k, metric, device)
-        for prop, (value, n) in neighbour_properties(nn, queries, dump.tokens).items():
+        for prop, values in per_query_properties(nn, queries, dump.tokens).items():
+            ok = np.isfinite(values)
+            ci = (bootstrap.interval(bootstrap.weighted_means(values, unit, draws), boot.level)
+                  if draws is not None else bootstrap.NO_INTERVAL)
             rows.append({"objective": objective, "seed": int(cfg.seed), "layer": layer, "property": prop,
-                         "k": k, "metric": metric, "value": value, "n_queries": n})
+                         "k": k, "metric": metric, "value": float(values[ok].mean()) if ok.any() else float("nan"),
+                         "n_queries": int(ok.sum()), "ci_low": ci[0], "ci_high": ci[1]})
         log.info("layer %d done in %.1f s", layer, time.perf_counter() - t)
     path = write_table(part_path(cfg, "neighbours"), "neighbours", rows, section(cfg, "neighbours"), started,
-                       device=str(device))
+                       device=str(device), bootstrap=boot.describe())
     log.info("wrote %s (%d rows) in %.1f s", path, len(rows), time.perf_counter() - started)
     return path
 

@@ -16,18 +16,24 @@ from pipeline.config import INIT, positive_int, require, to_plain
 from pipeline.store import PipelineError, config_hash, read_json, versions, write_json, write_text
 
 # Columns of every table, in order (the report and the tests read them by name). `shuffled`: the same
-# distance with one view's rows permuted, at the same n (the no-correspondence level).
+# distance with one view's rows permuted, at the same n (the no-correspondence level). `ci_low`,
+# `ci_high`: the percentile bootstrap interval over probe sentences of the row's estimate
+# (analysis.bootstrap; nan where none was drawn); MI's `corrected_ci_*` is that of mi_corrected.
+INTERVAL_COLUMNS = ("ci_low", "ci_high")
+MI_INTERVAL_COLUMNS = INTERVAL_COLUMNS + ("corrected_ci_low", "corrected_ci_high")
 COLUMNS: dict[str, tuple[str, ...]] = {
     "similarity": ("measure", "objective_a", "seed_a", "objective_b", "seed_b", "pair", "layer", "distance", "shuffled",
-                   "n_tokens"),
+                   "n_tokens") + INTERVAL_COLUMNS,
     "change": ("measure", "objective", "seed", "layer_from", "layer_to", "bucket", "distance", "shuffled",
-               "n_tokens"),
+               "n_tokens") + INTERVAL_COLUMNS,
     "influence": ("measure", "objective", "seed", "layer", "bucket", "affected", "distance", "shuffled", "n_pairs",
-                  "n_influencers"),
-    "mi": ("objective", "seed", "layer", "target", "n_clusters", "mi", "mi_shuffled", "mi_corrected", "n_tokens"),
-    "neighbours": ("objective", "seed", "layer", "property", "k", "metric", "value", "n_queries"),
+                  "n_influencers") + INTERVAL_COLUMNS,
+    "mi": ("objective", "seed", "layer", "target", "n_clusters", "mi", "mi_shuffled", "mi_corrected",
+           "n_tokens") + MI_INTERVAL_COLUMNS,
+    "neighbours": ("objective", "seed", "layer", "property", "k", "metric", "value", "n_queries") + INTERVAL_COLUMNS,
     "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked"),
 }
+_OPTIONAL = set(MI_INTERVAL_COLUMNS)  # a row or an older table without them: nan (no interval)
 
 
 # Column `pair` of the similarity table: which kind of pair of models a row compares.
@@ -65,10 +71,10 @@ def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        missing = [c for c in columns if c not in row]
+        missing = [c for c in columns if c not in row and c not in _OPTIONAL]
         if missing:
             raise ValueError(f"row {row} lacks the columns {missing}")
-        writer.writerow([_cell(row[c]) for c in columns])
+        writer.writerow([_cell(row.get(c, float("nan"))) for c in columns])
     return out.getvalue()
 
 
@@ -89,15 +95,20 @@ def write_table(path: str | Path, table: str, rows: Iterable[dict[str, Any]], se
 
 
 def read_table(path: str | Path, table: str | None = None) -> list[dict[str, str]]:
-    """The rows of a metric CSV as dicts of strings; checks the header against `table`'s columns."""
+    """The rows of a metric CSV as dicts of strings; checks the header against `table`'s columns. A
+    table written before the intervals existed (no ci columns) reads with them as "nan"."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path} not found: run its measurement first")
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
-        if table is not None and tuple(reader.fieldnames or ()) != COLUMNS[table]:
-            raise PipelineError(f"{path}, line 1: expected the columns {','.join(COLUMNS[table])}")
-        return list(reader)
+        rows = list(reader)
+    if table is None:
+        return rows
+    header, columns = tuple(reader.fieldnames or ()), COLUMNS[table]
+    if header != columns and header != tuple(c for c in columns if c not in _OPTIONAL):
+        raise PipelineError(f"{path}, line 1: expected the columns {','.join(columns)}")
+    return [{c: row.get(c, "nan") for c in columns} for row in rows]
 
 
 def read_record(path: str | Path) -> dict:
@@ -106,9 +117,10 @@ def read_record(path: str | Path) -> dict:
 
 
 # The shared analysis keys each measurement reads besides its own section.
-_SHARED_KEYS = {"similarity": ("min_samples_per_dim", "sample_seed"),
-                "change": ("buckets", "min_samples_per_dim", "sample_seed"),
-                "influence": ("buckets", "min_samples_per_dim", "sample_seed")}
+_SHARED_KEYS = {"similarity": ("min_samples_per_dim", "sample_seed", "bootstrap"),
+                "change": ("buckets", "min_samples_per_dim", "sample_seed", "bootstrap"),
+                "influence": ("buckets", "min_samples_per_dim", "sample_seed", "bootstrap"),
+                "mi": ("sample_seed", "bootstrap"), "neighbours": ("sample_seed", "bootstrap")}
 
 
 def section(cfg: DictConfig, name: str) -> dict:

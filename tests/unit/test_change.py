@@ -52,6 +52,12 @@ def test_known_changes(experiment):
     assert {int(r["layer_to"]) - int(r["layer_from"]) for r in rows} == {1}
     for r in rows:  # rows shuffled: far from the unchanged layer pairs' 0, whatever the layers
         assert float(r["shuffled"]) > (0.5 if r["measure"] == "pwcca" else 0.3), r
+    ci = {(r["measure"], int(r["layer_from"]), r["bucket"]): (float(r["ci_low"]), float(r["ci_high"])) for r in rows}
+    for key, (low, high) in ci.items():  # intervals over sentences: unchanged pairs stay near 0, apart from the noise
+        assert low <= high, key
+        if key[0] != "cka" or key[1] == 2:  # CKA is not invariant to layer 1's anisotropic scaling
+            assert (high < 1e-4) if key[1] != 1 else (low > 0.2), key
+    assert ci["pwcca", 1, "all"][1] - ci["pwcca", 1, "all"][0] > 0
 
 
 def test_every_row_has_its_n_and_shuffled_level(experiment):

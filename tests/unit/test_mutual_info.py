@@ -179,6 +179,11 @@ def test_run_writes_every_layer_and_target_with_the_sweep_for_the_first_seed_onl
         assert len(rows) == len(keys)
         for r in rows:
             assert float(r["mi_corrected"]) == pytest.approx(float(r["mi"]) - float(r["mi_shuffled"]))
+            ci = [float(r[c]) for c in ("ci_low", "ci_high", "corrected_ci_low", "corrected_ci_high")]
+            if int(r["n_clusters"]) == 8:  # the main count: intervals over sentences
+                assert ci[0] <= ci[1] and ci[2] <= ci[3] and ci[1] - ci[0] > 0
+            else:  # the sweep: none
+                assert all(np.isnan(ci))
         masked_n = {r["n_tokens"] for r in rows if r["target"] != "input"}
         assert len(masked_n) == 1  # input_masked and output: the same rows
 

@@ -120,6 +120,8 @@ def test_run_writes_every_layer_and_property(tmp_path):
     by = {(int(r["layer"]), r["property"]): float(r["value"]) for r in rows}
     assert by[0, "identity"] > by[2, "identity"] and by[1, "position"] == 0.0
     assert all(int(r["n_queries"]) == 40 for r in rows if r["property"] != "position")
+    for r in rows:  # the interval over the queries' sentences holds the estimate
+        assert float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"])
 
 
 def test_sentence_edges_never_match_each_other():

@@ -1,0 +1,192 @@
+"""Percentile bootstrap intervals over probe sentences (Efron & Tibshirani 1993, ch. 13).
+
+The probe sentences are the independent units: tokens of one sentence share its context, so the
+resampling draws whole sentences with replacement (multinomial counts, seeded), never single tokens.
+Every estimate is recomputed on each resample and the interval is the (1 - level) / 2 and
+(1 + level) / 2 percentiles of the recomputed values (`analysis.bootstrap.level`, 0.95).
+
+Kept cheap by sufficient statistics, so that a resample is a weighted sum and no pass over the tokens:
+- the CCA family (PWCCA, SVCCA, CKA) needs only the covariances: each unit's sums of x, y, x x^T,
+  y y^T and x y^T, combined with the resample's counts (`resampled_covariances`). To bound the
+  memory of the per-unit d x d products, the sentences are dealt at random (seeded) into at most
+  `analysis.bootstrap.groups` groups of whole sentences, and groups are the units drawn (groups of
+  i.i.d. sentences are i.i.d. themselves); with fewer sentences than that, each sentence is a unit;
+- MI from a fixed clustering: the plug-in MI of the contingency counts reweighted by the counts;
+- neighbours: per-query values averaged with the counts of the queries' sentences.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from pipeline.config import require
+
+from .similarity import Covariances, Spectrum
+
+TABLES = ("similarity", "change", "influence", "mi", "neighbours")
+NO_INTERVAL = (float("nan"), float("nan"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one table's intervals are drawn: `resamples` (0: none, ci columns nan), seed, level, groups."""
+
+    resamples: int
+    seed: int
+    level: float
+    groups: int
+
+    def describe(self) -> dict:
+        return {"resamples": self.resamples, "seed": self.seed, "level": self.level, "groups": self.groups,
+                "unit": "probe sentence"}
+
+
+def plan(cfg: DictConfig, table: str) -> Plan:
+    """The bootstrap settings of `table` (analysis.bootstrap.*), checked, errors naming the setting."""
+    resamples = require(cfg, f"analysis.bootstrap.resamples.{table}",
+                        lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == 0 or v >= 10),
+                        "0 (no interval) or an integer >= 10")
+    seed = require(cfg, "analysis.bootstrap.seed", lambda v: isinstance(v, int), "an integer")
+    level = require(cfg, "analysis.bootstrap.level", lambda v: isinstance(v, float) and 0 < v < 1,
+                    "a coverage in (0, 1), e.g. 0.95")
+    groups = require(cfg, "analysis.bootstrap.groups", lambda v: isinstance(v, int) and v >= 20,
+                     "an integer >= 20")
+    return Plan(int(resamples), int(seed), float(level), int(groups))
+
+
+def units(sentence_ids: np.ndarray, groups: int | None, seed: int) -> tuple[np.ndarray, int]:
+    """(unit of each row (n,), number of units): each distinct sentence is a unit, or, with more
+    sentences than `groups`, sentences are dealt at random (seeded) into `groups` groups."""
+    inverse = np.unique(np.asarray(sentence_ids), return_inverse=True)[1].ravel()
+    n_sentences = int(inverse.max()) + 1 if len(inverse) else 0
+    if groups is None or n_sentences <= groups:
+        return inverse, n_sentences
+    deal = np.random.default_rng(seed).permutation(n_sentences) % groups
+    return deal[inverse], groups
+
+
+def counts(n_units: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n_units) multinomial counts: how often each unit is drawn in each resample."""
+    if n_units < 2:
+        raise ValueError(f"a bootstrap over {n_units} unit(s): need at least 2 sentences")
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=resamples)
+
+
+def interval(values: np.ndarray | list[float], level: float) -> tuple[float, float]:
+    """The percentile interval of the resampled values (nan ones, e.g. an empty resample, dropped)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return NO_INTERVAL
+    low, high = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def weighted_means(values: np.ndarray, unit: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """(resamples,) means of per-row `values` (n,) under each resample's unit counts `draws` (B, G);
+    rows with nan values are left out of their mean (nan when a resample keeps none)."""
+    values = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(values)
+    g = draws.shape[1]
+    sums = np.bincount(unit[ok], weights=values[ok], minlength=g)
+    ns = np.bincount(unit[ok], minlength=g).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (draws @ sums) / (draws @ ns)
+
+
+# ---------------------------------------------------------------- the CCA family: covariances
+
+def _by_unit(unit: np.ndarray, n_units: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order of the rows that puts each unit's rows together, (n_units + 1,) bounds of each unit's run)."""
+    order = np.argsort(unit, kind="stable")
+    return order, np.searchsorted(unit[order], np.arange(n_units + 1))
+
+
+def unit_products(a: torch.Tensor, b: torch.Tensor, bounds: np.ndarray, draws: np.ndarray) -> torch.Tensor:
+    """(B, d_a, d_b): Σ_g draws[r, g] Σ_{i in unit g} a_i b_i^T for every resample r, from a (n, d_a)
+    and b (n, d_b) whose rows are ordered by unit (unit g: rows bounds[g]:bounds[g + 1]): each unit's
+    product once (n x d_a x d_b in all), then one weighted sum per block of units."""
+    w = torch.as_tensor(draws, dtype=a.dtype, device=a.device)  # (B, G)
+    out = torch.zeros(len(draws), a.shape[1], b.shape[1], dtype=a.dtype, device=a.device)
+    chunk = max(1, (1 << 22) // max(1, a.shape[1] * b.shape[1]))  # units per block: ~32 MiB of products
+    block = torch.empty(min(chunk, draws.shape[1]), a.shape[1], b.shape[1], dtype=a.dtype, device=a.device)
+    for start in range(0, draws.shape[1], chunk):
+        stop = min(start + chunk, draws.shape[1])
+        for g in range(start, stop):
+            torch.matmul(a[bounds[g]:bounds[g + 1]].T, b[bounds[g]:bounds[g + 1]], out=block[g - start])
+        out += (w[:, start:stop] @ block[:stop - start].reshape(stop - start, -1)).reshape(out.shape)
+    return out
+
+
+class Resampled:
+    """One view's resampled sums, shared by all its pairs: n_r, Σ x_i, Σ x_i x_i^T per resample
+    (its rows kept in unit order, for the cross products with the other view)."""
+
+    def __init__(self, x: torch.Tensor, unit: np.ndarray, draws: np.ndarray) -> None:
+        w = torch.as_tensor(draws, dtype=x.dtype, device=x.device)
+        g = draws.shape[1]
+        self.order, self.bounds = _by_unit(unit, g)
+        x = x[torch.as_tensor(self.order, device=x.device)]
+        sizes = torch.as_tensor(np.diff(self.bounds), dtype=x.dtype, device=x.device)
+        sums = torch.stack([x[self.bounds[i]:self.bounds[i + 1]].sum(0) for i in range(g)])
+        self.x, self.unit, self.draws = x, unit, draws
+        self.n = w @ sizes              # (B,)
+        self.sum = w @ sums             # (B, d)
+        self.square = unit_products(x, x, self.bounds, draws)  # (B, d, d)
+        self._spectra: dict[int, Spectrum] = {}
+    def covariance(self, r: int) -> torch.Tensor:
+        n = self.n[r]
+        return (self.square[r] - torch.outer(self.sum[r], self.sum[r]) / n) / (n - 1)
+
+    def spectrum(self, r: int) -> Spectrum:
+        """Resample r's covariance, decomposed once for every pair and measure it enters."""
+        if r not in self._spectra:
+            self._spectra[r] = Spectrum.of(self.covariance(r))
+        return self._spectra[r]
+
+
+def resampled_covariances(x: Resampled, y: Resampled, cross: torch.Tensor | None = None) -> list[Covariances]:
+    """The covariances of x and y on every resample (the views' rows must be the same tokens);
+    `cross` (B, d1, d2): their resampled products, when already formed (else formed here)."""
+    if cross is None:
+        if not np.array_equal(x.unit, y.unit) or x.draws is not y.draws and not np.array_equal(x.draws, y.draws):
+            raise ValueError("resampled views of different units or draws: they must hold the same tokens")
+        cross = unit_products(x.x, y.x, x.bounds, x.draws)
+    out = []
+    for r in range(len(x.draws)):
+        n = x.n[r]
+        sxy = (cross[r] - torch.outer(x.sum[r], y.sum[r]) / n) / (n - 1)
+        out.append(Covariances(x.spectrum(r), sxy, y.spectrum(r), int(round(float(n)))))
+    return out
+
+
+# ---------------------------------------------------------------- MI of a fixed clustering
+
+def _xlogx(v: np.ndarray) -> float:
+    v = v[v > 0]
+    return float((v * np.log(v)).sum())
+
+
+def resampled_mi(labels: np.ndarray, clusters: np.ndarray, unit: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """(B,) plug-in MI (nats) of labels x clusters with each row weighted by its unit's count: the
+    non-empty (label, cluster, unit) cells once, then per resample the weighted counts of the
+    (label, cluster) cells and their margins, MI = (Σ n_ab log n_ab - Σ n_a log n_a - Σ n_b log n_b
+    + n log n) / n."""
+    g = draws.shape[1]
+    ia = np.unique(labels, return_inverse=True)[1].ravel().astype(np.int64)
+    ib = np.unique(clusters, return_inverse=True)[1].ravel().astype(np.int64)
+    nb = int(ib.max()) + 1
+    cell_of, rows_in = np.unique((ia * nb + ib) * g + unit, return_counts=True)
+    pair_id, pair_of = np.unique(cell_of // g, return_inverse=True)
+    unit_of, la, cb = cell_of % g, pair_id // nb, pair_id % nb
+    out = np.empty(len(draws))
+    for r, w in enumerate(draws):
+        n_ab = np.bincount(pair_of, weights=rows_in * w[unit_of], minlength=len(pair_id))
+        n = float(n_ab.sum())
+        mi = _xlogx(n_ab) - _xlogx(np.bincount(la, weights=n_ab)) - _xlogx(np.bincount(cb, weights=n_ab))
+        out[r] = max(0.0, (mi + n * np.log(n)) / n)
+    return out
