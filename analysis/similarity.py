@@ -375,8 +375,12 @@ def run(cfg: DictConfig) -> Path:
     row says which kind of pair it compares (column `pair`, `analysis.tables.pair_kind`): two
     objectives of one seed (same_init: the study's design), of two seeds (different_init), one
     objective of two seeds (seed_baseline: the "init." baseline), or the step-0 control (init).
-    Each (model, layer) covariance is computed and decomposed once and shared by all its pairs."""
+    Each (model, layer) covariance is computed and decomposed once and shared by all its pairs.
+    `ci_low`, `ci_high`: the percentile bootstrap interval over the sampled tokens' sentences
+    (analysis.bootstrap), each model's resampled covariances likewise shared by its pairs."""
     from tqdm.auto import tqdm
+
+    from analysis import bootstrap  # it builds on this module's covariances
 
     started = time.perf_counter()
     s = _settings(cfg)
@@ -397,6 +401,9 @@ def run(cfg: DictConfig) -> Path:
                             f"{cfg.analysis.min_samples_per_dim}: {n} tokens for views of {widest} features, "
                             f"fewer than the {floor} every estimate needs")
     pairs = {pair: pair_kind(*pair) for pair in itertools.combinations(keys, 2)}  # (a, b) -> its kind
+    boot = bootstrap.plan(cfg, "similarity")  # intervals over the sampled tokens' sentences, the same draws everywhere
+    unit, n_units = bootstrap.units(dumps[keys[0]].tokens["sentence_id"][rows_idx], boot.groups, boot.seed)
+    draws = bootstrap.counts(n_units, boot.resamples, boot.seed) if boot.resamples else None
     log.info("%d models, %d pairs, layers 1..%d, %d tokens, %s on %s", len(keys), len(pairs), n_layers, n,
              ",".join(s["measures"]), device)
     rows = []
@@ -411,6 +418,7 @@ def run(cfg: DictConfig) -> Path:
         # The no-correspondence level at this n: b's rows permuted (one seeded permutation per layer).
         perm = torch.as_tensor(shuffle_seed(cfg, layer).permutation(n), device=device)
         shuffled = {(a, b): views[a].T @ views[b][perm] / (n - 1) for a, b in pairs}
+        resampled = {key: bootstrap.Resampled(views[key], unit, draws) for key in keys} if draws is not None else {}
         del views
         bad = [str(dumps[key].folder) for key in keys if not torch.isfinite(covs[key, key]).all()]
         if bad:
@@ -418,18 +426,21 @@ def run(cfg: DictConfig) -> Path:
         with _one_thread():  # the d x d work: each view decomposed once, then every pair
             spectra = {key: Spectrum.of(covs[key, key]) for key in keys}
             for a, b in pairs:
+                boot_covs = bootstrap.resampled_covariances(resampled[a], resampled[b]) if resampled else []
                 for measure in s["measures"]:
                     distance, level = (distance_from_covariances(measure, Covariances(spectra[a], sxy, spectra[b], n),
                                                                  s["ridge"], s["svcca_variance"])
                                        for sxy in (covs[a, b], shuffled[a, b]))
+                    ci = bootstrap.interval([distance_from_covariances(measure, c, s["ridge"], s["svcca_variance"])
+                                             for c in boot_covs], boot.level)
                     rows.append({"measure": measure, "pair": pairs[a, b],
                                  "objective_a": a[0], "seed_a": a[1], "objective_b": b[0],
                                  "seed_b": b[1], "layer": layer, "distance": distance, "shuffled": level,
-                                 "n_tokens": n})
+                                 "n_tokens": n, "ci_low": ci[0], "ci_high": ci[1]})
                 bar.update()
     bar.close()
     out = write_table(table_path(cfg, "similarity"), "similarity", rows, section(cfg, "similarity"), started,
-                      models=[f"{o}/seed{seed}" for o, seed in keys], device=str(device))
+                      models=[f"{o}/seed{seed}" for o, seed in keys], device=str(device), bootstrap=boot.describe())
     log.info("wrote %d rows to %s in %.1f s", len(rows), out, time.perf_counter() - started)
     return out
 

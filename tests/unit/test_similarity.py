@@ -289,9 +289,10 @@ def test_the_table_holds_every_pair_layer_and_measure(tmp_path):
                                                   ("init", "1", "init", "2")]}}
     assert {r["layer"] for r in rows} == {"1", "2", "3"} and {r["n_tokens"] for r in rows} == {"500"}
     for r in rows:
-        distance = float(r["distance"])
+        distance, low, high = float(r["distance"]), float(r["ci_low"]), float(r["ci_high"])
+        assert low <= high, r  # the interval over sentences
         if (r["objective_a"], r["seed_a"], r["objective_b"], r["seed_b"]) in IDENTICAL:
-            assert distance < 1e-5, r
+            assert distance < 1e-5 and high < 1e-5, r
         else:  # unrelated states: near chance, far from 0
             assert distance > (0.9 if r["measure"] == "cka" else 0.5), r
     # The same seeded rows for every model: the distance matches a direct computation on them.
@@ -301,6 +302,7 @@ def test_the_table_holds_every_pair_layer_and_measure(tmp_path):
     row = next(r for r in rows if r["measure"] == "pwcca" and r["layer"] == "2" and r["objective_b"] == "mlm")
     assert float(row["distance"]) == pytest.approx(direct, abs=1e-9)
     assert read_record(path)["settings"]["similarity"]["ridge"] == 1e-6
+    assert read_record(path)["bootstrap"]["resamples"] == cfg.analysis.bootstrap.resamples.similarity
     # The no-correspondence level: the same rows with b's permuted by the layer's seeded permutation.
     perm = shuffle_seed(cfg, 2).permutation(len(idx))
     level = sim.pwcca_distance(np.load(tmp_path / "dumps/lm/seed1/layer_02.npy")[idx],
