@@ -33,7 +33,8 @@ permutation per bucket, the same at every layer), what "no correspondence" reads
 Reads the checkpoint (model.pt) and the dump's token table (the same sentences and frequency ranks
 as every other measurement); writes `<paths.metrics>/influence/<objective>/seed<n>.csv` with the
 columns `measure, objective, seed, layer, bucket, affected, distance, shuffled, n_pairs,
-n_influencers`.
+n_influencers, ci_low, ci_high` (the last two: the percentile bootstrap interval over the influencing
+tokens' sentences, analysis.bootstrap).
 """
 from __future__ import annotations
 
@@ -51,9 +52,10 @@ from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError, sha256_file
 from pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
+from . import bootstrap
 from .buckets import BucketPlan, plan_buckets, sample_floor, shuffle_seed
 from .dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, model_file
-from .measures import check_measure, distance, paired
+from .measures import check_measure, distance, intervals, paired
 from .tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.influence")
@@ -205,10 +207,12 @@ def sentence_batches(lengths: dict[int, int], counts: dict[int, int], batch_toke
 @torch.no_grad()
 def collect_pairs(model: Model, dump: Dump, chosen: dict[int, list[int]], row_bucket: np.ndarray, n_buckets: int,
                   affected: str, batch_tokens: int, device: torch.device
-                  ) -> tuple[dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]], dict[int, np.ndarray]]:
+                  ) -> tuple[dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]], dict[int, np.ndarray],
+                             np.ndarray]:
     """The (without removal, with removal) pairs per (layer, bucket) over the chosen influencers:
-    (layer, bucket) -> two (m, d_model) float32 tensors on `device`; and per bucket the influencing
-    token (a running index) of each of its m rows, the same rows at every layer."""
+    (layer, bucket) -> two (m, d_model) float32 tensors on `device`; per bucket the influencing
+    token (a running index) of each of its m rows, the same rows at every layer; and the sentence id
+    of every influencing token (by running index)."""
     from tqdm.auto import tqdm
 
     t = dump.tokens
@@ -217,7 +221,7 @@ def collect_pairs(model: Model, dump: Dump, chosen: dict[int, list[int]], row_bu
     lengths = {s: int(t["sentence_length"][first_row[s]]) for s in chosen}
     chunks: dict[tuple[int, int], tuple[list, list]] = defaultdict(lambda: ([], []))
     influencers: dict[int, list[np.ndarray]] = defaultdict(list)
-    counter = 0
+    counter, sentence_of = 0, []
     batches = sentence_batches(lengths, {s: len(p) for s, p in chosen.items()}, batch_tokens)
     for batch in tqdm(batches, desc=f"influence {dump.objective} seed {dump.seed}", unit="batch", disable=None):
         T = max(lengths[s] for s in batch) + 2
@@ -227,6 +231,7 @@ def collect_pairs(model: Model, dump: Dump, chosen: dict[int, list[int]], row_bu
             n, r0 = lengths[s], first_row[s]
             tokens[b, 0], tokens[b, 1:n + 1], tokens[b, n + 1] = BOS_ID, torch.from_numpy(t["token_id"][r0:r0 + n]), EOS_ID
             for p in chosen[s]:
+                sentence_of.append(s)
                 owner.append(b)
                 removed.append(p + 1)  # padded index of x_p: after bos
                 buckets.append(int(row_bucket[r0 + p]))
@@ -253,7 +258,7 @@ def collect_pairs(model: Model, dump: Dump, chosen: dict[int, list[int]], row_bu
                 xs.append(usual[sel].float())
                 ys.append(with_removal[sel].float())
     pairs = {key: (torch.cat(xs), torch.cat(ys)) for key, (xs, ys) in chunks.items()}
-    return pairs, {k: np.concatenate(v) for k, v in influencers.items()}
+    return pairs, {k: np.concatenate(v) for k, v in influencers.items()}, np.asarray(sentence_of)
 
 
 def influence_rows(model: Model, dump: Dump, cfg: DictConfig, device: torch.device) -> tuple[list[dict], BucketPlan]:
@@ -267,8 +272,9 @@ def influence_rows(model: Model, dump: Dump, cfg: DictConfig, device: torch.devi
     labels = bucket_labels(bucket_edges(cfg))
     log.info("%s seed %d (affected: %s): %d influencing tokens in %d sentences; pairs %s", dump.objective, dump.seed,
              affected, sum(map(len, chosen.values())), len(chosen), plan.describe())
-    pairs, influencers = collect_pairs(model, dump, chosen, row_bucket, len(labels), affected, int(batch_tokens),
-                                       device)
+    pairs, influencers, sentence_of = collect_pairs(model, dump, chosen, row_bucket, len(labels), affected,
+                                                    int(batch_tokens), device)
+    boot = bootstrap.plan(cfg, "influence")
     rows = []
     for k in sorted(influencers):
         rng = shuffle_seed(cfg, k)
@@ -278,10 +284,13 @@ def influence_rows(model: Model, dump: Dump, cfg: DictConfig, device: torch.devi
             usual, with_removal = pairs[layer, k]
             index = torch.as_tensor(take, device=usual.device)
             cov, shuffled = paired(usual[index], with_removal[index], perm, device=device)
+            # intervals over the influencing tokens' sentences (every pair of a sentence drawn together)
+            ci = intervals([measure], usual[index], with_removal[index], sentence_of[influencers[k][take]], cfg, boot,
+                           device)[0][measure]
             rows.append({"measure": measure, "objective": dump.objective, "seed": dump.seed, "layer": layer,
                          "bucket": labels[k], "affected": affected, "distance": distance(measure, cov, cfg),
                          "shuffled": distance(measure, shuffled, cfg), "n_pairs": len(take),
-                         "n_influencers": len(np.unique(influencers[k][take]))})
+                         "n_influencers": len(np.unique(influencers[k][take])), "ci_low": ci[0], "ci_high": ci[1]})
     rows.sort(key=lambda r: (r["layer"], labels.index(r["bucket"])))
     return rows, plan
 
@@ -306,7 +315,7 @@ def run(cfg: DictConfig) -> None:
     rows, plan = influence_rows(model, dump, cfg, device)
     out = write_table(part_path(cfg, "influence"), "influence", rows, section(cfg, "influence"), started,
                       model=f"{dump.objective}/seed{dump.seed}", floor=plan.floor, left_out=plan.left_out(),
-                      affected=rows[0]["affected"] if rows else None)
+                      affected=rows[0]["affected"] if rows else None, bootstrap=bootstrap.plan(cfg, "influence").describe())
     log.info("wrote %s (%d rows)", out, len(rows))
 
 

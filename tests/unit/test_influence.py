@@ -190,7 +190,9 @@ def test_table_on_a_dump(experiment):
         assert r["bucket"] in labels and r["measure"] == "pwcca" and r["affected"] == "later"  # auto, causal
         assert 0.0 <= float(r["distance"]) < float(r["shuffled"]) <= 1.0
         assert int(r["n_pairs"]) >= 2 * int(cfg.model.d_model) and int(r["n_influencers"]) >= 20
+        assert 0.0 <= float(r["ci_low"]) <= float(r["ci_high"]) <= 1.0  # over the influencers' sentences
     record = read_record(path)
+    assert record["bootstrap"]["unit"] == "probe sentence"
     assert record["affected"] == "later" and record["floor"] == 2 * int(cfg.model.d_model)
     assert {b["bucket"] for b in record["left_out"]} == set(labels) - {r["bucket"] for r in rows}
     per_layer = {}
@@ -208,7 +210,7 @@ def test_earlier_tokens_no_longer_enter_the_lm_rows(experiment):
     counts = {}
     for affected in ("all", "later"):
         chosen, row_bucket, _ = choose_influencers(d, cfg, affected)
-        pairs, _ = collect_pairs(model, d, chosen, row_bucket, len(bucket_labels(bucket_edges(cfg))), affected, 4096,
+        pairs, _, _ = collect_pairs(model, d, chosen, row_bucket, len(bucket_labels(bucket_edges(cfg))), affected, 4096,
                                  torch.device("cpu"))
         usual, removed = pairs[1, 0]  # layer 1, the most frequent bucket
         same = (usual - removed).abs().amax(-1) < 1e-6
