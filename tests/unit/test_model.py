@@ -95,3 +95,21 @@ def test_invalid_args_name_the_setting():
         ModelArgs(d_vocab=10, pad_id=0, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="model.norm"):
         ModelArgs(d_vocab=10, pad_id=0, norm="sandwich")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_explicit_attention_equals_torch_sdpa(causal):
+    """The CPU bf16 attention path computes what scaled_dot_product_attention computes."""
+    import torch.nn.functional as F
+
+    from pipeline.model import attention_mask, explicit_attention
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, 50, (4, 9), generator=g)
+    tokens[1, 6:] = 0  # padding
+    mask = attention_mask(tokens, 0, causal)
+    q, k, v = (torch.randn(4, 2, 9, 8, generator=g) for _ in range(3))
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(explicit_attention(q, k, v, mask, 0.0), want, atol=1e-5)
+    got16 = explicit_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, 0.0).float()
+    assert torch.allclose(got16, want, atol=3e-2)
