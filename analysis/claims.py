@@ -44,12 +44,13 @@ from .tables import SAME_INIT, SEED_BASELINE
 
 Rows = Sequence[Mapping[str, Any]]
 Tables = Mapping[str, "Rows | None"]
-HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured"
+HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED = "holds", "does not hold", "inconclusive", "not measured"
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    verdict: str  # holds | does not hold | not measured
+    verdict: str  # holds | does not hold | inconclusive | not measured
     numbers: str  # this run's numbers behind the verdict
     reason: str   # one line
 
@@ -81,6 +82,7 @@ class Criteria:
 class Part:
     ok: bool | None  # None: not measured
     text: str
+    inconclusive: bool = False  # measured, but within the intervals (ok is then None)
 
 
 def combine(parts: Sequence[Part], numbers: Sequence[str]) -> Verdict:
@@ -88,10 +90,80 @@ def combine(parts: Sequence[Part], numbers: Sequence[str]) -> Verdict:
     failed = [p.text for p in parts if p.ok is False]
     if failed:
         return Verdict(FAILS, numbers_text, "; ".join(failed))
-    missing = [p.text for p in parts if p.ok is None]
+    missing = [p.text for p in parts if p.ok is None and not p.inconclusive]
     if missing:
         return Verdict(NOT_MEASURED, numbers_text, "; ".join(missing))
+    unsure = [p.text for p in parts if p.inconclusive]
+    if unsure:
+        return Verdict(INCONCLUSIVE, numbers_text, "; ".join(unsure))
     return Verdict(HOLDS, numbers_text, "; ".join(p.text for p in parts))
+
+
+# ---------------------------------------------------------------- estimates with intervals
+
+@dataclass(frozen=True)
+class Estimate:
+    """A seed-mean estimate, its interval (the seed means of the rows' bounds; nan: none) and the
+    per-seed values it averages."""
+
+    value: float
+    low: float
+    high: float
+    seeds: Mapping[Any, float]
+
+    @property
+    def has_interval(self) -> bool:
+        return not (math.isnan(self.low) or math.isnan(self.high))
+
+    def text(self) -> str:
+        return f"{_fmt(self.value)} [{_fmt(self.low)}, {_fmt(self.high)}]" if self.has_interval else _fmt(self.value)
+
+
+def estimates_by(rows: Rows, x: str, value: str, low: str = "ci_low", high: str = "ci_high",
+                 seed: str = "seed", **where: Any) -> dict[Any, Estimate]:
+    """`mean_by` with intervals: per value of `x`, the seed mean of `value`, of its interval bounds
+    (`low`, `high`; nan when a row has none) and the values per `seed`."""
+    groups: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if all(row.get(k) == v for k, v in where.items()) and not math.isnan(float(row[value])):
+            groups[row[x]].append(row)
+    out = {}
+    for key in sorted(groups):
+        g = groups[key]
+        bounds = [(float(r.get(low, math.nan)), float(r.get(high, math.nan))) for r in g]
+        out[key] = Estimate(statistics.fmean(float(r[value]) for r in g), statistics.fmean(b[0] for b in bounds),
+                            statistics.fmean(b[1] for b in bounds), {r.get(seed): float(r[value]) for r in g})
+    return out
+
+
+def ordered(a: Estimate, b: Estimate, what: str, margin: float = 0.0, otherwise: str | None = None) -> Part:
+    """The claim `what`, a > b: beyond the intervals and for every seed both have (holds), the opposite
+    so (does not hold, said as `otherwise` when given), else inconclusive; without intervals,
+    a > b + margin on the point estimates (the rule before intervals)."""
+    if not (a.has_interval and b.has_interval):
+        ok = a.value > b.value + margin
+        return Part(ok, f"{what if ok else otherwise or 'not: ' + what}: {_fmt(a.value)} vs {_fmt(b.value)} "
+                        "(point estimates: no intervals)")
+    common = [s for s in a.seeds if s in b.seeds]
+    above = a.low > b.high and all(a.seeds[s] > b.seeds[s] for s in common)
+    below = a.high < b.low and all(a.seeds[s] < b.seeds[s] for s in common)
+    numbers = f"{a.text()} vs {b.text()}"
+    if above:
+        return Part(True, f"{what}: {numbers}, beyond the intervals")
+    if below:
+        return Part(False, f"{otherwise or 'not: ' + what}: the opposite, {numbers}, beyond the intervals")
+    return Part(None, f"{what}: {numbers}, within the intervals or not for every seed", inconclusive=True)
+
+
+def all_parts(parts: Sequence[Part], what: str) -> Part:
+    """One part of several orderings: fails when one fails, inconclusive when one is, else holds."""
+    for p in parts:
+        if p.ok is False:
+            return p
+    unsure = [p for p in parts if p.inconclusive]
+    if unsure:
+        return unsure[0]
+    return Part(True, f"{what}: " + "; ".join(p.text for p in parts[:2]) + (" …" if len(parts) > 2 else ""))
 
 
 # ---------------------------------------------------------------- helpers over rows
@@ -129,6 +201,30 @@ def mi_curve(mi: Rows | None, objective: str, target: str, crit: Criteria) -> di
     return mean_by(rows, "layer", "mi_corrected", n_clusters=main_clusters(rows, crit))
 
 
+def mi_estimates(mi: Rows | None, objective: str, target: str, crit: Criteria,
+                 corrected: bool = True) -> dict[int, Estimate]:
+    """`mi_curve` with intervals: the corrected MI (corrected_ci_*) or the plug-in MI (ci_*)."""
+    rows = [r for r in mi or () if r["objective"] == objective and r["target"] == target]
+    if not rows:
+        return {}
+    value, low, high = (("mi_corrected", "corrected_ci_low", "corrected_ci_high") if corrected
+                        else ("mi", "ci_low", "ci_high"))
+    return estimates_by(rows, "layer", value, low, high, n_clusters=main_clusters(rows, crit))
+
+
+def mi_ordered(mi: Rows | None, objective: str, target: str, crit: Criteria, rising: bool, what: str,
+               otherwise: str) -> Part:
+    """Last layer above the first (`rising`) or below it, on both the plug-in and the corrected MI."""
+    parts = []
+    for corrected in (False, True):
+        est = mi_estimates(mi, objective, target, crit, corrected)
+        first, last = est[min(est)], est[max(est)]
+        kind = f" ({'corrected' if corrected else 'plug-in'}, last vs first layer)"
+        parts.append(ordered(last, first, what + kind, crit.mi_tolerance, otherwise + kind) if rising
+                     else ordered(first, last, what + kind, 0.0, otherwise + kind))
+    return all_parts(parts, what)
+
+
 def _missing(table: str, what: str) -> Part:
     return Part(None, f"{what} not measured (metrics/{table}.csv)")
 
@@ -158,11 +254,10 @@ def claim_lm_mi(tables: Tables, crit: Criteria) -> Verdict:
     mi = tables.get("mi")
     inp, out = mi_curve(mi, "lm", "input", crit), mi_curve(mi, "lm", "output", crit)
     parts = [_falls(inp, crit.mi_tolerance, "input MI") if len(inp) > 1 else _missing("mi", "LM input MI")]
+    if len(inp) > 1:
+        parts.append(mi_ordered(mi, "lm", "input", crit, False, "input MI falls", "input MI does not fall"))
     if len(out) > 1:
-        first, last = _ends(out)
-        rising = last - first > crit.mi_tolerance
-        parts.append(Part(rising, f"next-token MI {'rises' if rising else 'does not rise'} "
-                                  f"{_fmt(first)} → {_fmt(last)}"))
+        parts.append(mi_ordered(mi, "lm", "output", crit, True, "next-token MI rises", "next-token MI does not rise"))
     else:
         parts.append(_missing("mi", "LM next-token MI"))
     return combine(parts, [inp and f"input {_path(inp)}", out and f"next token {_path(out)}"])
@@ -255,6 +350,7 @@ def claim_similarity(tables: Tables, crit: Criteria) -> Verdict:
                                            f"{_fmt(max(map(max, seeds.values())))}")
         layers = sorted({layer for p in pairs for layer in cross[p]})
         unbased = [layer for layer in layers if layer not in seeds]
+        with_ci = [r for r in rows if not math.isnan(float(r.get("ci_low", math.nan)))]
         below = [(layer, p) for layer in layers if layer in seeds for p in pairs
                  if min(cross[p].get(layer, [float("inf")])) <= max(seeds[layer])]
         if below:
@@ -263,8 +359,20 @@ def claim_similarity(tables: Tables, crit: Criteria) -> Verdict:
                                      f"{_fmt(max(seeds[layer]))}"))
         elif unbased:
             parts.append(Part(None, f"no seed baseline at layers {unbased}"))
+        elif with_ci:  # every layer's cross-task distances against its largest seed baseline, with intervals
+            est = {p: estimates_by([r for r in cross_task(rows) if tuple(sorted((r["objective_a"], r["objective_b"])))
+                                    == p], "layer", "distance", seed="seed_a") for p in pairs}
+            base = {layer: max((r for r in rows if r["pair"] == SEED_BASELINE and r["layer"] == layer),
+                               key=lambda r: r["distance"]) for layer in layers}
+            base_est = {layer: Estimate(r["distance"], float(r.get("ci_low", math.nan)),
+                                        float(r.get("ci_high", math.nan)), {}) for layer, r in base.items()}
+            parts.append(all_parts([ordered(est[p][layer], base_est[layer],
+                                            f"{p[0].upper()}–{p[1].upper()} vs the seed baseline at layer {layer}")
+                                    for layer in layers for p in pairs if layer in est[p]],
+                                   "every cross-task distance exceeds the largest seed baseline"))
         else:
-            parts.append(Part(True, "every cross-task distance exceeds the largest seed baseline"))
+            parts.append(Part(True, "every cross-task distance exceeds the largest seed baseline "
+                                    "(point estimates: no intervals)"))
     avg = {p: statistics.fmean(m.values()) for p, m in means.items()}
     closer = avg[("mlm", "mt")] < min(avg[("lm", "mt")], avg[("lm", "mlm")])
     parts.append(Part(closer, f"mean MT–MLM {_fmt(avg[('mlm', 'mt')])} is {'below' if closer else 'not below'} "
@@ -272,15 +380,23 @@ def claim_similarity(tables: Tables, crit: Criteria) -> Verdict:
     return combine(parts, numbers)
 
 
+def _change_estimates(change: Rows | None, objective: str, crit: Criteria) -> dict[int, Estimate]:
+    return estimates_by(change or (), "layer_to", "distance", objective=objective, bucket="all", measure=crit.measure)
+
+
 def claim_change(tables: Tables, crit: Criteria) -> Verdict:
     mt, mlm = (_mean_change(tables.get("change"), o, crit) for o in ("mt", "mlm"))
     parts = [_falls(mt, crit.change_tolerance, "MT's change") if len(mt) > 1
              else _missing("change", "MT's all-token change")]
+    if len(mt) > 1:
+        est = _change_estimates(tables.get("change"), "mt", crit)
+        parts.append(ordered(est[min(est)], est[max(est)], "MT's first vs last change"))
     if len(mlm) > 1:
-        top = max(mlm, key=mlm.get)
-        at_top = top == max(mlm)
-        parts.append(Part(at_top, f"MLM's largest change is at {top - 1}→{top} ({_fmt(mlm[top])})"
-                                  + ("" if at_top else f", not at the top {max(mlm) - 1}→{max(mlm)}")))
+        est = _change_estimates(tables.get("change"), "mlm", crit)
+        top = max(est)
+        parts.append(all_parts([ordered(est[top], est[t], f"MLM's change at {top - 1}→{top} vs {t - 1}→{t}", 0.0,
+                                        f"MLM's change is larger at {t - 1}→{t}, not at the top {top - 1}→{top}")
+                                for t in est if t != top], f"MLM's largest change is at the top {top - 1}→{top}"))
     else:
         parts.append(_missing("change", "MLM's all-token change"))
     return combine(parts, [mt and f"MT {_path(mt)}", mlm and f"MLM {_path(mlm)}"])
@@ -322,10 +438,13 @@ def claim_influence(tables: Tables, crit: Criteria) -> Verdict:
         numbers.append(f"{name} layer {layer}: rarest {rarest} {_fmt(means[rarest])} vs others "
                        f"≤ {_fmt(max(list(means.values())[:-1]))}")
         if objective in ("mt", "lm"):
-            top = max(means, key=means.get)
-            parts.append(Part(top == rarest, f"in {objective.upper()} the "
-                              + (f"rarest bucket {rarest} influences most" if top == rarest
-                                 else f"bucket {top}, not the rarest {rarest}, influences most")))
+            est = estimates_by([r for r in rows if r["objective"] == objective and r["measure"] == crit.measure],
+                               "bucket", "distance", layer=layer)
+            parts.append(all_parts([ordered(est[rarest], est[b], f"{objective.upper()} influence of {rarest} vs {b}",
+                                            0.0, f"in {objective.upper()} bucket {b}, not the rarest {rarest}, "
+                                                 "influences at least as much")
+                                    for b in means if b != rarest],
+                                   f"in {objective.upper()} the rarest bucket {rarest} influences most"))
     for objective in ("mt", "lm"):
         if objective not in excess:
             parts.append(_missing("influence", f"{objective.upper()} influence in 2 or more buckets"))
@@ -358,8 +477,10 @@ def claim_neighbours(tables: Tables, crit: Criteria) -> Verdict:
     if all(ident.values()):
         top = {o: c[max(c)] for o, c in ident.items()}
         numbers.append("identity at the top " + ", ".join(f"{o.upper()} {_fmt(v)}" for o, v in top.items()))
-        best = top["mlm"] > max(top["mt"], top["lm"])
-        parts.append(Part(best, f"MLM {'keeps' if best else 'does not keep'} identity best at the top"))
+        est = {o: estimates_by(rows, "layer", "value", objective=o, property="identity") for o in ident}
+        est = {o: e[max(e)] for o, e in est.items()}
+        parts.append(all_parts([ordered(est["mlm"], est[o], f"top-layer identity MLM vs {o.upper()}")
+                                for o in ("mt", "lm")], "MLM keeps identity best at the top"))
     else:
         parts.append(_missing("neighbours", "identity of MT, LM and MLM"))
     if all(pos.values()):

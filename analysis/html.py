@@ -40,7 +40,7 @@ pre { background: var(--bg-alt); border: 1px solid var(--line); padding: .6rem; 
 details { margin: .6rem 0; } summary { cursor: pointer; color: var(--accent); }
 """
 
-VERDICT_CLASS = {"holds": "holds", "does not hold": "fails", "not measured": "unmeasured"}
+VERDICT_CLASS = {"holds": "holds", "does not hold": "fails", "inconclusive": "unmeasured", "not measured": "unmeasured"}
 
 
 def esc(value: Any) -> str:

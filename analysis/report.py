@@ -188,10 +188,13 @@ def claims_section(exp: gather.Experiment, crit: Criteria) -> Section:
     s = Section("claims", "The study and this run")
     verdicts = check_all(exp.as_tables(), crit)
     tally = {v: sum(verdict.verdict == v for _, verdict in verdicts)
-             for v in ("holds", "does not hold", "not measured")}
+             for v in ("holds", "does not hold", "inconclusive", "not measured")}
     s.add(para(f"The study's conclusions, each checked against this run's tables by a fixed "
                f"criterion (analysis/claims.py): {tally['holds']} hold, {tally['does not hold']} do not hold, "
-               f"{tally['not measured']} not measured. A small model on a small corpus need not reproduce "
+               f"{tally['inconclusive']} inconclusive, {tally['not measured']} not measured. An ordering holds "
+               "only beyond the 95% bootstrap intervals over probe sentences and for every seed (the numbers "
+               "that decided it, with their intervals, are in the column \"why\"); a claim on MI holds only on "
+               "both the plug-in and the corrected MI. A small model on a small corpus need not reproduce "
                "every claim; none is hidden."))
     rows = []
     for c, v in verdicts:

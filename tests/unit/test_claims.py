@@ -2,11 +2,13 @@
 it fail, and with the data it needs missing."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from analysis.claims import (CLAIMS, FAILS, HOLDS, NOT_MEASURED, Criteria, check_all, claim_change,
-                             claim_influence, claim_lm_mi, claim_mlm_mi, claim_mt_identity, claim_neighbours,
-                             claim_similarity)
+from analysis.claims import (CLAIMS, FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Criteria, Estimate, check_all,
+                             claim_change, claim_influence, claim_lm_mi, claim_mlm_mi, claim_mt_identity,
+                             claim_neighbours, claim_similarity, ordered)
 from analysis.gather import load_table
 from analysis.tables import INIT_PAIR, SAME_INIT, SEED_BASELINE, pair_kind, write_table
 from pipeline.config import compose
@@ -94,7 +96,8 @@ def test_lm_claim_tolerates_a_rise_below_the_tolerance_and_reads_corrected_mi():
     assert claim_lm_mi({"mi": rows}, Criteria(mi_tolerance=0.01)).verdict == FAILS
     for row in rows:  # the plug-in estimate rises with depth; the corrected one still falls
         row["mi"] = row["mi_corrected"] + row["layer"]
-    assert claim_lm_mi({"mi": rows}, CRIT).verdict == HOLDS
+    verdict = claim_lm_mi({"mi": rows}, CRIT)  # a claim on MI holds only on both the plug-in and the corrected MI
+    assert verdict.verdict == FAILS and "input MI does not fall (plug-in" in verdict.reason
 
 
 def test_lm_claim_reads_the_main_number_of_clusters():
@@ -221,7 +224,7 @@ def test_influence_claim_fails_when_dropout_keeps_the_excess():
 def test_influence_claim_fails_when_frequent_tokens_influence_most():
     rows = influence_rows({**GOOD_INFLUENCE, "mt": [0.009, 0.0019, 0.0018, 0.0017, 0.006]})
     verdict = claim_influence({"influence": rows}, CRIT)
-    assert verdict.verdict == FAILS and "bucket 1-10, not the rarest 100-250" in verdict.reason
+    assert verdict.verdict == FAILS and "bucket 1-10, not the rarest 100-250" in verdict.reason, verdict.reason
 
 
 def test_influence_claim_reads_the_lowest_layer_and_needs_the_dropout_variants():
@@ -301,3 +304,45 @@ def test_cross_task_distances_compare_models_of_the_same_initialisation():
     only_mixed = [r for r in rows if r["pair"] != SAME_INIT]
     verdict = claim_similarity({"similarity": only_mixed}, Criteria())
     assert verdict.verdict == NOT_MEASURED and "same initialisation" in verdict.reason
+
+
+# ---------------------------------------------------------------- verdicts read with intervals
+
+def _with_intervals(rows: list[dict], half_width: float, value: str = "distance") -> list[dict]:
+    return [{**r, "ci_low": r[value] - half_width, "ci_high": r[value] + half_width} for r in rows]
+
+
+@pytest.mark.parametrize("half_width,verdict", [(0.001, HOLDS), (0.05, INCONCLUSIVE)])
+def test_change_verdict_is_inconclusive_when_the_curves_differ_by_less_than_their_intervals(half_width, verdict):
+    # MLM's top transition (0.1) exceeds the others (0.07, 0.06) by 0.03: beyond intervals of +-0.001, within +-0.05
+    got = claim_change({"change": _with_intervals(change_rows(GOOD_CHANGE), half_width)}, CRIT)
+    assert got.verdict == verdict, got.reason
+    assert "[" in got.reason  # the deciding numbers come with their intervals
+    if verdict == INCONCLUSIVE:
+        assert "within the intervals" in got.reason
+
+
+def test_ordered_needs_every_seed_and_says_the_opposite_beyond_the_intervals():
+    a = Estimate(0.5, 0.45, 0.55, {1: 0.5, 2: 0.5})
+    b = Estimate(0.3, 0.25, 0.35, {1: 0.3, 2: 0.3})
+    assert ordered(a, b, "a > b").ok is True
+    assert ordered(b, a, "b > a").ok is False
+    assert ordered(a, Estimate(0.3, 0.25, 0.35, {1: 0.3, 2: 0.6}), "a > b").inconclusive  # one seed disagrees
+    fallback = ordered(Estimate(0.5, math.nan, math.nan, {}), b, "a > b")
+    assert fallback.ok is True and "no intervals" in fallback.text  # older tables: the point estimates decide
+
+
+def test_neighbours_verdict_with_intervals_holds_or_fails_beyond_them():
+    tables = _neighbours()
+    tables["neighbours"] = _with_intervals(tables["neighbours"], 0.001, "value")
+    assert claim_neighbours(tables, CRIT).verdict == HOLDS
+    tables = _neighbours(identity={**GOOD_IDENTITY, "mt": [1, 1, 0.99]})
+    tables["neighbours"] = _with_intervals(tables["neighbours"], 0.001, "value")
+    assert claim_neighbours(tables, CRIT).verdict == FAILS
+
+
+@pytest.mark.parametrize("half_width,verdict", [(0.01, HOLDS), (0.1, INCONCLUSIVE)])
+def test_similarity_verdict_reads_the_intervals_of_distances_and_baselines(half_width, verdict):
+    rows = _with_intervals(similarity_rows(GOOD_CROSS, [0.3, 0.32, 0.35]), half_width)  # MT–MLM 0.42 vs 0.3 at layer 1
+    got = claim_similarity({"similarity": rows}, CRIT)
+    assert got.verdict == verdict, got.reason
