@@ -10,7 +10,8 @@ and token batches:
   `nn.Transformer`), fp32, eager, full-vocabulary logits with `ignore_index`, plain AdamW and
   gradient clipping — timed over `--ref-steps` of the same batches spread over the run, scaled to
   all of them by their padded token counts;
-- the ratio reference time / our time (> 1: ours is faster), and our step's share of this CPU's
+- the ratio reference time / our time (> 1: ours is faster), in wall time and in CPU time (the
+  latter robust to other load on a shared machine), and our step's share of this CPU's
   measured bf16 matmul peak (FLOPs of one step counted by torch.utils.flop_counter).
 Extra arguments are Hydra overrides of the experiment (e.g. train.compile=true model.d_model=256).
 """
@@ -88,15 +89,16 @@ def reference_seconds(kind, margs, batches, cfg, n_sample: int) -> float:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.train.clip_norm))
         opt.step()
-        return float(loss)
+        return loss.item()
 
     step(batches[pick[0]])  # warm-up
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for i in pick:
         step(batches[i])
-    sample_s = time.perf_counter() - t
+    sample_s, sample_cpu = time.perf_counter() - t, time.process_time() - c
     size = [b["input"].numel() + (b["tgt_in"].numel() if "tgt_in" in b else 0) for b in batches]
-    return sample_s * sum(size) / sum(size[i] for i in pick)
+    scale = sum(size) / sum(size[i] for i in pick)
+    return sample_s * scale, sample_cpu * scale
 
 
 def matmul_peak_flops(dtype=torch.bfloat16, n: int = 2048) -> float:
@@ -141,16 +143,17 @@ def bench_kind(kind: str, experiment: str, steps: int, ref_steps: int, overrides
         batches = [objective.collate([data["train"][i] for i in idx], gen, train=True) for idx in order]
         tokens = sum(int((b["input"] != tok.pad_id).sum()) for b in batches)
 
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         summary = train(cfg)
-        ours_s = time.perf_counter() - t
-        ref_s = reference_seconds(kind, margs, batches, cfg, ref_steps)
+        ours_s, ours_cpu = time.perf_counter() - t, time.process_time() - c
+        ref_s, ref_cpu = reference_seconds(kind, margs, batches, cfg, ref_steps)
         flops = step_flops(kind, margs, cfg, to_device(batches[len(batches) // 2], torch.device("cpu")))
         pad_tokens = batches[len(batches) // 2]["input"].numel()
     per_step = ours_s / steps
     print(f"{kind:4s} {steps} steps ({summary['precision']}, compile {cfg.train.compile}): ours {ours_s:6.1f} s "
           f"({tokens / ours_s:7,.0f} input tokens/s, loop incl. start-up + {steps // int(cfg.train.eval_every)} evals), "
-          f"reference {ref_s:6.1f} s ({tokens / ref_s:7,.0f} tokens/s): ratio {ref_s / ours_s:.2f}x; "
+          f"reference {ref_s:6.1f} s ({tokens / ref_s:7,.0f} tokens/s): ratio {ref_s / ours_s:.2f}x "
+          f"(CPU time: ours {ours_cpu:.1f} s, reference {ref_cpu:.1f} s, ratio {ref_cpu / ours_cpu:.2f}x); "
           f"one step {flops / 1e9:.1f} GFLOP for {pad_tokens} padded tokens, "
           f"{flops / per_step / 1e9:.0f} GFLOP/s over the loop = {flops / per_step / peak:.1%} of the bf16 matmul peak")
 
