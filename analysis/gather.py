@@ -29,7 +29,7 @@ TABLES = tuple(COLUMNS)  # similarity, change, influence, mi, neighbours, tsne
 _INT = {"seed", "seed_a", "seed_b", "layer", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_influencers",
         "n_clusters", "k", "n_queries", "position", "sentence_id", "masked"}
 _FLOAT = {"distance", "shuffled", "mi", "mi_shuffled", "mi_corrected", "value", "x", "y", "ci_low", "ci_high",
-          "corrected_ci_low", "corrected_ci_high"}
+          "corrected_ci_low", "corrected_ci_high", "mi_sd", "mi_corrected_sd"}
 
 
 @dataclass

@@ -19,7 +19,10 @@ Targets (rows = occurrences; "top types" = freq_rank <= analysis.mi.top_types):
 The main `n_clusters` is measured for every model; the `sweep` only for the first seed of each
 objective in `workflow.seeds`. Rows at the main `n_clusters` carry percentile bootstrap intervals over
 probe sentences of mi and mi_corrected (the clustering fixed; analysis.bootstrap); the sweep's rows
-carry none (nan), to keep the cost down. Writes `<paths.metrics>/mi/<objective>/seed<n>.csv`.
+carry none (nan), to keep the cost down. At the main count the clustering is restarted
+`analysis.mi.restarts` times (k-means seeds seed, seed + 1, ...): mi, mi_shuffled and mi_corrected
+are the restarts' means, mi_sd and mi_corrected_sd their standard deviations (nan for one restart),
+and the intervals are those of the first restart's clustering. Writes `<paths.metrics>/mi/<objective>/seed<n>.csv`.
 """
 from __future__ import annotations
 
@@ -191,6 +194,7 @@ def run(cfg: DictConfig) -> Path:
     tol = require(cfg, "analysis.mi.kmeans_tol", lambda v: isinstance(v, (int, float)) and 0 <= v < 1,
                   "a share of points in [0, 1)")
     seed = int(require(cfg, "analysis.mi.seed", lambda v: isinstance(v, int), "an integer"))
+    restarts = int(require(cfg, "analysis.mi.restarts", positive_int, "a positive integer (k-means restarts)"))
     counts = mi_cluster_counts(cfg)
     device = resolve_device(str(cfg.analysis.device), "analysis.device")
     objective = str(cfg.objective.name)
@@ -218,20 +222,24 @@ def run(cfg: DictConfig) -> Path:
                 log.warning("%s: %d rows, fewer than n_clusters %s; measured with at most %d clusters",
                             "/".join(rs.labels), len(rs.rows), counts, len(rs.rows))
             for used in dict.fromkeys(min(k, len(rs.rows)) for k in counts):  # each count once
-                clusters = kmeans(states, used, seed, iters=int(iters), batch_size=batch, tol=float(tol),
-                                  device=device).labels
+                main = used == min(counts[0], len(rs.rows))
+                clusterings = [kmeans(states, used, seed + i, iters=int(iters), batch_size=batch, tol=float(tol),
+                                      device=device).labels for i in range(restarts if main else 1)]
                 for target, labels in rs.labels.items():
-                    est = mi_of_clusters(clusters, labels, seed)
-                    ci = (mi_intervals(clusters, labels, seed, resampling[id(rs)][0], draws[id(rs)], boot.level)
-                          if used == min(counts[0], len(rs.rows)) and id(rs) in draws else
-                          2 * bootstrap.NO_INTERVAL)
+                    ests = [mi_of_clusters(clusters, labels, seed) for clusters in clusterings]
+                    ci = (mi_intervals(clusterings[0], labels, seed, resampling[id(rs)][0], draws[id(rs)], boot.level)
+                          if main and id(rs) in draws else 2 * bootstrap.NO_INTERVAL)
+                    mean = {key: float(np.mean([getattr(e, key) for e in ests]))
+                            for key in ("mi", "mi_shuffled", "mi_corrected")}
+                    spread = {f"{key}_sd": float(np.std([getattr(e, key) for e in ests], ddof=1)) if len(ests) > 1
+                              else float("nan") for key in ("mi", "mi_corrected")}
                     out_rows.append({"objective": objective, "seed": int(cfg.seed), "layer": layer,
-                                     "target": target, "n_clusters": used, "mi": est.mi,
-                                     "mi_shuffled": est.mi_shuffled, "mi_corrected": est.mi_corrected,
-                                     "n_tokens": est.n_tokens, **dict(zip(MI_INTERVAL_COLUMNS, ci))})
+                                     "target": target, "n_clusters": used, **mean,
+                                     "n_tokens": ests[0].n_tokens, **dict(zip(MI_INTERVAL_COLUMNS, ci)), **spread})
         log.info("layer %d done in %.1f s", layer, time.perf_counter() - t)
     path = write_table(part_path(cfg, "mi"), "mi", out_rows, mi_settings(cfg), started, device=str(device),
-                       bootstrap={**boot.describe(), "n_clusters": counts[0]})
+                       bootstrap={**boot.describe(), "n_clusters": counts[0], "clustering": "the first restart"},
+                       restarts=restarts)
     log.info("wrote %s (%d rows) in %.1f s", path, len(out_rows), time.perf_counter() - started)
     return path
 

@@ -18,9 +18,11 @@ from pipeline.store import PipelineError, config_hash, read_json, versions, writ
 # Columns of every table, in order (the report and the tests read them by name). `shuffled`: the same
 # distance with one view's rows permuted, at the same n (the no-correspondence level). `ci_low`,
 # `ci_high`: the percentile bootstrap interval over probe sentences of the row's estimate
-# (analysis.bootstrap; nan where none was drawn); MI's `corrected_ci_*` is that of mi_corrected.
+# (analysis.bootstrap; nan where none was drawn); MI's `corrected_ci_*` is that of mi_corrected, and
+# `mi_sd`, `mi_corrected_sd` the spread over k-means restarts (analysis.mi.restarts).
 INTERVAL_COLUMNS = ("ci_low", "ci_high")
 MI_INTERVAL_COLUMNS = INTERVAL_COLUMNS + ("corrected_ci_low", "corrected_ci_high")
+MI_SPREAD_COLUMNS = ("mi_sd", "mi_corrected_sd")  # standard deviation over k-means restarts (nan: one restart)
 COLUMNS: dict[str, tuple[str, ...]] = {
     "similarity": ("measure", "objective_a", "seed_a", "objective_b", "seed_b", "pair", "layer", "distance", "shuffled",
                    "n_tokens") + INTERVAL_COLUMNS,
@@ -29,11 +31,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "influence": ("measure", "objective", "seed", "layer", "bucket", "affected", "distance", "shuffled", "n_pairs",
                   "n_influencers") + INTERVAL_COLUMNS,
     "mi": ("objective", "seed", "layer", "target", "n_clusters", "mi", "mi_shuffled", "mi_corrected",
-           "n_tokens") + MI_INTERVAL_COLUMNS,
+           "n_tokens") + MI_INTERVAL_COLUMNS + MI_SPREAD_COLUMNS,
     "neighbours": ("objective", "seed", "layer", "property", "k", "metric", "value", "n_queries") + INTERVAL_COLUMNS,
     "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked"),
 }
-_OPTIONAL = set(MI_INTERVAL_COLUMNS)  # a row or an older table without them: nan (no interval)
+_OPTIONAL = set(MI_INTERVAL_COLUMNS + MI_SPREAD_COLUMNS)  # a row or an older table without them: nan (no interval)
 
 
 # Column `pair` of the similarity table: which kind of pair of models a row compares.
@@ -106,7 +108,7 @@ def read_table(path: str | Path, table: str | None = None) -> list[dict[str, str
     if table is None:
         return rows
     header, columns = tuple(reader.fieldnames or ()), COLUMNS[table]
-    if header != columns and header != tuple(c for c in columns if c not in _OPTIONAL):
+    if header != columns and not (set(header) <= set(columns) and set(columns) - set(header) <= _OPTIONAL):
         raise PipelineError(f"{path}, line 1: expected the columns {','.join(columns)}")
     return [{c: row.get(c, "nan") for c in columns} for row in rows]
 

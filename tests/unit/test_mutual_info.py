@@ -188,6 +188,24 @@ def test_run_writes_every_layer_and_target_with_the_sweep_for_the_first_seed_onl
         assert len(masked_n) == 1  # input_masked and output: the same rows
 
 
+def test_restarts_give_the_mean_and_spread_at_the_main_count_only(tmp_path):
+    one = read_table(run(fake_model(tmp_path / "one", "mlm", 1)), "mi")
+    cfg = fake_model(tmp_path / "three", "mlm", 1)
+    cfg.analysis.mi.restarts = 3
+    three = read_table(run(cfg), "mi")
+    assert [(r["layer"], r["target"], r["n_clusters"]) for r in one] == [
+        (r["layer"], r["target"], r["n_clusters"]) for r in three]
+    for r1, r3 in zip(one, three):
+        spread = float(r3["mi_sd"]), float(r3["mi_corrected_sd"])
+        if r3["n_clusters"] == "8":  # the main count: three clusterings, their mean and spread
+            assert all(s >= 0 for s in spread)
+            assert float(r3["mi_corrected"]) == pytest.approx(float(r3["mi"]) - float(r3["mi_shuffled"]))
+            assert r1["ci_low"] == r3["ci_low"]  # intervals from the first restart's clustering
+        else:  # the sweep: one clustering, the same as before
+            assert all(np.isnan(spread)) and r1["mi"] == r3["mi"]
+        assert np.isnan(float(r1["mi_sd"]))
+
+
 def test_step0_control_has_input_mi_only_and_no_sweep(tmp_path):
     """init has no output label, and no seed list of its own in workflow.seeds: the main count only."""
     cfg = fake_model(tmp_path, "init", 1)
