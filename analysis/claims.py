@@ -12,9 +12,9 @@ The criteria, one per claim:
    next and ends lower than it starts; corrected MI with the next token ends higher than it starts
    (by more than `mi_tolerance`).
 2. MLM: corrected MI with the (unmasked) input reaches its minimum at an inner layer, at least
-   `mi_tolerance` below both the first and the last layer.
+   `mi_tolerance` below both the first and the last layer; the plug-in MI as well.
 3. MT: corrected input MI falls by more than `mi_tolerance` from the first to the last layer
-   (refined with context), yet the last layer keeps at least `mt_keep_share` of the first layer's
+   (refined with context; the first above the last on the plug-in MI too, with intervals), yet the last layer keeps at least `mt_keep_share` of the first layer's
    MI and a larger share than LM's; MT's mean all-token change over layers is below LM's and MLM's.
 4. Similarity (`measure`, PWCCA by default), layers >= 1: every cross-task distance among mt, lm,
    mlm between models of the same seed, i.e. the same initialisation (the study's design; rows of
@@ -193,12 +193,14 @@ def main_clusters(rows: Rows, crit: Criteria) -> int:
     return crit.n_clusters if crit.n_clusters in counts else counts.most_common(1)[0][0]
 
 
-def mi_curve(mi: Rows | None, objective: str, target: str, crit: Criteria) -> dict[int, float]:
-    """Seed-mean corrected MI per layer, at `crit.n_clusters` if measured, else the most used count."""
+def mi_curve(mi: Rows | None, objective: str, target: str, crit: Criteria,
+             value: str = "mi_corrected") -> dict[int, float]:
+    """Seed-mean corrected MI (or `value`: mi, the plug-in) per layer, at `crit.n_clusters` if
+    measured, else the most used count."""
     rows = [r for r in mi or () if r["objective"] == objective and r["target"] == target]
     if not rows:
         return {}
-    return mean_by(rows, "layer", "mi_corrected", n_clusters=main_clusters(rows, crit))
+    return mean_by(rows, "layer", value, n_clusters=main_clusters(rows, crit))
 
 
 def mi_estimates(mi: Rows | None, objective: str, target: str, crit: Criteria,
@@ -272,17 +274,20 @@ def claim_mlm_mi(tables: Tables, crit: Criteria) -> Verdict:
                  for t, c in zip(("input", "output"), extra))]
     if len(inp) < 3:
         return combine([_missing("mi", "MLM input MI at 3 or more layers")], numbers)
+    plugin = mi_curve(mi, "mlm", "input", crit, "mi")  # the claim must hold on the plug-in MI as well
+    return combine([_dip(inp, crit.mi_tolerance, "corrected"), _dip(plugin, crit.mi_tolerance, "plug-in")], numbers)
+
+
+def _dip(inp: Mapping[int, float], tol: float, kind: str) -> Part:
+    """The curve reaches its minimum at an inner layer, more than `tol` below both ends."""
     layers = list(inp)
     low = min(layers, key=inp.get)
     first, last = _ends(inp)
-    tol = crit.mi_tolerance
     if low in (layers[0], layers[-1]):
-        part = Part(False, f"input MI is lowest at layer {low}, not at an inner layer")
-    elif first - inp[low] <= tol or last - inp[low] <= tol:
-        part = Part(False, f"the dip at layer {low} ({_fmt(inp[low])}) is within {tol:g} of an end")
-    else:
-        part = Part(True, f"input MI falls to {_fmt(inp[low])} at layer {low}, then rises to {_fmt(last)}")
-    return combine([part], numbers)
+        return Part(False, f"input MI ({kind}) is lowest at layer {low}, not at an inner layer")
+    if first - inp[low] <= tol or last - inp[low] <= tol:
+        return Part(False, f"the dip ({kind}) at layer {low} ({_fmt(inp[low])}) is within {tol:g} of an end")
+    return Part(True, f"input MI ({kind}) falls to {_fmt(inp[low])} at layer {low}, then rises to {_fmt(last)}")
 
 
 def _mean_change(change: Rows | None, objective: str, crit: Criteria) -> dict[int, float]:
@@ -300,6 +305,7 @@ def claim_mt_identity(tables: Tables, crit: Criteria) -> Verdict:
         parts.append(Part(last < first - crit.mi_tolerance,
                           f"MT input MI {'falls' if last < first - crit.mi_tolerance else 'does not fall'} "
                           f"{_fmt(first)} → {_fmt(last)}"))
+        parts.append(mi_ordered(mi, "mt", "input", crit, False, "MT input MI falls", "MT input MI does not fall"))
         kept = keep_mt >= crit.mt_keep_share and keep_mt > keep_lm
         parts.append(Part(kept, f"MT keeps {keep_mt:.0%} of its input MI (LM {keep_lm:.0%}; "
                                 f"needs >= {crit.mt_keep_share:.0%} and more than LM)"))

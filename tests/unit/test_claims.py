@@ -126,6 +126,14 @@ def test_mlm_claim_fails(curve, word):
     assert verdict.verdict == FAILS and word in verdict.reason
 
 
+def test_mlm_claim_needs_the_dip_on_the_plug_in_mi_too():
+    rows = mi_rows(GOOD_MI)
+    for row in rows:  # the chance level grows with depth: the plug-in MI rises steadily, the corrected MI dips
+        row["mi"] = row["mi_corrected"] + 0.3 + row["layer"]
+    verdict = claim_mlm_mi({"mi": rows}, CRIT)
+    assert verdict.verdict == FAILS and "(plug-in) is lowest at layer 0" in verdict.reason
+
+
 def test_mlm_claim_not_measured():
     assert claim_mlm_mi({"mi": mi_rows({("lm", "input"): [1, 2, 3]})}, CRIT).verdict == NOT_MEASURED
 
