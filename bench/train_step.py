@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -113,17 +114,15 @@ def matmul_peak_flops(dtype=torch.bfloat16, n: int = 2048) -> float:
     return 2 * n ** 3 / best
 
 
-def step_flops(kind, margs, cfg, batch) -> float:
-    """FLOPs of one of our training steps (forward + backward), counted by torch."""
+def step_flops(kind, margs, cfg, objective, batch) -> float:
+    """FLOPs of one of our training steps (forward + backward, eager, fp32), counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = build_model(kind, margs, 1).train()
-    opt = make_optimizer(model, cfg.train)
-    sp = specials(Tokenizer.load(cfg.paths.tokenizer))
-    eager = compose(["train.compile=false"]).train
-    step = make_step(model, make_objective(cfg.objective, sp), eager, torch.device("cpu"), None)
+    eager = OmegaConf.merge(cfg.train, {"compile": False})
+    step = make_step(model, objective, eager, torch.device("cpu"), None)
     with FlopCounterMode(display=False) as counter:
-        step(batch, opt, 1.0)
+        step(batch, make_optimizer(model, cfg.train), 1.0)
     return float(counter.get_total_flops())
 
 
@@ -147,7 +146,7 @@ def bench_kind(kind: str, experiment: str, steps: int, ref_steps: int, overrides
         summary = train(cfg)
         ours_s, ours_cpu = time.perf_counter() - t, time.process_time() - c
         ref_s, ref_cpu = reference_seconds(kind, margs, batches, cfg, ref_steps)
-        flops = step_flops(kind, margs, cfg, to_device(batches[len(batches) // 2], torch.device("cpu")))
+        flops = step_flops(kind, margs, cfg, objective, to_device(batches[len(batches) // 2], torch.device("cpu")))
         pad_tokens = batches[len(batches) // 2]["input"].numel()
     per_step = ours_s / steps
     print(f"{kind:4s} {steps} steps ({summary['precision']}, compile {cfg.train.compile}): ours {ours_s:6.1f} s "

@@ -10,6 +10,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from pipeline.config import to_plain, train_config
+from pipeline.convergence import read_log  # noqa: F401  (the tests read training logs through it)
 from pipeline.dump import MASKED_COLUMNS, MASKED_DIR, TOKEN_COLUMNS, layer_file, write_token_table
 from pipeline.model import ModelArgs, build_model
 from pipeline.store import config_hash, torch_save, write_json, write_stage_record
@@ -20,9 +21,6 @@ FAST_TRAINING = ["train.max_steps=40", "train.eval_every=10", "train.patience=10
                  "train.bleu_sentences=20"]
 
 
-def read_log(folder) -> list[dict]:
-    """The entries of a training run's log.jsonl."""
-    return [json.loads(line) for line in (Path(folder) / "log.jsonl").read_text().splitlines()]
 
 
 def token_columns(lengths, token_ids, ranks_of_id, pieces_of_id=None) -> dict:
