@@ -1,9 +1,17 @@
-"""Percentile bootstrap intervals over probe sentences (Efron & Tibshirani 1993, ch. 13).
+"""Bootstrap intervals over probe sentences (Efron & Tibshirani 1993, ch. 12-13).
 
 The probe sentences are the independent units: tokens of one sentence share its context, so the
 resampling draws whole sentences with replacement (multinomial counts, seeded), never single tokens.
-Every estimate is recomputed on each resample and the interval is the (1 - level) / 2 and
-(1 + level) / 2 percentiles of the recomputed values (`analysis.bootstrap.level`, 0.95).
+Every estimate is recomputed on each resample; the interval (`analysis.bootstrap.method`, level
+`analysis.bootstrap.level`, 0.95) is
+- `normal` (the default): the estimate +- z * the resamples' standard deviation. Centred on the
+  estimate whatever the resamples' centre: a resample repeats whole sentences, which for the
+  estimates that depend on the number of *distinct* rows (plug-in MI and its chance level, CCA
+  distances near n = 10 d) shifts every resample the same way -- on the default run the percentile
+  intervals of the corrected MI lay wholly below their estimate. That shift is a property of
+  resampling, not noise of the estimate; the spread is what the interval is for;
+- `percentile`: the (1 - level) / 2 and (1 + level) / 2 percentiles of the resampled values;
+- `basic`: the percentile interval reflected about the estimate (2 e - q_high, 2 e - q_low).
 
 Kept cheap by sufficient statistics, so that a resample is a weighted sum and no pass over the tokens:
 - the CCA family (PWCCA, SVCCA, CKA) needs only the covariances: each unit's sums of x, y, x x^T,
@@ -27,21 +35,28 @@ from pipeline.config import require
 from .similarity import Covariances, Spectrum
 
 TABLES = ("similarity", "change", "influence", "mi", "neighbours")
+METHODS = ("normal", "percentile", "basic")
 NO_INTERVAL = (float("nan"), float("nan"))
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How one table's intervals are drawn: `resamples` (0: none, ci columns nan), seed, level, groups."""
+    """How one table's intervals are drawn: `resamples` (0: none, ci columns nan), seed, level, groups,
+    method (normal | percentile | basic)."""
 
     resamples: int
     seed: int
     level: float
     groups: int
+    method: str = "normal"
 
     def describe(self) -> dict:
         return {"resamples": self.resamples, "seed": self.seed, "level": self.level, "groups": self.groups,
-                "unit": "probe sentence"}
+                "method": self.method, "unit": "probe sentence"}
+
+    def interval(self, values, estimate: float) -> tuple[float, float]:
+        """This plan's interval of `estimate` from its resampled `values`."""
+        return interval(values, self.level, estimate, self.method)
 
 
 def plan(cfg: DictConfig, table: str) -> Plan:
@@ -54,7 +69,8 @@ def plan(cfg: DictConfig, table: str) -> Plan:
                     "a coverage in (0, 1), e.g. 0.95")
     groups = require(cfg, "analysis.bootstrap.groups", lambda v: isinstance(v, int) and v >= 20,
                      "an integer >= 20")
-    return Plan(int(resamples), int(seed), float(level), int(groups))
+    method = require(cfg, "analysis.bootstrap.method", lambda v: v in METHODS, " | ".join(METHODS))
+    return Plan(int(resamples), int(seed), float(level), int(groups), str(method))
 
 
 def units(sentence_ids: np.ndarray, groups: int | None, seed: int) -> tuple[np.ndarray, int]:
@@ -76,14 +92,30 @@ def counts(n_units: int, resamples: int, seed: int) -> np.ndarray:
     return rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=resamples)
 
 
-def interval(values: np.ndarray | list[float], level: float) -> tuple[float, float]:
-    """The percentile interval of the resampled values (nan ones, e.g. an empty resample, dropped)."""
+def interval(values: np.ndarray | list[float], level: float, estimate: float | None = None,
+             method: str = "percentile") -> tuple[float, float]:
+    """The `method` interval (module docstring) at `level` of `estimate` from its resampled values
+    (nan ones, e.g. an empty resample, dropped); `normal` and `basic` need the estimate."""
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
-    if len(values) == 0:
+    if len(values) < 2 or (method != "percentile" and (estimate is None or not np.isfinite(estimate))):
         return NO_INTERVAL
+    if method == "normal":
+        half = float(_z(level) * values.std(ddof=1))
+        return float(estimate) - half, float(estimate) + half
     low, high = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    if method == "basic":
+        return 2 * float(estimate) - float(high), 2 * float(estimate) - float(low)
+    if method != "percentile":
+        raise ValueError(f"unknown bootstrap interval method {method!r}: {' | '.join(METHODS)}")
     return float(low), float(high)
+
+
+def _z(level: float) -> float:
+    """The standard normal quantile of (1 + level) / 2."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 * (1 + level)))
 
 
 def weighted_means(values: np.ndarray, unit: np.ndarray, draws: np.ndarray) -> np.ndarray:

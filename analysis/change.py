@@ -14,7 +14,7 @@ their n and the floor. Buckets are compared at equal sample sizes: every measure
 the same number of tokens, drawn with `analysis.sample_seed`, and the same rows are used at every
 layer pair. Each row also holds `shuffled`: the same two views with the upper layer's rows permuted
 (one seeded permutation per group, the same at every layer pair), what "no correspondence" reads
-at that n, and `ci_low`, `ci_high`: the percentile bootstrap interval over the group's sentences
+at that n, and `ci_low`, `ci_high`: the bootstrap interval (analysis.bootstrap.method) over the group's sentences
 (analysis.bootstrap; the same draws at every layer pair). Writes
 `<paths.metrics>/change/<objective>/seed<n>.csv` with the columns
 `measure, objective, seed, layer_from, layer_to, bucket, distance, shuffled, n_tokens, ci_low, ci_high`.
@@ -84,12 +84,13 @@ def change_rows(dump: Dump, cfg: DictConfig) -> tuple[list[dict], BucketPlan]:
         lower, upper = upper, dump.states(layer + 1)
         for label, idx in groups.items():
             cov, shuffled = paired(lower[idx], upper[idx], perms[label], device=device)  # shared by the measures
-            ci, carried[label] = intervals(measures, lower[idx], upper[idx], dump.tokens["sentence_id"][idx], cfg,
-                                           boot, device, carried.get(label))
+            point = {measure: distance(measure, cov, cfg) for measure in measures}
+            ci, carried[label] = intervals(measures, point, lower[idx], upper[idx], dump.tokens["sentence_id"][idx],
+                                           cfg, boot, device, carried.get(label))
             for measure in measures:
                 rows.append({"measure": measure, "objective": dump.objective, "seed": dump.seed,
                              "layer_from": layer, "layer_to": layer + 1, "bucket": label,
-                             "distance": distance(measure, cov, cfg), "shuffled": distance(measure, shuffled, cfg),
+                             "distance": point[measure], "shuffled": distance(measure, shuffled, cfg),
                              "n_tokens": len(idx), "ci_low": ci[measure][0], "ci_high": ci[measure][1]})
     return rows, plan
 

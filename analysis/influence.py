@@ -33,7 +33,7 @@ permutation per bucket, the same at every layer), what "no correspondence" reads
 Reads the checkpoint (model.pt) and the dump's token table (the same sentences and frequency ranks
 as every other measurement); writes `<paths.metrics>/influence/<objective>/seed<n>.csv` with the
 columns `measure, objective, seed, layer, bucket, affected, distance, shuffled, n_pairs,
-n_influencers, ci_low, ci_high` (the last two: the percentile bootstrap interval over the influencing
+n_influencers, ci_low, ci_high` (the last two: the bootstrap interval over the influencing
 tokens' sentences, analysis.bootstrap).
 """
 from __future__ import annotations
@@ -285,10 +285,11 @@ def influence_rows(model: Model, dump: Dump, cfg: DictConfig, device: torch.devi
             index = torch.as_tensor(take, device=usual.device)
             cov, shuffled = paired(usual[index], with_removal[index], perm, device=device)
             # intervals over the influencing tokens' sentences (every pair of a sentence drawn together)
-            ci = intervals([measure], usual[index], with_removal[index], sentence_of[influencers[k][take]], cfg, boot,
-                           device)[0][measure]
+            point = distance(measure, cov, cfg)
+            ci = intervals([measure], {measure: point}, usual[index], with_removal[index],
+                           sentence_of[influencers[k][take]], cfg, boot, device)[0][measure]
             rows.append({"measure": measure, "objective": dump.objective, "seed": dump.seed, "layer": layer,
-                         "bucket": labels[k], "affected": affected, "distance": distance(measure, cov, cfg),
+                         "bucket": labels[k], "affected": affected, "distance": point,
                          "shuffled": distance(measure, shuffled, cfg), "n_pairs": len(take),
                          "n_influencers": len(np.unique(influencers[k][take])), "ci_low": ci[0], "ci_high": ci[1]})
     rows.sort(key=lambda r: (r["layer"], labels.index(r["bucket"])))

@@ -51,11 +51,11 @@ def paired(x: View, y: View, perm: np.ndarray, device: torch.device | str | None
     return (Covariances(sx, xc.T @ yc / (n - 1), sy, n), Covariances(sx, xc.T @ yc[index] / (n - 1), sy, n))
 
 
-def intervals(measures: list[str], x: View, y: View, sentence_ids: np.ndarray, cfg: DictConfig,
-              boot: bootstrap.Plan, device: torch.device | str | None = None,
+def intervals(measures: list[str], estimates: dict[str, float], x: View, y: View, sentence_ids: np.ndarray,
+              cfg: DictConfig, boot: bootstrap.Plan, device: torch.device | str | None = None,
               x_resampled: bootstrap.Resampled | None = None) -> tuple[dict[str, tuple[float, float]],
                                                                        bootstrap.Resampled | None]:
-    """Percentile bootstrap intervals over probe sentences of every measure's distance between x (n, d1)
+    """Bootstrap intervals over probe sentences (boot.method) of every measure's distance `estimates[m]` between x (n, d1)
     and y (n, d2) (rows: the same tokens, of the sentences `sentence_ids` (n,)): resampled covariances
     from per-unit sums (analysis.bootstrap), x's decompositions shared by the measures. Returns
     ({measure: (low, high)}, y's resampled sums, to pass back as `x_resampled` when y is the next
@@ -67,7 +67,7 @@ def intervals(measures: list[str], x: View, y: View, sentence_ids: np.ndarray, c
     rx = x_resampled or bootstrap.Resampled(centre(x, device=device), unit, draws)
     ry = bootstrap.Resampled(centre(y, device=device), unit, draws)
     covs = bootstrap.resampled_covariances(rx, ry)
-    return {m: bootstrap.interval([distance(m, c, cfg) for c in covs], boot.level) for m in measures}, ry
+    return {m: boot.interval([distance(m, c, cfg) for c in covs], estimates[m]) for m in measures}, ry
 
 
 class Moments:

@@ -17,12 +17,12 @@ Targets (rows = occurrences; "top types" = freq_rank <= analysis.mi.top_types):
   `output` (label = the original token, label_id) and `input_masked` (label = what the model was fed,
   input_id). Both targets share these rows and so one clustering per layer.
 The main `n_clusters` is measured for every model; the `sweep` only for the first seed of each
-objective in `workflow.seeds`. Rows at the main `n_clusters` carry percentile bootstrap intervals over
-probe sentences of mi and mi_corrected (the clustering fixed; analysis.bootstrap); the sweep's rows
+objective in `workflow.seeds`. Rows at the main `n_clusters` carry bootstrap intervals over probe
+sentences of mi and mi_corrected (the clustering fixed; analysis.bootstrap); the sweep's rows
 carry none (nan), to keep the cost down. At the main count the clustering is restarted
 `analysis.mi.restarts` times (k-means seeds seed, seed + 1, ...): mi, mi_shuffled and mi_corrected
 are the restarts' means, mi_sd and mi_corrected_sd their standard deviations (nan for one restart),
-and the intervals are those of the first restart's clustering. Writes `<paths.metrics>/mi/<objective>/seed<n>.csv`.
+and the intervals are centred on the means with the spread of the first restart's clustering. Writes `<paths.metrics>/mi/<objective>/seed<n>.csv`.
 """
 from __future__ import annotations
 
@@ -111,14 +111,15 @@ def mutual_information(states: np.ndarray | torch.Tensor, labels: np.ndarray, n_
 
 
 def mi_intervals(clusters: np.ndarray, labels: np.ndarray, seed: int, unit: np.ndarray, draws: np.ndarray,
-                 level: float) -> tuple[float, float, float, float]:
-    """Percentile bootstrap intervals of the plug-in MI and of the corrected MI of a fixed clustering
-    (clusters, labels: (n,)), resampling the units (sentences) of the rows with the counts `draws`
-    (B, G): the same permuted labels as `mi_of_clusters` give the chance level on every resample."""
+                 boot: bootstrap.Plan, mi: float, corrected: float) -> tuple[float, float, float, float]:
+    """Bootstrap intervals (boot.method) of the plug-in MI `mi` and of the corrected MI `corrected`
+    from a fixed clustering (clusters, labels: (n,)), resampling the units (sentences) of the rows
+    with the counts `draws` (B, G): the same permuted labels as `mi_of_clusters` give the chance
+    level on every resample."""
     shuffled = np.random.default_rng(seed).permutation(np.asarray(labels))
-    mi = bootstrap.resampled_mi(labels, clusters, unit, draws)
+    resampled = bootstrap.resampled_mi(labels, clusters, unit, draws)
     chance = bootstrap.resampled_mi(shuffled, clusters, unit, draws)
-    return (*bootstrap.interval(mi, level), *bootstrap.interval(mi - chance, level))
+    return (*boot.interval(resampled, mi), *boot.interval(resampled - chance, corrected))
 
 
 # ---------------------------------------------------------------- which rows, which labels
@@ -227,10 +228,11 @@ def run(cfg: DictConfig) -> Path:
                                       device=device).labels for i in range(restarts if main else 1)]
                 for target, labels in rs.labels.items():
                     ests = [mi_of_clusters(clusters, labels, seed) for clusters in clusterings]
-                    ci = (mi_intervals(clusterings[0], labels, seed, resampling[id(rs)][0], draws[id(rs)], boot.level)
-                          if main and id(rs) in draws else 2 * bootstrap.NO_INTERVAL)
                     mean = {key: float(np.mean([getattr(e, key) for e in ests]))
                             for key in ("mi", "mi_shuffled", "mi_corrected")}
+                    ci = (mi_intervals(clusterings[0], labels, seed, resampling[id(rs)][0], draws[id(rs)], boot,
+                                       mean["mi"], mean["mi_corrected"])
+                          if main and id(rs) in draws else 2 * bootstrap.NO_INTERVAL)
                     spread = {f"{key}_sd": float(np.std([getattr(e, key) for e in ests], ddof=1)) if len(ests) > 1
                               else float("nan") for key in ("mi", "mi_corrected")}
                     out_rows.append({"objective": objective, "seed": int(cfg.seed), "layer": layer,

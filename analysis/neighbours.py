@@ -10,7 +10,7 @@ whose left (right) neighbouring token equals the query's (`left_token`, `right_t
 
 A token at the start (end) of its sentence has no left (right) token: it is given a sentinel that
 never matches, so such a query counts with a share of 0 and such a neighbour never counts as a match.
-Every value has a percentile bootstrap interval over the queries' sentences (analysis.bootstrap).
+Every value has a bootstrap interval over the queries' sentences (analysis.bootstrap).
 Writes `<paths.metrics>/neighbours/<objective>/seed<n>.csv`.
 """
 from __future__ import annotations
@@ -142,10 +142,11 @@ def run(cfg: DictConfig) -> Path:
         nn = nearest_neighbours(dump.states(layer), queries, k, metric, device)
         for prop, values in per_query_properties(nn, queries, dump.tokens).items():
             ok = np.isfinite(values)
-            ci = (bootstrap.interval(bootstrap.weighted_means(values, unit, draws), boot.level)
+            value = float(values[ok].mean()) if ok.any() else float("nan")
+            ci = (boot.interval(bootstrap.weighted_means(values, unit, draws), value)
                   if draws is not None else bootstrap.NO_INTERVAL)
             rows.append({"objective": objective, "seed": int(cfg.seed), "layer": layer, "property": prop,
-                         "k": k, "metric": metric, "value": float(values[ok].mean()) if ok.any() else float("nan"),
+                         "k": k, "metric": metric, "value": value,
                          "n_queries": int(ok.sum()), "ci_low": ci[0], "ci_high": ci[1]})
         log.info("layer %d done in %.1f s", layer, time.perf_counter() - t)
     path = write_table(part_path(cfg, "neighbours"), "neighbours", rows, section(cfg, "neighbours"), started,

@@ -376,7 +376,7 @@ def run(cfg: DictConfig) -> Path:
     objectives of one seed (same_init: the study's design), of two seeds (different_init), one
     objective of two seeds (seed_baseline: the "init." baseline), or the step-0 control (init).
     Each (model, layer) covariance is computed and decomposed once and shared by all its pairs.
-    `ci_low`, `ci_high`: the percentile bootstrap interval over the sampled tokens' sentences
+    `ci_low`, `ci_high`: the bootstrap interval over the sampled tokens' sentences
     (analysis.bootstrap), each model's resampled covariances likewise shared by its pairs."""
     from tqdm.auto import tqdm
 
@@ -431,8 +431,8 @@ def run(cfg: DictConfig) -> Path:
                     distance, level = (distance_from_covariances(measure, Covariances(spectra[a], sxy, spectra[b], n),
                                                                  s["ridge"], s["svcca_variance"])
                                        for sxy in (covs[a, b], shuffled[a, b]))
-                    ci = bootstrap.interval([distance_from_covariances(measure, c, s["ridge"], s["svcca_variance"])
-                                             for c in boot_covs], boot.level)
+                    ci = boot.interval([distance_from_covariances(measure, c, s["ridge"], s["svcca_variance"])
+                                        for c in boot_covs], distance)
                     rows.append({"measure": measure, "pair": pairs[a, b],
                                  "objective_a": a[0], "seed_a": a[1], "objective_b": b[0],
                                  "seed_b": b[1], "layer": layer, "distance": distance, "shuffled": level,

@@ -17,7 +17,7 @@ from pipeline.store import PipelineError, config_hash, read_json, versions, writ
 
 # Columns of every table, in order (the report and the tests read them by name). `shuffled`: the same
 # distance with one view's rows permuted, at the same n (the no-correspondence level). `ci_low`,
-# `ci_high`: the percentile bootstrap interval over probe sentences of the row's estimate
+# `ci_high`: the bootstrap interval (analysis.bootstrap.method) over probe sentences of the row's estimate
 # (analysis.bootstrap; nan where none was drawn); MI's `corrected_ci_*` is that of mi_corrected, and
 # `mi_sd`, `mi_corrected_sd` the spread over k-means restarts (analysis.mi.restarts).
 INTERVAL_COLUMNS = ("ci_low", "ci_high")

@@ -19,7 +19,8 @@ def _resampled_rows(sid: np.ndarray, unit: np.ndarray, draw: np.ndarray) -> np.n
     return np.concatenate([np.flatnonzero(unit == g) for g in range(len(draw)) for _ in range(draw[g])])
 
 
-def test_interval_covers_the_true_mean_at_about_the_nominal_rate():
+@pytest.mark.parametrize("method", ["normal", "percentile", "basic"])
+def test_interval_covers_the_true_mean_at_about_the_nominal_rate(method):
     rng = np.random.default_rng(0)
     covered = 0
     for trial in range(200):
@@ -27,9 +28,33 @@ def test_interval_covers_the_true_mean_at_about_the_nominal_rate():
         effect = rng.normal(size=80)[sid]  # tokens of one sentence are correlated
         values = 1.0 + effect + rng.normal(size=len(sid))
         unit, g = units(sid, None, trial)
-        low, high = interval(weighted_means(values, unit, counts(g, 200, trial)), 0.95)
+        low, high = interval(weighted_means(values, unit, counts(g, 200, trial)), 0.95, values.mean(), method)
         covered += low <= 1.0 <= high
     assert 0.88 <= covered / 200 <= 0.99
+
+
+def test_resampling_shifts_the_corrected_mi_and_the_normal_interval_stays_on_its_estimate():
+    """Known behaviour that picked the default method: a resample repeats whole sentences, so it
+    holds fewer distinct rows; the chance level of a plug-in MI with many cells grows with that more
+    than a strong MI does, and every resample's corrected MI falls below the estimate. The percentile
+    interval then misses the estimate it is for; the normal one is centred on it, its width the
+    resamples' spread."""
+    rng = np.random.default_rng(4)
+    sid = _sentences(1500, rng)
+    labels = rng.integers(0, 300, len(sid))
+    clusters = np.where(rng.random(len(sid)) < 0.7, labels, rng.integers(0, 300, len(sid)))  # high MI
+    shuffled = rng.permutation(labels)
+    corrected = plugin_mi(labels, clusters) - plugin_mi(shuffled, clusters)
+    unit, g = units(sid, None, 0)
+    draws = counts(g, 200, 0)
+    values = resampled_mi(labels, clusters, unit, draws) - resampled_mi(shuffled, clusters, unit, draws)
+    low, high = interval(values, 0.95, corrected, "percentile")
+    assert high < corrected  # the shift, larger than the spread
+    low, high = interval(values, 0.95, corrected, "normal")
+    assert low < corrected < high
+    assert high - low == pytest.approx(2 * 1.959964 * values.std(ddof=1))
+    low_b, high_b = interval(values, 0.95, corrected, "basic")
+    assert low_b > corrected - (high - low)  # reflected: the shift pushes it above the estimate
 
 
 def test_units_keep_sentences_whole_and_respect_the_group_bound():

@@ -200,7 +200,10 @@ def test_restarts_give_the_mean_and_spread_at_the_main_count_only(tmp_path):
         if r3["n_clusters"] == "8":  # the main count: three clusterings, their mean and spread
             assert all(s >= 0 for s in spread)
             assert float(r3["mi_corrected"]) == pytest.approx(float(r3["mi"]) - float(r3["mi_shuffled"]))
-            assert r1["ci_low"] == r3["ci_low"]  # intervals from the first restart's clustering
+            # the interval: centred on the restarts' mean, its width that of the first restart's clustering
+            width = float(r1["ci_high"]) - float(r1["ci_low"])
+            assert float(r3["ci_high"]) - float(r3["ci_low"]) == pytest.approx(width)
+            assert (float(r3["ci_low"]) + float(r3["ci_high"])) / 2 == pytest.approx(float(r3["mi"]))
         else:  # the sweep: one clustering, the same as before
             assert all(np.isnan(spread)) and r1["mi"] == r3["mi"]
         assert np.isnan(float(r1["mi_sd"]))
