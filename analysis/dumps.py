@@ -118,11 +118,13 @@ def load_grid(cfg: DictConfig) -> dict[tuple[str, int], Dump]:
 
 
 def check_aligned(dumps: list[Dump]) -> None:
-    """Fail unless every dump has the same rows (sentence, position, token) in the same order."""
+    """Fail unless every dump has the same rows (sentence, position, token) in the same order; an
+    MLM masked run of several maskings holds those rows once per masking."""
     first = dumps[0]
     for other in dumps[1:]:
+        copies = int(other.meta.get("maskings", 1)) if other.meta.get("masked") else 1
         for column in ("sentence_id", "position", "token_id"):
-            if not np.array_equal(first.tokens[column], other.tokens[column]):
+            if not np.array_equal(np.tile(first.tokens[column], copies), other.tokens[column]):
                 raise PipelineError(f"{other.folder} and {first.folder} do not hold the same probe tokens "
                                     f"(column {column} differs): dump them again with the same data and tokenizer")
 

@@ -9,7 +9,9 @@ Reads `<paths.model>/model.pt` alone (args + weights), the tokenizer in `paths.t
 - `tokens.tsv`: one line per row: sentence_id, position, token_id, token, sentence_length, freq_rank;
 - `meta.json`: sizes, dtype, objective, seed, the checkpoint's sha256 and training summary;
 - `masked/` (MLM only, `dump.mlm_masked`): the same with the input masked as in training, plus the
-  columns masked (0 untouched, 1 [MASK], 2 random, 3 chosen but kept), input_id and label_id;
+  columns masked (0 untouched, 1 [MASK], 2 random, 3 chosen but kept), input_id, label_id and masking:
+  the probe set once per masking (`dump.mlm_maskings` independent ones), masking m's rows after
+  those of 0 .. m - 1, each with its probe sentence's sentence_id;
 - `stage.json`: written last; a dump with the same config and checkpoint is not made again.
 
 `objective=init` (conf/objective/init.yaml) dumps the step-0 control instead: the untrained stack
@@ -54,7 +56,7 @@ MASKED_DIR = "masked"
 INIT_BUILT_AS = "mlm"
 PARTIAL = ".partial"  # suffix of files being written; never read, removed or overwritten by a rerun
 TOKEN_COLUMNS = ("sentence_id", "position", "token_id", "token", "sentence_length", "freq_rank")
-MASKED_COLUMNS = (*TOKEN_COLUMNS, "masked", "input_id", "label_id")
+MASKED_COLUMNS = (*TOKEN_COLUMNS, "masked", "input_id", "label_id", "masking")
 DTYPES = {"float16": np.float16, "float32": np.float32}
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -235,23 +237,27 @@ class DumpSet:
     """One set of outputs: the inputs fed for each kept sentence and where their states go."""
 
     folder: Path
-    inputs: list[np.ndarray]
+    inputs: list[np.ndarray]  # copies x kept sentences: copy c of sentence i at c * n_sentences + i
     columns: dict[str, Sequence[Any]]
     meta: dict[str, Any]
     writer: LayerWriter | None = None
+    copies: int = 1  # the probe set fed this many times (MLM's masked run: one copy per masking)
 
 
 def write_states(model: Model, dset: DumpSet, probe: Probe, sp: Specials, batches: list[np.ndarray],
                  device: torch.device, dtype: str, progress: bool, desc: str) -> None:
-    """Fill `dset.writer` batch by batch; rows go back to their place in probe order."""
+    """Fill `dset.writer` batch by batch; rows go back to their place in probe order (copy c of the
+    probe set after copies 0 .. c - 1)."""
     from tqdm.auto import tqdm
 
     out_dtype = _TORCH_DTYPES[dtype]
-    lengths, offsets = probe.lengths, probe.offsets
-    with tqdm(total=probe.n_tokens, unit="tok", desc=desc, disable=None if progress else True,
+    lengths, n_sentences = probe.lengths, len(probe.tokens)
+    with tqdm(total=probe.n_tokens * dset.copies, unit="tok", desc=desc, disable=None if progress else True,
               mininterval=2.0) as bar, torch.inference_mode():
-        for idx in batches:
-            x = pad([[sp.bos, *dset.inputs[i].tolist(), sp.eos] for i in idx], sp.pad).to(device)
+        for copy, idx in ((c, idx) for c in range(dset.copies) for idx in batches):
+            offsets = probe.offsets + copy * probe.n_tokens
+            x = pad([[sp.bos, *dset.inputs[copy * n_sentences + i].tolist(), sp.eos] for i in idx],
+                    sp.pad).to(device)
             _, states = model.encode(x, return_states=True)  # L + 1 tensors (B, T, d_model)
             # Cast on the device, one layer at a time, dropping each fp32 state at once: no stacked
             # copy of the whole batch, so the peak stays near what the forward pass needs anyway.
@@ -337,6 +343,7 @@ def dump(cfg: DictConfig) -> Path:
     batch_tokens = require(cfg, "dump.batch_tokens", positive_int, "must be a positive integer")
     dtype = require(cfg, "dump.dtype", lambda v: v in DTYPES, f"expected one of {sorted(DTYPES)}")
     mask_seed = require(cfg, "dump.mask_seed", is_int, "must be an integer")
+    maskings = require(cfg, "dump.mlm_maskings", positive_int, "must be a positive integer")
     device = resolve_device(str(cfg.dump.device), "dump.device")
     tok = Tokenizer.load(cfg.paths.tokenizer)
     model, ckpt = _save_initial(cfg, tok, ckpt_path) if initial else _load_checkpoint(cfg, ckpt_path)
@@ -370,14 +377,23 @@ def dump(cfg: DictConfig) -> Path:
     columns = _token_columns(probe, tok, ranks)
     sets = [DumpSet(out, probe.tokens, columns, meta)]
     if model_kind == "mlm" and bool(cfg.dump.mlm_masked):
-        inputs, kind = mask_probe(probe, sp, int(mask_seed), objective)
-        masked_columns = {**columns, "masked": kind, "input_id": np.concatenate(inputs),
-                          "label_id": columns["token_id"]}
-        masked_meta = {**meta, "masked": True, "columns": list(MASKED_COLUMNS), "mask_seed": int(mask_seed),
+        # `maskings` independent maskings (seeds mask_seed, mask_seed + 1, ..), one copy of the probe
+        # set each, so that the masked targets have enough rows; sentence_id stays the probe
+        # sentence's, so every resample over sentences draws all of its maskings together
+        masks = [mask_probe(probe, sp, int(mask_seed) + m, objective) for m in range(int(maskings))]
+        inputs = [sentence for sentence_inputs, _ in masks for sentence in sentence_inputs]
+        kind = np.concatenate([k for _, k in masks])
+        masked_columns = {**{name: np.tile(np.asarray(col, dtype=object if name == "token" else None), len(masks))
+                             for name, col in columns.items()},
+                          "masked": kind, "input_id": np.concatenate(inputs),
+                          "label_id": np.tile(columns["token_id"], len(masks)),
+                          "masking": np.repeat(np.arange(len(masks)), probe.n_tokens)}
+        masked_meta = {**meta, "n_tokens": probe.n_tokens * len(masks), "masked": True,
+                       "columns": list(MASKED_COLUMNS), "mask_seed": int(mask_seed), "maskings": len(masks),
                        "mask_prob": objective.get("mask_prob"), "mask_token_prob": objective.get("mask_token_prob"),
                        "random_token_prob": objective.get("random_token_prob"),
                        "chosen_share": float((kind > 0).mean())}
-        sets.append(DumpSet(out / MASKED_DIR, inputs, masked_columns, masked_meta))
+        sets.append(DumpSet(out / MASKED_DIR, inputs, masked_columns, masked_meta, copies=len(masks)))
 
     _remove_outputs(out)
     batches = length_batches(probe.lengths, int(batch_tokens))
@@ -386,7 +402,7 @@ def dump(cfg: DictConfig) -> Path:
     progress = bool(OmegaConf.select(cfg, "train.progress", default=True))
     try:
         for dset in sets:
-            dset.writer = LayerWriter(dset.folder, n_layers + 1, probe.n_tokens, d_model, DTYPES[dtype])
+            dset.writer = LayerWriter(dset.folder, n_layers + 1, probe.n_tokens * dset.copies, d_model, DTYPES[dtype])
             write_token_table(partial_path(dset.folder / TOKENS_FILE), dset.columns)
             write_states(model, dset, probe, sp, batches, device, dtype, progress,
                          f"{meta['objective']} seed {meta['seed']}{' masked' if dset.meta['masked'] else ''}")

@@ -44,7 +44,8 @@ def write_fake_dump(folder: Path, states: list[np.ndarray], columns: dict, objec
     kind = kind or objective.split("_")[0]
     sets = [(folder, states, columns, TOKEN_COLUMNS)]
     if masked is not None:
-        sets.append((folder / MASKED_DIR, masked[0], {**columns, **masked[1]}, MASKED_COLUMNS))
+        sets.append((folder / MASKED_DIR, masked[0], {"masking": np.zeros(len(columns["token_id"]), dtype=np.int64),
+                                                      **columns, **masked[1]}, MASKED_COLUMNS))  # one masking
     for sub, arrays, cols, names in sets:
         sub.mkdir(parents=True, exist_ok=True)
         n, d = arrays[0].shape

@@ -129,8 +129,10 @@ def test_states_equal_a_direct_encode(root, dumps, tok, objective, masked):
     folder = dumps[objective, 1] / ("masked" if masked else "")
     table, arrays = read_tokens(folder), layers(folder)
     lengths = table["sentence_length"]
-    for sid in (table["sentence_id"][0], table["sentence_id"][np.argmax(lengths)], table["sentence_id"][-1]):
-        rows = np.flatnonzero(table["sentence_id"] == sid)
+    masking = table["masking"] if masked else np.zeros(len(lengths), dtype=np.int64)
+    for sid, m in ((table["sentence_id"][0], 0), (table["sentence_id"][np.argmax(lengths)], 0),
+                   (table["sentence_id"][-1], masking[-1])):  # the last row: the last masking's
+        rows = np.flatnonzero((table["sentence_id"] == sid) & (masking == m))
         assert rows.tolist() == list(range(rows[0], rows[0] + lengths[rows[0]]))  # contiguous, in order
         ids = table["input_id" if masked else "token_id"][rows].tolist()
         for layer, (want, got) in enumerate(zip(_direct_states(root, objective, 1, ids, tok), arrays)):
@@ -149,8 +151,13 @@ def test_mlm_masked_set(dumps, tok):
     table = read_tokens(dumps["mlm", 1] / "masked")
     assert list(table) == list(MASKED_COLUMNS)
     plain = read_tokens(dumps["mlm", 1])
-    for name in TOKEN_COLUMNS:
-        assert np.array_equal(table[name], plain[name]), name
+    maskings = read_json(dumps["mlm", 1] / "masked" / "meta.json")["maskings"]
+    assert maskings == 4 and len(table["masking"]) == maskings * len(plain["token_id"])
+    for name in TOKEN_COLUMNS:  # the probe set once per masking, in order
+        assert np.array_equal(table[name], np.tile(plain[name], maskings)), name
+    assert np.array_equal(table["masking"], np.repeat(np.arange(maskings), len(plain["token_id"])))
+    chosen_by = table["masked"].reshape(maskings, -1) > 0
+    assert all(not np.array_equal(chosen_by[0], chosen_by[m]) for m in range(1, maskings))  # independent masks
     kind, inp, orig = table["masked"], table["input_id"], table["token_id"]
     assert np.array_equal(table["label_id"], orig)
     chosen = kind > 0
