@@ -221,7 +221,8 @@ def mi_ordered(mi: Rows | None, objective: str, target: str, crit: Criteria, ris
     for corrected in (False, True):
         est = mi_estimates(mi, objective, target, crit, corrected)
         first, last = est[min(est)], est[max(est)]
-        kind = f" ({'corrected' if corrected else 'plug-in'}, last vs first layer)"
+        # the numbers come in the order named: "a vs b" of ordered(a, b)
+        kind = f" ({'corrected' if corrected else 'plug-in'}, {'last vs first' if rising else 'first vs last'} layer)"
         parts.append(ordered(last, first, what + kind, crit.mi_tolerance, otherwise + kind) if rising
                      else ordered(first, last, what + kind, 0.0, otherwise + kind))
     return all_parts(parts, what)

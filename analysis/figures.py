@@ -1,12 +1,13 @@
 """The report's figures, drawn with matplotlib (Agg) from typed table rows and returned as bytes.
 
-Every layer-wise curve is the mean over seeds; with more than one seed a band spans their minimum to
-maximum. The study's numbers (`analysis.reference`) are drawn as dashed lines, at relative depth
+Every layer-wise curve is the mean over seeds, each seed's own curve thin beside it; a band spans
+the lowest to the highest of the seeds' values and their bootstrap intervals (ci_low .. ci_high). The study's numbers (`analysis.reference`) are drawn as dashed lines, at relative depth
 when this run's stack has another number of layers than the study's six.
 """
 from __future__ import annotations
 
 import io
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -83,22 +84,39 @@ def panels(n: int, ncols: int, width: float = 3.4, height: float = 2.6, sharey: 
     return fig, flat[:n]
 
 
+# The bootstrap interval columns of each value column (analysis/tables.py).
+INTERVALS = {"mi": ("ci_low", "ci_high"), "mi_corrected": ("corrected_ci_low", "corrected_ci_high"),
+             "distance": ("ci_low", "ci_high"), "value": ("ci_low", "ci_high")}
+SEED_COLUMNS = ("seed", "seed_a", "seed_b")
+
+
+def _bounds(row: Mapping[str, Any], value: str) -> tuple[float, float]:
+    """The row's bootstrap interval of `value`, or the value itself where it has none."""
+    v = float(row[value])
+    low, high = (float(row.get(c) if row.get(c) is not None else math.nan) for c in INTERVALS.get(value, ("", "")))
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else (v, v)
+
+
 def spread(rows: Rows, x: str, value: str, **where: Any) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, int]:
-    """(xs, mean, min, max, most values at one x) of `value` over the rows matching `where`."""
-    groups: dict[Any, list[float]] = defaultdict(list)
+    """(xs, mean, low, high, most values at one x) of `value` over the rows matching `where`: the
+    mean over the seeds, and a band from the lowest to the highest of the seeds' values and their
+    bootstrap intervals (so it shows both the seeds' spread and each estimate's noise)."""
+    groups: dict[Any, list[tuple[float, float, float]]] = defaultdict(list)
     for row in rows:
         if all(row.get(k) == v for k, v in where.items()) and not np.isnan(float(row[value])):
-            groups[row[x]].append(float(row[value]))
+            groups[row[x]].append((float(row[value]), *_bounds(row, value)))
     xs = sorted(groups)
     vals = [groups[k] for k in xs]
-    return (xs, np.array([statistics.fmean(v) for v in vals]), np.array([min(v) for v in vals]),
-            np.array([max(v) for v in vals]), max((len(v) for v in vals), default=0))
+    return (xs, np.array([statistics.fmean(v for v, _, _ in g) for g in vals]),
+            np.array([min(min(v, lo) for v, lo, _ in g) for g in vals]),
+            np.array([max(max(v, hi) for v, _, hi in g) for g in vals]), max((len(g) for g in vals), default=0))
 
 
 def draw_spread(ax, rows: Rows, x: str, value: str, colour_: str, label: str, lw: float = 1.6,
                 ls: str = "-", **where: Any) -> bool:
-    """The seed mean of `value` per `x` over the rows matching `where`, with the seeds' range as a
-    band; the step-0 control's solid curves are drawn dashed and thinner, as a reference."""
+    """The seed mean of `value` per `x` over the rows matching `where`, every seed's own curve thin
+    beside it, and a band over the seeds' values and their bootstrap intervals (`spread`); the
+    step-0 control's solid curves are drawn dashed and thinner, as a reference."""
     xs, mean, lo, hi, n = spread(rows, x, value, **where)
     if not xs:
         return False
@@ -106,6 +124,11 @@ def draw_spread(ax, rows: Rows, x: str, value: str, colour_: str, label: str, lw
         ls, lw = INIT_LS, min(lw, 1.2)
     ax.plot(xs, mean, color=colour_, lw=lw, ls=ls, marker="o", ms=2.5, label=label)
     if n > 1:
+        mine = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+        for key in sorted({tuple(r.get(c) for c in SEED_COLUMNS) for r in mine}, key=str):
+            sx, sm, _, _, _ = spread([r for r in mine if tuple(r.get(c) for c in SEED_COLUMNS) == key], x, value)
+            ax.plot(sx, sm, color=colour_, lw=0.6, ls=ls, alpha=0.55, label="_")
+    if np.any(hi > lo):
         ax.fill_between(xs, lo, hi, color=colour_, alpha=0.18, lw=0)
     return True
 
@@ -237,7 +260,7 @@ def mi_sweep(rows: Rows, which: Sequence[tuple[str, str]], style: Style) -> tupl
 def similarity(rows: Rows, measures: Sequence[str], pairs: Sequence[tuple[str, str]], n_layers: int,
                style: Style) -> tuple[bytes, str]:
     """Distance at each layer between two objectives: models of the same seed (as `claims.cross_task`
-    picks them; band: their range), and thin dash-dotted beside them models of different seeds;
+    picks them; band: their values and intervals), and thin dash-dotted beside them models of different seeds;
     each objective's seed baseline (same objective, different seeds, grey dotted); the step-0
     controls of two seeds (grey dashed); the study's PWCCA dashed in the pair's colour."""
     fig, axes = panels(len(measures), 3, width=3.8, height=3.0)
@@ -344,7 +367,7 @@ def influence(rows: Rows, layout: Sequence[Sequence[str]], measure: str, style: 
                 pos, mean, lo, hi = np.asarray(pos)[order], mean[order], lo[order], hi[order]
                 if len(pos):
                     ax.plot(pos, mean, color=shades[layer], marker="o", ms=2.5, lw=1.3, label=f"layer {layer}")
-                    if n > 1:
+                    if np.any(hi > lo):  # the seeds' values and their bootstrap intervals
                         ax.fill_between(pos, lo, hi, color=shades[layer], alpha=0.15, lw=0)
                 here = [x for x in mine if x["objective"] == objective and x["layer"] == layer
                         and x.get("shuffled") is not None]

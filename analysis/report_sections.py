@@ -2,6 +2,8 @@
 `Experiment`, draws its figures and tables, and says "not measured" (and why) for whatever is absent."""
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 from omegaconf import OmegaConf
@@ -57,6 +59,12 @@ def _ends(curve: dict) -> str:
 
 # ---------------------------------------------------------------- §3 mutual information
 
+def _restarts(rows) -> str:
+    """How many k-means restarts the rows' means are over (from the spread column: nan for one)."""
+    many = any(math.isfinite(float(r.get("mi_sd") if r.get("mi_sd") is not None else math.nan)) for r in rows)
+    return "each value the mean of the k-means restarts, analysis.mi.restarts" if many else "one k-means clustering"
+
+
 def mi_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section:
     s = Section("mi", "Mutual information with the input and the output")
     s.add(para("Plug-in MI (nats) between k-means clusters of a layer's states and a label; the chance level "
@@ -75,7 +83,7 @@ def mi_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section
     if inputs:  # the untrained stack (init) is drawn in every trained objective's panel, not in its own
         drawn = [(o, t) for o, t in inputs if o != INIT] or inputs
         _fig(s, figures.mi_panels(main, drawn, k, exp.n_layers, style), "MI with the input per layer",
-             f"MI with the input token, {k} clusters; band: seeds' range. Grey dashed: the untrained stack of "
+             f"MI with the input token, {k} clusters ({_restarts(main)}); band: the seeds' values and their 95% bootstrap intervals, thin lines: each seed. Grey dashed: the untrained stack of "
              f"the same seeds (init), what the architecture and the initialisation alone keep. {_depth_note(exp)} "
              "The study's values are plug-in estimates without a chance correction.")
     else:
@@ -92,7 +100,9 @@ def mi_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section
     if swept:
         _fig(s, figures.mi_sweep(rows, swept, style), "MI per number of clusters",
              "The cluster sweep: corrected MI (solid) and chance level (dotted) for each number of clusters. "
-             "The plug-in estimate grows with the clusters; the corrected one should move much less.")
+             "The plug-in estimate grows with the clusters; the corrected one should move much less. With the "
+             "input, the largest count is at least the number of token types measured (analysis.mi.top_types): "
+             "how far the curve moves up to it shows what too few clusters cost.")
     else:
         s.add(note("No cluster sweep: every row has the same number of clusters."))
     body = []
@@ -128,7 +138,7 @@ def similarity_section(exp: Experiment, style: figures.Style, crit: Criteria) ->
     pairs = [(a, b) for a, b in (("mt", "mlm"), ("lm", "mt"), ("lm", "mlm")) if a in present and b in present]
     _fig(s, figures.similarity(rows, measures, pairs, exp.n_layers, style), "distance between tasks per layer",
          "Cross-task distances between models of the same seed, i.e. the same initialisation (solid; band: "
-         "their range over seeds), between models of different seeds (thin dash-dotted), seed baselines: one "
+         "the seeds' values and their 95% bootstrap intervals, thin lines: each seed), between models of different seeds (thin dash-dotted), seed baselines: one "
          "objective, two seeds (grey dotted), and the untrained stacks of two seeds (grey dashed). "
          f"{_depth_note(exp)} Grey area: the study's seed baselines (.26–.37).")
     if not any(r["pair"] == SEED_BASELINE for r in rows):
@@ -230,7 +240,7 @@ def change_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Sec
     objectives = _ordered(exp, {r["objective"] for r in rows})
     if any(r["bucket"] == "all" and r["measure"] == measure for r in rows):
         _fig(s, figures.change_all(rows, objectives, measure, exp.n_layers, style), "change of all tokens",
-             f"All tokens, {_sizes([r for r in rows if r['bucket'] == 'all'], 'n_tokens')}; band: seeds' range. "
+             f"All tokens, {_sizes([r for r in rows if r['bucket'] == 'all'], 'n_tokens')}; band: the seeds' values and their 95% bootstrap intervals, thin lines: each seed. "
              f"{_depth_note(exp)} (the study gives MT's first and last). {SHUFFLED_NOTE} Log scale.")
     else:
         s.add(not_measured("change of all tokens", "no rows with bucket 'all'"))
@@ -268,7 +278,7 @@ def influence_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
     layout = [row for row in layout if row]
     layout += [[o] for o in _ordered(exp, present) if not any(o in row for row in layout)]
     _fig(s, figures.influence(rows, layout, measure, style), "influence per frequency bucket",
-         "Influence per rank bucket (frequent → rare), one line per layer; band: seeds' range; every bucket of a "
+         "Influence per rank bucket (frequent → rare), one line per layer; band: the seeds' values and their 95% bootstrap intervals, thin lines: each seed; every bucket of a "
          f"model measured with the same number of pairs ({_sizes(rows, 'n_pairs')}). Study: at layer 1 MT's "
          f"rarest bucket ≈ .006 against ≤ .002 for the others; with token dropout the excess disappears. "
          f"{SHUFFLED_NOTE} Log scale.")
@@ -301,7 +311,7 @@ def neighbours_section(exp: Experiment, style: figures.Style, crit: Criteria) ->
     k, metric = rows[0]["k"], rows[0]["metric"]
     objectives = _ordered(exp, {r["objective"] for r in rows})
     _fig(s, figures.neighbours(rows, objectives, exp.n_layers, style), "nearest-neighbour properties per layer",
-         f"k = {k}, {metric} distance; band: seeds' range. {_depth_note(exp)} (the study gives layers 1 and 6).")
+         f"k = {k}, {metric} distance; band: the seeds' values and their 95% bootstrap intervals, thin lines: each seed. {_depth_note(exp)} (the study gives layers 1 and 6).")
     missing = [p for p in figures.PROPERTIES if not any(r["property"] == p for r in rows)]
     if missing:
         s.add(not_measured(", ".join(missing), "no rows for these properties"))
