@@ -73,6 +73,9 @@ def check_settings(cfg: DictConfig) -> None:
             f"must be at least data.max_len + 2 = {cfg.data.max_len + 2}")
     require(cfg, "train.max_minutes", lambda v: v is None or (isinstance(v, (int, float)) and v > 0),
             "expected null or a positive number of minutes")
+    require(cfg, "train.plateau_min_evals", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
+                                                                    and v >= 4),
+            "expected null (no plateau stop) or an integer >= 4 (evaluations)")
     for key in ("objective.token_dropout", "objective.label_smoothing", "model.dropout"):
         require(cfg, key, lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "expected a number in [0, 1)")
     resolve_device(str(cfg.train.device))
@@ -322,6 +325,8 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
                 stop = "max_steps"
             elif state.bad_evals >= int(tcfg.patience):
                 stop = "early_stopping"
+            elif _plateaued(out, tcfg):
+                stop = "plateau"
             elif out_of_time:
                 stop = "max_minutes"
             _save_last(last, model, opt, sched, gen, state, cfg, chash)
@@ -330,6 +335,17 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
     if bar is not None:
         bar.close()
     return _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop, chash, stage_cfg, n_params)
+
+
+def _plateaued(out: Path, tcfg: DictConfig) -> bool:
+    """The dev loss has plateaued by `pipeline.convergence`'s rule (its last quarter improved it by
+    less than 1%), checked once the log holds `train.plateau_min_evals` evaluations (null: never),
+    so that a flat stretch early in training does not end it."""
+    least = tcfg.get("plateau_min_evals")
+    if least is None:
+        return False
+    entries = read_log(out)
+    return len(entries) >= int(least) and bool(convergence(entries)["converged"])
 
 
 def _save_last(path, model, opt, sched, gen, state, cfg, chash) -> None:

@@ -40,6 +40,17 @@ def test_loss_falls_for_every_objective(objective, smoke_cfg, shared_data, tmp_p
     assert not (tmp_path / "model" / "last.pt").exists()
 
 
+def test_plateau_stop_ends_a_flat_run_and_never_a_falling_one(smoke_cfg, shared_data, tmp_path):
+    """lr ~ 0: the dev loss cannot move, so the run stops at the first check (4 evaluations) as
+    plateaued; at the normal lr the smoke run's loss falls and it runs to max_steps."""
+    flat = train(cfg_for(smoke_cfg, shared_data, tmp_path / "flat", "objective=lm", "train.lr=1e-12",
+                         "train.plateau_min_evals=4", "train.max_steps=80"))
+    assert (flat["stop_reason"], flat["steps"]) == ("plateau", 40)
+    assert flat["convergence"]["converged"]
+    falling = train(cfg_for(smoke_cfg, shared_data, tmp_path / "falling", "objective=lm", "train.plateau_min_evals=4"))
+    assert falling["stop_reason"] == "max_steps" and not falling["convergence"]["converged"]
+
+
 def test_killed_run_resumes_to_the_same_weights(smoke_cfg, shared_data, tmp_path):
     """Uninterrupted vs killed after step 25 (last checkpoint: step 20) and started again."""
     straight = cfg_for(smoke_cfg, shared_data, tmp_path / "a", "objective=mlm", "train.eval_every=5")
@@ -83,6 +94,7 @@ def test_finished_run_is_not_repeated_but_a_changed_setting_retrains(smoke_cfg, 
     ("model.n_ctx=8", "model.n_ctx"),
     ("model.n_heads=3", "model.n_heads"),
     ("train.max_steps=0", "train.max_steps"),
+    ("train.plateau_min_evals=2", "train.plateau_min_evals"),
     ("objective.token_dropout=1.5", "objective.token_dropout"),
 ])
 def test_bad_settings_fail_before_any_work(override, key, smoke_cfg, tmp_path):
