@@ -45,9 +45,26 @@ def tokenizer_config(cfg: DictConfig) -> dict:
     return {**data_config(cfg), "tokenizer": to_plain(cfg.data.tokenizer)}
 
 
+def max_minutes(cfg: DictConfig) -> float | None:
+    """`train.max_minutes` for this run's objective: a number (every objective), null (no cap), or a
+    mapping from objective name or kind to minutes, e.g. {mt: 12, lm: 6, mlm: 20} (the name first,
+    so mt_td may differ from mt; an objective in neither: `default`, else no cap)."""
+    value = OmegaConf.select(cfg, "train.max_minutes", default=None)
+    if not isinstance(value, DictConfig):
+        return value
+    for key in (str(cfg.objective.name), str(cfg.objective.kind), "default"):
+        if key in value:
+            return value[key]
+    return None
+
+
 def train_config(cfg: DictConfig) -> dict:
-    """What a trained model depends on: data, tokenizer, model, objective, training, seed."""
+    """What a trained model depends on: data, tokenizer, model, objective, training, seed (a
+    per-objective `train.max_minutes` resolved first, so changing another objective's cap does not
+    make this model stale)."""
     train = {k: v for k, v in to_plain(cfg.train).items() if k not in RUNTIME_KEYS}
+    if "max_minutes" in train:
+        train["max_minutes"] = max_minutes(cfg)
     return {**tokenizer_config(cfg), "model": to_plain(cfg.model), "objective": to_plain(cfg.objective),
             "train": train, "seed": int(cfg.seed)}
 

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.profiler import record_function
 
-from .config import cli, to_plain, train_config
+from .config import cli, max_minutes, to_plain, train_config
 from .convergence import convergence, read_log
 from .corpus import prepare_data, read_lines
 from .evaluate import bleu, dev_metrics, to_device
@@ -71,8 +71,10 @@ def check_settings(cfg: DictConfig) -> None:
     require(cfg, "model.n_heads", lambda v: cfg.model.d_model % v == 0, f"must divide model.d_model={cfg.model.d_model}")
     require(cfg, "model.n_ctx", lambda v: v >= cfg.data.max_len + 2,
             f"must be at least data.max_len + 2 = {cfg.data.max_len + 2}")
-    require(cfg, "train.max_minutes", lambda v: v is None or (isinstance(v, (int, float)) and v > 0),
-            "expected null or a positive number of minutes")
+    minutes = lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)  # noqa: E731
+    require(cfg, "train.max_minutes", lambda v: minutes(v) or (isinstance(v, DictConfig) and all(
+        minutes(m) for m in v.values())), "expected null, a positive number of minutes, or a mapping from "
+        "objective name or kind to minutes")
     require(cfg, "train.plateau_min_evals", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
                                                                     and v >= 4),
             "expected null (no plateau stop) or an integer >= 4 (evaluations)")
@@ -276,7 +278,8 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
              seed, n_params, len(data["train"]), len(data["dev"]), device, amp or "fp32")
     lengths = np.array([objective.length(ex) for ex in data["train"]])
     stream = batch_stream(lengths, int(tcfg.max_tokens), seed, state)
-    budget_s = float(tcfg.max_minutes) * 60 if tcfg.max_minutes else math.inf
+    cap = max_minutes(cfg)
+    budget_s = float(cap) * 60 if cap else math.inf
     started, elapsed0 = time.perf_counter(), state.elapsed_s
     run_loss, run_n, t_since = 0.0, 0, time.perf_counter()
     step, clip = make_step(model, objective, tcfg, device, amp), float(tcfg.clip_norm)

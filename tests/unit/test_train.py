@@ -51,6 +51,22 @@ def test_plateau_stop_ends_a_flat_run_and_never_a_falling_one(smoke_cfg, shared_
     assert falling["stop_reason"] == "max_steps" and not falling["convergence"]["converged"]
 
 
+def test_a_per_objective_time_cap_changes_only_its_objectives_models(smoke_cfg):
+    from pipeline.config import max_minutes, train_config
+    from pipeline.store import config_hash
+
+    def cap_and_hash(objective, caps):
+        cfg = smoke_cfg(f"objective={objective}", f"train.max_minutes={caps}")
+        return max_minutes(cfg), config_hash(train_config(cfg))
+
+    assert cap_and_hash("mt_td", "{mt: 3, lm: 5}")[0] == 3  # by kind
+    assert cap_and_hash("mt_td", "{mt: 3, mt_td: 4}")[0] == 4  # the name first
+    assert cap_and_hash("mlm", "{mt: 3, lm: 5}")[0] is None  # neither, no default: no cap
+    assert cap_and_hash("mlm", "{mt: 3, default: 9}")[0] == 9
+    assert cap_and_hash("mt", "{mt: 3, lm: 5}")[1] == cap_and_hash("mt", "{mt: 3, lm: 6}")[1] == cap_and_hash("mt", 3)[1]
+    assert cap_and_hash("mt", "{mt: 3, lm: 5}")[1] != cap_and_hash("mt", "{mt: 4, lm: 5}")[1]
+
+
 def test_killed_run_resumes_to_the_same_weights(smoke_cfg, shared_data, tmp_path):
     """Uninterrupted vs killed after step 25 (last checkpoint: step 20) and started again."""
     straight = cfg_for(smoke_cfg, shared_data, tmp_path / "a", "objective=mlm", "train.eval_every=5")
@@ -95,6 +111,7 @@ def test_finished_run_is_not_repeated_but_a_changed_setting_retrains(smoke_cfg, 
     ("model.n_heads=3", "model.n_heads"),
     ("train.max_steps=0", "train.max_steps"),
     ("train.plateau_min_evals=2", "train.plateau_min_evals"),
+    ("train.max_minutes={mt: -1}", "train.max_minutes"),
     ("objective.token_dropout=1.5", "objective.token_dropout"),
 ])
 def test_bad_settings_fail_before_any_work(override, key, smoke_cfg, tmp_path):

@@ -190,6 +190,13 @@ def train_hash(wildcards) -> str:
     return config_hash(train_config(job_config(wildcards.objective, int(wildcards.seed))))
 
 
+def train_priority(wildcards) -> int:
+    """Longest first: a training job's priority is its time cap in minutes (train.max_minutes for its
+    objective), so the longest runs start first instead of ending alone on one core."""
+    minutes = train_config(job_config(wildcards.objective, int(wildcards.seed)))["train"].get("max_minutes")
+    return int(minutes or 0)
+
+
 def _dump_hash(objective: str, seed: int) -> str:
     """Hash of what a dump depends on: its model's config (the step-0 control: model settings,
     vocabulary and seed only) and the dump settings but the device (pipeline.dump.dump_config,
