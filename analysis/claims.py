@@ -434,7 +434,7 @@ def _excess(means: Mapping[str, float]) -> float:
 
 def claim_influence(tables: Tables, crit: Criteria) -> Verdict:
     rows = tables.get("influence")
-    parts, numbers, excess = [], [], {}
+    parts, numbers, excess, base_excess = [], [], {}, {}
     for objective in ("mt", "lm", "mt_td", "lm_td"):
         layer, means = influence_by_bucket(rows, objective, crit)
         if len(means) < 2:
@@ -447,16 +447,22 @@ def claim_influence(tables: Tables, crit: Criteria) -> Verdict:
         if objective in ("mt", "lm"):
             est = estimates_by([r for r in rows if r["objective"] == objective and r["measure"] == crit.measure],
                                "bucket", "distance", layer=layer)
-            parts.append(all_parts([ordered(est[rarest], est[b], f"{objective.upper()} influence of {rarest} vs {b}",
-                                            0.0, f"in {objective.upper()} bucket {b}, not the rarest {rarest}, "
-                                                 "influences at least as much")
-                                    for b in means if b != rarest],
-                                   f"in {objective.upper()} the rarest bucket {rarest} influences most"))
+            part = all_parts([ordered(est[rarest], est[b], f"{objective.upper()} influence of {rarest} vs {b}",
+                                      0.0, f"in {objective.upper()} bucket {b}, not the rarest {rarest}, "
+                                           "influences at least as much")
+                              for b in means if b != rarest],
+                             f"in {objective.upper()} the rarest bucket {rarest} influences most")
+            parts.append(part)
+            base_excess[objective] = part.ok is True  # beyond the intervals (or, without any, on the points)
     for objective in ("mt", "lm"):
         if objective not in excess:
             parts.append(_missing("influence", f"{objective.upper()} influence in 2 or more buckets"))
         elif f"{objective}_td" not in excess:
             parts.append(_missing("influence", f"{objective}_td (token dropout) influence"))
+        elif not base_excess.get(objective):
+            # token dropout can only be said to remove an excess the base model shows beyond its interval
+            numbers.append(f"{objective}_td not judged: {objective.upper()} shows no rare-token excess beyond "
+                           "its interval")
         else:
             td, plain = excess[f"{objective}_td"], excess[objective]
             ok = td <= crit.dropout_excess_factor * plain

@@ -229,6 +229,15 @@ def test_influence_claim_fails_when_dropout_keeps_the_excess():
     assert verdict.verdict == FAILS and "lm_td rare-token excess" in verdict.reason
 
 
+def test_token_dropout_is_judged_only_where_the_base_excess_is_beyond_its_interval():
+    rows = influence_rows({**GOOD_INFLUENCE, "lm_td": GOOD_INFLUENCE["lm"]})  # lm_td keeps LM's excess
+    narrow = claim_influence({"influence": _with_intervals(rows, 1e-5)}, CRIT)
+    assert narrow.verdict == FAILS and "lm_td rare-token excess" in narrow.reason  # judged: the excess is clear
+    wide = claim_influence({"influence": _with_intervals(rows, 0.01)}, CRIT)  # every bucket within the others'
+    assert wide.verdict == INCONCLUSIVE, wide.reason
+    assert "lm_td not judged" in wide.numbers and "mt_td not judged" in wide.numbers
+
+
 def test_influence_claim_fails_when_frequent_tokens_influence_most():
     rows = influence_rows({**GOOD_INFLUENCE, "mt": [0.009, 0.0019, 0.0018, 0.0017, 0.006]})
     verdict = claim_influence({"influence": rows}, CRIT)
