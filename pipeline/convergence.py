@@ -21,8 +21,10 @@ def read_log(folder) -> list[dict]:
 
 
 def convergence(entries: list[dict], stop_reason: str | None = None, threshold: float = THRESHOLD) -> dict:
-    """{converged, last_quarter_improvement, reason, steps, best_dev_loss} of a run's log entries
-    (dicts with `step` and `dev_loss`, in step order).
+    """{converged, last_quarter_improvement, reason, plateaued, steps, best_dev_loss} of a run's log
+    entries (dicts with `step` and `dev_loss`, in step order). `plateaued`: the last quarter improved
+    the best dev loss by less than `threshold` (a run early stopping ended may have converged
+    without it: its best came late, in an overfitting turn or a short stall).
 
     last_quarter_improvement: (best dev loss up to step 0.75 * S - best dev loss up to S) / the
     former, S the last logged step; the best up to a step is the lowest dev loss of the evaluations
@@ -31,7 +33,7 @@ def convergence(entries: list[dict], stop_reason: str | None = None, threshold: 
                      key=lambda e: e["step"])
     if len(entries) < 2:
         return {"converged": False, "last_quarter_improvement": None, "reason": "fewer than two evaluations",
-                "steps": entries[-1]["step"] if entries else 0, "best_dev_loss": None}
+                "plateaued": False, "steps": entries[-1]["step"] if entries else 0, "best_dev_loss": None}
     last = entries[-1]["step"]
     cut = 0.75 * last
     before = [e["dev_loss"] for e in entries if e["step"] <= cut]
@@ -39,13 +41,19 @@ def convergence(entries: list[dict], stop_reason: str | None = None, threshold: 
         before = [entries[0]["dev_loss"]]
     best_before, best_end = min(before), min(e["dev_loss"] for e in entries)
     improvement = (best_before - best_end) / abs(best_before) if best_before else 0.0
-    if stop_reason == "early_stopping":
+    if stop_reason == "early_stopping" and improvement >= threshold:
+        # patience ran out, but the best came late: said, so that a reader can tell a short stall
+        # of a still-falling curve from a long flat end
+        converged, reason = True, (f"early stopping; its last quarter had improved the dev loss by "
+                                   f"{100 * improvement:.2f}%")
+    elif stop_reason == "early_stopping":
         converged, reason = True, "early stopping"
     elif improvement < threshold:
         converged, reason = True, f"last quarter improved the dev loss by {100 * improvement:.2f}% (< {100 * threshold:g}%)"
     else:
         converged, reason = False, f"dev loss still falling: last quarter improved it by {100 * improvement:.2f}%"
     return {"converged": converged, "last_quarter_improvement": improvement, "reason": reason,
+            "plateaued": improvement < threshold,
             "steps": last, "best_dev_loss": best_end}
 
 
