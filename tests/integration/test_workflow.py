@@ -104,7 +104,12 @@ def test_dumps_have_one_row_per_token_and_layer(finished):
                 assert states.shape == (len(rows), d_model)
                 assert states.dtype == np.dtype(str(cfg.dump.dtype))
                 assert np.isfinite(states[:1000]).all()
-            token_ids[folder] = [row[2] for row in rows]
+            ids = [row[2] for row in rows]
+            if meta.get("masked"):  # the probe once per masking, in order
+                plain = token_ids[folders[0]]
+                assert meta["maskings"] >= 1 and ids == plain * meta["maskings"]
+            else:
+                token_ids[folder] = ids
         assert (folders[0] / "stage.json").is_file()
     # every model ran over the same probe tokens, so rows line up across dumps
     assert len({tuple(ids) for ids in token_ids.values()}) == 1
