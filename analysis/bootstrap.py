@@ -93,9 +93,11 @@ def counts(n_units: int, resamples: int, seed: int) -> np.ndarray:
 
 
 def interval(values: np.ndarray | list[float], level: float, estimate: float | None = None,
-             method: str = "percentile") -> tuple[float, float]:
+             method: str = "normal") -> tuple[float, float]:
     """The `method` interval (module docstring) at `level` of `estimate` from its resampled values
     (nan ones, e.g. an empty resample, dropped); `normal` and `basic` need the estimate."""
+    if method not in METHODS:
+        raise ValueError(f"unknown bootstrap interval method {method!r}: {' | '.join(METHODS)}")
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if len(values) < 2 or (method != "percentile" and (estimate is None or not np.isfinite(estimate))):
@@ -106,8 +108,6 @@ def interval(values: np.ndarray | list[float], level: float, estimate: float | N
     low, high = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
     if method == "basic":
         return 2 * float(estimate) - float(high), 2 * float(estimate) - float(low)
-    if method != "percentile":
-        raise ValueError(f"unknown bootstrap interval method {method!r}: {' | '.join(METHODS)}")
     return float(low), float(high)
 
 

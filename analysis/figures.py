@@ -1,8 +1,9 @@
 """The report's figures, drawn with matplotlib (Agg) from typed table rows and returned as bytes.
 
 Every layer-wise curve is the mean over seeds, each seed's own curve thin beside it; a band spans
-the lowest to the highest of the seeds' values and their bootstrap intervals (ci_low .. ci_high). The study's numbers (`analysis.reference`) are drawn as dashed lines, at relative depth
-when this run's stack has another number of layers than the study's six.
+the lowest to the highest of the seeds' values and their bootstrap intervals (ci_low .. ci_high).
+The study's numbers (`analysis.reference`) are drawn as dashed lines, at relative depth when this
+run's stack has another number of layers than the study's six.
 """
 from __future__ import annotations
 

@@ -59,6 +59,10 @@ def _ends(curve: dict) -> str:
 
 # ---------------------------------------------------------------- §3 mutual information
 
+# How every layer-wise figure draws its seeds and intervals (analysis.figures.spread).
+BAND_NOTE = "band: the seeds' values and their 95% bootstrap intervals, thin lines: each seed"
+
+
 def _restarts(rows) -> str:
     """How many k-means restarts the rows' means are over (from the spread column: nan for one)."""
     many = any(math.isfinite(float(r.get("mi_sd") if r.get("mi_sd") is not None else math.nan)) for r in rows)
@@ -83,7 +87,7 @@ def mi_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section
     if inputs:  # the untrained stack (init) is drawn in every trained objective's panel, not in its own
         drawn = [(o, t) for o, t in inputs if o != INIT] or inputs
         _fig(s, figures.mi_panels(main, drawn, k, exp.n_layers, style), "MI with the input per layer",
-             f"MI with the input token, {k} clusters ({_restarts(main)}); band: the seeds' values and their 95% bootstrap intervals, thin lines: each seed. Grey dashed: the untrained stack of "
+             f"MI with the input token, {k} clusters ({_restarts(main)}); {BAND_NOTE}. Grey dashed: the untrained stack of "
              f"the same seeds (init), what the architecture and the initialisation alone keep. {_depth_note(exp)} "
              "The study's values are plug-in estimates without a chance correction.")
     else:
@@ -137,8 +141,8 @@ def similarity_section(exp: Experiment, style: figures.Style, crit: Criteria) ->
     present = {r["objective_a"] for r in rows} | {r["objective_b"] for r in rows}
     pairs = [(a, b) for a, b in (("mt", "mlm"), ("lm", "mt"), ("lm", "mlm")) if a in present and b in present]
     _fig(s, figures.similarity(rows, measures, pairs, exp.n_layers, style), "distance between tasks per layer",
-         "Cross-task distances between models of the same seed, i.e. the same initialisation (solid; band: "
-         "the seeds' values and their 95% bootstrap intervals, thin lines: each seed), between models of different seeds (thin dash-dotted), seed baselines: one "
+         "Cross-task distances between models of the same seed, i.e. the same initialisation (solid; "
+         f"{BAND_NOTE}), between models of different seeds (thin dash-dotted), seed baselines: one "
          "objective, two seeds (grey dotted), and the untrained stacks of two seeds (grey dashed). "
          f"{_depth_note(exp)} Grey area: the study's seed baselines (.26–.37).")
     if not any(r["pair"] == SEED_BASELINE for r in rows):
@@ -240,7 +244,7 @@ def change_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Sec
     objectives = _ordered(exp, {r["objective"] for r in rows})
     if any(r["bucket"] == "all" and r["measure"] == measure for r in rows):
         _fig(s, figures.change_all(rows, objectives, measure, exp.n_layers, style), "change of all tokens",
-             f"All tokens, {_sizes([r for r in rows if r['bucket'] == 'all'], 'n_tokens')}; band: the seeds' values and their 95% bootstrap intervals, thin lines: each seed. "
+             f"All tokens, {_sizes([r for r in rows if r['bucket'] == 'all'], 'n_tokens')}; {BAND_NOTE}. "
              f"{_depth_note(exp)} (the study gives MT's first and last). {SHUFFLED_NOTE} Log scale.")
     else:
         s.add(not_measured("change of all tokens", "no rows with bucket 'all'"))
@@ -278,7 +282,7 @@ def influence_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
     layout = [row for row in layout if row]
     layout += [[o] for o in _ordered(exp, present) if not any(o in row for row in layout)]
     _fig(s, figures.influence(rows, layout, measure, style), "influence per frequency bucket",
-         "Influence per rank bucket (frequent → rare), one line per layer; band: the seeds' values and their 95% bootstrap intervals, thin lines: each seed; every bucket of a "
+         f"Influence per rank bucket (frequent → rare), one line per layer; {BAND_NOTE}; every bucket of a "
          f"model measured with the same number of pairs ({_sizes(rows, 'n_pairs')}). Study: at layer 1 MT's "
          f"rarest bucket ≈ .006 against ≤ .002 for the others; with token dropout the excess disappears. "
          f"{SHUFFLED_NOTE} Log scale.")
@@ -311,7 +315,7 @@ def neighbours_section(exp: Experiment, style: figures.Style, crit: Criteria) ->
     k, metric = rows[0]["k"], rows[0]["metric"]
     objectives = _ordered(exp, {r["objective"] for r in rows})
     _fig(s, figures.neighbours(rows, objectives, exp.n_layers, style), "nearest-neighbour properties per layer",
-         f"k = {k}, {metric} distance; band: the seeds' values and their 95% bootstrap intervals, thin lines: each seed. {_depth_note(exp)} (the study gives layers 1 and 6).")
+         f"k = {k}, {metric} distance; {BAND_NOTE}. {_depth_note(exp)} (the study gives layers 1 and 6).")
     missing = [p for p in figures.PROPERTIES if not any(r["property"] == p for r in rows)]
     if missing:
         s.add(not_measured(", ".join(missing), "no rows for these properties"))

@@ -21,10 +21,8 @@ def read_log(folder) -> list[dict]:
 
 
 def convergence(entries: list[dict], stop_reason: str | None = None, threshold: float = THRESHOLD) -> dict:
-    """{converged, last_quarter_improvement, reason, plateaued, steps, best_dev_loss} of a run's log
-    entries (dicts with `step` and `dev_loss`, in step order). `plateaued`: the last quarter improved
-    the best dev loss by less than `threshold` (a run early stopping ended may have converged
-    without it: its best came late, in an overfitting turn or a short stall).
+    """{converged, last_quarter_improvement, reason, steps, best_dev_loss} of a run's log entries
+    (dicts with `step` and `dev_loss`, in step order).
 
     last_quarter_improvement: (best dev loss up to step 0.75 * S - best dev loss up to S) / the
     former, S the last logged step; the best up to a step is the lowest dev loss of the evaluations
@@ -33,7 +31,7 @@ def convergence(entries: list[dict], stop_reason: str | None = None, threshold: 
                      key=lambda e: e["step"])
     if len(entries) < 2:
         return {"converged": False, "last_quarter_improvement": None, "reason": "fewer than two evaluations",
-                "plateaued": False, "steps": entries[-1]["step"] if entries else 0, "best_dev_loss": None}
+                "steps": entries[-1]["step"] if entries else 0, "best_dev_loss": None}
     last = entries[-1]["step"]
     cut = 0.75 * last
     before = [e["dev_loss"] for e in entries if e["step"] <= cut]
@@ -53,7 +51,6 @@ def convergence(entries: list[dict], stop_reason: str | None = None, threshold: 
     else:
         converged, reason = False, f"dev loss still falling: last quarter improved it by {100 * improvement:.2f}%"
     return {"converged": converged, "last_quarter_improvement": improvement, "reason": reason,
-            "plateaued": improvement < threshold,
             "steps": last, "best_dev_loss": best_end}
 
 

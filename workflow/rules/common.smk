@@ -27,8 +27,8 @@ _CHECKOUT = str(Path(workflow.basedir).parent)
 if sys.path[0] != _CHECKOUT:
     sys.path.insert(0, _CHECKOUT)
 
-from pipeline.config import (CONFIG_DIR, INIT, compose, data_config, init_config, init_grid, to_plain,  # noqa: E402
-                             tokenizer_config, train_config)
+from pipeline.config import (CONFIG_DIR, INIT, compose, data_config, init_config, init_grid,  # noqa: E402
+                             max_minutes, to_plain, tokenizer_config, train_config)
 from pipeline.store import config_hash  # noqa: E402
 from analysis.tables import mi_settings, section as analysis_section  # noqa: E402
 
@@ -193,8 +193,7 @@ def train_hash(wildcards) -> str:
 def train_priority(wildcards) -> int:
     """Longest first: a training job's priority is its time cap in minutes (train.max_minutes for its
     objective), so the longest runs start first instead of ending alone on one core."""
-    minutes = train_config(job_config(wildcards.objective, int(wildcards.seed)))["train"].get("max_minutes")
-    return int(minutes or 0)
+    return int(max_minutes(job_config(wildcards.objective, int(wildcards.seed))) or 0)
 
 
 def _dump_hash(objective: str, seed: int) -> str:
