@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from pipeline.config import model_grid
 from pipeline.dump import MASKED_DIR, META_FILE, layer_file, read_tokens
-from pipeline.store import STAGE_RECORD, PipelineError, read_json
+from pipeline.store import STAGE_RECORD, PipelineError, checked_file, note_input, read_json
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,12 @@ class Dump:
 
 @functools.lru_cache(maxsize=64)
 def _open_layer(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: the dump in {path.parent} is incomplete; run "
-                            "`python -m pipeline.dump` again")
-    return np.load(path, mmap_mode="r")
+    checked_file(path)  # missing or resized: names the file and the command that redoes the dump
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path} is not a readable layer file ({e}): the dump is damaged; redo it with "
+                            "`python -m pipeline.dump` for this model") from None
 
 
 def load_dump(folder: str | Path) -> Dump:
@@ -84,7 +86,9 @@ def load_dump(folder: str | Path) -> Dump:
     if not (top / STAGE_RECORD).is_file() or not (folder / META_FILE).is_file():
         raise PipelineError(f"{folder} holds no finished dump: run `python -m pipeline.dump` "
                             "(or the workflow's dump rule) first")
-    meta = read_json(folder / META_FILE)
+    note_input(top)  # its digest goes into the record of what this process writes
+    meta = read_json(checked_file(folder / META_FILE))
+    checked_file(folder / "tokens.tsv")
     tokens = read_tokens(folder)
     n = len(tokens["token_id"])
     if n != int(meta["n_tokens"]):

@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import INIT, RUNTIME_KEYS, cli, positive_int, require, to_plain
 from pipeline.convergence import THRESHOLD as CONVERGED_BELOW
-from pipeline.store import PipelineError, config_hash, versions, write_text
+from pipeline.store import (PipelineError, config_hash, inputs_read, make_record, recording, stage_command,
+                            versions, write_json, write_text)
 
 from . import claims, gather
 from .claims import Criteria, check_all
@@ -234,7 +235,8 @@ def _wall_times(exp: gather.Experiment) -> list[tuple]:
     """Per stage (rule): jobs, summed wall time (s and h:m:s), longest job, peak RSS (MB)."""
     stages: dict[str, list[gather.BenchmarkJob]] = defaultdict(list)
     for job in exp.benchmarks:
-        stages[job.stage].append(job)
+        if job.stage != "report":  # an earlier run's of this page: it would make each rerun differ
+            stages[job.stage].append(job)
     rank = {name: i for i, name in enumerate(_STAGE_ORDER)}
     other, rank["report"] = len(_STAGE_ORDER), len(_STAGE_ORDER) + 1  # merge_<table> etc. sort by name before it
     rows = []
@@ -254,7 +256,7 @@ def _settings_hashes(record: dict) -> str | None:
     return record.get("config_hash")
 
 
-def provenance_section(exp: gather.Experiment, started: float) -> Section:
+def provenance_section(exp: gather.Experiment) -> Section:
     import matplotlib
 
     s = Section("provenance", "Provenance")
@@ -302,7 +304,6 @@ def provenance_section(exp: gather.Experiment, started: float) -> Section:
         total = sum(seconds or 0 for _, seconds in recorded)
         s.add(para(f"Training and measurement time the stages recorded themselves: {_clock(total)} "
                    f"({total:,.0f} s; without data preparation, dumps and Snakemake's overhead)."))
-    recorded.append(("this report (until this section)", round(time.perf_counter() - started, 1)))
     s.add(details("Wall times the stages recorded themselves (s)", table(("what", "wall time (s)"), recorded)))
     missing = [f"metrics/{t.name}.csv: {t.missing}" for t in exp.tables.values() if t.missing]
     if missing:
@@ -320,17 +321,18 @@ def build(cfg: DictConfig, probe_hardware: bool = True) -> str:
     from . import figures
     from .report_sections import measurement_sections
 
-    started = time.perf_counter()
     check_settings(cfg)
     style = figures.Style(str(cfg.analysis.report.figure_format), int(cfg.analysis.report.dpi))
     exp = gather.collect(cfg, probe_hardware=probe_hardware)
     crit = Criteria.from_cfg(cfg)
     sections = [setup_section(exp, style), convergence_section(exp, style), claims_section(exp, crit),
                 *measurement_sections(exp, style, crit)]
-    sections.append(provenance_section(exp, started))
+    sections.append(provenance_section(exp))
     measured = sum(t.rows is not None for t in exp.tables.values())
+    # The page is a function of its inputs (a rerun writes the same bytes): dated by its newest input.
+    finished = max((str((t.record or {}).get("finished")) for t in exp.tables.values() if t.record), default=None)
     subtitle = (f"Experiment {cfg.experiment_name}: {len(exp.models)} models, {measured} of {len(exp.tables)} "
-                f"metric tables; made {time.strftime('%Y-%m-%d %H:%M %Z')}. Reproduces Voita, Sennrich and Titov "
+                f"metric tables; {f'tables finished by {finished}' if finished else 'no table finished yet'}. Reproduces Voita, Sennrich and Titov "
                 "(EMNLP 2019), The Bottom-up Evolution of Representations in the Transformer.")
     return page(f"The bottom-up evolution of representations: {cfg.experiment_name}", subtitle, sections)
 
@@ -343,7 +345,12 @@ def run(cfg: DictConfig) -> Path:
                             "(snakemake --cores N), or set experiment=/paths.results= to a finished run")
     text = build(cfg)
     out = report_path(cfg)
-    write_text(out, text)
+    # its record beside it: the tables it read (their recorded hashes) and the page's size and sha256
+    with recording(out.parent) as ledger:
+        write_text(out, text)
+    write_json(out.with_suffix(".json"), make_record(
+        out.parent, {out.name: ledger.files[out.name]}, inputs_read(), None, stage="report",
+        config_hash=config_hash(report_config(cfg)), command=stage_command("analysis.report")))
     log.info("wrote %s (%.0f kB) in %.1f s", out, len(text.encode()) / 1024,
              time.perf_counter() - started)
     return out

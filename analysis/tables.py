@@ -13,7 +13,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import INIT, positive_int, require, to_plain
-from pipeline.store import PipelineError, config_hash, read_json, versions, write_json, write_text
+from pipeline.store import (PipelineError, checked_file, config_hash, inputs_read, make_record, note_input,
+                            read_json, recording, hydra_overrides, stage_command, write_json, write_text)
 
 # Columns of every table, in order (the report and the tests read them by name). `shuffled`: the same
 # distance with one view's rows permuted, at the same n (the no-correspondence level). `ci_low`,
@@ -80,16 +81,31 @@ def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
     return out.getvalue()
 
 
+def _command() -> str:
+    """This process's command line (`python -m <module> ...`): what remakes the table it writes."""
+    import shlex
+    import sys
+
+    module = ".".join(Path(sys.argv[0]).with_suffix("").parts[-2:])
+    if hydra_overrides() is not None:
+        return stage_command(module)
+    return " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])
+
+
 def write_table(path: str | Path, table: str, rows: Iterable[dict[str, Any]], settings: Any,
-                started: float | None = None, **extra: Any) -> Path:
+                started: float | None = None, command: str | None = None, **extra: Any) -> Path:
     """Write `rows` as `path` (a CSV with the columns of `table`) and its record `path.json`:
-    the settings it was made with (and their hash), versions, wall time since `started`."""
+    the settings it was made with (and their hash), the command, the inputs this process read (their
+    recorded hashes), the CSV's size and sha256, versions, wall time since `started`."""
     path = Path(path)
     text = to_csv(rows, COLUMNS[table])
-    write_text(path, text)
-    record = {"table": table, "rows": text.count("\n") - 1, "settings": to_plain(settings),
-              "config_hash": config_hash(to_plain(settings)), "versions": versions(),
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    with recording(path.parent) as ledger:
+        write_text(path, text)
+    outputs = {path.name: ledger.files[path.name]}
+    root = next((folder.parent for folder in path.parents if folder.name == "metrics"), None)  # <results>/metrics
+    record = make_record(path.parent, outputs, inputs_read(), root, table=table, rows=text.count("\n") - 1,
+                         settings=to_plain(settings), config_hash=config_hash(to_plain(settings)),
+                         command=command or _command(), **extra)
     if started is not None:
         record["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_json(path.with_suffix(".json"), record)
@@ -100,8 +116,9 @@ def read_table(path: str | Path, table: str | None = None) -> list[dict[str, str
     """The rows of a metric CSV as dicts of strings; checks the header against `table`'s columns. A
     table written before the intervals existed (no ci columns) reads with them as "nan"."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.with_suffix(".json").is_file():
         raise PipelineError(f"{path} not found: run its measurement first")
+    note_input(checked_file(path))
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import re
 import shutil
 import urllib.error
 import urllib.parse
@@ -22,8 +23,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from .config import data_config, require
-from .store import (PipelineError, STAGE_RECORD, atomic_path, sha256_file, stage_is_current,
-                    write_stage_record, write_text)
+from .store import (PipelineError, STAGE_RECORD, atomic_path, checked_file, recording, sha256_file,
+                    stage_command, stage_problem, write_stage_record, write_text)
 
 log = logging.getLogger("pipeline.corpus")
 
@@ -41,6 +42,20 @@ _SUBSAMPLE_STREAM = 1
 
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+# Control characters (C0 but tab, LF and CR; DEL; C1) have no place in a sentence: a NUL or an escape
+# sequence is a damaged or binary file, not text, and would reach the tokenizer unnoticed.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _check_controls(lines: list[str], label: str) -> None:
+    """Fail at the first line holding a control character, naming the line, column and code point."""
+    for number, line in enumerate(lines, start=1):
+        found = _CONTROL.search(line)
+        if found:
+            raise PipelineError(f"{label}, line {number}, column {found.start() + 1}: control character "
+                                f"U+{ord(found.group()):04X} in a sentence (a binary or damaged file?)")
 
 
 def normalise(text: str) -> str:
@@ -66,6 +81,8 @@ def _decoded_lines(data: bytes, label: str) -> list[str]:
         except UnicodeDecodeError as e:
             raise PipelineError(f"{label}, line {number}: not valid UTF-8 ({e.reason} at byte "
                                 f"{e.start})") from None
+    if _CONTROL.search("\n".join(lines)):  # one pass over the whole text; find the line only on a hit
+        _check_controls(lines, label)
     return lines
 
 
@@ -173,20 +190,20 @@ def locate_archive(cfg: DictConfig) -> Path:
 
 
 def read_corpus(cfg: DictConfig) -> tuple[list[Pair], dict[str, str]]:
-    """All pairs named by the config, with the sha256 of each input file read."""
+    """All pairs named by the config, with the sha256 of each input file read (path -> sha256)."""
     fmt = require(cfg, "data.format", lambda v: v in ("archive", "parallel"),
                   "must be 'archive' or 'parallel'")
     if fmt == "archive":
         member = require(cfg, "data.member", lambda v: isinstance(v, str) and bool(v),
                          "must name the file inside the archive")
         path = locate_archive(cfg)
-        return read_archive(path, member), {"archive_sha256": sha256_file(path)}
+        return read_archive(path, member), {str(path): sha256_file(path)}
     for key in ("data.src_file", "data.tgt_file"):
         require(cfg, key, lambda v: isinstance(v, str) and bool(v),
                 "must be set when data.format=parallel")
     src, tgt = Path(str(cfg.data.src_file)), Path(str(cfg.data.tgt_file))
     pairs = read_parallel(src, tgt)
-    return pairs, {"src_sha256": sha256_file(src), "tgt_sha256": sha256_file(tgt)}
+    return pairs, {str(src): sha256_file(src), str(tgt): sha256_file(tgt)}
 
 
 def distinct_sources(pairs: Iterable[Pair]) -> list[str]:
@@ -253,9 +270,9 @@ def split_pairs(pairs: Sequence[Pair], valid_size: int, test_size: int, probe_si
 def read_lines(path: str | os.PathLike) -> list[str]:
     """The sentences of a file this stage wrote (one per line, UTF-8, LF)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not (path.parent / STAGE_RECORD).is_file():
         raise PipelineError(f"{path} not found: run `python -m pipeline.prepare` first")
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = checked_file(path).read_text(encoding="utf-8").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return lines
@@ -266,14 +283,33 @@ def _write_lines(path: Path, lines: Iterable[str]) -> None:
     write_text(path, text + "\n" if text else "")
 
 
+def corpus_files(cfg: DictConfig) -> list[Path]:
+    """The user's corpus files the data stage reads (the archive, or the two parallel files), as the
+    config names them; the default archive is where `locate_archive` puts its download."""
+    if cfg.data.format == "parallel":
+        return [Path(str(cfg.data.src_file)), Path(str(cfg.data.tgt_file))]
+    if cfg.data.archive:
+        return [Path(str(cfg.data.archive)).expanduser()]
+    name = Path(urllib.parse.urlparse(str(cfg.data.url)).path).name or DEFAULT_ARCHIVE_NAME
+    return [Path(str(cfg.data.resources_dir)).expanduser() / name]
+
+
+def prepare_command() -> str:
+    """The command that (re)makes the data split and the tokenizer with this run's settings."""
+    return stage_command("pipeline.prepare", drop=("objective", "seed"))
+
+
 def prepare_data(cfg: DictConfig) -> Path:
     """Read, check and split the corpus into cfg.paths.data; skipped when already done for this
-    data config. Returns the folder."""
+    data config and the same corpus files (their sha256 compared with the record). Returns the folder."""
     folder = Path(str(cfg.paths.data))
     config = data_config(cfg)
-    if stage_is_current(folder, config) and all((folder / f).is_file() for f in OUTPUT_FILES):
+    problem = stage_problem(folder, config)
+    if problem is None:
         log.info("data in %s is up to date; skipping", folder)
         return folder
+    if (folder / STAGE_RECORD).is_file():
+        log.info("redoing the data split: %s", problem)
     # A stale record must not vouch for a half-rewritten folder if this run dies midway.
     (folder / STAGE_RECORD).unlink(missing_ok=True)
 
@@ -291,19 +327,21 @@ def prepare_data(cfg: DictConfig) -> Path:
     split = split_pairs(pairs, cfg.data.valid_size, cfg.data.test_size, cfg.data.probe_size, seed)
 
     counts: dict[str, int] = {"pairs_read": n_read, "sources_read": n_sources_read}
-    for name in SPLITS:
-        part: list[Pair] = getattr(split, name)
-        _write_lines(folder / f"{name}.src", (src for src, _ in part))
-        _write_lines(folder / f"{name}.tgt", (tgt for _, tgt in part))
-        counts[f"{name}_pairs"] = len(part)
-        counts[f"{name}_sources"] = len(distinct_sources(part))
-    for name in ("train", "valid"):
-        _write_lines(folder / f"{name}.mono", distinct_sources(getattr(split, name)))
-    _write_lines(folder / "probe.txt", split.probe_sentences)
+    with recording(folder) as ledger:
+        for name in SPLITS:
+            part: list[Pair] = getattr(split, name)
+            _write_lines(folder / f"{name}.src", (src for src, _ in part))
+            _write_lines(folder / f"{name}.tgt", (tgt for _, tgt in part))
+            counts[f"{name}_pairs"] = len(part)
+            counts[f"{name}_sources"] = len(distinct_sources(part))
+        for name in ("train", "valid"):
+            _write_lines(folder / f"{name}.mono", distinct_sources(getattr(split, name)))
+        _write_lines(folder / "probe.txt", split.probe_sentences)
     counts["probe_sentences"] = len(split.probe_sentences)
     counts["probe_pairs"] = len(split.probe)
 
-    write_stage_record(folder, "data", config, archive_sha256=inputs.get("archive_sha256"),
-                       inputs=inputs, counts=counts)
+    archive = [sha for path, sha in inputs.items()] if cfg.data.format == "archive" else [None]
+    write_stage_record(folder, "data", config, ledger=ledger, root=cfg.paths.results, inputs=inputs, command=prepare_command(),
+                       archive_sha256=archive[0], counts=counts)
     log.info("wrote %s: %s", folder, ", ".join(f"{k}={v}" for k, v in counts.items()))
     return folder

@@ -28,6 +28,7 @@ so every model of an experiment keeps the same sentences and the rows line up ac
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -38,14 +39,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import INIT, cli, init_config, is_int, positive_int, require, to_plain, train_config
-from .corpus import read_lines
+from .config import (INIT, check_dump_settings, cli, data_config, init_config, to_plain, tokenizer_config,
+                     train_config)
+from .corpus import prepare_command, read_lines
 from .model import Model, ModelArgs, build_model, load_model
 from .objectives import Specials, mask_tokens, pad, specials
 from .runtime import resolve_device
-from .store import (STAGE_RECORD, PipelineError, config_hash, read_json, sha256_file, stage_is_current,
-                    torch_save, write_json, write_stage_record)
-from .tokenizer import Tokenizer, load_frequency_ranks
+from .store import (STAGE_RECORD, HashingFile, PipelineError, config_hash, input_hashes, read_record,
+                    recorded_hash, recording, require_upstream, stage_command, stage_problem, torch_save, write_json,
+                    write_stage_record)
+from .tokenizer import FREQ_FILE, MODEL_FILE, Tokenizer, load_frequency_ranks
 
 log = logging.getLogger("pipeline.dump")
 
@@ -150,56 +153,101 @@ def mask_probe(probe: Probe, sp: Specials, seed: int, objective: dict) -> tuple[
 # ---------------------------------------------------------------- files
 
 class LayerWriter:
-    """The layer files of one dump, preallocated under partial names and filled row block by row block.
+    """The layer files of one dump, written front to back under partial names, one chunk of rows at a
+    time, and hashed (sha256) as they are written: the record needs no second pass over them.
 
-    Rows are written with `os.pwrite` rather than through a memory map: the dirty pages of a mapped
-    file count towards the process's resident memory until unmapped, so filling a memmap would make
-    peak RSS grow with the probe set. This way at most one batch of states is ever in memory.
+    `write` puts one block of rows into the chunk under way (in any order: batches are sorted by
+    length); `end_chunk` appends the chunk to every file. At most one chunk of every layer is in
+    memory, whatever the size of the probe set.
     """
 
     def __init__(self, folder: Path, n_layers: int, n_rows: int, d_model: int, dtype: np.dtype) -> None:
         self.paths = [folder / layer_file(l) for l in range(n_layers)]
-        self.dtype, self.row_bytes = np.dtype(dtype), np.dtype(dtype).itemsize * d_model
-        self.fds: list[int] = []
-        self.data_offset = 0
+        self.dtype, self.d_model, self.n_rows = np.dtype(dtype), d_model, n_rows
+        self.files: list[HashingFile] = []
+        self._raw: list[Any] = []
+        self.written = 0  # rows appended so far to every file
+        self.chunk: tuple[int, int] | None = None
+        self.buffers: list[np.ndarray] = []
         folder.mkdir(parents=True, exist_ok=True)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": (n_rows, d_model)})
         for path in self.paths:
-            tmp = partial_path(path)
-            # open_memmap writes the .npy header and sizes the (sparse) file; its map is dropped at once.
-            m = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(n_rows, d_model))
-            self.data_offset = int(m.offset)
-            del m
-            self.fds.append(os.open(tmp, os.O_RDWR))
+            raw = open(partial_path(path), "wb")
+            self._raw.append(raw)
+            self.files.append(HashingFile(raw))
+            self.files[-1].write(header.getvalue())
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dtype.itemsize * self.d_model
+
+    def begin_chunk(self, start: int, stop: int) -> None:
+        """The next rows to fill: [start, stop), which must follow the rows already written."""
+        assert start == self.written and stop <= self.n_rows, (start, stop, self.written)
+        self.chunk = (start, stop)
+        self.buffers = [np.empty((stop - start, self.d_model), dtype=self.dtype) for _ in self.paths]
 
     def write(self, layer: int, row: int, values: np.ndarray) -> None:
-        """Write `values` (rows x d_model, of this writer's dtype) starting at `row` of `layer`."""
-        data = memoryview(np.ascontiguousarray(values, dtype=self.dtype)).cast("B")
-        pos = self.data_offset + row * self.row_bytes
-        while data:  # pwrite may write less than asked (e.g. interrupted); write the rest
-            done = os.pwrite(self.fds[layer], data, pos)
-            data, pos = data[done:], pos + done
+        """Put `values` (rows x d_model) at `row` of `layer` (a row of the chunk under way)."""
+        start = self.chunk[0]
+        self.buffers[layer][row - start:row - start + len(values)] = values
 
-    def close(self) -> None:
-        """Flush to disk: a renamed file must hold its data even if the machine stops right after."""
-        for fd in self.fds:
-            os.fsync(fd)
-            os.close(fd)
-        self.fds = []
+    def end_chunk(self) -> None:
+        for f, buffer in zip(self.files, self.buffers):
+            f.write(memoryview(np.ascontiguousarray(buffer)).cast("B"))
+        self.written, self.chunk, self.buffers = self.chunk[1], None, []
+
+    def close(self) -> list[tuple[int, str]]:
+        """Flush to disk (a renamed file must hold its data even if the machine stops right after);
+        returns (size, sha256) of each file."""
+        assert self.written == self.n_rows, (self.written, self.n_rows)
+        for raw in self._raw:
+            raw.flush()
+            os.fsync(raw.fileno())
+            raw.close()
+        self._raw = []
+        return [(f.size, f.sha256) for f in self.files]
 
     def discard(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
-        self.fds = []
+        for raw in self._raw:
+            raw.close()
+        self._raw = []
 
 
-def write_token_table(path: Path, columns: dict[str, Sequence[Any]]) -> None:
-    """A TSV with a header; no escaping: a value (e.g. a sentencepiece piece) holds no tab or newline."""
+# Rows per chunk of a dump: this many bytes over all layer files together (~128 MB of memory).
+CHUNK_BYTES = 128 << 20
+
+
+def chunks(offsets: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """Consecutive sentence ranges [a, b) of at most `max_rows` tokens each (a longer sentence alone)."""
+    out, a, n = [], 0, len(offsets) - 1
+    while a < n:
+        b = a + 1
+        while b < n and offsets[b + 1] - offsets[a] <= max_rows:
+            b += 1
+        out.append((a, b))
+        a = b
+    return out
+
+
+def write_token_table(path: Path, columns: dict[str, Sequence[Any]]) -> tuple[int, str]:
+    """A TSV with a header; no escaping: a value (e.g. a sentencepiece piece) holds no tab or newline.
+    Returns its size and sha256 (hashed while written)."""
     names = list(columns)
     values = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns.values()]  # python ints print faster
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\t".join(names) + "\n")
+    with open(path, "wb") as raw:
+        f = HashingFile(raw)
+        f.write(("\t".join(names) + "\n").encode("utf-8"))
+        block: list[str] = []
         for row in zip(*values):
-            f.write("\t".join(map(str, row)) + "\n")
+            block.append("\t".join(map(str, row)) + "\n")
+            if len(block) == 4096:
+                f.write("".join(block).encode("utf-8"))
+                block = []
+        f.write("".join(block).encode("utf-8"))
+    return f.size, f.sha256
 
 
 def read_tokens(folder: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -241,37 +289,49 @@ class DumpSet:
     columns: dict[str, Sequence[Any]]
     meta: dict[str, Any]
     writer: LayerWriter | None = None
-    copies: int = 1  # the probe set fed this many times (MLM's masked run: one copy per masking)
+    copies: int = 1
+    written: list[tuple[int, str]] | None = None  # (size, sha256) of each layer file, then the token table  # the probe set fed this many times (MLM's masked run: one copy per masking)
 
 
-def write_states(model: Model, dset: DumpSet, probe: Probe, sp: Specials, batches: list[np.ndarray],
+def write_states(model: Model, dset: DumpSet, probe: Probe, sp: Specials, batch_tokens: int,
                  device: torch.device, dtype: str, progress: bool, desc: str) -> None:
-    """Fill `dset.writer` batch by batch; rows go back to their place in probe order (copy c of the
-    probe set after copies 0 .. c - 1)."""
+    """Fill `dset.writer` chunk by chunk of consecutive sentences (copy c of the probe set after copies
+    0 .. c - 1), each chunk in batches of similar length; rows go back to their place in probe order."""
     from tqdm.auto import tqdm
 
     out_dtype = _TORCH_DTYPES[dtype]
-    lengths, n_sentences = probe.lengths, len(probe.tokens)
+    lengths, n_sentences, writer = probe.lengths, len(probe.tokens), dset.writer
+    spans = chunks(probe.offsets, max(1, CHUNK_BYTES // (writer.row_bytes * len(writer.paths))))
     with tqdm(total=probe.n_tokens * dset.copies, unit="tok", desc=desc, disable=None if progress else True,
               mininterval=2.0) as bar, torch.inference_mode():
-        for copy, idx in ((c, idx) for c in range(dset.copies) for idx in batches):
+        for copy, (a, b) in ((c, span) for c in range(dset.copies) for span in spans):
             offsets = probe.offsets + copy * probe.n_tokens
-            x = pad([[sp.bos, *dset.inputs[copy * n_sentences + i].tolist(), sp.eos] for i in idx],
-                    sp.pad).to(device)
-            _, states = model.encode(x, return_states=True)  # L + 1 tensors (B, T, d_model)
-            # Cast on the device, one layer at a time, dropping each fp32 state at once: no stacked
-            # copy of the whole batch, so the peak stays near what the forward pass needs anyway.
-            for layer in range(len(states)):
-                states[layer] = states[layer].to(out_dtype)
-            if not all(bool(torch.isfinite(s).all()) for s in states):
-                raise PipelineError(f"states overflow dump.dtype={dtype} in {dset.folder}: use dump.dtype=float32")
-            for layer, state in enumerate(states):
-                block = state.cpu().numpy()
-                for r, i in enumerate(idx):
-                    # rows 1 .. n of the padded input: x_1 .. x_n without bos, eos and padding
-                    dset.writer.write(layer, int(offsets[i]), block[r, 1:1 + int(lengths[i])])
-            del states, block
-            bar.update(int(lengths[idx].sum()))
+            writer.begin_chunk(int(offsets[a]), int(offsets[b]))
+            for idx in length_batches(lengths[a:b], batch_tokens):
+                _write_batch(model, dset, idx + a, offsets, lengths, n_sentences, copy, sp, device, dtype, out_dtype)
+                bar.update(int(lengths[idx + a].sum()))
+            writer.end_chunk()
+
+
+def _write_batch(model: Model, dset: DumpSet, idx: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                 n_sentences: int, copy: int, sp: Specials, device: torch.device, dtype: str,
+                 out_dtype: torch.dtype) -> None:
+    """Run one batch of sentences (copy `copy` of the inputs) and put each layer's rows in place."""
+    x = pad([[sp.bos, *dset.inputs[copy * n_sentences + i].tolist(), sp.eos] for i in idx],
+            sp.pad).to(device)
+    _, states = model.encode(x, return_states=True)  # L + 1 tensors (B, T, d_model)
+    # Cast on the device, one layer at a time, dropping each fp32 state at once: no stacked
+    # copy of the whole batch, so the peak stays near what the forward pass needs anyway.
+    for layer in range(len(states)):
+        states[layer] = states[layer].to(out_dtype)
+    if not all(bool(torch.isfinite(s).all()) for s in states):
+        raise PipelineError(f"states overflow dump.dtype={dtype} in {dset.folder}: use dump.dtype=float32")
+    for layer, state in enumerate(states):
+        block = state.cpu().numpy()
+        for r, i in enumerate(idx):
+            # rows 1 .. n of the padded input: x_1 .. x_n without bos, eos and padding
+            dset.writer.write(layer, int(offsets[i]), block[r, 1:1 + int(lengths[i])])
+    del states, block
 
 
 def _token_columns(probe: Probe, tok: Tokenizer, ranks: np.ndarray) -> dict[str, Sequence[Any]]:
@@ -300,6 +360,17 @@ def _load_checkpoint(cfg: DictConfig, path: Path) -> tuple[Model, dict]:
     if ckpt.get("config_hash") not in (None, expected):
         raise PipelineError(f"{path} was trained with another config than the one given: train it first "
                             f"with the same overrides (python -m pipeline.train ...)")
+    retrain = stage_command("pipeline.train")
+    tokenizer = Path(str(cfg.paths.tokenizer)) / MODEL_FILE
+    trained_with, given = ckpt.get("tokenizer_sha256"), recorded_hash(tokenizer)
+    if trained_with is not None and trained_with != given:
+        raise PipelineError(f"{path} was trained with the tokenizer of sha256 {trained_with[:12]}.., but {tokenizer} "
+                            f"is {str(given)[:12]}..: it was remade since; retrain the model with `{retrain}`")
+    data = Path(str(cfg.paths.data))
+    split, now = ckpt.get("data_digest"), (read_record(data) or {}).get("digest")
+    if split is not None and split != now:
+        raise PipelineError(f"{path} was trained on another data split than the one in {data} (whose probe set "
+                            f"this dump would read): it was remade since; retrain the model with `{retrain}`")
     return model, ckpt
 
 
@@ -318,37 +389,52 @@ def _save_initial(cfg: DictConfig, tok: Tokenizer, path: Path) -> tuple[Model, d
     """Build the step-0 model of cfg.seed and write it to `path` as train.py writes a checkpoint,
     with no summary (it was never trained)."""
     model = initial_model(cfg, tok)
+    tokenizer = Path(str(cfg.paths.tokenizer)) / MODEL_FILE
     ckpt = {"model": model.checkpoint_args(), "state_dict": model.state_dict(),
             "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": config_hash(init_config(cfg)),
-            "tokenizer": str(cfg.paths.tokenizer), "summary": None, "step": 0}
-    torch_save(ckpt, path)
+            "tokenizer": str(cfg.paths.tokenizer), "tokenizer_sha256": recorded_hash(tokenizer),
+            "summary": None, "step": 0}
+    (path.parent / STAGE_RECORD).unlink(missing_ok=True)
+    with recording(path.parent) as ledger:
+        torch_save(ckpt, path)
+    write_stage_record(path.parent, "init", init_config(cfg), ledger=ledger, root=cfg.paths.results, inputs=input_hashes([tokenizer]),
+                       command=stage_command("pipeline.dump"))
     return model, ckpt
 
 
 def dump(cfg: DictConfig) -> Path:
     """Dump the layer states of `cfg.objective` / `cfg.seed` over the probe set into cfg.paths.dump."""
+    check_dump_settings(cfg)
     out = Path(str(cfg.paths.dump))
-    ckpt_path = Path(str(cfg.paths.model)) / "model.pt"
+    model_folder = Path(str(cfg.paths.model))
+    ckpt_path = model_folder / "model.pt"
     stage_cfg = dump_config(cfg)
     initial = is_init(cfg)
-    if stage_is_current(out, stage_cfg) and (out / META_FILE).is_file():
-        done_with = read_json(out / STAGE_RECORD).get("checkpoint_sha256")
-        # a trained model may have been cleaned away after its dump; the step-0 checkpoint is the
-        # dump's own output, which influence reads, so it must be there
-        same_checkpoint = ckpt_path.is_file() and done_with == sha256_file(ckpt_path)
-        if same_checkpoint or (not ckpt_path.is_file() and not initial):
-            log.info("%s is already dumped with this config and checkpoint; nothing to do", out)
-            return out
+    # The dump reads what other stages made; made with other settings or damaged, they are theirs to
+    # rebuild (the message names the setting or the file, and the command).
+    for folder, config in ((Path(str(cfg.paths.data)), data_config(cfg)),
+                           (Path(str(cfg.paths.tokenizer)), tokenizer_config(cfg))):
+        if not require_upstream(folder, config, prepare_command()):
+            raise PipelineError(f"{folder} holds no finished stage: run `{prepare_command()}` first")
+    if not initial and ckpt_path.is_file():
+        require_upstream(model_folder, train_config(cfg), stage_command("pipeline.train"))
+    problem = stage_problem(out, stage_cfg)
+    # the step-0 checkpoint is the dump's own output (influence reads it): it must be intact too
+    if problem is None and initial:
+        problem = stage_problem(model_folder, init_config(cfg))
+    if problem is None:
+        log.info("%s is already dumped with this config and checkpoint; nothing to do", out)
+        return out
+    if read_record(out) is not None:
+        log.info("dumping again: %s", problem)
 
-    batch_tokens = require(cfg, "dump.batch_tokens", positive_int, "must be a positive integer")
-    dtype = require(cfg, "dump.dtype", lambda v: v in DTYPES, f"expected one of {sorted(DTYPES)}")
-    mask_seed = require(cfg, "dump.mask_seed", is_int, "must be an integer")
-    maskings = require(cfg, "dump.mlm_maskings", positive_int, "must be a positive integer")
+    batch_tokens, dtype = int(cfg.dump.batch_tokens), str(cfg.dump.dtype)
+    mask_seed, maskings = int(cfg.dump.mask_seed), int(cfg.dump.mlm_maskings)
     device = resolve_device(str(cfg.dump.device), "dump.device")
     tok = Tokenizer.load(cfg.paths.tokenizer)
     model, ckpt = _save_initial(cfg, tok, ckpt_path) if initial else _load_checkpoint(cfg, ckpt_path)
     model_kind = INIT if initial else model.kind
-    checkpoint_sha = sha256_file(ckpt_path)
+    checkpoint_sha = recorded_hash(ckpt_path)
     model.to(device)
     if tok.vocab_size != model.args.d_vocab:
         raise PipelineError(f"{ckpt_path} has a vocabulary of {model.args.d_vocab}, the tokenizer in "
@@ -395,31 +481,34 @@ def dump(cfg: DictConfig) -> Path:
                        "chosen_share": float((kind > 0).mean())}
         sets.append(DumpSet(out / MASKED_DIR, inputs, masked_columns, masked_meta, copies=len(masks)))
 
+    inputs = input_hashes([ckpt_path, Path(str(cfg.paths.tokenizer)) / MODEL_FILE,
+                           Path(str(cfg.paths.tokenizer)) / FREQ_FILE, probe_path])
     _remove_outputs(out)
-    batches = length_batches(probe.lengths, int(batch_tokens))
-    log.info("%s seed %d (%s) on %s: %d batches of at most %d tokens", meta["objective"], meta["seed"], model_kind,
-             device, len(batches), batch_tokens)
+    log.info("%s seed %d (%s) on %s: batches of at most %d tokens", meta["objective"], meta["seed"], model_kind,
+             device, batch_tokens)
     progress = bool(OmegaConf.select(cfg, "train.progress", default=True))
     try:
         for dset in sets:
             dset.writer = LayerWriter(dset.folder, n_layers + 1, probe.n_tokens * dset.copies, d_model, DTYPES[dtype])
-            write_token_table(partial_path(dset.folder / TOKENS_FILE), dset.columns)
-            write_states(model, dset, probe, sp, batches, device, dtype, progress,
+            table = write_token_table(partial_path(dset.folder / TOKENS_FILE), dset.columns)
+            write_states(model, dset, probe, sp, batch_tokens, device, dtype, progress,
                          f"{meta['objective']} seed {meta['seed']}{' masked' if dset.meta['masked'] else ''}")
-            dset.writer.close()
+            dset.written = [*dset.writer.close(), table]
         # Only now, with every file complete, do the outputs get their final names.
-        for dset in sets:
-            for path in [*dset.writer.paths, dset.folder / TOKENS_FILE]:
-                os.replace(partial_path(path), path)
-            write_json(dset.folder / META_FILE, dset.meta)
+        with recording(out) as ledger:
+            for dset in sets:
+                for path, (size, sha) in zip([*dset.writer.paths, dset.folder / TOKENS_FILE], dset.written):
+                    os.replace(partial_path(path), path)
+                    ledger.add(path, size, sha)
+                write_json(dset.folder / META_FILE, dset.meta)
     except BaseException:
         for dset in sets:
             if dset.writer is not None:
                 dset.writer.discard()
         _remove_outputs(out)  # a killed dump leaves nothing behind, partial or final
         raise
-    write_stage_record(out, "dump", stage_cfg, checkpoint_sha256=checkpoint_sha, n_tokens=probe.n_tokens,
-                       n_sentences=len(probe.tokens))
+    write_stage_record(out, "dump", stage_cfg, ledger=ledger, root=cfg.paths.results, inputs=inputs, command=stage_command("pipeline.dump"),
+                       checkpoint_sha256=checkpoint_sha, n_tokens=probe.n_tokens, n_sentences=len(probe.tokens))
     log.info("wrote %d layers x %d tokens x %d to %s%s", n_layers + 1, probe.n_tokens, d_model, out,
              " (+ masked/)" if len(sets) > 1 else "")
     return out

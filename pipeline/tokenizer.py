@@ -18,9 +18,9 @@ import sentencepiece as spm
 from omegaconf import DictConfig
 
 from .config import data_config, require, tokenizer_config
-from .corpus import read_lines
-from .store import (PipelineError, STAGE_RECORD, atomic_path, sha256_file, stage_is_current,
-                    write_stage_record, write_text)
+from .corpus import prepare_command, read_lines
+from .store import (PipelineError, STAGE_RECORD, checked_file, input_hashes, recording, require_upstream,
+                    stage_problem, write_bytes, write_stage_record, write_text)
 
 log = logging.getLogger("pipeline.tokenizer")
 
@@ -57,9 +57,9 @@ class Tokenizer:
     def load(cls, folder: str | os.PathLike) -> "Tokenizer":
         """Load `<folder>/spm.model` (the output of the tokenizer stage)."""
         path = Path(folder) / MODEL_FILE
-        if not path.is_file():
+        if not path.is_file() and not (path.parent / STAGE_RECORD).is_file():
             raise PipelineError(f"{path} not found: run `python -m pipeline.prepare` first")
-        return cls(path.read_bytes(), source=str(path))
+        return cls(checked_file(path).read_bytes(), source=str(path))
 
     def _check(self) -> None:
         sp = self._sp
@@ -202,7 +202,7 @@ def write_frequencies(path: Path, tokenizer: Tokenizer, counts: np.ndarray) -> N
 
 def _read_frequencies(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = Path(folder) / FREQ_FILE
-    if not path.is_file():
+    if not path.is_file() and not (path.parent / STAGE_RECORD).is_file():
         raise PipelineError(f"{path} not found: run `python -m pipeline.prepare` first")
     lines = read_lines(path)
     if not lines or lines[0] != FREQ_HEADER:
@@ -240,14 +240,16 @@ def train_tokenizer(cfg: DictConfig) -> Path:
     cfg.paths.tokenizer; skipped when already done for this config. Returns the folder."""
     folder = Path(str(cfg.paths.tokenizer))
     config = tokenizer_config(cfg)
-    outputs = (folder / MODEL_FILE, folder / FREQ_FILE)
-    if stage_is_current(folder, config) and all(path.is_file() for path in outputs):
+    data_folder = Path(str(cfg.paths.data))
+    if not require_upstream(data_folder, data_config(cfg), prepare_command()):
+        raise PipelineError(f"the data stage is not done in {data_folder}: run `python -m pipeline.prepare` "
+                            "with the same overrides first")
+    problem = stage_problem(folder, config)
+    if problem is None:
         log.info("tokenizer in %s is up to date; skipping", folder)
         return folder
-    data_folder = Path(str(cfg.paths.data))
-    if not stage_is_current(data_folder, data_config(cfg)):
-        raise PipelineError(f"the data stage is not done in {data_folder} for these settings: run "
-                            "`python -m pipeline.prepare` with the same overrides first")
+    if (folder / STAGE_RECORD).is_file():
+        log.info("training the tokenizer again: %s", problem)
     # A stale record must not vouch for a half-rewritten folder if this run dies midway.
     (folder / STAGE_RECORD).unlink(missing_ok=True)
 
@@ -260,21 +262,22 @@ def train_tokenizer(cfg: DictConfig) -> Path:
     limit = require(cfg, "data.tokenizer.max_train_sentences", lambda v: _is_int(v) and v > 0,
                     "must be a positive integer")
 
+    inputs = input_hashes(data_folder / name for name in ("train.src", "train.tgt", "train.mono"))
     sentences = _training_sentences(data_folder, limit, int(cfg.data.split_seed))
     log.info("training a BPE model of %d pieces on %d sentences", vocab_size, len(sentences))
     model = train_model(sentences, vocab_size, float(coverage))
-    with atomic_path(folder / MODEL_FILE) as tmp:
-        tmp.write_bytes(model)
-    tokenizer = Tokenizer(model, source=str(folder / MODEL_FILE))
-
-    mono = read_lines(data_folder / "train.mono")
-    counts = count_tokens(tokenizer, mono)
-    write_frequencies(folder / FREQ_FILE, tokenizer, counts)
+    with recording(folder) as ledger:
+        write_bytes(folder / MODEL_FILE, model)
+        tokenizer = Tokenizer(model, source=str(folder / MODEL_FILE))
+        mono = read_lines(data_folder / "train.mono")
+        counts = count_tokens(tokenizer, mono)
+        write_frequencies(folder / FREQ_FILE, tokenizer, counts)
     unseen = int((counts == 0).sum())
     log.info("counted %d tokens in %d train.mono sentences; %d of %d ids never occur",
              int(counts.sum()), len(mono), unseen, tokenizer.vocab_size)
 
-    write_stage_record(folder, "tokenizer", config, vocab_size=tokenizer.vocab_size,
-                       train_sentences=len(sentences), mono_tokens=int(counts.sum()),
-                       unseen_ids=unseen, model_sha256=sha256_file(folder / MODEL_FILE))
+    write_stage_record(folder, "tokenizer", config, ledger=ledger, root=cfg.paths.results, inputs=inputs, command=prepare_command(),
+                       vocab_size=tokenizer.vocab_size, train_sentences=len(sentences),
+                       mono_tokens=int(counts.sum()), unseen_ids=unseen,
+                       model_sha256=ledger.files[MODEL_FILE]["sha256"])
     return folder

@@ -26,16 +26,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.profiler import record_function
 
-from .config import cli, max_minutes, to_plain, train_config
+from .config import cli, data_config, max_minutes, to_plain, tokenizer_config, train_config
 from .convergence import convergence, read_log
-from .corpus import prepare_data, read_lines
+from .corpus import prepare_command, prepare_data, read_lines
 from .evaluate import bleu, dev_metrics, to_device
 from .model import Model, ModelArgs, build_model
 from .objectives import make_batches, make_objective, specials
 from .runtime import autocast, resolve_device, resolve_precision, setup_runtime
-from .store import (PipelineError, atomic_path, config_hash, read_json, stage_is_current, torch_save,
-                    write_json, write_stage_record)
-from .tokenizer import Tokenizer, train_tokenizer
+from .store import (PipelineError, atomic_path, config_hash, input_hashes, read_json, read_record, recording,
+                    require_upstream, stage_command, stage_problem, torch_save, write_json, write_stage_record)
+from .tokenizer import MODEL_FILE, Tokenizer, train_tokenizer
 
 log = logging.getLogger("pipeline.train")
 
@@ -55,31 +55,11 @@ class TrainState:
 # ---------------------------------------------------------------- settings
 
 def check_settings(cfg: DictConfig) -> None:
-    """Reject bad training settings before any work, naming the key."""
-    from .config import positive_int, require
+    """Reject bad training settings before any work, naming the key (`pipeline.config`), and a
+    device that is not there."""
+    from .config import check_train_settings
 
-    for key in ("train.max_tokens", "train.max_steps", "train.eval_every", "train.patience", "data.max_len",
-                "model.n_layers", "model.d_model", "model.n_heads", "model.d_mlp", "model.n_ctx"):
-        require(cfg, key, positive_int, "expected a positive integer")
-    require(cfg, "train.lr", lambda v: isinstance(v, (int, float)) and v > 0, "expected a positive number")
-    require(cfg, "train.decay", lambda v: v in ("inverse_sqrt", "cosine", "linear", "constant"),
-            "expected inverse_sqrt, cosine, linear or constant")
-    require(cfg, "train.precision", lambda v: v in ("auto", "bf16", "fp32"), "expected auto, bf16 or fp32")
-    require(cfg, "train.compile", lambda v: v in ("auto", True, False), "expected auto, true or false")
-    require(cfg, "objective.kind", lambda v: v in ("mt", "lm", "mlm"), "expected mt, lm or mlm")
-    require(cfg, "model.norm", lambda v: v in ("pre", "post"), "expected pre or post")
-    require(cfg, "model.n_heads", lambda v: cfg.model.d_model % v == 0, f"must divide model.d_model={cfg.model.d_model}")
-    require(cfg, "model.n_ctx", lambda v: v >= cfg.data.max_len + 2,
-            f"must be at least data.max_len + 2 = {cfg.data.max_len + 2}")
-    minutes = lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)  # noqa: E731
-    require(cfg, "train.max_minutes", lambda v: minutes(v) or (isinstance(v, DictConfig) and all(
-        minutes(m) for m in v.values())), "expected null, a positive number of minutes, or a mapping from "
-        "objective name or kind to minutes")
-    require(cfg, "train.plateau_min_evals", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
-                                                                    and v >= 4),
-            "expected null (no plateau stop) or an integer >= 4 (evaluations)")
-    for key in ("objective.token_dropout", "objective.label_smoothing", "model.dropout"):
-        require(cfg, key, lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "expected a number in [0, 1)")
+    check_train_settings(cfg)
     resolve_device(str(cfg.train.device))
 
 
@@ -210,19 +190,32 @@ def lr_factor(tcfg: DictConfig) -> Callable[[int], float]:
 
 # ---------------------------------------------------------------- the loop
 
-def _restore(path: Path, expected_hash: str, model, opt, sched, gen) -> TrainState | None:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("config_hash") != expected_hash:
-        log.warning("%s was made with another config: starting afresh", path)
+def _restore(path: Path, expected_hash: str, inputs: dict, model, opt, sched, gen) -> TrainState | None:
+    """The state of the checkpoint at `path`, loaded into model, optimiser, schedule and generator;
+    None (start afresh) when it was made with other settings or inputs. An unreadable one is set
+    aside under another name, with a warning naming both, and training starts afresh."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if ckpt.get("config_hash") != expected_hash:
+            log.warning("%s was made with another config: starting afresh", path)
+            return None
+        if sorted(map(str, ckpt.get("inputs", inputs).values())) != sorted(map(str, inputs.values())):
+            log.warning("%s was made from other data or another tokenizer: starting afresh", path)
+            return None
+        model.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        gen.set_state(ckpt["rng"]["gen"])
+        return TrainState(**ckpt["train_state"])
+    except Exception as error:  # truncated, garbage, or of another layout: never fatal, never lost
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.replace(aside)
+        log.warning("%s is not a readable checkpoint (%s: %s); set aside as %s, training starts afresh",
+                    path, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "", aside)
         return None
-    model.load_state_dict(ckpt["state_dict"])
-    opt.load_state_dict(ckpt["optimizer"])
-    sched.load_state_dict(ckpt["scheduler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if ckpt["rng"].get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    gen.set_state(ckpt["rng"]["gen"])
-    return TrainState(**ckpt["train_state"])
 
 
 def _rewrite_log(path: Path, upto_step: int) -> None:
@@ -237,19 +230,28 @@ def _rewrite_log(path: Path, upto_step: int) -> None:
 def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict:
     """Train `cfg.objective` with `cfg.seed`; returns the summary. `on_step(step)` is called after
     every optimiser step (and its checkpoint), e.g. to stop a run in tests."""
+    check_settings(cfg)
     out = Path(cfg.paths.model)
     tcfg, kind, seed = cfg.train, cfg.objective.kind, int(cfg.seed)
     stage_cfg = train_config(cfg)
-    if stage_is_current(out, stage_cfg) and (out / "model.pt").exists():
+    # The data split and the tokenizer are made here only when they are not there at all: made with
+    # other settings (or damaged), they are the prepare stage's to rebuild, never this one's.
+    data_folder, tok_folder = Path(str(cfg.paths.data)), Path(str(cfg.paths.tokenizer))
+    if not require_upstream(data_folder, data_config(cfg), prepare_command()):
+        prepare_data(cfg)
+    if not require_upstream(tok_folder, tokenizer_config(cfg), prepare_command()):
+        train_tokenizer(cfg)
+    inputs = input_hashes(training_inputs(cfg))
+    problem = stage_problem(out, stage_cfg)
+    if problem is None:
         log.info("%s is already trained with this config; nothing to do", out)
         return read_json(out / "summary.json")
+    if read_record(out) is not None:
+        log.info("training %s again: %s", out, problem)
 
-    check_settings(cfg)
     setup_runtime(tcfg.threads, bool(tcfg.deterministic))
     device = resolve_device(str(tcfg.device))
     amp = resolve_precision(str(tcfg.precision), device)
-    prepare_data(cfg)
-    train_tokenizer(cfg)
     tok = Tokenizer.load(cfg.paths.tokenizer)
     sp = specials(tok)
     objective = make_objective(cfg.objective, sp)
@@ -264,7 +266,8 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
     chash = config_hash(stage_cfg)
     out.mkdir(parents=True, exist_ok=True)
     last, best, log_path = out / "last.pt", out / "best.pt", out / "log.jsonl"
-    state = _restore(last, chash, model, opt, sched, gen) if last.exists() else None
+    (out / "stage.json").unlink(missing_ok=True)  # from here on no earlier record vouches for this folder
+    state = _restore(last, chash, inputs, model, opt, sched, gen) if last.exists() else None
     if state is None:
         state = TrainState()
         for stale in (last, best, log_path):
@@ -332,12 +335,13 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
                 stop = "plateau"
             elif out_of_time:
                 stop = "max_minutes"
-            _save_last(last, model, opt, sched, gen, state, cfg, chash)
+            _save_last(last, model, opt, sched, gen, state, cfg, chash, inputs)
         if on_step is not None:
             on_step(state.step)
     if bar is not None:
         bar.close()
-    return _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop, chash, stage_cfg, n_params)
+    return _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop, chash, stage_cfg, n_params,
+                   inputs)
 
 
 def _plateaued(out: Path, tcfg: DictConfig) -> bool:
@@ -351,15 +355,24 @@ def _plateaued(out: Path, tcfg: DictConfig) -> bool:
     return len(entries) >= int(least) and bool(convergence(entries)["converged"])
 
 
-def _save_last(path, model, opt, sched, gen, state, cfg, chash) -> None:
+def training_inputs(cfg: DictConfig) -> list[Path]:
+    """The files a training run reads: its objective's splits and the tokenizer model."""
+    data = Path(str(cfg.paths.data))
+    names = ("train.src", "train.tgt", "valid.src", "valid.tgt") if cfg.objective.kind == "mt" else \
+        ("train.mono", "valid.mono")
+    return [*(data / name for name in names), Path(str(cfg.paths.tokenizer)) / MODEL_FILE]
+
+
+def _save_last(path, model, opt, sched, gen, state, cfg, chash, inputs) -> None:
     rng = {"torch": torch.get_rng_state(), "gen": gen.get_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch_save({"model": model.checkpoint_args(), "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "train_state": asdict(state), "rng": rng,
-                "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": chash}, path)
+                "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": chash, "inputs": inputs}, path)
 
 
-def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop, chash, stage_cfg, n_params) -> dict:
+def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop, chash, stage_cfg, n_params,
+            inputs) -> dict:
     """Reload the best weights, measure dev quality, write model.pt, summary.json and the record."""
     model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True))
     dev = dev_metrics(model, objective, data["dev"], device, amp, int(cfg.train.max_tokens))
@@ -370,11 +383,19 @@ def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop,
                "train_tokens": state.tokens, "wall_time_s": round(state.elapsed_s, 1), "n_params": n_params,
                "device": str(device), "precision": str(amp or "fp32"), "dev": dev,
                "convergence": convergence(read_log(out), stop)}
-    torch_save({"model": model.checkpoint_args(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": chash,
-                "tokenizer": str(cfg.paths.tokenizer), "summary": summary}, out / "model.pt")
-    write_json(out / "summary.json", summary)
-    write_stage_record(out, "train", stage_cfg, summary=summary)
+    # What the model was made from, for the dump to check against what it is given: the tokenizer
+    # model's sha256 and the data split's digest (its probe set included), as their stages recorded them.
+    tokenizer_sha = inputs[str(Path(str(cfg.paths.tokenizer)) / MODEL_FILE)]
+    data_digest = (read_record(cfg.paths.data) or {}).get("digest")
+    with recording(out) as ledger:
+        torch_save({"model": model.checkpoint_args(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": chash,
+                    "tokenizer": str(cfg.paths.tokenizer), "tokenizer_sha256": tokenizer_sha,
+                    "data_digest": data_digest, "inputs": inputs, "summary": summary}, out / "model.pt")
+        write_json(out / "summary.json", summary)
+        ledger.add_existing(out / "log.jsonl")  # a few kB, appended over the run: hashed once at the end
+    write_stage_record(out, "train", stage_cfg, ledger=ledger, root=cfg.paths.results, inputs=inputs, command=train_command(cfg),
+                       tokenizer_sha256=tokenizer_sha, data_digest=data_digest, summary=summary)
     for tmp in (out / "last.pt", out / "best.pt"):
         tmp.unlink(missing_ok=True)
     quality = {"mt": "BLEU {bleu:.2f}", "lm": "perplexity {perplexity:.2f}", "mlm": "masked accuracy {accuracy:.3f}"}
@@ -383,6 +404,11 @@ def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop,
              ("converged: " if summary["convergence"]["converged"] else "NOT converged: ")
              + summary["convergence"]["reason"])
     return summary
+
+
+def train_command(cfg: DictConfig) -> str:
+    """The command that (re)trains this model."""
+    return stage_command("pipeline.train")
 
 
 main = cli(train)

@@ -148,7 +148,7 @@ def test_prepare_from_parallel_files(tmp_path: Path) -> None:
                  "data.probe_size=10")
     folder = prepare_data(cfg)
     record = json.loads((folder / "stage.json").read_text())
-    assert record["archive_sha256"] is None and record["inputs"]["src_sha256"] == sha256_file(src)
+    assert record["archive_sha256"] is None and record["inputs"] == {str(src): sha256_file(src), str(tgt): sha256_file(tgt)}
     written = sum(len(read_lines(folder / f"{s}.src")) for s in ("train", "valid", "test"))
     assert written + record["counts"]["probe_pairs"] == len(pairs)
 
@@ -283,14 +283,45 @@ def test_max_pairs_keeps_whole_source_groups(tmp_path: Path) -> None:
 def test_prepare_data_skips_when_current(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     archive = pairs_zip(tmp_path / "c.zip", synthetic_pairs(300))
     folder = prepare_data(small_config(tmp_path, archive))
-    (folder / "train.src").write_text("sentinel\n")
+    before = {name: (folder / name).stat().st_mtime_ns for name in corpus.OUTPUT_FILES}
     with caplog.at_level("INFO", logger="pipeline.corpus"):
         prepare_data(small_config(tmp_path, archive))
-    assert read_lines(folder / "train.src") == ["sentinel"] and "skipping" in caplog.text
+    assert "skipping" in caplog.text
+    assert before == {name: (folder / name).stat().st_mtime_ns for name in corpus.OUTPUT_FILES}
     prepare_data(small_config(tmp_path, archive, "data.split_seed=1"))
-    assert read_lines(folder / "train.src") != ["sentinel"]
     record = json.loads((folder / "stage.json").read_text())
     assert record["config"]["data"]["split_seed"] == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "same size"])
+def test_a_damaged_split_is_redone_by_prepare_and_named_by_its_readers(tmp_path: Path, damage: str) -> None:
+    archive = pairs_zip(tmp_path / "c.zip", synthetic_pairs(300))
+    folder = prepare_data(small_config(tmp_path, archive))
+    good = (folder / "train.src").read_bytes()
+    if damage == "truncate":
+        (folder / "train.src").write_bytes(good[:100])
+    elif damage == "delete":
+        (folder / "train.src").unlink()
+    else:  # altered in place, same length: caught by its moved mtime and then its sha256
+        (folder / "train.src").write_bytes(good[::-1])
+    if damage != "same size":  # readers check the size only (one stat)
+        with pytest.raises(PipelineError, match=r"train\.src is .*record.*repair it with `python -m pipeline.prepare"):
+            read_lines(folder / "train.src")
+    prepare_data(small_config(tmp_path, archive))
+    assert (folder / "train.src").read_bytes() == good
+
+
+def test_a_corpus_edited_in_place_redoes_the_split(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    archive = pairs_zip(tmp_path / "c.zip", synthetic_pairs(300))
+    folder = prepare_data(small_config(tmp_path, archive))
+    first = json.loads((folder / "stage.json").read_text())
+    pairs_zip(archive, synthetic_pairs(300)[:-40])  # the same path, other content
+    with caplog.at_level("INFO", logger="pipeline.corpus"):
+        prepare_data(small_config(tmp_path, archive))
+    assert "made from another" in caplog.text and str(archive) in caplog.text
+    second = json.loads((folder / "stage.json").read_text())
+    assert second["inputs"] == {str(archive): sha256_file(archive)} != first["inputs"]
+    assert second["counts"]["pairs_read"] < first["counts"]["pairs_read"]
 
 
 def test_real_archive(tmp_path: Path) -> None:

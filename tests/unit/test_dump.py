@@ -22,7 +22,7 @@ from pipeline.dump import MASKED_COLUMNS, TOKEN_COLUMNS, dump, layer_file, read_
 from pipeline.model import load_model
 from pipeline.store import PipelineError, read_json
 from pipeline.tokenizer import Tokenizer, load_frequency_ranks, train_tokenizer
-from tests.synthetic import save_untrained
+from tests.synthetic import replace_output, save_untrained
 
 REPO = Path(__file__).resolve().parents[2]
 ARCHIVE = REPO.parent / "shared/data/tatoeba-deu-eng/deu-eng.zip"
@@ -50,7 +50,7 @@ def root(tmp_path_factory) -> Path:
     lines = read_lines(probe)[:N_PROBE]
     for pos, line in zip((3, 10, 17, 30), AWKWARD):
         lines.insert(pos, line)
-    probe.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    replace_output(probe, "".join(f"{line}\n" for line in lines))
     tok = Tokenizer.load(cfg.paths.tokenizer)
     for objective, seed in MODELS:
         save_untrained(make_cfg(root, objective, seed), tok)

@@ -19,7 +19,7 @@ from pipeline.dump import dump
 from pipeline.model import ModelArgs, build_model
 from pipeline.store import PipelineError
 from pipeline.tokenizer import Tokenizer, train_tokenizer
-from tests.synthetic import save_untrained
+from tests.synthetic import replace_output, save_untrained
 
 ARGS = ModelArgs(d_vocab=60, pad_id=0, n_layers=3, n_dec_layers=1, d_model=32, n_heads=4, d_mlp=64,
                  dropout=0.0, n_ctx=40)
@@ -147,7 +147,7 @@ def experiment(tmp_path_factory, shared_zip):
     prepare_data(cfg())
     train_tokenizer(cfg())
     probe = Path(cfg().paths.data) / "probe.txt"
-    probe.write_text("".join(f"{line}\n" for line in read_lines(probe)[:80]), encoding="utf-8")
+    replace_output(probe, "".join(f"{line}\n" for line in read_lines(probe)[:80]))
     tok = Tokenizer.load(cfg().paths.tokenizer)
     for objective in ("lm", "mlm"):
         save_untrained(cfg(objective), tok)

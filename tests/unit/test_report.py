@@ -260,7 +260,8 @@ def test_report_replaces_the_old_one_atomically(tmp_path):
     old.write_text("old")
     assert run(_cfg(tmp_path / "results", tmp_path / "reports")) == old
     assert old.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
-    assert [p.name for p in old.parent.iterdir()] == ["report.html"], "no temporary file left behind"
+    assert sorted(p.name for p in old.parent.iterdir()) == ["report.html", "report.json"], \
+        "no temporary file left behind (report.json: the page's record)"
 
 
 def test_report_config_leaves_out_runtime_settings():

@@ -154,7 +154,7 @@ def test_needs_the_data_stage_and_a_sane_vocab_size(tmp_path: Path) -> None:
         Tokenizer.load(tmp_path)
     # a split made with other data settings must not be trained on
     prepare_data(cfg)
-    with pytest.raises(PipelineError, match="data stage is not done"):
+    with pytest.raises(PipelineError, match=r"data.split_seed=0 there, data.split_seed=1 in this run; .*rebuild it with `python -m pipeline.prepare"):
         train_tokenizer(synthetic_config(tmp_path, "data.split_seed=1"))
     cfg = synthetic_config(tmp_path, "data.tokenizer.vocab_size=100")
     prepare_data(cfg)

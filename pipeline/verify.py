@@ -1,0 +1,60 @@
+"""Command line: `python -m pipeline.verify experiment=<name> [overrides]` checks every artifact of an
+experiment against the records its stages left: each output's size and sha256 (hashed in full), each
+input's recorded hash against the one its maker recorded, and for the user's corpus files their
+sha256 now. It changes nothing. One line per record; for each problem, the command that repairs it.
+
+Exit code 0 when everything matches, 1 when something does not (2: bad settings, as every stage).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from .config import cli
+from .store import read_record, records_under, stage_problem
+
+log = logging.getLogger("pipeline.verify")
+
+
+def verify(roots: list[Path]) -> list[tuple[Path, str | None, int, int]]:
+    """(record file, problem or None, outputs, bytes) for every record under `roots`."""
+    found = []
+    for root in roots:
+        for record_file in records_under(root):
+            record = read_record(record_file) or {}
+            outputs = record.get("outputs") or {}
+            target = record_file.parent if record_file.name == "stage.json" else record_file
+            found.append((record_file, stage_problem(target, full=True), len(outputs),
+                          sum(int(e.get("size", 0)) for e in outputs.values())))
+    return found
+
+
+def run(cfg: DictConfig) -> None:
+    roots = [Path(str(cfg.paths.results)), Path(str(cfg.paths.report))]
+    started = time.perf_counter()
+    found = verify([root for root in roots if root.is_dir()])
+    bad = [(f, p) for f, p, _, _ in found if p]
+    n_files, n_bytes = sum(n for _, _, n, _ in found), sum(b for _, _, _, b in found)
+    for record_file, problem, n, size in found:
+        if problem:
+            command = (read_record(record_file) or {}).get("command") or "the stage that made it"
+            print(f"DAMAGED {record_file.parent}: {problem}; repair: {command}")
+        else:
+            print(f"ok      {record_file.parent if record_file.name == 'stage.json' else record_file.with_suffix('.csv')}"
+                  f" ({n} files, {size / 1e6:.1f} MB)")
+    print(f"{len(found)} records, {n_files} files, {n_bytes / 1e6:.1f} MB hashed in "
+          f"{time.perf_counter() - started:.1f} s: {len(bad) or 'no'} problem{'s' if len(bad) != 1 else ''}")
+    if not found:
+        print(f"nothing to verify under {', '.join(map(str, roots))}")
+    if bad:
+        sys.exit(1)
+
+
+main = cli(run)
+
+if __name__ == "__main__":
+    main()
