@@ -71,7 +71,9 @@ def jobs_per_rule(outputs: list[str]) -> dict[str, int]:
 def test_dry_run_schedules_the_whole_grid(tmp_path, experiment, overrides):
     outputs = run_workflow(tmp_path, {"experiment": experiment, "overrides": overrides})
     assert jobs_per_rule(outputs) == GRID
-    assert all(path.startswith((f"results/{experiment}/", f"reports/{experiment}/")) for path in outputs)
+    assert all(path.startswith((f"results/{experiment}/", f"reports/{experiment}/", "resources/")) for path in outputs)
+    # the corpus is an input: the default archive is downloaded by a job; paper's parallel files are the user's
+    assert ("resources/deu-eng.zip" in outputs) == (experiment != "paper")
     assert f"reports/{experiment}/report.html" in outputs
     assert f"results/{experiment}/models/mlm/seed2/model.pt" in outputs
     assert f"results/{experiment}/dumps/lm_td/seed1/tokens.tsv" in outputs
@@ -138,7 +140,8 @@ def finished_smoke(tmp_path_factory) -> Path:
     for output in run_workflow(workdir, config):
         path = workdir / output
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        # a stage record must be readable (an empty one is damage, which the workflow redoes)
+        path.write_text('{"outputs": {}}' if path.name == "stage.json" else "")
     run_workflow(workdir, config, executor="touch", forceall=True)
     return workdir
 
@@ -189,3 +192,61 @@ def test_setting_reruns_only_the_models_whose_config_it_changes(finished_smoke):
     # objective settings to change
     assert jobs_per_rule(outputs) == {**NOTHING, "train": 6, "dump": 6, "measure": 27, "merge": 5, "similarity": 1,
                                       "report": 1}
+
+
+# ---------------------------------------------------------------- the corpus and damaged outputs
+
+@pytest.fixture
+def finished_copy(finished_smoke, tmp_path) -> Path:
+    """A copy of the finished smoke folder (snakemake's metadata included) that a test may alter."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_smoke, copy, symlinks=True)
+    return copy
+
+
+def test_an_edited_corpus_reruns_prepare_and_everything_after_it(finished_copy):
+    import os
+    import time
+
+    archive = finished_copy / "resources" / "deu-eng.zip"
+    archive.write_bytes(b"other content")  # snakemake compares the checksum of a small input, too
+    later = time.time() + 60
+    os.utime(archive, (later, later))  # newer than data/stage.json, as an edit makes it
+    outputs = run_workflow(finished_copy, {"experiment": "smoke"})
+    assert jobs_per_rule(outputs) == GRID and "resources/deu-eng.zip" not in outputs
+
+
+def test_a_damaged_output_reruns_its_stage_and_what_depends_on_it(finished_copy):
+    from pipeline.store import outputs_digest, write_json
+
+    dump = finished_copy / "results/smoke/dumps/lm/seed2"
+    (dump / "layer_02.npy").write_bytes(b"truncated")
+    outputs = {"layer_02.npy": {"size": 4096, "sha256": "0" * 64, "mtime_ns": 0}}
+    write_json(dump / "stage.json", {"stage": "dump", "outputs": outputs, "digest": outputs_digest(outputs)})
+    scheduled = run_workflow(finished_copy, {"experiment": "smoke"})
+    # the dump and the 4 measures of lm/seed2 (no t-SNE: not a first seed), their merges, the distances, the report
+    assert jobs_per_rule(scheduled) == {**NOTHING, "dump": 1, "measure": 4, "merge": 4, "similarity": 1, "report": 1}
+    assert "results/smoke/dumps/lm/seed2/stage.json" in scheduled
+
+
+@pytest.mark.parametrize("config,named", [
+    ("overrides=seed=3", "expected a list of 'key=value' strings, got str 'seed=3'"),
+    ('overrides=["train.max_steps=abc"]', "setting train.max_steps='abc' is invalid"),
+    ('overrides=["seed=-1"]', "'seed=-1' sets what the workflow sets itself"),
+    ("gpus=3", "config key 'gpus': 3 is greater than the maximum of 1"),
+])
+def test_the_command_line_gives_one_line_and_exit_code_2(tmp_path, config, named):
+    import subprocess
+    import sys
+
+    snakemake = Path(sys.executable).with_name("snakemake")
+    done = subprocess.run([str(snakemake), "-n", "--cores", "1", "-s", str(SNAKEFILE), "-d", str(tmp_path),
+                           "--configfile", str(CONFIGFILE), "--config", "experiment=smoke", config],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and named in errors[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "jsonschema" not in done.stderr
+    assert not (tmp_path / "results").exists()

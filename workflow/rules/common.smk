@@ -27,9 +27,10 @@ _CHECKOUT = str(Path(workflow.basedir).parent)
 if sys.path[0] != _CHECKOUT:
     sys.path.insert(0, _CHECKOUT)
 
-from pipeline.config import (CONFIG_DIR, INIT, compose, data_config, init_config, init_grid,  # noqa: E402
-                             max_minutes, to_plain, tokenizer_config, train_config)
-from pipeline.store import config_hash  # noqa: E402
+from pipeline.config import (CONFIG_DIR, INIT, check_model_settings, compose, data_config,  # noqa: E402
+                             init_config, init_grid, max_minutes, to_plain, tokenizer_config, train_config)
+from pipeline.corpus import corpus_files  # noqa: E402
+from pipeline.store import PipelineError, config_hash, damaged_outputs  # noqa: E402
 from analysis.tables import mi_settings, section as analysis_section  # noqa: E402
 
 # The interpreter running snakemake has the pipeline's dependencies (it just imported them).
@@ -48,14 +49,14 @@ def _choices(group: str) -> list[str]:
 
 EXPERIMENT = config["experiment"]
 if EXPERIMENT not in _choices("experiment"):
-    raise WorkflowError(
+    fail(
         f"config key 'experiment': {EXPERIMENT!r} is not an experiment; choose one of "
         f"{', '.join(_choices('experiment'))} (the files in {CONFIG_DIR / 'experiment'})")
 
 OVERRIDES = list(config["overrides"])
 for _override in OVERRIDES:
     if _RESERVED.match(_override):
-        raise WorkflowError(
+        fail(
             f"config key 'overrides': {_override!r} sets what the workflow sets itself "
             "(experiment: use the config key 'experiment'; objective and seed: use the "
             "workflow.objectives / workflow.seeds settings; hydra.*: fixed per rule)")
@@ -76,10 +77,10 @@ def _compose(*extra: str):
     except Exception as error:  # Hydra's and OmegaConf's errors: name the override at fault
         culprit = next((o for o in OVERRIDES if not _composes(o)), None)
         if culprit is not None:
-            raise WorkflowError(f"config key 'overrides': {culprit!r} is not a valid Hydra override "
-                                f"for experiment {EXPERIMENT}: {error}") from None
-        raise WorkflowError(f"experiment={EXPERIMENT} with overrides {OVERRIDES} {' '.join(extra)} "
-                            f"does not compose: {error}") from None
+            fail(f"config key 'overrides': {culprit!r} is not a valid Hydra override "
+                                f"for experiment {EXPERIMENT}: {error}")
+        fail(f"experiment={EXPERIMENT} with overrides {OVERRIDES} {' '.join(extra)} "
+                            f"does not compose: {error}")
 
 
 def _composes(override: str) -> bool:
@@ -92,7 +93,7 @@ def _composes(override: str) -> bool:
 
 def _same_path(actual, expected: str, key: str) -> None:
     if os.path.normpath(str(actual)) != expected:
-        raise WorkflowError(
+        fail(
             f"setting {key}={actual!r}: the workflow expects {expected!r} (derived from "
             "paths.results); move outputs with paths.results, not with the per-stage paths.*")
 
@@ -101,7 +102,7 @@ BASE = _compose()
 
 RESULTS = os.path.normpath(str(BASE.paths.results))
 if not _PLAIN_PATH.match(RESULTS):
-    raise WorkflowError(f"setting paths.results={RESULTS!r}: use a path of letters, digits and "
+    fail(f"setting paths.results={RESULTS!r}: use a path of letters, digits and "
                         "_ . / @ + - only (it is passed to Hydra on the command line)")
 LOGS = f"logs/{BASE.experiment_name}"
 
@@ -122,7 +123,7 @@ _same_path(BASE.paths.tokenizer, results("tokenizer"), "paths.tokenizer")
 if BASE.data.format == "parallel":
     for _key in ("data.src_file", "data.tgt_file"):
         if not OmegaConf.select(BASE, _key):
-            raise WorkflowError(
+            fail(
                 f"setting {_key} must be set when data.format=parallel (experiment {EXPERIMENT}); "
                 "e.g. --config 'overrides=[\"data.src_file=/data/train.en\",\"data.tgt_file=/data/train.de\"]'")
 
@@ -134,23 +135,23 @@ def _grid(cfg) -> list[tuple[str, int]]:
     seeds = OmegaConf.to_container(cfg.workflow.seeds, resolve=True)
     known = _choices("objective")
     if not isinstance(objectives, list) or not objectives or not all(isinstance(o, str) for o in objectives):
-        raise WorkflowError(f"setting workflow.objectives={objectives!r}: expected a non-empty list of names")
+        fail(f"setting workflow.objectives={objectives!r}: expected a non-empty list of names")
     for objective in objectives:
         if objective == INIT:
-            raise WorkflowError(f"setting workflow.objectives: {INIT!r} is the step-0 control, never trained; "
+            fail(f"setting workflow.objectives: {INIT!r} is the step-0 control, never trained; "
                                 "it is dumped and measured for every seed in use unless workflow.init=false")
         if objective not in known:
-            raise WorkflowError(
+            fail(
                 f"setting workflow.objectives: {objective!r} has no conf/objective/{objective}.yaml "
                 f"(known: {', '.join(known)})")
     if len(set(objectives)) != len(objectives):
-        raise WorkflowError(f"setting workflow.objectives={objectives}: a name is repeated")
+        fail(f"setting workflow.objectives={objectives}: a name is repeated")
     grid = []
     for objective in objectives:
         runs = seeds.get(objective) if isinstance(seeds, dict) else None
         if (not isinstance(runs, list) or not runs or len(set(runs)) != len(runs)
                 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in runs)):
-            raise WorkflowError(f"setting workflow.seeds.{objective}={runs!r}: expected a non-empty list "
+            fail(f"setting workflow.seeds.{objective}={runs!r}: expected a non-empty list "
                                 "of distinct non-negative integers, one entry per objective in workflow.objectives")
         grid += [(objective, seed) for seed in runs]
     return grid
@@ -158,7 +159,7 @@ def _grid(cfg) -> list[tuple[str, int]]:
 
 GRID = _grid(BASE)  # (objective, seed) of every trained model, in the order of workflow.objectives
 if not isinstance(OmegaConf.select(BASE, "workflow.init"), bool):
-    raise WorkflowError(f"setting workflow.init={OmegaConf.select(BASE, 'workflow.init')!r}: expected true or false")
+    fail(f"setting workflow.init={OmegaConf.select(BASE, 'workflow.init')!r}: expected true or false")
 # The step-0 control: the untrained stack of every seed in use (rule dump_init), measured like a model.
 INIT_GRID = init_grid(BASE)
 MODELS = [*GRID, *INIT_GRID]  # every model the measurements run on
@@ -170,10 +171,16 @@ TRAINED = "|".join(re.escape(o) for o in _choices("objective") if o != INIT)
 def job_config(objective: str, seed: int):
     """The resolved config of one model: what `python -m pipeline.train|dump` will see."""
     cfg = _compose(f"objective={objective}", f"seed={seed}")
+    try:  # every setting's type and range, as each stage checks them before its work
+        check_model_settings(cfg)
+    except PipelineError as error:
+        culprit = next((o for o in OVERRIDES if o.lstrip("+~").split("=", 1)[0] in str(error)), None)
+        fail(f"config key 'overrides': {culprit!r}: {error}" if culprit else
+             f"experiment {EXPERIMENT} ({objective} seed {seed}): {error}")
     _same_path(cfg.paths.model, results(f"models/{objective}/seed{seed}"), "paths.model")
     _same_path(cfg.paths.dump, results(f"dumps/{objective}/seed{seed}"), "paths.dump")
     if config_hash(tokenizer_config(cfg)) != TOKENIZER_HASH:
-        raise WorkflowError(f"conf/objective/{objective}.yaml changes data settings; every model "
+        fail(f"conf/objective/{objective}.yaml changes data settings; every model "
                             "shares one data split and tokenizer (rule prepare)")
     return cfg
 
@@ -264,6 +271,40 @@ def metric_tables() -> list[str]:
 # Compose every model of the grid now: a bad setting fails here, before any job runs.
 for _objective, _seed in MODELS:
     job_config(_objective, _seed)
+
+# ---------------------------------------------------------------- the corpus
+
+# The user's corpus files are inputs of rule prepare, so that editing one reruns exactly what depends
+# on it (pipeline.prepare then compares their sha256 with its record and redoes the split). The default
+# archive is the output of rule download; a named file that is not there is left out, so that a dry
+# run needs no data (rule prepare then stops naming it).
+CORPUS = [str(path) for path in corpus_files(BASE)]
+DEFAULT_ARCHIVE = None if BASE.data.format == "parallel" or BASE.data.archive else CORPUS[0]
+
+
+def corpus_inputs(wildcards) -> list[str]:
+    return [path for path in CORPUS if path == DEFAULT_ARCHIVE or os.path.isfile(path)]
+
+
+# ---------------------------------------------------------------- damaged outputs
+
+# An output that is missing or has another size than its stage recorded (a truncated layer file, a
+# garbage model.pt) makes its stage not done: its record is set aside now, before the DAG is built, and
+# so are the damaged files the rules declare, so that snakemake reruns that stage and what depends on it.
+def _declared_outputs(record: Path, outputs: list[Path]) -> list[Path]:
+    """The files of a damaged stage whose absence makes snakemake rerun it: its record, and the outputs
+    the rule declares besides (a model's model.pt, a table's CSV)."""
+    declared = [path for path in outputs if path.name == "model.pt" or path.suffix == ".csv"]
+    if record.name == "stage.json" and record.parent.parent.parent.name == "models":  # a record of no outputs
+        declared.append(record.parent / "model.pt")
+    return [record, *declared]
+
+
+for _record, _problem, _outputs in damaged_outputs(RESULTS):
+    print(f"warning: {_problem}: its stage is redone", file=sys.stderr)
+    for _path in _declared_outputs(_record, _outputs):
+        _path.unlink(missing_ok=True)
+
 
 wildcard_constraints:
     objective="|".join(map(re.escape, _choices("objective"))),

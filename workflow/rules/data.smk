@@ -1,9 +1,28 @@
 # The corpus split and the tokenizer trained on it: one job per experiment, shared by every model.
-# The corpus file itself (data.archive / data.src_file, data.tgt_file) is not an input, so that a
-# dry run needs no data; pipeline.prepare records its sha256 in data/stage.json.
+# The corpus files (data.archive, or data.src_file and data.tgt_file) are inputs: editing one reruns
+# prepare, which compares their sha256 with data/stage.json and redoes the split. The default archive
+# (data.archive null) is downloaded by rule download from data.url to data.resources_dir.
+
+
+if DEFAULT_ARCHIVE is not None:
+
+    rule download:
+        output:
+            archive=DEFAULT_ARCHIVE,
+        params:
+            run_dir=results("data/hydra"),
+        log:
+            logs("download.log"),
+        shell:
+            "{PYTHON:q} -m pipeline.fetch {HYDRA_ARGS:q} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
+
+    localrules:
+        download,
 
 
 rule prepare:
+    input:
+        corpus=corpus_inputs,
     output:
         data=results("data/stage.json"),
         tokenizer=results("tokenizer/stage.json"),

@@ -6,7 +6,7 @@ from analysis.report import report_config  # noqa: E402  (light: no torch, no ma
 
 REPORT_DIR = os.path.normpath(str(BASE.paths.report))
 if not _PLAIN_PATH.match(REPORT_DIR):
-    raise WorkflowError(f"setting paths.report={REPORT_DIR!r}: use a path of letters, digits and "
+    fail(f"setting paths.report={REPORT_DIR!r}: use a path of letters, digits and "
                         "_ . / @ + - only (it is passed to Hydra on the command line)")
 # Hash of the resolved config the report shows and checks its claims with (runtime keys left out).
 REPORT_HASH = config_hash(report_config(BASE))
