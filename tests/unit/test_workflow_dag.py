@@ -218,17 +218,31 @@ def test_an_edited_corpus_reruns_prepare_and_everything_after_it(finished_copy):
     assert jobs_per_rule(outputs) == GRID and "resources/deu-eng.zip" not in outputs
 
 
-def test_a_damaged_output_reruns_its_stage_and_what_depends_on_it(finished_copy):
+DAMAGED_LM2 = {**NOTHING, "measure": 4, "merge": 4, "similarity": 1, "report": 1}  # lm/seed2: no t-SNE (not a first seed)
+
+
+@pytest.mark.parametrize("folder,damaged,expected", [
+    # a truncated layer file: the dump, the 4 measures of lm/seed2, their merges, the distances, the report
+    ("dumps/lm/seed2", "layer_02.npy", {**DAMAGED_LM2, "dump": 1}),
+    # a garbage model.pt: retrained, and everything after it
+    ("models/lm/seed2", "model.pt", {**DAMAGED_LM2, "train": 1, "dump": 1}),
+    # a record that is not one (empty): not done
+    ("dumps/lm/seed2", None, {**DAMAGED_LM2, "dump": 1}),
+    # a truncated probe.txt: the split is redone, and everything after it
+    ("data", "probe.txt", GRID),
+])
+def test_a_damaged_output_reruns_its_stage_and_what_depends_on_it(finished_copy, folder, damaged, expected):
     from pipeline.store import outputs_digest, write_json
 
-    dump = finished_copy / "results/smoke/dumps/lm/seed2"
-    (dump / "layer_02.npy").write_bytes(b"truncated")
-    outputs = {"layer_02.npy": {"size": 4096, "sha256": "0" * 64, "mtime_ns": 0}}
-    write_json(dump / "stage.json", {"stage": "dump", "outputs": outputs, "digest": outputs_digest(outputs)})
+    stage = finished_copy / "results/smoke" / folder
+    if damaged is None:
+        (stage / "stage.json").write_text("")
+    else:
+        (stage / damaged).write_bytes(b"garbage")
+        outputs = {damaged: {"size": 4096, "sha256": "0" * 64, "mtime_ns": 0}}
+        write_json(stage / "stage.json", {"stage": "x", "outputs": outputs, "digest": outputs_digest(outputs)})
     scheduled = run_workflow(finished_copy, {"experiment": "smoke"})
-    # the dump and the 4 measures of lm/seed2 (no t-SNE: not a first seed), their merges, the distances, the report
-    assert jobs_per_rule(scheduled) == {**NOTHING, "dump": 1, "measure": 4, "merge": 4, "similarity": 1, "report": 1}
-    assert "results/smoke/dumps/lm/seed2/stage.json" in scheduled
+    assert jobs_per_rule(scheduled) == expected
 
 
 @pytest.mark.parametrize("config,named", [

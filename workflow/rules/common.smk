@@ -290,7 +290,8 @@ def corpus_inputs(wildcards) -> list[str]:
 
 # An output that is missing or has another size than its stage recorded (a truncated layer file, a
 # garbage model.pt) makes its stage not done: its record is set aside now, before the DAG is built, and
-# so are the damaged files the rules declare, so that snakemake reruns that stage and what depends on it.
+# so are the damaged files the rules declare; since every artifact is a target of rule all, snakemake
+# then reruns that stage, and what depends on it because its output is newer.
 def _declared_outputs(record: Path, outputs: list[Path]) -> list[Path]:
     """The files of a damaged stage whose absence makes snakemake rerun it: its record, and the outputs
     the rule declares besides (a model's model.pt, a table's CSV)."""
