@@ -30,12 +30,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config import require
+from .settings import METHODS, setting
 
 from .similarity import Covariances, Spectrum
 
 TABLES = ("similarity", "change", "influence", "mi", "neighbours")
-METHODS = ("normal", "percentile", "basic")
 NO_INTERVAL = (float("nan"), float("nan"))
 
 
@@ -61,15 +60,9 @@ class Plan:
 
 def plan(cfg: DictConfig, table: str) -> Plan:
     """The bootstrap settings of `table` (analysis.bootstrap.*), checked, errors naming the setting."""
-    resamples = require(cfg, f"analysis.bootstrap.resamples.{table}",
-                        lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == 0 or v >= 10),
-                        "0 (no interval) or an integer >= 10")
-    seed = require(cfg, "analysis.bootstrap.seed", lambda v: isinstance(v, int), "an integer")
-    level = require(cfg, "analysis.bootstrap.level", lambda v: isinstance(v, float) and 0 < v < 1,
-                    "a coverage in (0, 1), e.g. 0.95")
-    groups = require(cfg, "analysis.bootstrap.groups", lambda v: isinstance(v, int) and v >= 20,
-                     "an integer >= 20")
-    method = require(cfg, "analysis.bootstrap.method", lambda v: v in METHODS, " | ".join(METHODS))
+    resamples = setting(cfg, f"analysis.bootstrap.resamples.{table}")
+    seed, level = setting(cfg, "analysis.bootstrap.seed"), setting(cfg, "analysis.bootstrap.level")
+    groups, method = setting(cfg, "analysis.bootstrap.groups"), setting(cfg, "analysis.bootstrap.method")
     return Plan(int(resamples), int(seed), float(level), int(groups), str(method))
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline.config import require
+from .settings import setting
 from pipeline.store import PipelineError
 
 log = logging.getLogger("analysis.buckets")
@@ -30,8 +30,7 @@ FLOOR_KEY = "analysis.min_samples_per_dim"
 def sample_floor(cfg: DictConfig, d: int) -> int:
     """The fewest samples a CCA-family estimate on d-feature views is made with:
     ceil(analysis.min_samples_per_dim x d), and always more than d (CCA needs n > d)."""
-    ratio = require(cfg, FLOOR_KEY, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1,
-                    "expected the samples per feature every PWCCA/SVCCA/CKA estimate needs, a number >= 1")
+    ratio = setting(cfg, FLOOR_KEY)
     return max(d + 1, math.ceil(float(ratio) * d))
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from pipeline.config import model_grid
 from pipeline.dump import MASKED_DIR, META_FILE, layer_file, read_tokens
 from pipeline.store import STAGE_RECORD, PipelineError, checked_file, note_input, read_json
+from .settings import setting
 
 
 @dataclass(frozen=True)
@@ -136,10 +137,7 @@ def check_aligned(dumps: list[Dump]) -> None:
 # ---------------------------------------------------------------- choosing rows
 
 def bucket_edges(cfg: DictConfig) -> list[int]:
-    edges = [int(e) for e in cfg.analysis.buckets]
-    if len(edges) < 2 or edges[0] < 1 or any(b <= a for a, b in zip(edges, edges[1:])):
-        raise PipelineError(f"setting analysis.buckets={edges}: expected increasing ranks starting at >= 1")
-    return edges
+    return [int(e) for e in setting(cfg, "analysis.buckets")]
 
 
 def bucket_labels(edges: list[int]) -> list[str]:

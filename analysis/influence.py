@@ -46,11 +46,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config import cli, require
+from pipeline.config import cli
 from pipeline.model import Block, Model, load_model
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError, sha256_file
 from pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from .settings import AFFECTED, setting
 
 from . import bootstrap
 from .buckets import BucketPlan, plan_buckets, sample_floor, shuffle_seed
@@ -59,7 +60,6 @@ from .measures import check_measure, distance, intervals, paired
 from .tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.influence")
-AFFECTED = ("auto", "all", "later")
 
 
 # ---------------------------------------------------------------- the removal pass
@@ -117,8 +117,7 @@ def choose_influencers(dump: Dump, cfg: DictConfig, affected: str) -> tuple[dict
     Returns (sentence id -> positions of its influencing tokens, the bucket of every dump row (-1:
     none), the bucket plan)."""
     icfg = cfg.analysis.influence
-    min_influencers = int(require(cfg, "analysis.influence.min_influencers", lambda v: isinstance(v, int) and v > 0,
-                                  "expected a positive integer (distinct influencing tokens a bucket needs)"))
+    min_influencers = int(setting(cfg, "analysis.influence.min_influencers"))
     t = dump.tokens
     rng = np.random.default_rng(int(cfg.analysis.sample_seed))
     sentences = np.unique(t["sentence_id"])
@@ -264,8 +263,7 @@ def collect_pairs(model: Model, dump: Dump, chosen: dict[int, list[int]], row_bu
 def influence_rows(model: Model, dump: Dump, cfg: DictConfig, device: torch.device) -> tuple[list[dict], BucketPlan]:
     """The rows of the influence table for one model, and the bucket plan they follow."""
     icfg = cfg.analysis.influence
-    batch_tokens = require(cfg, "analysis.influence.batch_tokens", lambda v: isinstance(v, int) and v > 0,
-                           "must be a positive integer")
+    batch_tokens = setting(cfg, "analysis.influence.batch_tokens")
     measure = check_measure(str(icfg.measure), "analysis.influence.measure")
     affected = resolve_affected(str(icfg.affected), model.stack.causal)
     chosen, row_bucket, plan = choose_influencers(dump, cfg, affected)

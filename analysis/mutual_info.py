@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config import cli, positive_int, positive_int_or_none, require
+from pipeline.config import cli
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
+from .settings import setting
 
 from . import bootstrap
 from .dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
@@ -186,16 +187,13 @@ def row_sets(dump: Dump, top_types: int, max_tokens: int | None, sample_seed: in
 def run(cfg: DictConfig) -> Path:
     """Measure every layer of cfg.objective / cfg.seed's dump; write its part of the `mi` table."""
     started = time.perf_counter()
-    top_types = require(cfg, "analysis.mi.top_types", positive_int, "a positive integer")
-    max_tokens = require(cfg, "analysis.mi.max_tokens", positive_int_or_none,
-                         "a positive integer or null")
-    iters = require(cfg, "analysis.mi.kmeans_iters", positive_int, "a positive integer")
-    batch = require(cfg, "analysis.mi.kmeans_batch", positive_int_or_none,
-                    "a positive integer or null (full-batch Lloyd)")
-    tol = require(cfg, "analysis.mi.kmeans_tol", lambda v: isinstance(v, (int, float)) and 0 <= v < 1,
-                  "a share of points in [0, 1)")
-    seed = int(require(cfg, "analysis.mi.seed", lambda v: isinstance(v, int), "an integer"))
-    restarts = int(require(cfg, "analysis.mi.restarts", positive_int, "a positive integer (k-means restarts)"))
+    top_types = setting(cfg, "analysis.mi.top_types")
+    max_tokens = setting(cfg, "analysis.mi.max_tokens")
+    iters = setting(cfg, "analysis.mi.kmeans_iters")
+    batch = setting(cfg, "analysis.mi.kmeans_batch")
+    tol = setting(cfg, "analysis.mi.kmeans_tol")
+    seed = int(setting(cfg, "analysis.mi.seed"))
+    restarts = int(setting(cfg, "analysis.mi.restarts"))
     counts = mi_cluster_counts(cfg)
     device = resolve_device(str(cfg.analysis.device), "analysis.device")
     objective = str(cfg.objective.name)

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config import cli, positive_int, positive_int_or_none, require
+from pipeline.config import cli
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
+from .settings import METRICS, setting
 
 from . import bootstrap
 from .dumps import dump_folder, load_dump, sample_rows
@@ -33,7 +34,6 @@ from .tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.neighbours")
 
-METRICS = ("cosine", "euclidean")
 PROPERTIES = ("identity", "position", "left_token", "right_token")
 NO_TOKEN = -1  # the sentinel left/right token of a sentence's first/last token (token ids are >= 0)
 CHUNK_ELEMENTS = 1 << 23  # queries x pool similarities per block (32 MiB of float32)
@@ -120,10 +120,9 @@ def neighbour_properties(neighbours: np.ndarray, queries: np.ndarray,
 def run(cfg: DictConfig) -> Path:
     """Neighbour properties of every layer of cfg.objective / cfg.seed's dump: its `neighbours` part."""
     started = time.perf_counter()
-    k = int(require(cfg, "analysis.neighbours.k", positive_int, "a positive integer"))
-    metric = require(cfg, "analysis.neighbours.metric", lambda v: v in METRICS, f"one of {list(METRICS)}")
-    max_queries = require(cfg, "analysis.neighbours.max_queries", positive_int_or_none,
-                          "a positive integer or null (all tokens)")
+    k = int(setting(cfg, "analysis.neighbours.k"))
+    metric = setting(cfg, "analysis.neighbours.metric")
+    max_queries = setting(cfg, "analysis.neighbours.max_queries")
     device = resolve_device(str(cfg.analysis.device), "analysis.device")
     objective = str(cfg.objective.name)
     dump = load_dump(dump_folder(cfg, objective, int(cfg.seed)))

@@ -18,10 +18,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import INIT, RUNTIME_KEYS, cli, positive_int, require, to_plain
+from pipeline.config import INIT, RUNTIME_KEYS, cli, to_plain
 from pipeline.convergence import THRESHOLD as CONVERGED_BELOW
 from pipeline.store import (PipelineError, config_hash, inputs_read, make_record, recording, stage_command,
                             versions, write_json, write_text)
+from .settings import SPECS, setting
 
 from . import claims, gather
 from .claims import Criteria, check_all
@@ -52,15 +53,9 @@ def report_config(cfg: DictConfig) -> dict:
 
 def check_settings(cfg: DictConfig) -> None:
     """Reject bad report settings before any work, naming the key."""
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0  # noqa: E731
-    require(cfg, "analysis.report.figure_format", lambda v: v in ("svg", "png"), "expected svg or png")
-    require(cfg, "analysis.report.dpi", positive_int, "expected a positive integer")
-    require(cfg, "analysis.report.tsne_max_points", positive_int, "expected a positive integer")
-    require(cfg, "analysis.report.tsne_layers",
-            lambda v: v is None or (OmegaConf.is_list(v) and all(isinstance(x, int) and x >= 0 for x in v)),
-            "expected null or a list of layer numbers")
-    for key in ("mi_tolerance", "change_tolerance", "mt_keep_share", "dropout_excess_factor"):
-        require(cfg, f"analysis.report.claims.{key}", number, "expected a non-negative number")
+    for key in SPECS:
+        if key.startswith("analysis.report."):
+            setting(cfg, key)
 
 
 # ---------------------------------------------------------------- setup

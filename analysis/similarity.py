@@ -29,13 +29,13 @@ from omegaconf import DictConfig
 from analysis.buckets import FLOOR_KEY, sample_floor, shuffle_seed
 from analysis.dumps import load_grid, sample_rows
 from analysis.tables import pair_kind, section, table_path, write_table
-from pipeline.config import cli, require
+from pipeline.config import cli
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
+from analysis.settings import MEASURES, setting
 
 log = logging.getLogger("analysis.similarity")
 
-MEASURES = ("pwcca", "svcca", "cka")
 RIDGE = 1e-6           # default ridge, relative to the mean variance (setting analysis.similarity.ridge)
 SVCCA_KEEP = 0.99      # default share of each view's variance SVCCA keeps (analysis.similarity.svcca_variance)
 View = np.ndarray | torch.Tensor
@@ -342,17 +342,9 @@ def distance_from_covariances(measure: str, cov: Covariances, ridge: float = RID
 
 # ---------------------------------------------------------------- between the models of an experiment
 
-_SETTINGS = {  # analysis.similarity.<key>: (check, what it expects)
-    "measures": (lambda v: v is not None and len(v) > 0 and all(m in MEASURES for m in v),
-                 f"expected a non-empty list of {', '.join(MEASURES)}"),
-    "max_tokens": (lambda v: v is None or (isinstance(v, int) and v > 1), "expected null (all) or an integer > 1"),
-    "ridge": (lambda v: isinstance(v, (int, float)) and v > 0, "expected a positive number"),
-    "svcca_variance": (lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "expected a share in (0, 1]"),
-}
-
-
 def _settings(cfg: DictConfig) -> dict:
-    return {key: require(cfg, f"analysis.similarity.{key}", check, what) for key, (check, what) in _SETTINGS.items()}
+    return {key: setting(cfg, f"analysis.similarity.{key}") for key in ("measures", "max_tokens", "ridge",
+                                                                        "svcca_variance")}
 
 
 @contextlib.contextmanager

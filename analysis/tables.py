@@ -12,9 +12,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import INIT, positive_int, require, to_plain
+from pipeline.config import INIT, to_plain
 from pipeline.store import (PipelineError, checked_file, config_hash, inputs_read, make_record, note_input,
                             read_json, recording, hydra_overrides, stage_command, write_json, write_text)
+
+from .settings import setting
 
 # Columns of every table, in order (the report and the tests read them by name). `shuffled`: the same
 # distance with one view's rows permuted, at the same n (the no-correspondence level). `ci_low`,
@@ -154,9 +156,8 @@ def mi_cluster_counts(cfg: DictConfig) -> list[int]:
     """The cluster counts MI is measured with for cfg's model: analysis.mi.n_clusters, then the sweep
     when cfg.seed is the first seed of its objective in workflow.seeds (the sweep is the costly part;
     one seed per objective shows the trend)."""
-    main = int(require(cfg, "analysis.mi.n_clusters", lambda v: positive_int(v) and v > 1, "an integer > 1"))
-    sweep = require(cfg, "analysis.mi.sweep", lambda v: v is None or (OmegaConf.is_list(v) and all(
-        positive_int(c) and c > 1 for c in v)), "a list of integers > 1 (or null)") or []
+    main = int(setting(cfg, "analysis.mi.n_clusters"))
+    sweep = setting(cfg, "analysis.mi.sweep") or []
     seeds = OmegaConf.select(cfg, f"workflow.seeds.{cfg.objective.name}")
     first = seeds is not None and len(seeds) > 0 and int(seeds[0]) == int(cfg.seed)
     return [main] + ([int(c) for c in sweep if int(c) != main] if first else [])

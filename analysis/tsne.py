@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pipeline.config import cli, positive_int_or_none, require
+from pipeline.config import cli
 from pipeline.dump import MASKED_DIR
+from .settings import setting
 
 from .dumps import check_aligned, dump_folder, load_dump, sample_rows
 from .tables import part_path, section, write_table
@@ -101,15 +102,11 @@ def run(cfg: DictConfig) -> Path:
     """t-SNE of the word sets at every layer of cfg.objective / cfg.seed's dump: its `tsne` part."""
     started = time.perf_counter()
     logging.getLogger("openTSNE").setLevel(logging.WARNING)  # one INFO line per fit otherwise
-    words = require(cfg, "analysis.tsne.words", lambda v: OmegaConf.is_list(v) and all(
-        isinstance(w, str) and w.strip() == w and w for w in v), "a list of words (no spaces)")
-    position_word = require(cfg, "analysis.tsne.position_word", lambda v: v is None or (
-        isinstance(v, str) and v.strip() == v and v), "a word, or null for no position picture")
-    max_per_word = require(cfg, "analysis.tsne.max_per_word", positive_int_or_none,
-                           "a positive integer or null (all)")
-    perplexity = require(cfg, "analysis.tsne.perplexity", lambda v: isinstance(v, (int, float))
-                         and not isinstance(v, bool) and v > 0, "a positive number")
-    seed = int(require(cfg, "analysis.tsne.seed", lambda v: isinstance(v, int), "an integer"))
+    words = setting(cfg, "analysis.tsne.words")
+    position_word = setting(cfg, "analysis.tsne.position_word")
+    max_per_word = setting(cfg, "analysis.tsne.max_per_word")
+    perplexity = setting(cfg, "analysis.tsne.perplexity")
+    seed = int(setting(cfg, "analysis.tsne.seed"))
     sample_seed = int(cfg.analysis.sample_seed)
     objective = str(cfg.objective.name)
     dump = load_dump(dump_folder(cfg, objective, int(cfg.seed)))

@@ -31,6 +31,7 @@ from pipeline.config import (CONFIG_DIR, INIT, check_model_settings, compose, da
                              init_config, init_grid, max_minutes, to_plain, tokenizer_config, train_config)
 from pipeline.corpus import corpus_files  # noqa: E402
 from pipeline.store import PipelineError, config_hash, damaged_outputs  # noqa: E402
+from analysis.settings import check_analysis_settings  # noqa: E402
 from analysis.tables import mi_settings, section as analysis_section  # noqa: E402
 
 # The interpreter running snakemake has the pipeline's dependencies (it just imported them).
@@ -89,6 +90,12 @@ def _composes(override: str) -> bool:
         return True
     except Exception:
         return False
+
+
+def _refuse(error: Exception, where: str) -> None:
+    """Stop for a setting a stage would refuse, naming the override that set it when there is one."""
+    culprit = next((o for o in OVERRIDES if o.lstrip("+~").split("=", 1)[0] in str(error)), None)
+    fail(f"config key 'overrides': {culprit!r}: {error}" if culprit else f"{where}: {error}")
 
 
 def _same_path(actual, expected: str, key: str) -> None:
@@ -174,9 +181,7 @@ def job_config(objective: str, seed: int):
     try:  # every setting's type and range, as each stage checks them before its work
         check_model_settings(cfg)
     except PipelineError as error:
-        culprit = next((o for o in OVERRIDES if o.lstrip("+~").split("=", 1)[0] in str(error)), None)
-        fail(f"config key 'overrides': {culprit!r}: {error}" if culprit else
-             f"experiment {EXPERIMENT} ({objective} seed {seed}): {error}")
+        _refuse(error, f"experiment {EXPERIMENT} ({objective} seed {seed})")
     _same_path(cfg.paths.model, results(f"models/{objective}/seed{seed}"), "paths.model")
     _same_path(cfg.paths.dump, results(f"dumps/{objective}/seed{seed}"), "paths.dump")
     if config_hash(tokenizer_config(cfg)) != TOKENIZER_HASH:
@@ -271,6 +276,12 @@ def metric_tables() -> list[str]:
 # Compose every model of the grid now: a bad setting fails here, before any job runs.
 for _objective, _seed in MODELS:
     job_config(_objective, _seed)
+
+
+try:  # the analysis settings are the same for every model: checked once
+    check_analysis_settings(BASE)
+except PipelineError as error:
+    _refuse(error, f"experiment {EXPERIMENT}")
 
 # ---------------------------------------------------------------- the corpus
 
