@@ -230,7 +230,7 @@ def cli(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
     @functools.wraps(fn)
     def main(cfg: DictConfig) -> None:
         setup_logging()
-        made = _folders_made_by_hydra()
+        made = _folders_made_by_hydra(cfg)
         try:
             check_seed(cfg)
             fn(cfg)
@@ -242,18 +242,21 @@ def cli(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
     return main
 
 
-def _folders_made_by_hydra() -> list[Path]:
-    """The run folder Hydra made for this run and the folders above it it had to create (those
-    holding nothing but the run folder), innermost first."""
+def _folders_made_by_hydra(cfg: DictConfig) -> list[Path]:
+    """The run folder Hydra made for this run and the folders above it that hold nothing else (so it
+    made them too), innermost first; never above the working directory, nor, for a run folder
+    outside it, above paths.results."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
         run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     except Exception:  # noqa: BLE001 - not run by Hydra
         return []
-    made, cwd = [run_dir], Path.cwd().resolve()
+    cwd = Path.cwd().resolve()
+    top = cwd if cwd in run_dir.parents else Path(str(OmegaConf.select(cfg, "paths.results") or run_dir)).resolve()
+    made = [run_dir]
     for parent in run_dir.parents:
-        if parent == cwd or cwd not in parent.parents or len(list(parent.iterdir())) != 1:
+        if parent == top.parent or top not in (parent, *parent.parents) or len(list(parent.iterdir())) != 1:
             break
         made.append(parent)
     return made

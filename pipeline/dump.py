@@ -216,8 +216,10 @@ class LayerWriter:
         self._raw = []
 
 
-# Rows per chunk of a dump: this many bytes over all layer files together (~128 MB of memory).
-CHUNK_BYTES = 128 << 20
+# Rows per chunk of a dump: this many bytes over all layer files together, the memory the chunk takes
+# (bench/dump_memory.py: a chunk adds its size to the peak). At d_model 128, float16 and 7 layer files
+# that is ~18,700 tokens, ~1,500 probe sentences, batched by length within the chunk.
+CHUNK_BYTES = 32 << 20
 
 
 def chunks(offsets: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
