@@ -19,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: the pipeline package is not installed here
 ARCHIVE = REPO.parent / "shared/data/tatoeba-deu-eng/deu-eng.zip"
+from tests.synthetic import replace_output  # noqa: E402  (rewrites probe.txt and its record)
 
 # Run in a child so that each measurement starts from a clean process; prints "n_tokens peak_kib".
 CHILD = """
@@ -100,7 +101,7 @@ def main() -> None:
         print(f"{'sentences':>10} {'tokens':>9} {'dump MiB':>9} {'peak RSS MiB':>13} {'over baseline':>14} {'s':>6}")
         for size in ns.sizes:
             lines = [mono[i % len(mono)] for i in range(size)]
-            (data / "probe.txt").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+            replace_output(data / "probe.txt", "".join(f"{line}\n" for line in lines))  # re-recorded
             out = root / f"dump{size}"
             n_tokens, peak_kib, secs = run_child(CHILD, overrides(root, ns.model, objective, f"paths.dump={out}",
                                                                  f"dump.batch_tokens={ns.batch_tokens}"))

@@ -232,3 +232,70 @@ def test_records_list_inputs_and_outputs_with_their_hashes(results):
     assert record["inputs"]["<results>/data/probe.txt"] == data["outputs"]["probe.txt"]["sha256"]
     assert list(data["inputs"].values()) == [sha256_file(next(iter(data["inputs"])))]  # the corpus itself
     assert json.loads(json.dumps(record["command"])).startswith("python -m pipeline.dump")
+
+
+# ---------------------------------------------------------------- killed stages resume to the same bytes
+
+KILL_BEFORE_RENAME = """
+import os, runpy, signal, sys
+target, module = sys.argv[1], sys.argv[2]
+real = os.replace
+def replace(src, dst, *args, **kwargs):
+    if str(dst).endswith(target):  # the output is complete under its temporary name: die before the rename
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *args, **kwargs)
+os.replace = replace
+sys.argv = [module, *sys.argv[3:]]
+runpy.run_module(module, run_name="__main__")
+"""
+
+
+def killed_then_rerun(module: str, target: str, overrides: list[str]) -> None:
+    killed = run_cli("-c", KILL_BEFORE_RENAME, target, module, *overrides)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    again = run_cli("-m", module, *overrides)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module,table", [("analysis.neighbours", "neighbours"), ("analysis.change", "change")])
+def test_a_killed_analysis_reruns_to_the_same_bytes(results, shared_zip, module, table):
+    overrides = ["experiment=smoke", f"paths.results={results}", f"data.archive={shared_zip}", "objective=lm",
+                 "seed=1", "analysis.device=cpu", *SHORT, f"hydra.run.dir={results}/hydra-{table}"]
+    done = run_cli("-m", module, *overrides)
+    assert done.returncode == 0, done.stderr[-2000:]
+    part = results / "metrics" / table / "lm" / "seed1.csv"
+    uninterrupted = part.read_bytes()
+    part.unlink()
+    part.with_suffix(".json").unlink()
+    killed_then_rerun(module, f"{table}/lm/seed1.csv", overrides)
+    assert part.read_bytes() == uninterrupted
+    record = read_json(part.with_suffix(".json"))
+    assert record["outputs"]["seed1.csv"]["sha256"] == sha256_file(part)
+    assert record["inputs"] == {"<results>/dumps/lm/seed1": read_json(results / "dumps/lm/seed1/stage.json")["digest"]}
+
+
+def test_a_killed_report_reruns_to_the_same_bytes(results, shared_zip, tmp_path):
+    overrides = ["experiment=smoke", f"paths.results={results}", f"data.archive={shared_zip}",
+                 f"paths.report={tmp_path}/report", f"hydra.run.dir={tmp_path}/hydra"]
+    done = run_cli("-m", "analysis.report", *overrides)
+    assert done.returncode == 0, done.stderr[-2000:]
+    page = tmp_path / "report" / "report.html"
+    uninterrupted = page.read_bytes()
+    page.unlink()
+    killed_then_rerun("analysis.report", "report.html", overrides)
+    assert page.read_bytes() == uninterrupted, "the page is a function of its inputs: a rerun writes the same bytes"
+    assert read_json(page.with_suffix(".json"))["outputs"]["report.html"]["sha256"] == sha256_file(page)
+
+
+def test_a_killed_dump_reruns_to_the_same_bytes(results, trained, shared_zip):
+    folder = results / "dumps/lm/seed1"
+    shutil.rmtree(folder)
+    overrides = ["experiment=smoke", f"paths.results={results}", f"data.archive={shared_zip}", "objective=lm",
+                 "seed=1", "dump.device=cpu", "train.progress=false", *SHORT, f"hydra.run.dir={results}/hydra-dump"]
+    killed_then_rerun("pipeline.dump", "layer_01.npy", overrides)
+    made = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and "hydra" not in p.parts)
+    reference = trained / "dumps/lm/seed1"
+    assert made == sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
+    for name in made:
+        if name.suffix == ".npy" or name.name == "tokens.tsv":
+            assert (folder / name).read_bytes() == (reference / name).read_bytes(), name
