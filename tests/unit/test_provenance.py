@@ -299,3 +299,35 @@ def test_a_killed_dump_reruns_to_the_same_bytes(results, trained, shared_zip):
     for name in made:
         if name.suffix == ".npy" or name.name == "tokens.tsv":
             assert (folder / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+# ---------------------------------------------------------------- 5: one line and exit code 2, nothing left behind
+
+@pytest.mark.parametrize("stage,override,named", [
+    ("pipeline.train", "seed=abc", "setting seed='abc' is invalid"),
+    ("pipeline.train", "seed=-1", "setting seed=-1 is invalid"),
+    ("pipeline.dump", "seed=-1", "setting seed=-1 is invalid"),
+    ("pipeline.train", "train.max_steps=abc", "setting train.max_steps='abc' is invalid"),
+    ("analysis.neighbours", "analysis.neighbours.k=0", "setting analysis.neighbours.k=0 is invalid"),
+])
+def test_bad_input_is_one_line_exit_2_and_leaves_no_folder(tmp_path, shared_zip, stage, override, named):
+    results = tmp_path / "results"
+    refused = run_cli("-m", stage, "experiment=smoke", f"paths.results={results}", f"data.archive={shared_zip}",
+                      "objective=lm", override)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith(f"error: {named}")
+    assert list(tmp_path.iterdir()) == [], "a refused run left a folder behind"
+
+
+def test_a_nul_byte_in_a_sentence_is_refused_naming_file_and_line(parallel_files, tmp_path):
+    src, tgt = parallel_files
+    lines = src.read_text(encoding="utf-8").splitlines()
+    lines[41] = lines[41][:3] + "\x00" + lines[41][3:]
+    bad = tmp_path / "bad.en"
+    bad.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    refused = run_cli("-m", "pipeline.prepare", "experiment=smoke", f"paths.results={tmp_path}/results",
+                      "data.format=parallel", f"data.src_file={bad}", f"data.tgt_file={tgt}")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {bad}, line 42, column 4: control character U+0000 in a sentence (a binary or damaged file?)")
+    assert not (tmp_path / "results").exists()
