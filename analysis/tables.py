@@ -192,6 +192,9 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path, table: str) -> Pat
     records = []
     for part in parts:
         rows += read_table(part, table)
+        if not Path(part).with_suffix(".json").is_file():
+            raise PipelineError(f"{part} has no record beside it ({Path(part).with_suffix('.json').name}): its "
+                                "measurement did not finish; run it again")
         record = read_record(part)
         records.append({"part": str(part), "wall_time_s": record.get("wall_time_s"),
                         "config_hash": record.get("config_hash"),

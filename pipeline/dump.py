@@ -46,8 +46,8 @@ from .model import Model, ModelArgs, build_model, load_model
 from .objectives import Specials, mask_tokens, pad, specials
 from .runtime import resolve_device
 from .store import (STAGE_RECORD, HashingFile, PipelineError, config_hash, input_hashes, read_record,
-                    recorded_hash, recording, require_upstream, stage_command, stage_problem, torch_save, write_json,
-                    write_stage_record)
+                    recorded_hash, recording, remove_stale_temporaries, require_upstream, stage_command,
+                    stage_problem, torch_save, write_json, write_stage_record)
 from .tokenizer import FREQ_FILE, MODEL_FILE, Tokenizer, load_frequency_ranks
 
 log = logging.getLogger("pipeline.dump")
@@ -276,6 +276,7 @@ def _remove_outputs(folder: Path) -> None:
             continue
         for path in [*sub.glob("layer_*.npy"), *sub.glob(f".*{PARTIAL}"), sub / TOKENS_FILE, sub / META_FILE]:
             path.unlink(missing_ok=True)
+        remove_stale_temporaries(sub / META_FILE)  # what a writer of meta.json killed before its rename left
     if (folder / MASKED_DIR).is_dir() and not any((folder / MASKED_DIR).iterdir()):
         (folder / MASKED_DIR).rmdir()
 

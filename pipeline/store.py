@@ -6,6 +6,7 @@ killed job never leaves a half-written file that a rerun would trust.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -26,12 +27,41 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+_HOST = platform.node().replace(".", "_") or "host"
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process that made the temporary file `tmp_name` (`.<name>.<host>.<pid>.<random>.tmp`)
+    may still be writing it: another host's, or a live process of this one."""
+    parts = tmp_name.rsplit(".", 4)  # ['.<name>', host, pid, random, 'tmp']
+    if len(parts) != 5 or parts[1] != _HOST or not parts[2].isdigit():
+        return True  # not ours to judge: another host's, or not named by atomic_path
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but is another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Delete what killed writers of `path` left: temporary files of processes of this host that are gone."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if not _writer_alive(stale.name):
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it."""
+    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it. The
+    temporary name holds the host and process id, so that a later writer of `path` removes what a
+    killed one left behind (and never a live writer's file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -1,0 +1,305 @@
+"""Faults a user or a machine causes, through the command lines a user runs.
+
+1. Bad input on the command line: exit code 2, one `error:` line naming the setting, no traceback,
+   and no folder left behind (Hydra's run folder included).
+2. A NUL byte inside a sentence of a parallel corpus: refused naming the file, the line, U+0000.
+3. A stage killed with SIGKILL (no cleanup can run: the OOM killer, a lost job), then run again:
+   its outputs are byte-identical to those of an uninterrupted run and nothing temporary is left:
+   (a) a dump, (b) an analysis, (c) the report.
+
+The killed stages run on one prepared smoke corpus with untrained models (`save_untrained`), so no
+test trains anything.
+"""
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import compose
+from pipeline.store import PipelineError, read_json, sha256_file
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def tree(root: Path) -> set[str]:
+    """Every path (files and folders) under `root`, relative to it."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+def last_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def temporaries(folder: Path) -> list[str]:
+    """Files an interrupted write may leave: atomic_path's `.<name>.*.tmp`, the dump's `.<name>.partial`."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob(".*")
+                  if p.is_file() and (p.name.endswith(".tmp") or p.name.endswith(".partial")))
+
+
+# A child that runs a stage's real CLI entry point (`<module>.main()`, as `python -m <module>`) with one
+# function replaced by one that SIGKILLs the process at its `nth` call (counting only calls with an
+# argument that ends with `match`, when given): argv = target nth match module overrides...
+# `target` is `module:attr.path`; it is patched before the CLI's module is imported, so a name the
+# CLI's module imports from it is the patched one too.
+KILL_CHILD = r"""
+import importlib, os, signal, sys
+target, nth, match, module = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+owner_name, _, attr = target.partition(":")
+owner = importlib.import_module(owner_name)
+*path, name = attr.split(".")
+for part in path:
+    owner = getattr(owner, part)
+real, calls = getattr(owner, name), [0]
+def dying(*args, **kwargs):
+    if not match or any(str(a).replace(os.sep, "/").endswith(match) for a in args):
+        calls[0] += 1
+        if calls[0] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)  # no finally, no atexit: as the OOM killer would
+    return real(*args, **kwargs)
+setattr(owner, name, dying)
+cli = importlib.import_module(module)
+sys.argv = [cli.__file__, *sys.argv[5:]]
+cli.main()
+"""
+
+
+def run_killed(target: str, nth: int, match: str, module: str, overrides: list[str]) -> subprocess.CompletedProcess:
+    killed = run_cli("-c", KILL_CHILD, target, str(nth), match, module, *overrides)
+    assert killed.returncode == -signal.SIGKILL, \
+        f"the child was not killed (rc {killed.returncode}): {killed.stderr[-3000:]}"
+    return killed
+
+
+# ---------------------------------------------------------------- the shared smoke results
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, shared_zip) -> Path:
+    """A results folder: the smoke split and tokenizer (N_PROBE probe sentences), untrained lm and mlm
+    (seed 1) checkpoints, the lm dump, the mlm dump with MLM_DUMP (many small batches: a kill lands
+    mid-way), the lm model's neighbours part and the merged neighbours table (for the report).
+    Read-only for the tests."""
+    from analysis import neighbours
+    from analysis.tables import merge_parts, part_path, table_path
+    from pipeline.corpus import prepare_data, read_lines
+    from pipeline.dump import dump
+    from pipeline.tokenizer import Tokenizer, train_tokenizer
+    from tests.synthetic import replace_output, save_untrained
+
+    root = tmp_path_factory.mktemp("faults") / "results"
+    cfg = base_cfg(root, shared_zip)
+    prepare_data(cfg)
+    train_tokenizer(cfg)
+    probe = Path(cfg.paths.data) / "probe.txt"  # fewer probe sentences: every dump and analysis is quicker
+    replace_output(probe, "".join(f"{line}\n" for line in read_lines(probe)[:N_PROBE]))
+    tok = Tokenizer.load(cfg.paths.tokenizer)
+    for objective in ("lm", "mlm"):
+        save_untrained(base_cfg(root, shared_zip, f"objective={objective}"), tok)
+    dump(base_cfg(root, shared_zip, "objective=lm"))
+    dump(base_cfg(root, shared_zip, "objective=mlm", *MLM_DUMP))
+    lm = base_cfg(root, shared_zip, "objective=lm", "analysis.device=cpu")
+    part = neighbours.run(lm)
+    assert part == part_path(lm, "neighbours")
+    merge_parts([part], table_path(lm, "neighbours"), "neighbours")
+    return root
+
+
+N_PROBE = 80
+MLM_DUMP = ["dump.batch_tokens=64", "dump.mlm_maskings=2"]  # 80 x 4 layer writes, then 160 x 4 for masked/
+
+
+def common(root: Path, zip_path: Path) -> list[str]:
+    return ["experiment=smoke", "experiment_name=faults", f"paths.results={root}", f"data.archive={zip_path}",
+            "train.progress=false", "dump.device=cpu", "analysis.device=cpu"]
+
+
+def base_cfg(root: Path, zip_path: Path, *overrides: str):
+    return compose([*common(root, zip_path), *overrides])
+
+
+# ---------------------------------------------------------------- 1: bad input on the command line
+
+@pytest.mark.parametrize("override,key,results_exist", [
+    ("seed=abc", "seed", False),
+    ("seed=abc", "seed", True),
+    ("seed=-1", "seed", True),
+    ("train.max_steps=abc", "train.max_steps", True),
+])
+def test_bad_input_is_one_error_line_exit_2_and_leaves_no_folder(tmp_path, shared_zip, override, key, results_exist):
+    results = tmp_path / "results"
+    if results_exist:  # an experiment's folder with an earlier run's Hydra folder in it: kept as it is
+        (results / "hydra" / "2000-01-01_00-00-00" / ".hydra").mkdir(parents=True)
+        (results / "hydra" / "2000-01-01_00-00-00" / "train.log").write_text("an earlier run\n")
+        (results / "data").mkdir()
+        (results / "notes.txt").write_text("the user's\n")
+    before = tree(tmp_path)
+    refused = run_cli("-m", "pipeline.train", "experiment=smoke", "experiment_name=faults", f"paths.results={results}",
+                      f"data.archive={shared_zip}", "train.progress=false", "objective=lm", override)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    line = last_line(refused.stderr)
+    assert line.startswith("error:"), refused.stderr[-3000:]
+    assert f"setting {key}=" in line and "invalid" in line, line
+    assert tree(tmp_path) == before, "the refused run left (or removed) something under the results folder"
+
+
+# ---------------------------------------------------------------- 2: a NUL byte in a parallel corpus
+
+EN = "the a cat dog house tree sees likes eats big small red green old new runs walks".split()
+DE = "der die das Katze Hund Haus Baum sieht mag isst gross klein rot gruen alt neu".split()
+
+
+def parallel_corpus(folder: Path, n: int = 300) -> tuple[Path, Path]:
+    """Two line-aligned files of `n` distinct synthetic sentence pairs."""
+    rng = random.Random(0)
+    src, tgt = [], []
+    for i in range(n):
+        src.append(" ".join(rng.choice(EN) for _ in range(rng.randint(2, 8))) + f" {i}.")
+        tgt.append(" ".join(rng.choice(DE) for _ in range(rng.randint(2, 8))) + f" {i}.")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "corpus.en", folder / "corpus.de"
+    for path, lines in zip(paths, (src, tgt)):
+        path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return paths
+
+
+SMALL_SPLIT = ["data.valid_size=20", "data.test_size=20", "data.probe_size=20"]
+
+
+@pytest.mark.parametrize("side,line,column", [("src", 42, 4), ("tgt", 300, 1)])
+def test_a_nul_byte_in_a_sentence_names_the_file_and_line(tmp_path, smoke_cfg, side, line, column):
+    from pipeline.corpus import prepare_data
+
+    src, tgt = parallel_corpus(tmp_path / "corpus")
+    data = ["data.format=parallel", f"data.src_file={src}", f"data.tgt_file={tgt}", *SMALL_SPLIT]
+    prepare_data(smoke_cfg(*data, results=tmp_path / "clean"))  # the same files, clean, are a corpus
+    bad = src if side == "src" else tgt
+    lines = bad.read_text(encoding="utf-8").split("\n")
+    lines[line - 1] = lines[line - 1][:column - 1] + "\x00" + lines[line - 1][column - 1:]
+    bad.write_text("\n".join(lines), encoding="utf-8")
+    results = tmp_path / "results"
+    refused = run_cli("-m", "pipeline.prepare", "experiment=smoke", "experiment_name=faults",
+                      f"paths.results={results}", "train.progress=false", *data)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    message = last_line(refused.stderr)
+    assert message.startswith("error:"), refused.stderr[-3000:]
+    assert str(bad) in message and f"line {line}," in message and "U+0000" in message, message
+    assert f"column {column}" in message, message
+    assert not results.exists(), "a refused prepare left a folder behind"
+
+
+# ---------------------------------------------------------------- 3a: a killed dump
+
+def dump_files(folder: Path) -> dict[str, bytes]:
+    """Every file of a dump but its record (which holds the time and its own folder) and temporary
+    files (checked on their own), by relative path."""
+    skip = {"stage.json", *temporaries(folder)}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in skip and p.relative_to(folder).as_posix() not in skip}
+
+
+@pytest.mark.parametrize("target,nth,match", [
+    ("pipeline.dump:LayerWriter.write", 600, ""),          # mid-way through the masked set's forward passes
+    ("os:replace", 1, "masked/layer_01.npy"),             # renaming: the plain set final, masked/ half
+    ("os:replace", 1, "masked/meta.json"),                # the last output, complete under its temporary name
+], ids=["mid-way", "during-the-renames", "before-the-last-rename"])
+def test_a_killed_dump_reruns_to_the_same_bytes(base, shared_zip, tmp_path, target, nth, match):
+    from analysis.dumps import load_dump
+
+    reference = base / "dumps" / "mlm" / "seed1"  # the uninterrupted dump of the same config
+    out = tmp_path / "dump"
+    overrides = [*common(base, shared_zip), "objective=mlm", "seed=1", *MLM_DUMP, f"paths.dump={out}",
+                 f"hydra.run.dir={tmp_path}/hydra"]
+    run_killed(target, nth, match, "pipeline.dump", overrides)
+    assert not (out / "stage.json").exists(), "a killed dump has a record"
+    assert temporaries(out), "the child was killed before it began writing"
+    with pytest.raises(PipelineError, match="no finished dump"):
+        load_dump(out)
+    again = run_cli("-m", "pipeline.dump", *overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    made, wanted = dump_files(out), dump_files(reference)
+    assert sorted(made) == sorted(wanted)
+    assert any(name.startswith("masked/layer_") for name in made)
+    for name in wanted:
+        assert made[name] == wanted[name], f"{name} differs from the uninterrupted dump's"
+    record = read_json(out / "stage.json")
+    for name, entry in record["outputs"].items():
+        assert entry["sha256"] == sha256_file(out / name), name
+    assert temporaries(out) == [], "the rerun left the killed run's temporary files"
+
+
+# ---------------------------------------------------------------- 3b: a killed analysis
+
+@pytest.fixture(scope="module")
+def neighbours_reference(base, shared_zip, tmp_path_factory) -> bytes:
+    """The lm model's neighbours part made by an uninterrupted `python -m analysis.neighbours`."""
+    folder = tmp_path_factory.mktemp("neighbours-reference")
+    done = run_cli("-m", "analysis.neighbours", *common(base, shared_zip), "objective=lm", "seed=1",
+                   f"paths.metrics={folder}/metrics", f"hydra.run.dir={folder}/hydra")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return (folder / "metrics" / "neighbours" / "lm" / "seed1.csv").read_bytes()
+
+
+@pytest.mark.parametrize("target,nth,match", [
+    ("analysis.neighbours:nearest_neighbours", 3, ""),    # mid-way: layers 0 and 1 done, layer 2 under way
+    ("os:replace", 1, "neighbours/lm/seed1.csv"),         # the CSV complete under its temporary name
+    ("os:replace", 1, "neighbours/lm/seed1.json"),        # the CSV in place, its record not yet
+], ids=["mid-way", "before-the-rename", "before-the-record"])
+def test_a_killed_analysis_reruns_to_the_same_bytes(base, shared_zip, neighbours_reference, tmp_path, target, nth,
+                                                    match):
+    metrics = tmp_path / "metrics"
+    overrides = [*common(base, shared_zip), "objective=lm", "seed=1", f"paths.metrics={metrics}",
+                 f"hydra.run.dir={tmp_path}/hydra"]
+    run_killed(target, nth, match, "analysis.neighbours", overrides)
+    part = metrics / "neighbours" / "lm" / "seed1.csv"
+    if match.endswith(".csv") or not match:
+        assert not part.exists(), "a killed analysis left its table under the final name"
+    again = run_cli("-m", "analysis.neighbours", *overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert part.read_bytes() == neighbours_reference, "the rerun's table differs from an uninterrupted run's"
+    assert temporaries(metrics) == [], "the rerun left the killed run's temporary file"
+    assert sorted(p.name for p in part.parent.iterdir()) == ["seed1.csv", "seed1.json"]
+    record = read_json(part.with_suffix(".json"))
+    assert record["outputs"]["seed1.csv"]["sha256"] == sha256_file(part)
+    assert record["inputs"] == {str(base / "dumps" / "lm" / "seed1"): read_json(
+        base / "dumps" / "lm" / "seed1" / "stage.json")["digest"]}
+
+
+# ---------------------------------------------------------------- 3c: a killed report
+
+@pytest.mark.parametrize("target,nth,match", [
+    ("analysis.html:page", 1, ""),                        # every section built, nothing written yet
+    ("os:replace", 1, "report.html"),                     # the page complete under its temporary name
+], ids=["before-the-write", "before-the-rename"])
+def test_a_killed_report_reruns_to_the_same_bytes(base, shared_zip, tmp_path, target, nth, match):
+    reports = tmp_path / "report"
+    overrides = [*common(base, shared_zip), f"paths.report={reports}", f"hydra.run.dir={tmp_path}/hydra"]
+    done = run_cli("-m", "analysis.report", *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = reports / "report.html"
+    uninterrupted = page.read_bytes()
+    assert b'<section id="neighbours">' in uninterrupted and b"Not measured: nearest neighbours" not in uninterrupted
+    page.unlink()
+    page.with_suffix(".json").unlink()
+    run_killed(target, nth, match, "analysis.report", overrides)
+    assert not page.exists(), "a killed report left a page under the final name"
+    again = run_cli("-m", "analysis.report", *overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = page.read_bytes()
+    if rerun != uninterrupted:
+        at = next(i for i, (a, b) in enumerate(zip(rerun, uninterrupted)) if a != b)
+        pytest.fail(f"the rerun's page differs from the uninterrupted one's at byte {at}: "
+                    f"{uninterrupted[max(0, at - 80):at + 80]!r} vs {rerun[max(0, at - 80):at + 80]!r}")
+    assert temporaries(reports) == [], "the rerun left the killed run's temporary file"
+    assert sorted(p.name for p in reports.iterdir()) == ["report.html", "report.json"]
+    assert read_json(page.with_suffix(".json"))["outputs"]["report.html"]["sha256"] == sha256_file(page)
