@@ -340,8 +340,8 @@ def prepare_data(cfg: DictConfig) -> Path:
     counts["probe_sentences"] = len(split.probe_sentences)
     counts["probe_pairs"] = len(split.probe)
 
-    archive = [sha for path, sha in inputs.items()] if cfg.data.format == "archive" else [None]
-    write_stage_record(folder, "data", config, ledger=ledger, root=cfg.paths.results, inputs=inputs, command=prepare_command(),
-                       archive_sha256=archive[0], counts=counts)
+    archive_sha = next(iter(inputs.values())) if cfg.data.format == "archive" else None
+    write_stage_record(folder, "data", config, ledger=ledger, root=cfg.paths.results, inputs=inputs,
+                       command=prepare_command(), archive_sha256=archive_sha, counts=counts)
     log.info("wrote %s: %s", folder, ", ".join(f"{k}={v}" for k, v in counts.items()))
     return folder

@@ -203,9 +203,6 @@ class Ledger:
         """An output not written through `atomic_file` (a small log, say): hashed now."""
         self.add(path, os.path.getsize(path), sha256_file(path))
 
-    def forget(self, path: str | os.PathLike) -> None:
-        self.files.pop(self._key(path) or "", None)
-
 
 _LEDGERS: list[Ledger] = []
 _INPUTS_READ: dict[str, str | None] = {}

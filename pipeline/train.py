@@ -394,7 +394,8 @@ def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop,
                     "data_digest": data_digest, "inputs": inputs, "summary": summary}, out / "model.pt")
         write_json(out / "summary.json", summary)
         ledger.add_existing(out / "log.jsonl")  # a few kB, appended over the run: hashed once at the end
-    write_stage_record(out, "train", stage_cfg, ledger=ledger, root=cfg.paths.results, inputs=inputs, command=train_command(cfg),
+    write_stage_record(out, "train", stage_cfg, ledger=ledger, root=cfg.paths.results, inputs=inputs,
+                       command=stage_command("pipeline.train"),
                        tokenizer_sha256=tokenizer_sha, data_digest=data_digest, summary=summary)
     for tmp in (out / "last.pt", out / "best.pt"):
         tmp.unlink(missing_ok=True)
@@ -404,11 +405,6 @@ def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop,
              ("converged: " if summary["convergence"]["converged"] else "NOT converged: ")
              + summary["convergence"]["reason"])
     return summary
-
-
-def train_command(cfg: DictConfig) -> str:
-    """The command that (re)trains this model."""
-    return stage_command("pipeline.train")
 
 
 main = cli(train)
