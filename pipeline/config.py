@@ -65,8 +65,66 @@ def train_config(cfg: DictConfig) -> dict:
     train = {k: v for k, v in to_plain(cfg.train).items() if k not in RUNTIME_KEYS}
     if "max_minutes" in train:
         train["max_minutes"] = max_minutes(cfg)
-    return {**tokenizer_config(cfg), "model": to_plain(cfg.model), "objective": to_plain(cfg.objective),
-            "train": train, "seed": int(cfg.seed)}
+    out = {**tokenizer_config(cfg), "model": to_plain(cfg.model), "objective": to_plain(cfg.objective),
+           "train": train, "seed": int(cfg.seed)}
+    kept = kept_steps(cfg)
+    if kept is not None:  # only for the models that keep snapshots: every other model's hash is unchanged
+        out["snapshots"] = kept
+    return out
+
+
+# ---------------------------------------------------------------- snapshots (evolution over training)
+
+def snapshot_models(cfg: DictConfig) -> list[tuple[str, int]]:
+    """(objective, seed) of every model whose training keeps snapshots (`snapshots.models`)."""
+    named = OmegaConf.to_container(OmegaConf.select(cfg, "snapshots.models") or DictConfig({}), resolve=True)
+    return [(str(o), int(s)) for o, seeds in named.items() for s in seeds or []]
+
+
+def kept_steps(cfg: DictConfig) -> list[int] | None:
+    """The steps at which cfg's model keeps its weights while it trains (`snapshots.keep`, sorted),
+    or None when the model is not one of `snapshots.models`."""
+    if (str(cfg.objective.name), int(cfg.seed)) not in snapshot_models(cfg):
+        return None
+    return sorted({int(s) for s in cfg.snapshots.keep})
+
+
+def analysed_steps(cfg: DictConfig, reached: list[int]) -> list[int]:
+    """Of the kept steps a training `reached`, those `snapshots.steps` names (null: all)."""
+    wanted = OmegaConf.select(cfg, "snapshots.steps")
+    return sorted(reached) if wanted is None else sorted(set(reached) & {int(s) for s in wanted})
+
+
+def snapshot_file(cfg: DictConfig, step: int) -> Path:
+    """The weights of cfg's model after `step` optimiser steps: <paths.model>/snapshots/step<N>.pt."""
+    return Path(str(cfg.paths.model)) / "snapshots" / f"step{int(step)}.pt"
+
+
+def snapshot_dump(cfg: DictConfig, step: int) -> Path:
+    """Where the dump of that snapshot goes: <paths.snapshots>/step<N>/."""
+    return Path(str(cfg.paths.snapshots)) / f"step{int(step)}"
+
+
+def check_snapshot_settings(cfg: DictConfig) -> None:
+    """`snapshots.*` and `snapshot`: types and ranges, naming the key."""
+    models = OmegaConf.select(cfg, "snapshots.models")
+    require(cfg, "snapshots.models", lambda v: v is None or (isinstance(v, DictConfig) and all(
+        isinstance(seeds, ListConfig) and all(is_int(s) and s >= 0 for s in seeds) for seeds in v.values())),
+        "expected a mapping from objective name to a list of seeds, e.g. {mt: [1], lm: [1]}")
+    if models is not None and INIT in models:
+        raise PipelineError(f"setting snapshots.models: {INIT!r} is never trained, so it has no snapshots "
+                            "(its one state is step 0 of every objective)")
+    steps = lambda v: isinstance(v, ListConfig) and all(is_int(s) and s >= 0 for s in v)  # noqa: E731
+    require(cfg, "snapshots.keep", lambda v: steps(v) and len(v) > 0, "expected a non-empty list of steps >= 0")
+    require(cfg, "snapshots.steps", lambda v: v is None or steps(v), "expected null or a list of steps >= 0")
+    wanted = OmegaConf.select(cfg, "snapshots.steps")
+    if wanted is not None:
+        missing = sorted({int(s) for s in wanted} - {int(s) for s in cfg.snapshots.keep})
+        if missing:
+            raise PipelineError(f"setting snapshots.steps: {missing} are not in snapshots.keep="
+                                f"{list(cfg.snapshots.keep)}: only kept steps can be analysed")
+    require(cfg, "snapshots.mlm_maskings", positive_int, "must be a positive integer")
+    require(cfg, "snapshot", lambda v: v is None or (is_int(v) and v >= 0), "expected null or a step >= 0")
 
 
 # The objective name of the step-0 control (conf/objective/init.yaml): the untrained stack of a seed,
@@ -153,6 +211,7 @@ def check_data_settings(cfg: DictConfig) -> None:
 def check_train_settings(cfg: DictConfig) -> None:
     """Every training setting of a trained objective (the device's presence aside: a runtime fact)."""
     check_seed(cfg)
+    check_snapshot_settings(cfg)
     for key in ("train.max_tokens", "train.max_steps", "train.eval_every", "train.patience", "data.max_len",
                 "model.n_layers", "model.d_model", "model.n_heads", "model.d_mlp", "model.n_ctx"):
         require(cfg, key, positive_int, "expected a positive integer")
@@ -197,6 +256,7 @@ def check_train_settings(cfg: DictConfig) -> None:
 
 def check_dump_settings(cfg: DictConfig) -> None:
     check_seed(cfg)
+    check_snapshot_settings(cfg)
     require(cfg, "dump.batch_tokens", positive_int, "must be a positive integer")
     require(cfg, "dump.dtype", lambda v: v in ("float16", "float32"), "expected float16 or float32")
     require(cfg, "dump.mask_seed", is_int, "must be an integer")

@@ -14,6 +14,10 @@ Reads `<paths.model>/model.pt` alone (args + weights), the tokenizer in `paths.t
   those of 0 .. m - 1, each with its probe sentence's sentence_id;
 - `stage.json`: written last; a dump with the same config and checkpoint is not made again.
 
+`snapshot=N` dumps the weights the training kept after N steps (`<paths.model>/snapshots/step<N>.pt`,
+the models of `snapshots.models`) to `<paths.snapshots>/step<N>/` instead, in the same format, its MLM
+masked run with `snapshots.mlm_maskings` maskings (the first ones of the finished model's).
+
 `objective=init` (conf/objective/init.yaml) dumps the step-0 control instead: the untrained stack
 of `seed`, built by `pipeline.model.build_model` with the experiment's model settings and the
 tokenizer's vocabulary, i.e. the same ModelArgs and seed as every trained model of that seed, so its
@@ -39,8 +43,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import (INIT, check_dump_settings, cli, data_config, init_config, to_plain, tokenizer_config,
-                     train_config)
+from .config import (INIT, check_dump_settings, cli, data_config, init_config, snapshot_dump, snapshot_file,
+                     to_plain, tokenizer_config, train_config)
 from .corpus import prepare_command, read_lines
 from .model import Model, ModelArgs, build_model, load_model
 from .objectives import Specials, mask_tokens, pad, specials
@@ -79,11 +83,21 @@ def is_init(cfg: DictConfig) -> bool:
     return str(cfg.objective.kind) == INIT
 
 
+def snapshot_step(cfg: DictConfig) -> int | None:
+    """The kept training step this run dumps (`snapshot`), or None for the finished model."""
+    step = OmegaConf.select(cfg, "snapshot", default=None)
+    return None if step is None else int(step)
+
+
 def dump_config(cfg: DictConfig) -> dict:
     """What a dump depends on: the trained model's config (the step-0 control: `init_config`) and the
-    dump settings (not the device)."""
+    dump settings (not the device); a snapshot's also its step and its maskings."""
     settings = {k: v for k, v in to_plain(cfg.dump).items() if k != "device"}
-    return {**(init_config(cfg) if is_init(cfg) else train_config(cfg)), "dump": settings}
+    step = snapshot_step(cfg)
+    if step is None:
+        return {**(init_config(cfg) if is_init(cfg) else train_config(cfg)), "dump": settings}
+    settings["mlm_maskings"] = int(cfg.snapshots.mlm_maskings)
+    return {**train_config(cfg), "dump": settings, "snapshot": step}
 
 
 # ---------------------------------------------------------------- the probe set
@@ -408,11 +422,16 @@ def _save_initial(cfg: DictConfig, tok: Tokenizer, path: Path) -> tuple[Model, d
 def dump(cfg: DictConfig) -> Path:
     """Dump the layer states of `cfg.objective` / `cfg.seed` over the probe set into cfg.paths.dump."""
     check_dump_settings(cfg)
-    out = Path(str(cfg.paths.dump))
-    model_folder = Path(str(cfg.paths.model))
-    ckpt_path = model_folder / "model.pt"
-    stage_cfg = dump_config(cfg)
+    step = snapshot_step(cfg)
     initial = is_init(cfg)
+    model_folder = Path(str(cfg.paths.model))
+    out, ckpt_path = Path(str(cfg.paths.dump)), model_folder / "model.pt"
+    if step is not None:
+        if initial:
+            raise PipelineError(f"setting snapshot={step}: the step-0 control ({INIT}) has no snapshots; "
+                                "its one state is step 0 of every objective")
+        out, ckpt_path = snapshot_dump(cfg, step), snapshot_file(cfg, step)
+    stage_cfg = dump_config(cfg)
     # The dump reads what other stages made; made with other settings or damaged, they are theirs to
     # rebuild (the message names the setting or the file, and the command).
     for folder, config in ((Path(str(cfg.paths.data)), data_config(cfg)),
@@ -421,6 +440,12 @@ def dump(cfg: DictConfig) -> Path:
             raise PipelineError(f"{folder} holds no finished stage: run `{prepare_command()}` first")
     if not initial and ckpt_path.is_file():
         require_upstream(model_folder, train_config(cfg), stage_command("pipeline.train"))
+    if step is not None and not ckpt_path.is_file():
+        summary = (read_record(model_folder) or {}).get("summary") or {}
+        raise PipelineError(
+            f"{ckpt_path} not found: the training of {cfg.objective.name} seed {cfg.seed} kept no snapshot of step "
+            f"{step} (kept: {summary.get('snapshots', 'none recorded')}; only models of snapshots.models keep "
+            f"the steps of snapshots.keep they reach, model.pt is at step {summary.get('best_step', '?')})")
     problem = stage_problem(out, stage_cfg)
     # the step-0 checkpoint is the dump's own output (influence reads it): it must be intact too
     if problem is None and initial:
@@ -432,7 +457,7 @@ def dump(cfg: DictConfig) -> Path:
         log.info("dumping again: %s", problem)
 
     batch_tokens, dtype = int(cfg.dump.batch_tokens), str(cfg.dump.dtype)
-    mask_seed, maskings = int(cfg.dump.mask_seed), int(cfg.dump.mlm_maskings)
+    mask_seed, maskings = int(cfg.dump.mask_seed), int(stage_cfg["dump"]["mlm_maskings"])
     device = resolve_device(str(cfg.dump.device), "dump.device")
     tok = Tokenizer.load(cfg.paths.tokenizer)
     model, ckpt = _save_initial(cfg, tok, ckpt_path) if initial else _load_checkpoint(cfg, ckpt_path)
@@ -461,7 +486,7 @@ def dump(cfg: DictConfig) -> Path:
             "d_model": d_model, "dtype": dtype, "objective": objective.get("name", cfg.objective.name),
             "kind": model_kind, "seed": int(train_cfg.get("seed", cfg.seed)), "checkpoint": str(ckpt_path),
             "checkpoint_sha256": checkpoint_sha, "config_hash": ckpt.get("config_hash"),
-            "summary": ckpt.get("summary"), "input": "[bos] x_1 .. x_n [eos]; rows are x_1 .. x_n",
+            "summary": ckpt.get("summary"), "step": ckpt.get("step"), "input": "[bos] x_1 .. x_n [eos]; rows are x_1 .. x_n",
             "masked": False, "columns": list(TOKEN_COLUMNS)}
     columns = _token_columns(probe, tok, ranks)
     sets = [DumpSet(out, probe.tokens, columns, meta)]

@@ -8,6 +8,9 @@ Writes to `paths.model` (results/<experiment>/models/<objective>/seed<seed>/):
   again with the same config continues from it and ends with the same weights as an uninterrupted one;
 - `log.jsonl`: one line per evaluation (train loss, dev metrics, learning rate, throughput);
 - `model.pt`: the weights with the best dev loss + model args + config (what later stages read);
+- `snapshots/step<N>.pt` (the models of `snapshots.models` only): the weights after N optimiser steps,
+  for every N of `snapshots.keep` the run reaches (step 0: the initialisation), in model.pt's format;
+  written before the checkpoint of the same step, so a killed and resumed run keeps the same ones;
 - `summary.json`: wall time, steps, why training stopped, dev quality (BLEU / perplexity / accuracy);
 - `stage.json`: written last; a finished model with the same config is not trained again.
 """
@@ -26,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.profiler import record_function
 
-from .config import cli, data_config, max_minutes, to_plain, tokenizer_config, train_config
+from .config import cli, data_config, kept_steps, max_minutes, snapshot_file, to_plain, tokenizer_config, train_config
 from .convergence import convergence, read_log
 from .corpus import prepare_command, prepare_data, read_lines
 from .evaluate import bleu, dev_metrics, to_device
@@ -270,11 +273,15 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
     state = _restore(last, chash, inputs, model, opt, sched, gen) if last.exists() else None
     if state is None:
         state = TrainState()
-        for stale in (last, best, log_path):
+        for stale in (last, best, log_path, *_snapshot_files(out)):
             stale.unlink(missing_ok=True)
     else:
         log.info("resuming %s from step %d", out, state.step)
     _rewrite_log(log_path, state.step)
+    kept = set(kept_steps(cfg) or ())
+    provenance = _provenance(cfg, inputs)
+    if 0 in kept and state.step == 0:
+        _save_snapshot(cfg, model, 0, chash, provenance)
 
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s seed %d: %d parameters, %d training / %d dev examples, device %s, %s", cfg.objective.name,
@@ -306,6 +313,8 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
         if bar is not None:
             bar.update(1)
         out_of_time = state.elapsed_s >= budget_s
+        if state.step in kept:  # before this step's checkpoint: a run killed in between redoes it
+            _save_snapshot(cfg, model, state.step, chash, provenance)
         if state.step % int(tcfg.eval_every) == 0 or state.step >= int(tcfg.max_steps) or out_of_time:
             dev = dev_metrics(model, objective, data["dev"], device, amp, int(tcfg.max_tokens))
             improved = dev["loss"] < state.best_loss - float(tcfg.min_delta)
@@ -363,6 +372,26 @@ def training_inputs(cfg: DictConfig) -> list[Path]:
     return [*(data / name for name in names), Path(str(cfg.paths.tokenizer)) / MODEL_FILE]
 
 
+def _snapshot_files(out: Path) -> list[Path]:
+    return sorted((out / "snapshots").glob("step*.pt"))
+
+
+def _provenance(cfg: DictConfig, inputs: dict) -> dict:
+    """What a saved model was made from, for the dump to check against what it is given: the tokenizer
+    model's sha256 and the data split's digest (its probe set included), as their stages recorded them."""
+    return {"tokenizer": str(cfg.paths.tokenizer),
+            "tokenizer_sha256": inputs[str(Path(str(cfg.paths.tokenizer)) / MODEL_FILE)],
+            "data_digest": (read_record(cfg.paths.data) or {}).get("digest"), "inputs": inputs}
+
+
+def _save_snapshot(cfg: DictConfig, model: Model, step: int, chash: str, provenance: dict) -> None:
+    """The weights after `step` steps, as model.pt holds them (args, weights, config), with `step`."""
+    torch_save({"model": model.checkpoint_args(),
+                "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": chash, **provenance,
+                "summary": None, "step": int(step)}, snapshot_file(cfg, step))
+
+
 def _save_last(path, model, opt, sched, gen, state, cfg, chash, inputs) -> None:
     rng = {"torch": torch.get_rng_state(), "gen": gen.get_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -383,17 +412,23 @@ def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop,
                "train_tokens": state.tokens, "wall_time_s": round(state.elapsed_s, 1), "n_params": n_params,
                "device": str(device), "precision": str(amp or "fp32"), "dev": dev,
                "convergence": convergence(read_log(out), stop)}
-    # What the model was made from, for the dump to check against what it is given: the tokenizer
-    # model's sha256 and the data split's digest (its probe set included), as their stages recorded them.
-    tokenizer_sha = inputs[str(Path(str(cfg.paths.tokenizer)) / MODEL_FILE)]
-    data_digest = (read_record(cfg.paths.data) or {}).get("digest")
+    provenance = _provenance(cfg, inputs)
+    tokenizer_sha, data_digest = provenance["tokenizer_sha256"], provenance["data_digest"]
+    snapshots = _snapshot_files(out)
+    expected = [s for s in kept_steps(cfg) or () if s <= state.step]
+    summary["snapshots"] = sorted(int(p.stem[4:]) for p in snapshots)
+    if summary["snapshots"] != expected:
+        raise PipelineError(f"{out / 'snapshots'} holds the steps {summary['snapshots']}, not the kept steps "
+                            f"{expected} this run reached (files removed by hand?): delete {out / 'last.pt'} "
+                            "and train again")
     with recording(out) as ledger:
         torch_save({"model": model.checkpoint_args(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                    "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": chash,
-                    "tokenizer": str(cfg.paths.tokenizer), "tokenizer_sha256": tokenizer_sha,
-                    "data_digest": data_digest, "inputs": inputs, "summary": summary}, out / "model.pt")
+                    "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": chash, **provenance,
+                    "summary": summary}, out / "model.pt")
         write_json(out / "summary.json", summary)
         ledger.add_existing(out / "log.jsonl")  # a few kB, appended over the run: hashed once at the end
+        for path in snapshots:  # written over the run (some by an earlier, killed one): hashed once here
+            ledger.add_existing(path)
     write_stage_record(out, "train", stage_cfg, ledger=ledger, root=cfg.paths.results, inputs=inputs,
                        command=stage_command("pipeline.train"),
                        tokenizer_sha256=tokenizer_sha, data_digest=data_digest, summary=summary)
