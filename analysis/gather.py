@@ -1,7 +1,7 @@
 """Everything the report reads from an experiment's folders, each piece with the reason it is missing.
 
-Under `paths.results`: the six metric tables `metrics/<name>.csv` (+ their `.json` records), every
-model's `models/<objective>/seed<n>/summary.json` and `log.jsonl`, `data/stage.json`,
+Under `paths.results`: the metric tables `metrics/<name>.csv`, the study's six and `evolution` (+ their
+`.json` records), every model's `models/<objective>/seed<n>/summary.json` and `log.jsonl`, `data/stage.json`,
 `tokenizer/stage.json`, `dumps/<objective>/seed<n>/meta.json` and Snakemake's `benchmarks/**.tsv`.
 Nothing here fails on a missing or unreadable input: it records why, and the report says so.
 """
@@ -25,9 +25,9 @@ from pipeline.store import PipelineError, read_json
 
 from .tables import COLUMNS, read_record, read_table, table_path
 
-TABLES = tuple(COLUMNS)  # similarity, change, influence, mi, neighbours, tsne
+TABLES = tuple(COLUMNS)  # similarity, change, influence, mi, neighbours, tsne, evolution
 _INT = {"seed", "seed_a", "seed_b", "layer", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_influencers",
-        "n_clusters", "k", "n_queries", "position", "sentence_id", "masked"}
+        "n_clusters", "k", "n_queries", "position", "sentence_id", "masked", "step", "final"}
 _FLOAT = {"distance", "shuffled", "mi", "mi_shuffled", "mi_corrected", "value", "x", "y", "ci_low", "ci_high",
           "corrected_ci_low", "corrected_ci_high", "mi_sd", "mi_corrected_sd"}
 

@@ -117,6 +117,25 @@ def neighbour_properties(neighbours: np.ndarray, queries: np.ndarray,
     return result
 
 
+def layer_rows(cfg: DictConfig, dump, queries: np.ndarray, k: int, metric: str, device):
+    """Per layer of `dump`, the neighbour properties of the `queries` rows with their bootstrap interval
+    (the plan of analysis.bootstrap for neighbours, over the queries' sentences): yields
+    (layer, property, value, (ci_low, ci_high), number of queries it averages over)."""
+    boot = bootstrap.plan(cfg, "neighbours")
+    unit, n_units = bootstrap.units(dump.tokens["sentence_id"][queries], None, boot.seed)  # the queries' sentences
+    draws = bootstrap.counts(n_units, boot.resamples, boot.seed) if boot.resamples else None
+    for layer in range(dump.n_layers + 1):
+        t = time.perf_counter()
+        nn = nearest_neighbours(dump.states(layer), queries, k, metric, device)
+        for prop, values in per_query_properties(nn, queries, dump.tokens).items():
+            ok = np.isfinite(values)
+            value = float(values[ok].mean()) if ok.any() else float("nan")
+            ci = (boot.interval(bootstrap.weighted_means(values, unit, draws), value)
+                  if draws is not None else bootstrap.NO_INTERVAL)
+            yield layer, prop, value, ci, int(ok.sum())
+        log.info("layer %d done in %.1f s", layer, time.perf_counter() - t)
+
+
 def run(cfg: DictConfig) -> Path:
     """Neighbour properties of every layer of cfg.objective / cfg.seed's dump: its `neighbours` part."""
     started = time.perf_counter()
@@ -132,24 +151,11 @@ def run(cfg: DictConfig) -> Path:
     queries = sample_rows(dump.n_tokens, max_queries, int(cfg.analysis.sample_seed))
     log.info("%s seed %s on %s: %d queries, pool %d tokens, k=%d, %s", objective, cfg.seed, device,
              len(queries), dump.n_tokens, k, metric)
-    boot = bootstrap.plan(cfg, "neighbours")
-    unit, n_units = bootstrap.units(dump.tokens["sentence_id"][queries], None, boot.seed)  # the queries' sentences
-    draws = bootstrap.counts(n_units, boot.resamples, boot.seed) if boot.resamples else None
-    rows = []
-    for layer in range(dump.n_layers + 1):
-        t = time.perf_counter()
-        nn = nearest_neighbours(dump.states(layer), queries, k, metric, device)
-        for prop, values in per_query_properties(nn, queries, dump.tokens).items():
-            ok = np.isfinite(values)
-            value = float(values[ok].mean()) if ok.any() else float("nan")
-            ci = (boot.interval(bootstrap.weighted_means(values, unit, draws), value)
-                  if draws is not None else bootstrap.NO_INTERVAL)
-            rows.append({"objective": objective, "seed": int(cfg.seed), "layer": layer, "property": prop,
-                         "k": k, "metric": metric, "value": value,
-                         "n_queries": int(ok.sum()), "ci_low": ci[0], "ci_high": ci[1]})
-        log.info("layer %d done in %.1f s", layer, time.perf_counter() - t)
+    rows = [{"objective": objective, "seed": int(cfg.seed), "layer": layer, "property": prop, "k": k,
+             "metric": metric, "value": value, "n_queries": n, "ci_low": ci[0], "ci_high": ci[1]}
+            for layer, prop, value, ci, n in layer_rows(cfg, dump, queries, k, metric, device)]
     path = write_table(part_path(cfg, "neighbours"), "neighbours", rows, section(cfg, "neighbours"), started,
-                       device=str(device), bootstrap=boot.describe())
+                       device=str(device), bootstrap=bootstrap.plan(cfg, "neighbours").describe())
     log.info("wrote %s (%d rows) in %.1f s", path, len(rows), time.perf_counter() - started)
     return path
 

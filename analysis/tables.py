@@ -36,6 +36,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "mi": ("objective", "seed", "layer", "target", "n_clusters", "mi", "mi_shuffled", "mi_corrected",
            "n_tokens") + MI_INTERVAL_COLUMNS + MI_SPREAD_COLUMNS,
     "neighbours": ("objective", "seed", "layer", "property", "k", "metric", "value", "n_queries") + INTERVAL_COLUMNS,
+    "evolution": ("objective", "seed", "step", "final", "quantity", "measure", "target", "layer", "value",
+                  "ci_low", "ci_high", "n_tokens"),
     "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked"),
 }
 _OPTIONAL = set(MI_INTERVAL_COLUMNS + MI_SPREAD_COLUMNS)  # a row or an older table without them: nan (no interval)
@@ -177,6 +179,23 @@ def part_path(cfg: DictConfig, table: str, objective: str | None = None, seed: i
     objective = str(cfg.objective.name) if objective is None else objective
     seed = int(cfg.seed) if seed is None else int(seed)
     return Path(str(cfg.paths.metrics)) / table / objective / f"seed{seed}.csv"
+
+
+def evolution_part(cfg: DictConfig, step: int | None) -> Path:
+    """One kept step's part of the evolution table: <paths.metrics>/evolution/<objective>/seed<n>/step<N>.csv
+    (the finished model: final.csv)."""
+    name = "final" if step is None else f"step{int(step)}"
+    return Path(str(cfg.paths.metrics)) / "evolution" / str(cfg.objective.name) / f"seed{int(cfg.seed)}" / f"{name}.csv"
+
+
+def evolution_settings(cfg: DictConfig) -> dict:
+    """What a step's evolution rows depend on: the evolution section, the MI, neighbours, similarity
+    and change settings it reads, the shared keys, and the maskings of an MLM's masked rows."""
+    a = cfg.analysis
+    return {"measure": "evolution", **{key: to_plain(a[key]) for key in ("min_samples_per_dim", "sample_seed",
+                                                                          "bootstrap")},
+            **{name: to_plain(a[name]) for name in ("evolution", "mi", "neighbours", "similarity", "change")},
+            "mlm_maskings": int(cfg.snapshots.mlm_maskings)}
 
 
 def table_path(cfg: DictConfig, table: str) -> Path:

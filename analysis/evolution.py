@@ -1,0 +1,203 @@
+"""Evolution over training: one kept training step of a model measured against its finished state.
+
+    python -m analysis.evolution experiment=default objective=mt seed=1 snapshot=200 [overrides]
+    python -m analysis.evolution experiment=default objective=mt seed=1              # the finished model
+
+The models of `snapshots.models` keep their weights at the steps of `snapshots.keep` while they train
+(pipeline.train); `python -m pipeline.dump ... snapshot=N` dumps such a snapshot on the probe set.
+This measures the dump of step N (`snapshot=N`; null: the finished model, model.pt) layer by layer:
+
+- `to_final`: the distance of each layer's states to the same layer of the finished model, on the
+  same tokens (`analysis.evolution.measures`, PWCCA and linear CKA by default; Raghu et al. 2017 and
+  Morcos et al. 2018 measured how networks converge "bottom up" this way). 0 for the finished model.
+- `change`: the distance between layers l and l + 1 over all tokens (as analysis.change's `all` row).
+- `mi`: plug-in and corrected MI with the input token, and by the model's kind with its output
+  label (LM: the next token; MLM: on the masked run, the original and the fed token), at
+  `analysis.mi.n_clusters` with `analysis.evolution.restarts` k-means restarts (analysis.mutual_info).
+  An MLM's masked rows are those of the first `snapshots.mlm_maskings` maskings, for the finished
+  model too, so that every step of a model is measured on the same rows.
+- `neighbours`: identity, position, left and right token of the k nearest neighbours (analysis.neighbours).
+
+Every row has its bootstrap interval over probe sentences with the resamples of the table it mirrors
+(similarity for `to_final`, change, mi, neighbours) and its sample size. The rows are the same for
+every step of a model (the same seeded subsets), so a curve over steps moves with the model only.
+Writes `<paths.metrics>/evolution/<objective>/seed<n>/step<N>.csv` (the finished model: final.csv),
+columns `objective, seed, step, final, quantity, measure, target, layer, value, ci_low, ci_high, n_tokens`:
+`step` is the training step of the state (the finished model's: its best step), `final` 1 for model.pt.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from pipeline.config import cli, snapshot_dump
+from pipeline.dump import MASKED_DIR
+from pipeline.runtime import resolve_device
+from pipeline.store import PipelineError
+
+from . import bootstrap
+from .buckets import sample_floor, shuffle_seed
+from .dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
+from .kmeans import kmeans
+from .measures import check_measure, distance, intervals, paired
+from .mutual_info import RowSet, input_rows, masked_rows, mi_intervals, mi_of_clusters, next_token_rows
+from .neighbours import layer_rows as neighbour_layer_rows
+from .settings import setting
+from .tables import evolution_part, evolution_settings, write_table
+
+log = logging.getLogger("analysis.evolution")
+
+
+def snapshot_of(cfg: DictConfig) -> int | None:
+    step = cfg.get("snapshot")
+    return None if step is None else int(step)
+
+
+def open_dumps(cfg: DictConfig) -> tuple[Dump, Dump, int]:
+    """(the dump measured, the finished model's dump, the training step of the one measured)."""
+    objective, seed, step = str(cfg.objective.name), int(cfg.seed), snapshot_of(cfg)
+    final = load_dump(dump_folder(cfg, objective, seed))
+    summary = final.meta.get("summary") or {}
+    if step is None:
+        return final, final, int(summary.get("best_step", summary.get("steps", -1)))
+    folder = snapshot_dump(cfg, step)
+    if not (folder / "stage.json").is_file():
+        raise PipelineError(f"{folder} holds no finished dump of step {step}: make it with "
+                            f"`python -m pipeline.dump experiment={cfg.experiment_name} objective={objective} "
+                            f"seed={seed} snapshot={step}`")
+    dump = load_dump(folder)
+    check_aligned([dump, final])
+    return dump, final, step
+
+
+def _row(dump: Dump, step: int, final: bool, quantity: str, measure: str, target: str, layer: int,
+         value: float, ci: tuple[float, float], n: int) -> dict:
+    return {"objective": dump.objective, "seed": dump.seed, "step": step, "final": int(final),
+            "quantity": quantity, "measure": measure, "target": target, "layer": layer, "value": float(value),
+            "ci_low": float(ci[0]), "ci_high": float(ci[1]), "n_tokens": int(n)}
+
+
+def distance_rows(cfg: DictConfig, dump: Dump, final: Dump, measures: list[str], device, emit) -> None:
+    """`to_final` at every layer and `change` between consecutive layers, every measure."""
+    floor = sample_floor(cfg, dump.d_model)
+    rows = sample_rows(dump.n_tokens, setting(cfg, "analysis.evolution.max_tokens"), int(cfg.analysis.sample_seed))
+    change = sample_rows(dump.n_tokens, setting(cfg, "analysis.change.max_tokens"), int(cfg.analysis.sample_seed))
+    for idx, key in ((rows, "analysis.evolution.max_tokens"), (change, "analysis.change.max_tokens")):
+        if len(idx) < floor:
+            raise PipelineError(f"{dump.folder}: {len(idx)} tokens ({key}) are fewer than "
+                                f"analysis.min_samples_per_dim x d_model = {floor}")
+    sentences = dump.tokens["sentence_id"]
+    perm_final, perm_change = shuffle_seed(cfg, 0).permutation(len(rows)), shuffle_seed(cfg, 1).permutation(len(change))
+    to_final, of_change = bootstrap.plan(cfg, "similarity"), bootstrap.plan(cfg, "change")
+    carried = None
+    upper = dump.states(0)
+    for layer in range(dump.n_layers + 1):
+        x, y = dump.states(layer, rows), final.states(layer, rows)
+        cov, _ = paired(x, y, perm_final, device=device)
+        point = {m: distance(m, cov, cfg) for m in measures}
+        ci, _ = intervals(measures, point, x, y, sentences[rows], cfg, to_final, device)
+        for m in measures:
+            emit("to_final", m, "final", layer, point[m], ci[m], len(rows))
+        if layer == dump.n_layers:
+            break
+        lower, upper = upper, dump.states(layer + 1)
+        cov, _ = paired(lower[change], upper[change], perm_change, device=device)
+        point = {m: distance(m, cov, cfg) for m in measures}
+        ci, carried = intervals(measures, point, lower[change], upper[change], sentences[change], cfg, of_change,
+                                device, carried)
+        for m in measures:
+            emit("change", m, "all", layer + 1, point[m], ci[m], len(change))
+
+
+def mi_row_sets(cfg: DictConfig, dump: Dump, masked: Dump | None) -> list[RowSet]:
+    """analysis.mutual_info's row sets for `dump`, an MLM's masked rows limited to the first
+    `snapshots.mlm_maskings` maskings before the seeded subset is drawn (the same rows at every step)."""
+    top = int(setting(cfg, "analysis.mi.top_types"))
+    sets = [input_rows(dump.tokens, top)]
+    if dump.kind == "lm":
+        sets.append(next_token_rows(dump.tokens, top))
+    elif dump.kind == "mlm" and masked is not None:
+        rs = masked_rows(masked.tokens, top)
+        keep = masked.tokens["masking"][rs.rows] < int(cfg.snapshots.mlm_maskings)
+        sets.append(rs.subset(np.flatnonzero(keep)))
+    limit, seed = setting(cfg, "analysis.mi.max_tokens"), int(cfg.analysis.sample_seed)
+    return [s.subset(sample_rows(len(s.rows), limit, seed)) for s in sets]
+
+
+def mi_rows(cfg: DictConfig, dump: Dump, device, emit) -> None:
+    masked = dump.masked() if dump.kind == "mlm" and (dump.folder / MASKED_DIR).is_dir() else None
+    sets = mi_row_sets(cfg, dump, masked)
+    k, seed = int(setting(cfg, "analysis.mi.n_clusters")), int(setting(cfg, "analysis.mi.seed"))
+    restarts = int(setting(cfg, "analysis.evolution.restarts"))
+    iters, tol = int(setting(cfg, "analysis.mi.kmeans_iters")), float(setting(cfg, "analysis.mi.kmeans_tol"))
+    batch = setting(cfg, "analysis.mi.kmeans_batch")
+    boot = bootstrap.plan(cfg, "mi")
+    for rs in sets:
+        if len(rs.rows) < 2:
+            log.warning("%s: only %d rows for %s; not measured", dump.folder, len(rs.rows), "/".join(rs.labels))
+            continue
+        source = masked if rs.masked else dump
+        unit, n_units = bootstrap.units(source.tokens["sentence_id"][rs.rows], None, boot.seed)
+        draws = bootstrap.counts(n_units, boot.resamples, boot.seed) if boot.resamples else None
+        used = min(k, len(rs.rows))
+        for layer in range(dump.n_layers + 1):
+            states = torch.from_numpy(source.states(layer, rs.rows))
+            clusterings = [kmeans(states, used, seed + i, iters=iters, batch_size=batch, tol=tol, device=device).labels
+                           for i in range(restarts)]
+            for target, labels in rs.labels.items():
+                ests = [mi_of_clusters(c, labels, seed) for c in clusterings]
+                mi = float(np.mean([e.mi for e in ests]))
+                corrected = float(np.mean([e.mi_corrected for e in ests]))
+                ci = (mi_intervals(clusterings[0], labels, seed, unit, draws, boot, mi, corrected)
+                      if draws is not None else 2 * bootstrap.NO_INTERVAL)
+                emit("mi", "plugin", target, layer, mi, ci[:2], ests[0].n_tokens)
+                emit("mi", "corrected", target, layer, corrected, ci[2:], ests[0].n_tokens)
+
+
+def neighbour_rows(cfg: DictConfig, dump: Dump, device, emit) -> None:
+    k = int(setting(cfg, "analysis.neighbours.k"))
+    metric = setting(cfg, "analysis.neighbours.metric")
+    if k >= dump.n_tokens:
+        raise PipelineError(f"setting analysis.neighbours.k={k}: {dump.folder} has only {dump.n_tokens} tokens")
+    queries = sample_rows(dump.n_tokens, setting(cfg, "analysis.neighbours.max_queries"), int(cfg.analysis.sample_seed))
+    for layer, prop, value, ci, n in neighbour_layer_rows(cfg, dump, queries, k, metric, device):
+        emit("neighbours", prop, "", layer, value, ci, n)
+
+
+def evolution_rows(cfg: DictConfig) -> list[dict]:
+    """Every row of one step's part of the evolution table (see the module's docstring)."""
+    dump, final, step = open_dumps(cfg)
+    device = resolve_device(str(cfg.analysis.device), "analysis.device")
+    measures = [check_measure(m, "analysis.evolution.measures") for m in setting(cfg, "analysis.evolution.measures")]
+    rows: list[dict] = []
+
+    def emit(quantity, measure, target, layer, value, ci, n):
+        rows.append(_row(dump, step, dump is final, quantity, measure, target, layer, value, ci, n))
+
+    for name, part in (("distances", lambda: distance_rows(cfg, dump, final, measures, device, emit)),
+                       ("mi", lambda: mi_rows(cfg, dump, device, emit)),
+                       ("neighbours", lambda: neighbour_rows(cfg, dump, device, emit))):
+        t = time.perf_counter()
+        part()
+        log.info("%s seed %d step %d: %s in %.1f s", dump.objective, dump.seed, step, name, time.perf_counter() - t)
+    return rows
+
+
+def run(cfg: DictConfig) -> Path:
+    started = time.perf_counter()
+    rows = evolution_rows(cfg)
+    path = write_table(evolution_part(cfg, snapshot_of(cfg)), "evolution", rows, evolution_settings(cfg), started,
+                       model=f"{cfg.objective.name}/seed{cfg.seed}", snapshot=snapshot_of(cfg))
+    log.info("wrote %s (%d rows) in %.1f s", path, len(rows), time.perf_counter() - started)
+    return path
+
+
+main = cli(run)
+
+if __name__ == "__main__":
+    main()
