@@ -320,8 +320,10 @@ def build(cfg: DictConfig, probe_hardware: bool = True) -> str:
     style = figures.Style(str(cfg.analysis.report.figure_format), int(cfg.analysis.report.dpi))
     exp = gather.collect(cfg, probe_hardware=probe_hardware)
     crit = Criteria.from_cfg(cfg)
+    from .report_evolution import evolution_section
+
     sections = [setup_section(exp, style), convergence_section(exp, style), claims_section(exp, crit),
-                *measurement_sections(exp, style, crit)]
+                *measurement_sections(exp, style, crit), evolution_section(exp, style, crit)]
     sections.append(provenance_section(exp))
     measured = sum(t.rows is not None for t in exp.tables.values())
     # The page is a function of its inputs (a rerun writes the same bytes): dated by its newest input.

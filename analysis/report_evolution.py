@@ -1,0 +1,241 @@
+"""The report's section on evolution over training (analysis/evolution.py's table `evolution`).
+
+Per model of `snapshots.models`: a layer x training-step heat map of each layer's distance to the
+finished model, the MI, neighbour and distance curves over training with the dev loss on the same step
+axis, the step from which each layer stays within `analysis.evolution.within` of its finished state,
+and the study's claims checked at every step ("when each finding appears").
+
+A claim that compares objectives is checked at a step with each objective's state at that step; an
+objective whose training ended before it enters with its finished model (marked in the table).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import claims, figures
+from .claims import Criteria, Verdict
+from .gather import Experiment
+from .html import Section, details, esc, not_measured, para, table
+
+# The claims a step's rows can be checked for: those of MI (1, 2), MI and change (3), change (5) and
+# neighbours (7). Task distances (4) need two seeds of every objective and influence (6) reruns the
+# model: neither is measured per step.
+PER_STEP_CLAIMS = (1, 2, 3, 5, 7)
+FINAL = "final"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One model's quantity per (layer, point): `values[layer][j]` at `points[j]` (a step, or FINAL)."""
+
+    objective: str
+    seed: int
+    measure: str
+    points: list[Any]  # the snapshot steps in order, then FINAL
+    steps: list[int]   # the training step of each point (the finished model's: its best step)
+    layers: list[int]
+    values: np.ndarray  # (len(layers), len(points)); nan where a cell has no row
+
+    def labels(self) -> list[str]:
+        return [f"final ({s})" if p == FINAL else str(p) for p, s in zip(self.points, self.steps)]
+
+
+def points_of(rows: Sequence[Mapping[str, Any]], objective: str, seed: int) -> tuple[list[Any], list[int]]:
+    """(points, their steps) of one model: its snapshots by step, then the finished model."""
+    mine = [r for r in rows if r["objective"] == objective and r["seed"] == seed]
+    snaps = sorted({r["step"] for r in mine if not r["final"]})
+    final = sorted({r["step"] for r in mine if r["final"]})
+    return [*snaps, *([FINAL] if final else [])], [*snaps, *final[:1]]
+
+
+def grid(rows: Sequence[Mapping[str, Any]], objective: str, seed: int, quantity: str = "to_final",
+         measure: str = "pwcca", target: str | None = None) -> Grid:
+    points, steps = points_of(rows, objective, seed)
+    mine = [r for r in rows if r["objective"] == objective and r["seed"] == seed and r["quantity"] == quantity
+            and r["measure"] == measure and (target is None or r["target"] == target)]
+    layers = sorted({r["layer"] for r in mine})
+    values = np.full((len(layers), len(points)), np.nan)
+    for r in mine:
+        j = points.index(FINAL if r["final"] else r["step"])
+        values[layers.index(r["layer"]), j] = r["value"]
+    return Grid(objective, seed, measure, points, steps, layers, values)
+
+
+def settled(g: Grid, within: float) -> dict[int, Any]:
+    """Per layer, the first point from which its value stays at or below `within` up to the finished
+    model (None: only the finished model itself)."""
+    out = {}
+    for i, layer in enumerate(g.layers):
+        row = g.values[i]
+        first = None
+        for j in range(len(g.points)):
+            if np.all(np.isfinite(row[j:])) and np.all(row[j:] <= within):
+                first = g.steps[j] if g.points[j] != FINAL else None
+                break
+        out[layer] = first
+    return out
+
+
+# ---------------------------------------------------------------- the claims per step
+
+def claim_tables(rows: Sequence[Mapping[str, Any]], crit: Criteria) -> dict[str, list[dict]]:
+    """The rows of one point (every model at one step) in the shapes of the mi, change and
+    neighbours tables, as analysis.claims reads them."""
+    mi: dict[tuple, dict] = {}
+    change, neighbours = [], []
+    for r in rows:
+        if r["quantity"] == "mi":
+            key = (r["objective"], r["seed"], r["layer"], r["target"])
+            out = mi.setdefault(key, {"objective": r["objective"], "seed": r["seed"], "layer": r["layer"],
+                                      "target": r["target"], "n_clusters": crit.n_clusters,
+                                      "n_tokens": r["n_tokens"]})
+            if r["measure"] == "plugin":
+                out.update(mi=r["value"], ci_low=r["ci_low"], ci_high=r["ci_high"])
+            else:
+                out.update(mi_corrected=r["value"], corrected_ci_low=r["ci_low"], corrected_ci_high=r["ci_high"])
+        elif r["quantity"] == "change":
+            change.append({"measure": r["measure"], "objective": r["objective"], "seed": r["seed"],
+                           "layer_from": r["layer"] - 1, "layer_to": r["layer"], "bucket": "all",
+                           "distance": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                           "n_tokens": r["n_tokens"]})
+        elif r["quantity"] == "neighbours":
+            neighbours.append({"objective": r["objective"], "seed": r["seed"], "layer": r["layer"],
+                               "property": r["measure"], "k": crit.k, "metric": crit.metric, "value": r["value"],
+                               "n_queries": r["n_tokens"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
+    complete = [m for m in mi.values() if "mi" in m and "mi_corrected" in m]
+    return {"mi": complete, "change": change, "neighbours": neighbours}
+
+
+def rows_at(rows: Sequence[Mapping[str, Any]], point: Any) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """Every model's rows at `point` (a step or FINAL): its snapshot of that step, or, once its
+    training had ended, its finished model; and the models that entered with their finished model."""
+    out, ended = [], []
+    for objective, seed in sorted({(r["objective"], r["seed"]) for r in rows}):
+        mine = [r for r in rows if r["objective"] == objective and r["seed"] == seed]
+        if point == FINAL:
+            out += [r for r in mine if r["final"]]
+            continue
+        at = [r for r in mine if not r["final"] and r["step"] == point]
+        if at:
+            out += at
+        elif not any(not r["final"] and r["step"] > point for r in mine):  # its training had ended
+            out += [r for r in mine if r["final"]]
+            ended.append(f"{objective} seed {seed}")
+    return out, ended
+
+
+def verdicts_over_training(rows: Sequence[Mapping[str, Any]], crit: Criteria
+                           ) -> tuple[list[Any], dict[int, list[Verdict]], dict[Any, list[str]]]:
+    """(points, per claim number its verdict at each point, per point the models that had ended)."""
+    points = sorted({r["step"] for r in rows if not r["final"]}) + [FINAL]
+    chosen = [c for c in claims.CLAIMS if c.number in PER_STEP_CLAIMS]
+    verdicts: dict[int, list[Verdict]] = {c.number: [] for c in chosen}
+    ended = {}
+    for point in points:
+        at, ended[point] = rows_at(rows, point)
+        tables = claim_tables(at, crit)
+        for claim, verdict in claims.check_all(tables, crit):
+            if claim.number in verdicts:
+                verdicts[claim.number].append(verdict)
+    return points, verdicts, ended
+
+
+def first_holding(points: Sequence[Any], verdicts: Sequence[Verdict]) -> Any:
+    """The first point from which the claim holds at every later point (None: never so)."""
+    for j in range(len(points)):
+        if all(v.verdict == claims.HOLDS for v in verdicts[j:]):
+            return points[j]
+    return None
+
+
+_MARK = {claims.HOLDS: "✓", claims.FAILS: "✗", claims.INCONCLUSIVE: "?", claims.NOT_MEASURED: "–"}
+
+
+# ---------------------------------------------------------------- the section
+
+def _models(rows) -> list[tuple[str, int]]:
+    order = {o: i for i, o in enumerate(("mt", "lm", "mlm"))}
+    return sorted({(r["objective"], r["seed"]) for r in rows}, key=lambda m: (order.get(m[0], 9), m[0], m[1]))
+
+
+def evolution_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section:
+    s = Section("evolution", "Evolution over training")
+    s.add(para("The models of <code>snapshots.models</code> kept their weights at the steps of "
+               "<code>snapshots.keep</code> while they trained; each kept step was dumped on the probe set and "
+               "measured as the finished model is: every layer's distance to the same layer of the finished model "
+               "(on the same tokens), MI with the input and the output, nearest neighbours, and the change between "
+               "layers (all tokens). Steps are optimiser steps; the finished model is the one with the best dev "
+               "loss (its step in brackets). Each step has one k-means clustering per layer "
+               "(analysis.evolution.restarts), so its MI can differ a little from the MI section's."))
+    table_ = exp.tables.get("evolution")
+    rows = table_.rows if table_ is not None else None
+    if rows is None:
+        s.add(not_measured("evolution over training", (table_.missing if table_ is not None else None)
+                           or "no model keeps snapshots (snapshots.models)"))
+        return s
+    measures = [str(m) for m in exp.cfg.analysis.evolution.measures]
+    main = measures[0]
+    within = float(exp.cfg.analysis.evolution.within)
+    models = _models(rows)
+    logs = {(m.objective, m.seed): m.log for m in exp.models}
+    grids = [grid(rows, o, sd, "to_final", main) for o, sd in models]
+    n = sorted({r["n_tokens"] for r in rows if r["quantity"] == "to_final"})
+    figures_ = figures.evolution_heatmaps(grids, style)
+    if figures_ is not None:
+        from .html import figure
+        s.add(figure(figures_[0], figures_[1], "distance to the finished model per layer and step",
+                     f"{main.upper()} distance of each layer to the same layer of the finished model "
+                     f"(0: the same representation up to a linear map); {', '.join(map(str, n))} tokens."))
+    for g in grids:
+        s.add(details(f"{g.objective} seed {g.seed}: the heat map's numbers ({main} distance to final)",
+                      table(("layer", *g.labels()), [(layer, *(_num(v) for v in g.values[i]))
+                                                     for i, layer in enumerate(g.layers)])))
+    # the step from which each layer stays close to its finished state
+    body = []
+    for g in grids:
+        done = settled(g, within)
+        body.append((f"{g.objective} seed {g.seed}", *(("final only" if done[layer] is None else done[layer])
+                                                      for layer in g.layers)))
+    layers = grids[0].layers if grids else []
+    s.add("<h3>When each layer settles</h3>")
+    s.add(para(f"The first kept step from which a layer's {main.upper()} distance to its finished state stays at "
+               f"or below {within:g} (analysis.evolution.within) up to the end; layers that settle first are "
+               "those whose representation the rest of training leaves alone."))
+    s.add(table(("model", *(f"layer {layer}" for layer in layers)), body))
+    curves = figures.evolution_curves(rows, models, logs, main, style)
+    if curves is not None:
+        from .html import figure
+        s.add(figure(curves[0], curves[1], "measures over training",
+                     "Per model (columns), against the training step (symmetric log scale; the finished model at "
+                     "its best step, a hollow marker): distance of each layer to the finished model, corrected MI "
+                     "with the input and with the output, the neighbours' identity share, and the dev loss. Colour "
+                     "runs from layer 0 (light) to the top layer (dark)."))
+    s.add("<h3>When each finding appears</h3>")
+    points, verdicts, ended = verdicts_over_training(rows, crit)
+    head = ("claim", "holds from", *(("final" if p == FINAL else str(p)) for p in points))
+    body = []
+    by_number = {c.number: c for c in claims.CLAIMS}
+    for number, vs in verdicts.items():
+        first = first_holding(points, vs)
+        at = "never (not at the end)" if first is None else ("the end only" if first == FINAL else f"step {first}")
+        if first is not None:
+            at += f": {vs[points.index(first)].numbers}"
+        body.append((f"{number}. {by_number[number].statement}", at, *(_MARK[v.verdict] for v in vs)))
+    s.add(para("The claims of “The study and this run” that the per-step measures can check, at every kept step "
+               "(✓ holds, ✗ does not hold, ? inconclusive within the intervals, – not measured), and the first step "
+               "from which a claim holds at every later step, with its numbers and intervals there. Claims 4 (task "
+               "distances: two seeds of each objective) and 6 (influence) are not measured per step."))
+    s.add(table(head, body))
+    gone = {p: m for p, m in ended.items() if m and p != FINAL}
+    if gone:
+        s.add(para("Entering with their finished model, since their training had ended by then: "
+                   + "; ".join(f"step {p}: {', '.join(m)}" for p, m in gone.items()) + "."))
+    return s
+
+
+def _num(value: float) -> str:
+    return "—" if not math.isfinite(value) else f"{value:.3f}"
