@@ -8,6 +8,7 @@ code) so that the later dry runs see a completed workflow.
 from __future__ import annotations
 
 import collections
+import json
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -23,8 +24,10 @@ CONFIGFILE = REPO / "workflow" / "config.yaml"
 # 5 objectives, seeds mt/lm/mlm x2, mt_td/lm_td x1: 8 trained models, and the step-0 control `init` of
 # seeds 1 and 2 (dumped, never trained); 4 per-model measures on each of the 10 and t-SNE on the first
 # seed of each objective and of init (46 jobs); 5 merged tables, the task distances, the report.
+# Evolution over training: the snapshot dumps and their measures are planned once the models of
+# snapshots.models are trained (rule train is a checkpoint); before that a dry run shows their merge.
 GRID = {"prepare": 1, "train": 8, "dump": 8, "dump_init": 2, "measure": 46, "merge": 5, "similarity": 1,
-        "report": 1}
+        "report": 1, "snapshot_dump": 0, "evolution": 0, "merge_evolution": 1}
 RULES = tuple(GRID)
 TABLES = ("change", "influence", "mi", "neighbours", "tsne")
 PAPER_DATA = ["data.src_file=/nonexistent/train.en", "data.tgt_file=/nonexistent/train.de"]
@@ -50,6 +53,12 @@ def jobs_per_rule(outputs: list[str]) -> dict[str, int]:
     for path in map(PurePosixPath, outputs):
         if path.name == "model.pt" and "models" in path.parts:
             counts["train"] += path.parts[-3] != "init"  # rule dump_init writes the step-0 weights
+        elif path.name == "stage.json" and "snapshots" in path.parts:
+            counts["snapshot_dump"] += 1
+        elif "metrics" in path.parts and len(path.parts) > 4 and path.parts[-4] == "evolution":
+            counts["evolution"] += 1
+        elif path.parent.name == "metrics" and path.stem == "evolution":
+            counts["merge_evolution"] += 1
         elif path.name == "stage.json" and "dumps" in path.parts:
             counts["dump_init" if path.parts[-3] == "init" else "dump"] += 1
         elif path.name == "stage.json" and path.parent.name == "data":
@@ -89,7 +98,8 @@ def test_grid_and_results_folder_follow_the_hydra_config(tmp_path):
     outputs = run_workflow(tmp_path, {"experiment": "smoke", "overrides": overrides})
     # the step-0 control of every seed in use (1, 3, 4): 4 measures on each of 6 models, t-SNE on 3
     assert jobs_per_rule(outputs) == {"prepare": 1, "train": 3, "dump": 3, "dump_init": 3, "measure": 27, "merge": 5,
-                                      "similarity": 1, "report": 1}
+                                      "similarity": 1, "report": 1, "snapshot_dump": 0, "evolution": 0,
+                                      "merge_evolution": 1}  # mt seed 1 keeps snapshots
     assert sorted(p for p in outputs if p.endswith("model.pt")) == [
         "out/run1/models/init/seed1/model.pt", "out/run1/models/init/seed3/model.pt",
         "out/run1/models/init/seed4/model.pt", "out/run1/models/mlm/seed3/model.pt",
@@ -137,19 +147,35 @@ def finished_smoke(tmp_path_factory) -> Path:
     snakemake's touch mode (with the metadata of the current config)."""
     workdir = tmp_path_factory.mktemp("finished_smoke")
     config = {"experiment": "smoke"}
-    for output in run_workflow(workdir, config):
-        path = workdir / output
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a stage record must be readable (an empty one is damage, which the workflow redoes)
-        path.write_text('{"outputs": {}}' if path.name == "stage.json" else "")
-    run_workflow(workdir, config, executor="touch", forceall=True)
+    # twice: the snapshot jobs are planned once the trainings (a checkpoint rule) look finished
+    for _ in range(2):
+        for output in run_workflow(workdir, config):
+            path = workdir / output
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # a stage record must be readable (an empty one is damage, which the workflow redoes); the
+            # models of snapshots.models record the kept steps 0, 10 and 50 (empty placeholder files)
+            outputs = {}
+            if path.name == "model.pt" and path.parts[-3] in ("mt", "lm", "mlm") and path.parent.name == "seed1":
+                for step in SNAPSHOT_STEPS:
+                    (path.parent / "snapshots").mkdir(exist_ok=True)
+                    (path.parent / "snapshots" / f"step{step}.pt").write_text("")
+                    outputs[f"snapshots/step{step}.pt"] = {"size": 0, "sha256": "", "mtime_ns": 0}
+                (path.parent / "stage.json").write_text(json.dumps({"outputs": outputs}))
+            if not (path.name == "stage.json" and path.exists()):
+                path.write_text('{"outputs": {}}' if path.name == "stage.json" else "")
+        run_workflow(workdir, config, executor="touch", forceall=True)
     return workdir
 
 
+SNAPSHOT_STEPS = (0, 10, 50)  # kept by mt, lm and mlm seed 1 in the finished placeholder run
 NOTHING = dict.fromkeys(RULES, 0)
 DOWNSTREAM_OF_DUMPS = {"measure": 46, "merge": 5, "similarity": 1, "report": 1}
 # what depends on the 8 trained models' dumps only (not on the step-0 control's)
 DOWNSTREAM_OF_TRAINED = {"measure": 37, "merge": 5, "similarity": 1, "report": 1}
+# the measures over training of mt, lm and mlm seed 1: 3 kept steps and the finished model each
+MEASURED_EVOLUTION = {"evolution": 12, "merge_evolution": 1}
+# and the dumps of their 3 kept steps
+EVOLUTION = {"snapshot_dump": 9, **MEASURED_EVOLUTION}
 
 
 @pytest.mark.parametrize("overrides,expected", [
@@ -157,16 +183,20 @@ DOWNSTREAM_OF_TRAINED = {"measure": 37, "merge": 5, "similarity": 1, "report": 1
     # runtime settings change how a stage runs, not what it computes
     (["train.threads=3", "train.progress=false", "train.device=cpu", "dump.device=cpu"], NOTHING),
     (["analysis.device=cpu", "analysis.report.dpi=110"], NOTHING),
-    (["model.d_model=32"], {**NOTHING, "train": 8, "dump": 8, "dump_init": 2, **DOWNSTREAM_OF_DUMPS}),
+    # (the snapshot jobs of a retrained model are planned once it is trained: its merge reruns now)
+    (["model.d_model=32"], {**NOTHING, "train": 8, "dump": 8, "dump_init": 2, **DOWNSTREAM_OF_DUMPS,
+                            "merge_evolution": 1}),
     # the step-0 control is never trained: training settings leave it alone
-    (["train.lr=1e-3"], {**NOTHING, "train": 8, "dump": 8, **DOWNSTREAM_OF_TRAINED}),
-    (["dump.dtype=float32"], {**NOTHING, "dump": 8, "dump_init": 2, **DOWNSTREAM_OF_DUMPS}),
+    (["train.lr=1e-3"], {**NOTHING, "train": 8, "dump": 8, **DOWNSTREAM_OF_TRAINED, "merge_evolution": 1}),
+    # the snapshots are dumped with the dump settings: 3 models x 3 kept steps, measured with the finished model
+    (["dump.dtype=float32"], {**NOTHING, "dump": 8, "dump_init": 2, **DOWNSTREAM_OF_DUMPS, **EVOLUTION}),
     (["data.max_len=40"], GRID),
     (["data.tokenizer.vocab_size=900"], GRID),
     # an analysis setting reruns its measurement (and the report) only, never a model or a dump
-    (["analysis.similarity.ridge=1e-5"], {**NOTHING, "similarity": 1, "report": 1}),
-    (["analysis.mi.n_clusters=7"], {**NOTHING, "measure": 10, "merge": 1, "report": 1}),
-    (["analysis.neighbours.k=5"], {**NOTHING, "measure": 10, "merge": 1, "report": 1}),
+    # (the measures over training use the similarity, MI and neighbour settings: every step's reruns)
+    (["analysis.similarity.ridge=1e-5"], {**NOTHING, "similarity": 1, "report": 1, **MEASURED_EVOLUTION}),
+    (["analysis.mi.n_clusters=7"], {**NOTHING, "measure": 10, "merge": 1, "report": 1, **MEASURED_EVOLUTION}),
+    (["analysis.neighbours.k=5"], {**NOTHING, "measure": 10, "merge": 1, "report": 1, **MEASURED_EVOLUTION}),
     (["analysis.buckets=[1,100,30000]"], {**NOTHING, "measure": 20, "merge": 2, "report": 1}),
     (["analysis.report.claims.mi_tolerance=0.1"], {**NOTHING, "report": 1}),
     # a seed more for one objective: its model and dump, the step-0 control of the new seed, the
@@ -176,6 +206,17 @@ DOWNSTREAM_OF_TRAINED = {"measure": 37, "merge": 5, "similarity": 1, "report": 1
     # the same models in another order: the first seed of mt changes, which moves the MI cluster
     # sweep (MI of both mt models) and the t-SNE pictures (mt/seed2) to it; no model, dump or distance
     (["workflow.seeds.mt=[2,1]"], {**NOTHING, "measure": 3, "merge": 2, "report": 1}),
+    # evolution over training: which kept steps are analysed reruns the merge and the report only (the
+    # parts of the steps kept stay valid); its settings rerun every step's measure; the kept steps
+    # themselves retrain the three models that keep them (their snapshot jobs are planned afterwards)
+    (["snapshots.steps=[0,50]"], {**NOTHING, "merge_evolution": 1, "report": 1}),
+    (["analysis.evolution.restarts=2"], {**NOTHING, **MEASURED_EVOLUTION, "report": 1}),
+    (["snapshots.mlm_maskings=2"], {**NOTHING, **EVOLUTION, "report": 1}),
+    (["snapshots.keep=[0,10,20,50,100,200]"], {**NOTHING, "train": 3, "dump": 3, "measure": 15, "merge": 5,
+                                              "similarity": 1, "report": 1, "merge_evolution": 1}),
+    # (a dict override merges into snapshots.models: a model leaves it with an empty list)
+    (["snapshots.models.lm=[]", "snapshots.models.mlm=[]"], {**NOTHING, "train": 2, "dump": 2, "measure": 10, "merge": 5,
+                                     "similarity": 1, "report": 1, "merge_evolution": 1}),
 ])
 def test_changed_setting_reruns_exactly_the_affected_jobs(finished_smoke, overrides, expected):
     outputs = run_workflow(finished_smoke, {"experiment": "smoke", "overrides": overrides})
@@ -191,7 +232,7 @@ def test_setting_reruns_only_the_models_whose_config_it_changes(finished_smoke):
     # 6 x 4 per-model measures + t-SNE of mt/seed1, lm/seed1, mlm/seed1; the step-0 control has no
     # objective settings to change
     assert jobs_per_rule(outputs) == {**NOTHING, "train": 6, "dump": 6, "measure": 27, "merge": 5, "similarity": 1,
-                                      "report": 1}
+                                      "report": 1, "merge_evolution": 1}
 
 
 # ---------------------------------------------------------------- the corpus and damaged outputs

@@ -27,17 +27,18 @@ _CHECKOUT = str(Path(workflow.basedir).parent)
 if sys.path[0] != _CHECKOUT:
     sys.path.insert(0, _CHECKOUT)
 
-from pipeline.config import (CONFIG_DIR, INIT, check_model_settings, compose, data_config,  # noqa: E402
+from pipeline.config import (CONFIG_DIR, INIT, analysed_steps, check_model_settings, compose, data_config,  # noqa: E402
+                             snapshot_models,
                              init_config, init_grid, max_minutes, to_plain, tokenizer_config, train_config)
 from pipeline.corpus import corpus_files  # noqa: E402
 from pipeline.store import PipelineError, config_hash, damaged_outputs  # noqa: E402
 from analysis.settings import check_analysis_settings  # noqa: E402
-from analysis.tables import mi_settings, section as analysis_section  # noqa: E402
+from analysis.tables import evolution_settings, mi_settings, section as analysis_section  # noqa: E402
 
 # The interpreter running snakemake has the pipeline's dependencies (it just imported them).
 PYTHON = sys.executable
 # Overrides the workflow sets itself, per job: users must not set them in `overrides`.
-_RESERVED = re.compile(r"^(\+\+|\+|~)?((experiment|objective|seed)=|hydra[./])")
+_RESERVED = re.compile(r"^(\+\+|\+|~)?((experiment|objective|seed|snapshot)=|hydra[./])")
 # What a path passed as a Hydra override value may contain without Hydra-level quoting.
 _PLAIN_PATH = re.compile(r"^[\w./@+-]+$")
 
@@ -60,7 +61,7 @@ for _override in OVERRIDES:
         fail(
             f"config key 'overrides': {_override!r} sets what the workflow sets itself "
             "(experiment: use the config key 'experiment'; objective and seed: use the "
-            "workflow.objectives / workflow.seeds settings; hydra.*: fixed per rule)")
+            "workflow.objectives / workflow.seeds settings; snapshot: snapshots.steps; hydra.*: fixed per rule)")
 
 GPUS = int(config["gpus"])
 # Every stage's command line starts with these words (each quoted by `:q` in the shell commands).
@@ -222,6 +223,15 @@ def dump_hash(wildcards) -> str:
     return _dump_hash(wildcards.objective, int(wildcards.seed))
 
 
+def snapshot_dump_hash(wildcards) -> str:
+    """pipeline.dump.dump_config of a snapshot: the model's config, the dump settings with the
+    snapshot's maskings, and the step."""
+    cfg = job_config(wildcards.objective, int(wildcards.seed))
+    settings = {key: value for key, value in to_plain(cfg.dump).items() if key != "device"}
+    settings["mlm_maskings"] = int(cfg.snapshots.mlm_maskings)
+    return config_hash({**train_config(cfg), "dump": settings, "snapshot": int(wildcards.step)})
+
+
 def init_dump_hash(wildcards) -> str:
     return _dump_hash(INIT, int(wildcards.seed))
 
@@ -273,6 +283,58 @@ def metric_tables() -> list[str]:
     return [results(f"metrics/{name}.csv") for name in ANALYSIS_HASH]
 
 
+# ---------------------------------------------------------------- evolution over training
+
+# The models whose training keeps snapshots (snapshots.models) and that this grid trains; which of
+# their kept steps exist is known once they are trained (rule train is a checkpoint), and
+# snapshots.steps picks the ones dumped and measured.
+_named = snapshot_models(BASE)
+SNAPSHOT_MODELS = [model for model in _named if model in GRID]
+for _objective, _seed in _named:
+    if (_objective, _seed) not in GRID:
+        print(f"warning: snapshots.models names {_objective} seed {_seed}, which this experiment does not train "
+              f"(workflow.objectives / workflow.seeds): it has no snapshots", file=sys.stderr)
+EVOLUTION_HASH = config_hash(evolution_settings(BASE))
+
+
+def kept_points(objective: str, seed: int) -> list[str]:
+    """The points of one model measured over training: `step<N>` for each analysed kept step its
+    training reached (read from its train record once it is trained), then `final` (model.pt)."""
+    checkpoints.train.get(objective=objective, seed=str(seed))  # until trained: not known yet
+    record = Path(results(f"models/{objective}/seed{seed}/stage.json"))
+    try:
+        import json
+
+        outputs = json.loads(record.read_text()).get("outputs") or {}
+    except (OSError, ValueError):
+        outputs = {}
+    reached = [int(name[len("snapshots/step"):-len(".pt")]) for name in outputs
+               if name.startswith("snapshots/step") and name.endswith(".pt")]
+    return [f"step{step}" for step in analysed_steps(job_config(objective, seed), reached)] + ["final"]
+
+
+def evolution_parts(wildcards=None) -> list[str]:
+    return [results(f"metrics/evolution/{o}/seed{s}/{point}.csv") for o, s in SNAPSHOT_MODELS
+            for point in kept_points(o, s)]
+
+
+def snapshot_dumps(wildcards=None) -> list[str]:
+    return [results(f"snapshots/{o}/seed{s}/{point}/stage.json") for o, s in SNAPSHOT_MODELS
+            for point in kept_points(o, s) if point != "final"]
+
+
+def evolution_inputs(wildcards) -> dict:
+    """A point's measurement reads the finished model's dump, and a snapshot's its own dump."""
+    inputs = {"final": results(f"dumps/{wildcards.objective}/seed{wildcards.seed}/stage.json")}
+    if wildcards.point != "final":
+        inputs["snapshot"] = results(f"snapshots/{wildcards.objective}/seed{wildcards.seed}/{wildcards.point}/stage.json")
+    return inputs
+
+
+def evolution_tables() -> list[str]:
+    return [results("metrics/evolution.csv")] if SNAPSHOT_MODELS else []
+
+
 # Compose every model of the grid now: a bad setting fails here, before any job runs.
 for _objective, _seed in MODELS:
     job_config(_objective, _seed)
@@ -322,3 +384,5 @@ wildcard_constraints:
     objective="|".join(map(re.escape, _choices("objective"))),
     seed=r"0|[1-9][0-9]*",
     measure="|".join(MEASURE_MODULES),
+    step=r"0|[1-9][0-9]*",
+    point=r"final|step(0|[1-9][0-9]*)",

@@ -15,6 +15,7 @@ REPORT_HASH = config_hash(report_config(BASE))
 rule report:
     input:
         metric_tables(),
+        evolution_tables(),
     output:
         html=report(f"{REPORT_DIR}/report.html", caption="../report/report.rst", category="Report"),
     params:

@@ -1,9 +1,11 @@
 # One model per objective and seed. pipeline.train checkpoints to last.pt beside model.pt every
 # train.eval_every steps; last.pt is not an output, so snakemake keeps it when a job fails or is
 # killed, and the rerun job resumes from it (model.pt, written at the end, is what marks success).
+# A checkpoint rule: which snapshots a training kept (snapshots.*) is known once it has run, and the
+# snapshot jobs (rules/evolution.smk) are planned then.
 
 
-rule train:
+checkpoint train:
     wildcard_constraints:
         objective=TRAINED,  # never init: the step-0 control is built by rule dump_init
     input:

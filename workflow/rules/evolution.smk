@@ -1,0 +1,68 @@
+# Evolution over training (analysis/evolution.py). The models of snapshots.models keep their weights at
+# the steps of snapshots.keep while they train (models/<objective>/seed<n>/snapshots/step<N>.pt); once a
+# model is trained (rule train is a checkpoint), each analysed kept step is dumped on the probe set by
+# the dump stage (rule dump_snapshot) and measured against the finished model (rule evolution), and a
+# merge job gathers every point into results/<experiment>/metrics/evolution.csv for the report.
+# Changing snapshots.steps changes which points exist: only those jobs, the merge and the report run.
+
+
+rule dump_snapshot:
+    wildcard_constraints:
+        objective=TRAINED,
+    input:
+        model=results("models/{objective}/seed{seed}/model.pt"),
+        data=rules.prepare.output.data,
+        tokenizer=rules.prepare.output.tokenizer,
+    output:
+        stage=results("snapshots/{objective}/seed{seed}/step{step}/stage.json"),
+        tokens=results("snapshots/{objective}/seed{seed}/step{step}/tokens.tsv"),
+    params:
+        config_hash=snapshot_dump_hash,
+        run_dir=results("snapshots/{objective}/seed{seed}/hydra/step{step}"),
+    log:
+        logs("dump/{objective}/seed{seed}/step{step}.log"),
+    benchmark:
+        results("benchmarks/snapshot_dump/{objective}/seed{seed}/step{step}.tsv")
+    threads: 1  # small and many: one thread each, two at once on two cores
+    resources:
+        gpu=GPUS,
+    shell:
+        "OMP_NUM_THREADS={threads} {PYTHON:q} -m pipeline.dump {HYDRA_ARGS:q} objective={wildcards.objective}"
+        " seed={wildcards.seed} snapshot={wildcards.step} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
+
+
+rule evolution:
+    wildcard_constraints:
+        objective=TRAINED,
+    input:
+        unpack(evolution_inputs),
+    output:
+        part=results("metrics/evolution/{objective}/seed{seed}/{point}.csv"),
+    params:
+        config_hash=EVOLUTION_HASH,
+        snapshot=lambda wildcards: "null" if wildcards.point == "final" else wildcards.point[len("step"):],
+        run_dir=results("metrics/hydra/evolution/{objective}/seed{seed}/{point}"),
+    log:
+        logs("evolution/{objective}/seed{seed}/{point}.log"),
+    benchmark:
+        results("benchmarks/evolution/{objective}/seed{seed}/{point}.tsv")
+    threads: 1
+    resources:
+        gpu=GPUS,
+    shell:
+        "OMP_NUM_THREADS={threads} {PYTHON:q} -m analysis.evolution {HYDRA_ARGS:q} objective={wildcards.objective}"
+        " seed={wildcards.seed} snapshot={params.snapshot} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
+
+
+rule merge_evolution:
+    input:
+        parts=evolution_parts,
+    output:
+        table=report(results("metrics/evolution.csv"), caption="../report/metrics.rst", category="Metrics",
+                     subcategory="evolution"),
+    log:
+        logs("merge/evolution.log"),
+    benchmark:
+        results("benchmarks/merge_evolution.tsv")
+    shell:
+        "{PYTHON:q} -m analysis.merge evolution {output.table:q} {input.parts:q} > {log:q} 2>&1"
