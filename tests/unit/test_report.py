@@ -27,7 +27,7 @@ GRID = [("mt", 1), ("mt", 2), ("lm", 1), ("lm", 2), ("mlm", 1), ("mlm", 2), ("mt
 BUCKETS = ["1-10", "10-25", "25-50", "50-100"]
 FULL = [*GRID, ("init", 1), ("init", 2)]  # with the step-0 control of both seeds (dumped and measured, not trained)
 SECTIONS = ["setup", "convergence", "claims", "mi", "similarity", "change", "influence", "neighbours", "tsne",
-            "provenance"]
+            "evolution", "provenance"]
 
 
 # ---------------------------------------------------------------- a synthetic, study-shaped experiment
@@ -129,11 +129,53 @@ def _tsne_rows(grid, rng):
     return rows
 
 
+EVOLUTION_STEPS = (0, 40, 80)  # the kept steps of mt, lm and mlm seed 1; their finished model is step 120
+
+
+def _evolution_rows(grid):
+    """mt, lm and mlm seed 1 over training: at each kept step the values of the tables above moved
+    from the step-0 control's by the share of training done; the distance to the finished model
+    falls with training and is smaller in lower layers (which settle first)."""
+    mi = {(r["objective"], r["layer"], r["target"]): r for r in _mi_rows(grid) if r["seed"] == 1
+          and r["n_clusters"] == 500}
+    change = {(r["objective"], r["layer_to"]): r["distance"] for r in _change_rows(grid)
+              if r["seed"] == 1 and r["bucket"] == "all"}
+    nbrs = {(r["objective"], r["layer"], r["property"]): r["value"] for r in _neighbour_rows(grid) if r["seed"] == 1}
+    rows = []
+    for objective in [o for o in ("mt", "lm", "mlm") if (o, 1) in grid]:
+        for step, final in (*((s, 0) for s in EVOLUTION_STEPS), (120, 1)):
+            done = step / 120
+
+            def row(quantity, measure, target, layer, value):
+                rows.append({"objective": objective, "seed": 1, "step": step, "final": final, "quantity": quantity,
+                             "measure": measure, "target": target, "layer": layer, "value": value,
+                             "ci_low": value - 0.005, "ci_high": value + 0.005, "n_tokens": 2000})
+
+            for layer in range(L + 1):
+                for measure in ("pwcca", "cka"):
+                    row("to_final", measure, "final", layer, 0.3 * (1 - done) * (layer + 1) / (L + 1))
+                for prop in ("identity", "position", "left_token", "right_token"):
+                    start = nbrs.get(("init", layer, prop), 0.3)
+                    row("neighbours", prop, "", layer, start + (nbrs[objective, layer, prop] - start) * done)
+                if layer:
+                    start = change.get(("init", layer), change[objective, layer])
+                    for measure in ("pwcca", "cka"):
+                        row("change", measure, "all", layer, start + (change[objective, layer] - start) * done)
+                for (o, lay, target), r in mi.items():
+                    if o == objective and lay == layer:
+                        start = mi.get(("init", layer, target), r)
+                        corrected = start["mi_corrected"] + (r["mi_corrected"] - start["mi_corrected"]) * done
+                        row("mi", "plugin", target, layer, corrected + r["mi_shuffled"])
+                        row("mi", "corrected", target, layer, corrected)
+    return rows
+
+
 TABLE_ROWS = {"mi": _mi_rows, "similarity": _similarity_rows, "change": _change_rows,
-              "influence": _influence_rows, "neighbours": _neighbour_rows}
+              "influence": _influence_rows, "neighbours": _neighbour_rows, "evolution": _evolution_rows}
 
 
-def write_experiment(results: Path, tables=("similarity", "change", "influence", "mi", "neighbours", "tsne"),
+def write_experiment(results: Path, tables=("similarity", "change", "influence", "mi", "neighbours", "tsne",
+                                           "evolution"),
                      models: bool = True, grid=GRID, falling=()) -> None:
     """A finished run of `grid` under `results`: tables, summaries, logs, records, benchmarks. Every
     dev loss has levelled off by the last quarter (converged) but for the models in `falling`."""
@@ -222,8 +264,8 @@ def test_report_has_every_section_figure_and_the_claim_table(experiment):
     for anchor in SECTIONS:
         assert f'href="#{anchor}"' in text, f"table of contents lacks {anchor}"
     # training curves, dev loss per model, MI input/output/sweep, similarity, change all/by bucket, influence,
-    # neighbours, 3 t-SNE sets
-    assert len(page.images) == 13
+    # neighbours, 3 t-SNE sets, the heat maps and the curves over training
+    assert len(page.images) == 15
     assert all(img["src"].startswith("data:image/svg+xml;base64,") and img["alt"] for img in page.images)
     assert page.verdicts == ["holds"] * 7, "the study-shaped synthetic run satisfies every claim"
     assert "Not measured" not in text
@@ -281,7 +323,7 @@ def test_report_without_any_input_says_not_measured(tmp_path):
     assert page.ids == SECTIONS
     assert page.verdicts == ["not measured"] * 7
     assert page.images == []
-    for name in ("mi", "similarity", "change", "influence", "neighbours", "tsne"):
+    for name in ("mi", "similarity", "change", "influence", "neighbours", "tsne", "evolution"):
         assert f"metrics/{name}.csv not found" in text
     assert "not trained" in text and "no benchmark files" in text
 
@@ -322,7 +364,8 @@ def test_one_model_and_a_failed_estimate(tmp_path):
     page = _Page(text)
     assert page.verdicts == ["holds"] + ["not measured"] * 6
     assert "similarity.csv has no rows" in text  # one seed: no pair to compare
-    assert len(page.images) == 11  # training, dev loss, MI x3, change x2, influence, neighbours, t-SNE verbs and it
+    # training, dev loss, MI x3, change x2, influence, neighbours, t-SNE verbs and it, LM's evolution x2
+    assert len(page.images) == 13
     assert "Not measured: t-SNE set verbs_masked" in text
 
 
@@ -525,6 +568,8 @@ def test_snakemake_rule_makes_the_report_and_flags_it(tmp_path):
     write_experiment(tmp_path / "results" / "smoke", models=False)
 
     def snakemake(*args: str, overrides: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        # no model keeps snapshots: this Snakefile has no rule for the evolution table
+        overrides = ("snapshots.models=null", *overrides)
         cmd = [sys.executable, "-m", "snakemake", "report", "--cores", "1", *args, "--config", "experiment=smoke",
                f"overrides={json.dumps(list(overrides))}"]
         done = subprocess.run(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
