@@ -10,7 +10,8 @@ This measures the dump of step N (`snapshot=N`; null: the finished model, model.
 - `to_final`: the distance of each layer's states to the same layer of the finished model, on the
   same tokens (`analysis.evolution.measures`, PWCCA and linear CKA by default; Raghu et al. 2017 and
   Morcos et al. 2018 measured how networks converge "bottom up" this way). 0 for the finished model.
-- `change`: the distance between layers l and l + 1 over all tokens (as analysis.change's `all` row).
+- `change`: the distance between layers l and l + 1 (as analysis.change's `all` row), on the tokens of
+  `to_final`.
 - `mi`: plug-in and corrected MI with the input token, and by the model's kind with its output
   label (LM: the next token; MLM: on the masked run, the original and the fed token), at
   `analysis.mi.n_clusters` with `analysis.evolution.restarts` k-means restarts (analysis.mutual_info).
@@ -85,12 +86,12 @@ def _row(dump: Dump, step: int, final: bool, quantity: str, measure: str, target
 def distance_rows(cfg: DictConfig, dump: Dump, final: Dump, measures: list[str], device, emit) -> None:
     """`to_final` at every layer and `change` between consecutive layers, every measure."""
     floor = sample_floor(cfg, dump.d_model)
-    rows = sample_rows(dump.n_tokens, setting(cfg, "analysis.evolution.max_tokens"), int(cfg.analysis.sample_seed))
-    change = sample_rows(dump.n_tokens, setting(cfg, "analysis.change.max_tokens"), int(cfg.analysis.sample_seed))
-    for idx, key in ((rows, "analysis.evolution.max_tokens"), (change, "analysis.change.max_tokens")):
-        if len(idx) < floor:
-            raise PipelineError(f"{dump.folder}: {len(idx)} tokens ({key}) are fewer than "
-                                f"analysis.min_samples_per_dim x d_model = {floor}")
+    # the same seeded subset for both: the change of a step is measured on the tokens of its distance to final
+    rows = change = sample_rows(dump.n_tokens, setting(cfg, "analysis.evolution.max_tokens"),
+                                int(cfg.analysis.sample_seed))
+    if len(rows) < floor:
+        raise PipelineError(f"{dump.folder}: {len(rows)} tokens (analysis.evolution.max_tokens) are fewer than "
+                            f"analysis.min_samples_per_dim x d_model = {floor}")
     sentences = dump.tokens["sentence_id"]
     perm_final, perm_change = shuffle_seed(cfg, 0).permutation(len(rows)), shuffle_seed(cfg, 1).permutation(len(change))
     to_final, of_change = bootstrap.plan(cfg, "similarity"), bootstrap.plan(cfg, "change")
@@ -125,7 +126,10 @@ def mi_row_sets(cfg: DictConfig, dump: Dump, masked: Dump | None) -> list[RowSet
         rs = masked_rows(masked.tokens, top)
         keep = masked.tokens["masking"][rs.rows] < int(cfg.snapshots.mlm_maskings)
         sets.append(rs.subset(np.flatnonzero(keep)))
-    limit, seed = setting(cfg, "analysis.mi.max_tokens"), int(cfg.analysis.sample_seed)
+    limit = setting(cfg, "analysis.evolution.mi_tokens")
+    if limit is None:
+        limit = setting(cfg, "analysis.mi.max_tokens")
+    seed = int(cfg.analysis.sample_seed)
     return [s.subset(sample_rows(len(s.rows), limit, seed)) for s in sets]
 
 

@@ -78,6 +78,7 @@ SPECS: dict[str, Check] = {
     "analysis.neighbours.max_queries": (positive_int_or_none, "a positive integer or null (all tokens)"),
     "analysis.evolution.measures": (_measures, f"expected a non-empty list of {', '.join(MEASURES)}"),
     "analysis.evolution.max_tokens": (lambda v: v is None or (is_int(v) and v > 1), "expected null (all) or an integer > 1"),
+    "analysis.evolution.mi_tokens": (positive_int_or_none, "a positive integer or null (analysis.mi.max_tokens)"),
     "analysis.evolution.restarts": (positive_int, "a positive integer (k-means restarts)"),
     "analysis.evolution.within": (lambda v: number(v) and 0 < v < 1, "expected a distance in (0, 1)"),
     "analysis.tsne.words": (lambda v: OmegaConf.is_list(v) and all(_word(w) for w in v), "a list of words (no spaces)"),
