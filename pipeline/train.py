@@ -13,6 +13,10 @@ Writes to `paths.model` (results/<experiment>/models/<objective>/seed<seed>/):
   written before the checkpoint of the same step, so a killed and resumed run keeps the same ones;
 - `summary.json`: wall time, steps, why training stopped, dev quality (BLEU / perplexity / accuracy);
 - `stage.json`: written last; a finished model with the same config is not trained again.
+
+Started by `torchrun --nproc-per-node N -m pipeline.train ...`, N ranks train the one model
+data-parallel (pipeline/distributed.py): the global batch split across them, rank 0 writing
+every file above; the number of ranks is a runtime fact, not part of the config.
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ from torch.profiler import record_function
 
 from .config import cli, data_config, kept_steps, max_minutes, snapshot_file, to_plain, tokenizer_config, train_config
 from .convergence import convergence, read_log
+from .distributed import SINGLE, World, world_from_env
+from .distributed import close as close_world
+from .distributed import init as init_world
 from .corpus import prepare_command, prepare_data, read_lines
 from .evaluate import bleu, dev_metrics, to_device
 from .model import Model, ModelArgs, build_model
@@ -122,12 +129,18 @@ def make_optimizer(model: Model, tcfg: DictConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=float(tcfg.lr), betas=tuple(tcfg.betas), fused=fused)
 
 
-def make_step(model: Model, objective, tcfg: DictConfig, device: torch.device, amp: torch.dtype | None):
+def make_step(model: Model, objective, tcfg: DictConfig, device: torch.device, amp: torch.dtype | None,
+              world: World = SINGLE):
     """One optimiser step as a function `step(batch, opt, clip_norm) -> (loss, n_predicted)`, both
     tensors left on the device (no host sync). With `train.compile` the forward and the loss (and
     through AOTAutograd their backward) are compiled by torch.compile (inductor), with dynamic
     shapes, since token batching makes every batch another (rows, length); where compilation is
-    unavailable the step runs eagerly, with a warning."""
+    unavailable the step runs eagerly, with a warning.
+
+    On several ranks (`world`) `batch` is this rank's share (None: no rows) and the loss and count
+    returned are the whole batch's: each rank's mean loss is weighted by its share of the predicted
+    tokens before backward and the gradients are summed across ranks, which is the gradient of the
+    whole batch's mean loss."""
     def forward_loss(batch):
         with autocast(device, amp):
             return objective.loss(model, batch)
@@ -136,21 +149,36 @@ def make_step(model: Model, objective, tcfg: DictConfig, device: torch.device, a
     if compile_enabled(tcfg, device):
         fwd = torch.compile(forward_loss, dynamic=True)
 
-    def step(batch, opt, clip_norm: float):
+    def forward(batch):
         nonlocal fwd
+        if batch is None:  # this rank's share of a batch with fewer rows than ranks
+            zero = torch.zeros((), device=device)
+            return zero, zero
         try:
             with record_function("forward"):
-                loss, n = fwd(batch)
+                return fwd(batch)
         except Exception as error:  # a backend that cannot compile here: eager from now on
             if fwd is forward_loss:
                 raise
             log.warning("torch.compile failed (%s: %s); training eagerly (train.compile=false skips trying)",
                         type(error).__name__, str(error).splitlines()[0] if str(error) else "")
             fwd = forward_loss
-            loss, n = fwd(batch)
-        with record_function("backward"):
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            return fwd(batch)
+
+    def step(batch, opt, clip_norm: float):
+        loss, n = forward(batch)
+        opt.zero_grad(set_to_none=True)
+        if world.distributed:
+            n = n.float()
+            total = world.sum_(torch.stack([n, loss.detach().float() * n]))  # predicted tokens, loss sum
+            with record_function("backward"):
+                if batch is not None:
+                    (loss * (n / total[0])).backward()
+                world.sum_gradients(model)
+            loss, n = total[1] / total[0], total[0]
+        else:
+            with record_function("backward"):
+                loss.backward()
         with record_function("optimizer"):
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm, foreach=True)
             opt.step()
@@ -193,10 +221,12 @@ def lr_factor(tcfg: DictConfig) -> Callable[[int], float]:
 
 # ---------------------------------------------------------------- the loop
 
-def _restore(path: Path, expected_hash: str, inputs: dict, model, opt, sched, gen) -> TrainState | None:
+def _restore(path: Path, expected_hash: str, inputs: dict, model, opt, sched, gen,
+             world: World = SINGLE) -> TrainState | None:
     """The state of the checkpoint at `path`, loaded into model, optimiser, schedule and generator;
     None (start afresh) when it was made with other settings or inputs. An unreadable one is set
-    aside under another name, with a warning naming both, and training starts afresh."""
+    aside under another name, with a warning naming both, and training starts afresh. Each rank of
+    a multi-rank run takes its own random streams from it (where it was made with that many)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         if ckpt.get("config_hash") != expected_hash:
@@ -208,12 +238,20 @@ def _restore(path: Path, expected_hash: str, inputs: dict, model, opt, sched, ge
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if ckpt["rng"].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        gen.set_state(ckpt["rng"]["gen"])
+        streams = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if world.rank < len(streams):
+            rng = streams[world.rank]
+            torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            gen.set_state(rng["gen"])
+        else:
+            log.warning("%s was made by %d rank(s): rank %d's random streams start from its seed", path,
+                        len(streams), world.rank)
         return TrainState(**ckpt["train_state"])
     except Exception as error:  # truncated, garbage, or of another layout: never fatal, never lost
+        if not world.main:  # rank 0 sets it aside and says so; every rank starts afresh
+            return None
         aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
         path.replace(aside)
         log.warning("%s is not a readable checkpoint (%s: %s); set aside as %s, training starts afresh",
@@ -230,22 +268,42 @@ def _rewrite_log(path: Path, upto_step: int) -> None:
         tmp.write_text("".join(f"{line}\n" for line in keep))
 
 
+# Rank r > 0 of a multi-rank run draws its dropout, masking and token dropout from seed + r x this.
+RANK_SEED_STRIDE = 1_000_003
+
+
 def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict:
     """Train `cfg.objective` with `cfg.seed`; returns the summary. `on_step(step)` is called after
-    every optimiser step (and its checkpoint), e.g. to stop a run in tests."""
+    every optimiser step (and its checkpoint), e.g. to stop a run in tests. Under torchrun, every
+    rank calls this (see pipeline/distributed.py)."""
     check_settings(cfg)
+    world = world_from_env()
+    if not world.distributed:
+        return _train(cfg, on_step, SINGLE)
+    if not world.main:  # one voice: rank 0 logs, the others warn only
+        log.setLevel(logging.WARNING)
+    try:
+        return _train(cfg, on_step, world)
+    finally:
+        close_world(world)
+
+
+def _train(cfg: DictConfig, on_step: Callable[[int], None] | None, world: World) -> dict:
+    device = init_world(world, resolve_device(str(cfg.train.device)))
     out = Path(cfg.paths.model)
     tcfg, kind, seed = cfg.train, cfg.objective.kind, int(cfg.seed)
     stage_cfg = train_config(cfg)
     # The data split and the tokenizer are made here only when they are not there at all: made with
     # other settings (or damaged), they are the prepare stage's to rebuild, never this one's.
     data_folder, tok_folder = Path(str(cfg.paths.data)), Path(str(cfg.paths.tokenizer))
-    if not require_upstream(data_folder, data_config(cfg), prepare_command()):
-        prepare_data(cfg)
-    if not require_upstream(tok_folder, tokenizer_config(cfg), prepare_command()):
-        train_tokenizer(cfg)
+    if world.main:
+        if not require_upstream(data_folder, data_config(cfg), prepare_command()):
+            prepare_data(cfg)
+        if not require_upstream(tok_folder, tokenizer_config(cfg), prepare_command()):
+            train_tokenizer(cfg)
+    world.barrier()
     inputs = input_hashes(training_inputs(cfg))
-    problem = stage_problem(out, stage_cfg)
+    problem = world.from_main(stage_problem(out, stage_cfg))
     if problem is None:
         log.info("%s is already trained with this config; nothing to do", out)
         return read_json(out / "summary.json")
@@ -253,7 +311,6 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
         log.info("training %s again: %s", out, problem)
 
     setup_runtime(tcfg.threads, bool(tcfg.deterministic))
-    device = resolve_device(str(tcfg.device))
     amp = resolve_precision(str(tcfg.precision), device)
     tok = Tokenizer.load(cfg.paths.tokenizer)
     sp = specials(tok)
@@ -262,48 +319,60 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
     margs = ModelArgs(d_vocab=tok.vocab_size, pad_id=tok.pad_id, **to_plain(cfg.model))
 
     model = build_model(kind, margs, seed).to(device)
+    world.sync_parameters(model)
     opt = make_optimizer(model, tcfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tcfg))
-    gen = torch.Generator().manual_seed(seed)  # masking and token dropout
-    torch.manual_seed(seed)  # dropout
+    rank_seed = seed + RANK_SEED_STRIDE * world.rank  # rank 0: the single process's streams
+    gen = torch.Generator().manual_seed(rank_seed)  # masking and token dropout
+    torch.manual_seed(rank_seed)  # dropout
     chash = config_hash(stage_cfg)
-    out.mkdir(parents=True, exist_ok=True)
     last, best, log_path = out / "last.pt", out / "best.pt", out / "log.jsonl"
-    (out / "stage.json").unlink(missing_ok=True)  # from here on no earlier record vouches for this folder
-    state = _restore(last, chash, inputs, model, opt, sched, gen) if last.exists() else None
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "stage.json").unlink(missing_ok=True)  # from here on no earlier record vouches for this folder
+        state = _restore(last, chash, inputs, model, opt, sched, gen, world) if last.exists() else None
+    resumed = world.from_main(state is not None if world.main else None)
+    if not world.main:  # rank 0 found last.pt readable and made with this config: so does every rank
+        state = _restore(last, chash, inputs, model, opt, sched, gen, world) if resumed else None
+        if resumed and state is None:
+            raise PipelineError(f"rank {world.rank} could not read {last}, which rank 0 resumed from")
     if state is None:
         state = TrainState()
-        for stale in (last, best, log_path, *_snapshot_files(out)):
-            stale.unlink(missing_ok=True)
+        if world.main:
+            for stale in (last, best, log_path, *_snapshot_files(out)):
+                stale.unlink(missing_ok=True)
     else:
         log.info("resuming %s from step %d", out, state.step)
-    _rewrite_log(log_path, state.step)
     kept = set(kept_steps(cfg) or ())
     provenance = _provenance(cfg, inputs)
-    if 0 in kept and state.step == 0:
-        _save_snapshot(cfg, model, 0, chash, provenance)
+    if world.main:
+        _rewrite_log(log_path, state.step)
+        if 0 in kept and state.step == 0:
+            _save_snapshot(cfg, model, 0, chash, provenance)
 
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("%s seed %d: %d parameters, %d training / %d dev examples, device %s, %s", cfg.objective.name,
-             seed, n_params, len(data["train"]), len(data["dev"]), device, amp or "fp32")
+    log.info("%s seed %d: %d parameters, %d training / %d dev examples, device %s, %s%s", cfg.objective.name,
+             seed, n_params, len(data["train"]), len(data["dev"]), device, amp or "fp32",
+             f", {world.size} ranks" if world.distributed else "")
     lengths = np.array([objective.length(ex) for ex in data["train"]])
     stream = batch_stream(lengths, int(tcfg.max_tokens), seed, state)
     cap = max_minutes(cfg)
     budget_s = float(cap) * 60 if cap else math.inf
     started, elapsed0 = time.perf_counter(), state.elapsed_s
     run_loss, run_n, t_since = 0.0, 0, time.perf_counter()
-    step, clip = make_step(model, objective, tcfg, device, amp), float(tcfg.clip_norm)
+    step, clip = make_step(model, objective, tcfg, device, amp, world), float(tcfg.clip_norm)
     stop = None
     try:
         from tqdm.auto import tqdm
-        bar = tqdm(total=int(tcfg.max_steps), initial=state.step, disable=not tcfg.progress,
+        bar = tqdm(total=int(tcfg.max_steps), initial=state.step, disable=not (tcfg.progress and world.main),
                    desc=f"{cfg.objective.name} seed {seed}", unit="step", mininterval=2.0)
     except ImportError:  # pragma: no cover
         bar = None
     model.train()
     while stop is None:
-        idx = next(stream)
-        batch = to_device(objective.collate([data["train"][i] for i in idx], gen, train=True), device)
+        idx = world.shard(next(stream))
+        batch = (to_device(objective.collate([data["train"][i] for i in idx], gen, train=True), device)
+                 if len(idx) else None)
         loss, n = step(batch, opt, clip)
         sched.step()
         state.step += 1
@@ -312,45 +381,63 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
         state.elapsed_s = elapsed0 + time.perf_counter() - started
         if bar is not None:
             bar.update(1)
-        out_of_time = state.elapsed_s >= budget_s
-        if state.step in kept:  # before this step's checkpoint: a run killed in between redoes it
+        out_of_time = world.any(state.elapsed_s >= budget_s, device)  # every rank stops at the same step
+        if state.step in kept and world.main:  # before this step's checkpoint: a run killed in between redoes it
             _save_snapshot(cfg, model, state.step, chash, provenance)
         if state.step % int(tcfg.eval_every) == 0 or state.step >= int(tcfg.max_steps) or out_of_time:
-            dev = dev_metrics(model, objective, data["dev"], device, amp, int(tcfg.max_tokens))
-            improved = dev["loss"] < state.best_loss - float(tcfg.min_delta)
-            if improved:
-                state.best_loss, state.best_step, state.bad_evals = dev["loss"], state.step, 0
-                torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, best)
-            else:
-                state.bad_evals += 1
-            run_n, run_loss = int(run_n), float(run_loss)
-            state.tokens += run_n
-            rate = run_n / max(time.perf_counter() - t_since, 1e-9)
-            entry = {"step": state.step, "epoch": state.epoch, "train_loss": run_loss / max(run_n, 1),
-                     "lr": sched.get_last_lr()[0], "tokens_per_s": rate, "elapsed_s": state.elapsed_s,
-                     **{f"dev_{k}": v for k, v in dev.items()}, "best": improved}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
-            log.info("step %d: train loss %.3f, dev loss %.3f%s", state.step, entry["train_loss"], dev["loss"],
-                     " (best)" if improved else "")
-            if bar is not None:
-                bar.set_postfix(train=f"{entry['train_loss']:.3f}", dev=f"{dev['loss']:.3f}", refresh=False)
+            streams = world.gather(_rng_state(gen))
+            if world.main:
+                stop = _evaluate(cfg, model, objective, data, device, amp, state, sched, opt, streams, run_loss,
+                                 run_n, t_since, out, chash, inputs, bar, out_of_time)
+            stop = world.from_main(stop)
             run_loss, run_n, t_since = 0.0, 0, time.perf_counter()
-            if state.step >= int(tcfg.max_steps):
-                stop = "max_steps"
-            elif state.bad_evals >= int(tcfg.patience):
-                stop = "early_stopping"
-            elif _plateaued(out, tcfg):
-                stop = "plateau"
-            elif out_of_time:
-                stop = "max_minutes"
-            _save_last(last, model, opt, sched, gen, state, cfg, chash, inputs)
         if on_step is not None:
             on_step(state.step)
     if bar is not None:
         bar.close()
-    return _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop, chash, stage_cfg, n_params,
-                   inputs)
+    if world.main:
+        summary = _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop, chash, stage_cfg,
+                          n_params, inputs, world)
+    world.barrier()  # the other ranks read what rank 0 wrote
+    return summary if world.main else read_json(out / "summary.json")
+
+
+def _evaluate(cfg, model, objective, data, device, amp, state, sched, opt, streams, run_loss, run_n, t_since,
+              out, chash, inputs, bar, out_of_time) -> str | None:
+    """Rank 0's evaluation: dev metrics, the log line, best.pt and last.pt (with every rank's random
+    `streams`); why training stops here, or None."""
+    tcfg = cfg.train
+    last, best, log_path = out / "last.pt", out / "best.pt", out / "log.jsonl"
+    dev = dev_metrics(model, objective, data["dev"], device, amp, int(tcfg.max_tokens))
+    improved = dev["loss"] < state.best_loss - float(tcfg.min_delta)
+    if improved:
+        state.best_loss, state.best_step, state.bad_evals = dev["loss"], state.step, 0
+        torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, best)
+    else:
+        state.bad_evals += 1
+    run_n, run_loss = int(run_n), float(run_loss)
+    state.tokens += run_n
+    rate = run_n / max(time.perf_counter() - t_since, 1e-9)
+    entry = {"step": state.step, "epoch": state.epoch, "train_loss": run_loss / max(run_n, 1),
+             "lr": sched.get_last_lr()[0], "tokens_per_s": rate, "elapsed_s": state.elapsed_s,
+             **{f"dev_{k}": v for k, v in dev.items()}, "best": improved}
+    with open(log_path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    log.info("step %d: train loss %.3f, dev loss %.3f%s", state.step, entry["train_loss"], dev["loss"],
+             " (best)" if improved else "")
+    if bar is not None:
+        bar.set_postfix(train=f"{entry['train_loss']:.3f}", dev=f"{dev['loss']:.3f}", refresh=False)
+    stop = None
+    if state.step >= int(tcfg.max_steps):
+        stop = "max_steps"
+    elif state.bad_evals >= int(tcfg.patience):
+        stop = "early_stopping"
+    elif _plateaued(out, tcfg):
+        stop = "plateau"
+    elif out_of_time:
+        stop = "max_minutes"
+    _save_last(last, model, opt, sched, streams, state, cfg, chash, inputs)
+    return stop
 
 
 def _plateaued(out: Path, tcfg: DictConfig) -> bool:
@@ -392,16 +479,21 @@ def _save_snapshot(cfg: DictConfig, model: Model, step: int, chash: str, provena
                 "summary": None, "step": int(step)}, snapshot_file(cfg, step))
 
 
-def _save_last(path, model, opt, sched, gen, state, cfg, chash, inputs) -> None:
-    rng = {"torch": torch.get_rng_state(), "gen": gen.get_state(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+def _rng_state(gen: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "gen": gen.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _save_last(path, model, opt, sched, streams, state, cfg, chash, inputs) -> None:
+    """`streams`: every rank's random streams (rank 0's first)."""
     torch_save({"model": model.checkpoint_args(), "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "train_state": asdict(state), "rng": rng,
-                "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": chash, "inputs": inputs}, path)
+                "scheduler": sched.state_dict(), "train_state": asdict(state), "rng": streams[0],
+                "rng_ranks": streams, "config": OmegaConf.to_container(cfg, resolve=True), "config_hash": chash,
+                "inputs": inputs}, path)
 
 
 def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop, chash, stage_cfg, n_params,
-            inputs) -> dict:
+            inputs, world: World = SINGLE) -> dict:
     """Reload the best weights, measure dev quality, write model.pt, summary.json and the record."""
     model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True))
     dev = dev_metrics(model, objective, data["dev"], device, amp, int(cfg.train.max_tokens))
@@ -410,7 +502,7 @@ def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop,
     summary = {"objective": cfg.objective.name, "kind": objective.kind, "seed": int(cfg.seed),
                "steps": state.step, "best_step": state.best_step, "stop_reason": stop, "epochs": state.epoch,
                "train_tokens": state.tokens, "wall_time_s": round(state.elapsed_s, 1), "n_params": n_params,
-               "device": str(device), "precision": str(amp or "fp32"), "dev": dev,
+               "device": str(device), "ranks": world.size, "precision": str(amp or "fp32"), "dev": dev,
                "convergence": convergence(read_log(out), stop)}
     provenance = _provenance(cfg, inputs)
     tokenizer_sha, data_digest = provenance["tokenizer_sha256"], provenance["data_digest"]
