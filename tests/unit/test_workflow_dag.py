@@ -305,3 +305,24 @@ def test_the_command_line_gives_one_line_and_exit_code_2(tmp_path, config, named
     assert len(errors) == 1 and named in errors[0], done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "jsonschema" not in done.stderr
     assert not (tmp_path / "results").exists()
+
+
+# ---------------------------------------------------------------- one model on several GPUs
+
+@pytest.mark.parametrize("train_gpus,launcher", [
+    (None, "-m pipeline.train"),
+    (2, "-m torch.distributed.run --standalone --nproc-per-node=2 -m pipeline.train"),
+])
+def test_a_train_job_with_several_gpus_starts_one_rank_per_gpu(tmp_path, train_gpus, launcher):
+    import subprocess
+    import sys
+
+    extra = [] if train_gpus is None else [f"train_gpus={train_gpus}"]
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--snakefile", str(SNAKEFILE),
+                           "--directory", str(tmp_path), "--cores", "1", "--resources", "gpu=2",
+                           "--configfile", str(CONFIGFILE), "--config", "experiment=smoke", *extra],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    commands = [line for line in done.stdout.splitlines() if "pipeline.train " in line]
+    assert len(commands) == 8, done.stdout[-3000:]
+    assert all(f"{sys.executable} {launcher} experiment=smoke" in c for c in commands), commands[0]

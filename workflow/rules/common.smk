@@ -64,6 +64,11 @@ for _override in OVERRIDES:
             "workflow.objectives / workflow.seeds settings; snapshot: snapshots.steps; hydra.*: fixed per rule)")
 
 GPUS = int(config["gpus"])
+# GPUs of one train job (null: `gpus`); above 1 the job starts that many ranks of one training
+# with torchrun (pipeline/distributed.py), each on its own GPU.
+TRAIN_GPUS = GPUS if config.get("train_gpus") is None else int(config["train_gpus"])
+TRAIN_LAUNCHER = ([PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={TRAIN_GPUS}"]
+                  if TRAIN_GPUS > 1 else [PYTHON])
 # Every stage's command line starts with these words (each quoted by `:q` in the shell commands).
 HYDRA_ARGS = [f"experiment={EXPERIMENT}", *OVERRIDES]
 
