@@ -145,6 +145,11 @@ def test_every_table_and_the_report(finished):
             assert len(pairs) == len(MODELS) * (len(MODELS) - 1) // 2
             assert pairs[("mt", "1", "lm", "1")] == "same_init" and pairs[("mt", "1", "lm", "2")] == "different_init"
             assert pairs[("mt", "1", "mt", "2")] == "seed_baseline" and pairs[("mt", "1", "init", "1")] == "init"
+        elif table == "evolution":  # the models of snapshots.models only, each at its kept steps and finished
+            assert {(r["objective"], r["seed"]) for r in rows} == {("mt", "1"), ("lm", "1"), ("mlm", "1")}
+            finals = [r for r in rows if r["final"] == "1" and r["quantity"] == "to_final"]
+            assert finals and all(abs(float(r["value"])) < 1e-4 for r in finals)
+            assert {r["step"] for r in rows if r["final"] == "0"} >= {"0", "50"}
         elif table != "tsne":
             assert {(r["objective"], r["seed"]) for r in rows} == models, table
         for r in rows:
