@@ -96,9 +96,9 @@ def distance_rows(cfg: DictConfig, dump: Dump, final: Dump, measures: list[str],
     perm_final, perm_change = shuffle_seed(cfg, 0).permutation(len(rows)), shuffle_seed(cfg, 1).permutation(len(change))
     to_final, of_change = bootstrap.plan(cfg, "similarity"), bootstrap.plan(cfg, "change")
     carried = None
-    upper = dump.states(0)
+    upper = dump.states(0, rows)  # each layer's subset read once: it serves to_final and both changes
     for layer in range(dump.n_layers + 1):
-        x, y = dump.states(layer, rows), final.states(layer, rows)
+        x, y = upper, final.states(layer, rows)
         cov, _ = paired(x, y, perm_final, device=device)
         point = {m: distance(m, cov, cfg) for m in measures}
         ci, _ = intervals(measures, point, x, y, sentences[rows], cfg, to_final, device)
@@ -106,11 +106,10 @@ def distance_rows(cfg: DictConfig, dump: Dump, final: Dump, measures: list[str],
             emit("to_final", m, "final", layer, point[m], ci[m], len(rows))
         if layer == dump.n_layers:
             break
-        lower, upper = upper, dump.states(layer + 1)
-        cov, _ = paired(lower[change], upper[change], perm_change, device=device)
+        lower, upper = upper, dump.states(layer + 1, rows)
+        cov, _ = paired(lower, upper, perm_change, device=device)
         point = {m: distance(m, cov, cfg) for m in measures}
-        ci, carried = intervals(measures, point, lower[change], upper[change], sentences[change], cfg, of_change,
-                                device, carried)
+        ci, carried = intervals(measures, point, lower, upper, sentences[change], cfg, of_change, device, carried)
         for m in measures:
             emit("change", m, "all", layer + 1, point[m], ci[m], len(change))
 
