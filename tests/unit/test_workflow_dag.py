@@ -326,3 +326,47 @@ def test_a_train_job_with_several_gpus_starts_one_rank_per_gpu(tmp_path, train_g
     commands = [line for line in done.stdout.splitlines() if "pipeline.train " in line]
     assert len(commands) == 8, done.stdout[-3000:]
     assert all(f"{sys.executable} {launcher} experiment=smoke" in c for c in commands), commands[0]
+
+
+# ---------------------------------------------------------------- what each job asks a cluster for
+
+def test_every_remote_job_declares_its_resources_and_light_ones_run_locally(tmp_path):
+    """A dry run of the default experiment with gpus=1: every job a cluster runs names its memory,
+    minutes, CPUs (its threads) and GPUs; a training's minutes are its cap plus 30; merges and the
+    report are local rules (workflow/profiles/slurm submits everything else with sbatch)."""
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(SNAKEFILE),
+                           "--directory", str(tmp_path), "--cores", "2", "--configfile", str(CONFIGFILE),
+                           "--config", "experiment=default", "gpus=1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    jobs = []
+    for block in re.split(r"\n(?=(?:rule|checkpoint) \w+:\n)", done.stdout):
+        head = re.match(r"(?:rule|checkpoint) (\w+):", block)
+        if head:
+            found = re.search(r"^\s+resources: (.*)$", block, re.M)
+            resources = dict(kv.split("=", 1) for kv in found.group(1).split(", ")) if found else {}
+            wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+            threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
+            jobs.append((head.group(1), resources, wildcards and wildcards.group(1),
+                         int(threads.group(1)) if threads else 1))
+    with snakemake_api.SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+        workflow = api.workflow(resource_settings=ResourceSettings(cores=1),
+                                config_settings=ConfigSettings(config={"experiment": "default"},
+                                                               configfiles=[CONFIGFILE]),
+                                snakefile=SNAKEFILE, workdir=tmp_path)
+        local = set(workflow._workflow._localrules)  # noqa: SLF001 (snakemake has no public accessor)
+    assert local == {"all", "download", "merge", "merge_evolution", "report"}, local  # download: the internet
+    remote = [job for job in jobs if job[0] not in local]
+    assert {rule for rule, *_ in remote} == {"prepare", "train", "dump", "dump_init", "measure", "similarity"}
+    caps = {"mt": 14, "lm": 7, "mlm": 15, "mt_td": 14, "lm_td": 7}  # conf/experiment/default.yaml
+    for rule, resources, wildcards, threads in remote:
+        assert int(resources["mem_mb"]) >= 2000 and int(resources["cpus_per_task"]) == threads, (rule, resources)
+        assert resources["gpu"] == ("0" if rule == "prepare" else "1"), (rule, resources)
+        if rule == "train":
+            objective = re.search(r"objective=(\w+)", wildcards).group(1)
+            assert int(resources["runtime"]) == caps[objective] + 30, (wildcards, resources)
+        else:
+            assert int(resources["runtime"]) >= 30, (rule, resources)

@@ -18,7 +18,7 @@ rule similarity:
         results("benchmarks/similarity.tsv")
     threads: 2
     resources:
-        gpu=GPUS,
+        **needs("similarity", GPUS),
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON:q} -m analysis.similarity {HYDRA_ARGS:q}"
         " hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
@@ -39,7 +39,7 @@ rule measure:
         results("benchmarks/{measure}/{objective}/seed{seed}.tsv")
     threads: 2
     resources:
-        gpu=GPUS,
+        **needs("measure", GPUS),
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON:q} -m {params.module} {HYDRA_ARGS:q}"
         " objective={wildcards.objective} seed={wildcards.seed} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"

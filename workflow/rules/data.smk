@@ -35,6 +35,8 @@ rule prepare:
     benchmark:
         results("benchmarks/prepare.tsv")
     threads: 4  # sentencepiece trains with 4 threads
+    resources:
+        **needs("prepare"),
     shell:
         "{PYTHON:q} -m pipeline.prepare {HYDRA_ARGS:q} hydra.run.dir={params.run_dir:q}"
         " > {log:q} 2>&1"

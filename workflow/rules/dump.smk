@@ -23,7 +23,7 @@ rule dump:
         results("benchmarks/dump/{objective}/seed{seed}.tsv")
     threads: 2  # change per run with --set-threads dump=N
     resources:
-        gpu=GPUS,
+        **needs("dump", GPUS),
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON:q} -m pipeline.dump {HYDRA_ARGS:q}"
         " objective={wildcards.objective} seed={wildcards.seed} hydra.run.dir={params.run_dir:q}"
@@ -47,7 +47,7 @@ rule dump_init:
         results("benchmarks/dump/init/seed{seed}.tsv")
     threads: 2
     resources:
-        gpu=GPUS,
+        **needs("dump", GPUS),
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON:q} -m pipeline.dump {HYDRA_ARGS:q}"
         " objective=init seed={wildcards.seed} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"

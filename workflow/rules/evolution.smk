@@ -25,7 +25,7 @@ rule dump_snapshot:
         results("benchmarks/snapshot_dump/{objective}/seed{seed}/step{step}.tsv")
     threads: 1  # small and many: one thread each, two at once on two cores
     resources:
-        gpu=GPUS,
+        **needs("dump", GPUS),
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON:q} -m pipeline.dump {HYDRA_ARGS:q} objective={wildcards.objective}"
         " seed={wildcards.seed} snapshot={wildcards.step} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
@@ -48,7 +48,7 @@ rule evolution:
         results("benchmarks/evolution/{objective}/seed{seed}/{point}.tsv")
     threads: 1
     resources:
-        gpu=GPUS,
+        **needs("evolution", GPUS),
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON:q} -m analysis.evolution {HYDRA_ARGS:q} objective={wildcards.objective}"
         " seed={wildcards.seed} snapshot={params.snapshot} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"

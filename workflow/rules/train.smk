@@ -24,7 +24,7 @@ checkpoint train:
     threads: 1  # one thread per job: with other jobs beside it, a 2-thread job on 2 cores spun 8x slower
     # (3.8 s vs 0.46 s per LM step, measured); on more cores: --set-threads train=N
     resources:
-        gpu=TRAIN_GPUS,
+        **needs("train", TRAIN_GPUS),
     shell:
         "{TRAIN_LAUNCHER:q} -m pipeline.train {HYDRA_ARGS:q} objective={wildcards.objective} seed={wildcards.seed}"
         " train.threads={threads} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
