@@ -1,48 +1,19 @@
 """The smoke experiment end to end through snakemake, as a user runs it, from an empty folder:
-data and tokenizer, every model, every dump, every measurement and the report; then a second
-invocation has nothing to do, and changed settings rerun only what they affect."""
+data and tokenizer, every model, every dump, every measurement and the report (the `finished`
+fixture of tests/integration/conftest.py); then a second invocation has nothing to do, and changed
+settings rerun only what they affect."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ARCHIVE = REPO.parent / "shared" / "data" / "tatoeba-deu-eng" / "deu-eng.zip"
-EXPERIMENT = "smoke"
-GRID = [("mt", 1), ("mt", 2), ("lm", 1), ("lm", 2), ("mlm", 1), ("mlm", 2), ("mt_td", 1), ("lm_td", 1)]
-INIT = [("init", 1), ("init", 2)]  # the step-0 control of every seed in use: dumped and measured, never trained
-MODELS = [*GRID, *INIT]
+from tests.integration.smoke import EXPERIMENT, GRID, INIT, MODELS, snakemake
 
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir: Path, *args: str, overrides: tuple[str, ...] = (),
-              timeout: float) -> subprocess.CompletedProcess:
-    """`snakemake --cores N --config experiment=smoke overrides=[...] <args>` in `workdir`."""
-    overrides_json = json.dumps([f"data.archive={ARCHIVE}", *overrides])
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(min(4, os.cpu_count() or 1)),
-           "--config", f"experiment={EXPERIMENT}", f"overrides={overrides_json}", *args]
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    if not ARCHIVE.is_file():
-        pytest.skip(f"the Tatoeba archive is not at {ARCHIVE}")
-    workdir = tmp_path_factory.mktemp("workflow")
-    # A clean checkout's layout: the jobs run `python -m pipeline.<stage>` from this folder.
-    for name in ("conf", "pipeline", "analysis", "workflow"):
-        (workdir / name).symlink_to(REPO / name, target_is_directory=True)
-    run = snakemake(workdir, timeout=3 * 3600)
-    assert run.returncode == 0, f"snakemake failed:\n{run.stdout[-5000:]}\n{run.stderr[-5000:]}"
-    return workdir
 
 
 def test_every_stage_leaves_its_files(finished):
