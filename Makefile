@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[test,slurm]'
+	$(BIN)/pip install -q -e '.[test,slurm,hf]'
 	touch $@
 
 test: venv  ## fast tests (the default run; slow end-to-end tests excluded)

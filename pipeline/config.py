@@ -152,9 +152,17 @@ def init_grid(cfg: DictConfig) -> list[tuple[str, int]]:
     return [(INIT, seed) for seed in sorted({seed for _, seed in trained_grid(cfg)})]
 
 
+def pretrained_grid(cfg: DictConfig) -> list[tuple[str, int]]:
+    """(label, 0) of every pretrained model of `pretrained.models` (pipeline/hf.py), in their order."""
+    from .hf import SEED, specs
+
+    return [(label, SEED) for label in specs(cfg)]
+
+
 def model_grid(cfg: DictConfig) -> list[tuple[str, int]]:
-    """Every model the analyses measure: the trained grid, then the step-0 control of each seed."""
-    return [*trained_grid(cfg), *init_grid(cfg)]
+    """Every model the analyses measure: the trained grid, the step-0 control of each seed, then the
+    pretrained models."""
+    return [*trained_grid(cfg), *init_grid(cfg), *pretrained_grid(cfg)]
 
 
 def is_int(v: Any) -> bool:

@@ -102,16 +102,10 @@ def dump_config(cfg: DictConfig) -> dict:
 
 # ---------------------------------------------------------------- the probe set
 
-@dataclass(frozen=True)
-class Probe:
-    """The probe sentences that fit the model, as token ids, with their rows in the layer files."""
+class SentenceRows:
+    """The rows of the kept probe sentences in the layer files: sentence i at offsets[i]:offsets[i + 1]."""
 
-    sentence_ids: np.ndarray  # (k,) 0-based line numbers in probe.txt of the kept sentences
-    tokens: list[np.ndarray]  # k arrays of token ids (no bos/eos)
-    offsets: np.ndarray  # (k + 1,) first row of each kept sentence; offsets[-1] = n_tokens
-    n_lines: int
-    n_too_long: int
-    n_empty: int
+    offsets: np.ndarray
 
     @property
     def n_tokens(self) -> int:
@@ -120,6 +114,18 @@ class Probe:
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+
+@dataclass(frozen=True)
+class Probe(SentenceRows):
+    """The probe sentences that fit the model, as token ids, with their rows in the layer files."""
+
+    sentence_ids: np.ndarray  # (k,) 0-based line numbers in probe.txt of the kept sentences
+    tokens: list[np.ndarray]  # k arrays of token ids (no bos/eos)
+    offsets: np.ndarray  # (k + 1,) first row of each kept sentence; offsets[-1] = n_tokens
+    n_lines: int
+    n_too_long: int
+    n_empty: int
 
 
 def select_probe(lines: Sequence[str], tok: Tokenizer, n_ctx: int) -> Probe:
@@ -282,7 +288,7 @@ def read_tokens(folder: str | os.PathLike) -> dict[str, np.ndarray]:
             for name, col in zip(names, values)}
 
 
-def _remove_outputs(folder: Path) -> None:
+def remove_outputs(folder: Path) -> None:
     """Delete what a previous (finished, stale or killed) dump left in `folder` and `folder/masked`."""
     (folder / STAGE_RECORD).unlink(missing_ok=True)  # first: nothing below may be trusted any more
     for sub in (folder, folder / MASKED_DIR):
@@ -293,6 +299,27 @@ def _remove_outputs(folder: Path) -> None:
         remove_stale_temporaries(sub / META_FILE)  # what a writer of meta.json killed before its rename left
     if (folder / MASKED_DIR).is_dir() and not any((folder / MASKED_DIR).iterdir()):
         (folder / MASKED_DIR).rmdir()
+
+
+def publish(out: Path, sets: Sequence[Any]):
+    """Only now, with every file of every set complete (`set.written`: the size and sha256 of its layer
+    files, then its token table), do the outputs get their final names, and each set its meta.json;
+    returns the ledger of them all for the stage record."""
+    with recording(out) as ledger:
+        for dset in sets:
+            for path, (size, sha) in zip([*dset.writer.paths, dset.folder / TOKENS_FILE], dset.written):
+                os.replace(partial_path(path), path)
+                ledger.add(path, size, sha)
+            write_json(dset.folder / META_FILE, dset.meta)
+    return ledger
+
+
+def discard(out: Path, sets: Sequence[Any]) -> None:
+    """A failed or killed dump leaves nothing behind, partial or final."""
+    for dset in sets:
+        if dset.writer is not None:
+            dset.writer.discard()
+    remove_outputs(out)
 
 
 # ---------------------------------------------------------------- running the model
@@ -511,7 +538,7 @@ def dump(cfg: DictConfig) -> Path:
 
     inputs = input_hashes([ckpt_path, Path(str(cfg.paths.tokenizer)) / MODEL_FILE,
                            Path(str(cfg.paths.tokenizer)) / FREQ_FILE, probe_path])
-    _remove_outputs(out)
+    remove_outputs(out)
     log.info("%s seed %d (%s) on %s: batches of at most %d tokens", meta["objective"], meta["seed"], model_kind,
              device, batch_tokens)
     progress = bool(OmegaConf.select(cfg, "train.progress", default=True))
@@ -522,18 +549,9 @@ def dump(cfg: DictConfig) -> Path:
             write_states(model, dset, probe, sp, batch_tokens, device, dtype, progress,
                          f"{meta['objective']} seed {meta['seed']}{' masked' if dset.meta['masked'] else ''}")
             dset.written = [*dset.writer.close(), table]
-        # Only now, with every file complete, do the outputs get their final names.
-        with recording(out) as ledger:
-            for dset in sets:
-                for path, (size, sha) in zip([*dset.writer.paths, dset.folder / TOKENS_FILE], dset.written):
-                    os.replace(partial_path(path), path)
-                    ledger.add(path, size, sha)
-                write_json(dset.folder / META_FILE, dset.meta)
+        ledger = publish(out, sets)
     except BaseException:
-        for dset in sets:
-            if dset.writer is not None:
-                dset.writer.discard()
-        _remove_outputs(out)  # a killed dump leaves nothing behind, partial or final
+        discard(out, sets)
         raise
     write_stage_record(out, "dump", stage_cfg, ledger=ledger, root=cfg.paths.results, inputs=inputs, command=stage_command("pipeline.dump"),
                        checkpoint_sha256=checkpoint_sha, n_tokens=probe.n_tokens, n_sentences=len(probe.tokens))

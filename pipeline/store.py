@@ -167,6 +167,9 @@ def versions() -> dict[str, str | None]:
             except ImportError:
                 continue
         found[name] = getattr(mod, "__version__", None)
+    for name in ("transformers", "tokenizers", "safetensors", "huggingface_hub"):  # only where a stage used them:
+        if name in sys.modules:                                                   # importing costs seconds
+            found[name] = getattr(sys.modules[name], "__version__", None)
     found["git_commit"] = git_commit()
     return found
 

@@ -1,0 +1,321 @@
+"""Pretrained Hugging Face models as a model source: which models an experiment names, where their
+files are, what role each plays, and loading them (`transformers`, the optional group `.[hf]`).
+
+An experiment names its models under `pretrained.models`, one entry per label:
+
+    pretrained:
+      models:
+        bert: {name: bert-base-cased, role: mlm}
+        gpt2: {name: gpt2}                      # role inferred from its config.json: lm
+
+`name` is a hub name looked up in the local Hugging Face cache (`HF_HOME`, `HF_HUB_CACHE`) or a local
+folder holding config.json, the weights and the tokenizer files. Offline first: nothing is downloaded
+unless `pretrained.download: true` (and `HF_HUB_OFFLINE` is unset); a model missing from the cache
+stops with `ModelNotAvailable`, which names the model and the command that fetches it. Roles:
+
+- `mlm`: an encoder with a masked-LM head (BERT, RoBERTa); the analysed stack is its base encoder;
+- `lm`: a decoder-only causal LM (GPT-2, Pythia); the analysed stack is its base decoder;
+- `mt`: an encoder-decoder (Marian, T5, BART); the analysed stack is its encoder.
+
+The label is the model's name everywhere downstream: its dump is `dumps/<label>/seed0/` (every
+pretrained model is "seed 0": there is one of it), its rows of every table carry objective=<label>.
+Nothing here imports torch or transformers at import time: the workflow reads the settings while it
+parses.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .store import PipelineError, sha256_file
+
+ROLES = ("mlm", "lm", "mt")
+SEED = 0  # the seed every pretrained model is listed under
+DTYPES = ("float32", "float16", "bfloat16")
+WORD_STATES = ("first", "mean")
+_LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+# model_type of config.json -> role, for configs whose `architectures` say nothing usable
+_TYPE_ROLE = {**dict.fromkeys(("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta",
+                               "deberta-v2", "camembert", "albert", "modernbert"), "mlm"),
+              **dict.fromkeys(("gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "opt", "qwen2",
+                               "pythia", "bloom", "phi", "gemma"), "lm"),
+              **dict.fromkeys(("marian", "t5", "mt5", "bart", "mbart", "pegasus", "m2m_100", "fsmt"), "mt")}
+
+
+class ModelNotAvailable(PipelineError):
+    """A named model is neither a local folder nor in the local Hugging Face cache."""
+
+
+@dataclass(frozen=True)
+class HFSpec:
+    """One pretrained model of an experiment, as its settings give it."""
+
+    label: str
+    name: str
+    role: str | None = None       # None: inferred from config.json
+    revision: str | None = None   # a branch, tag or commit of the hub repository (None: what is cached)
+    dtype: str | None = None      # the dtype the model runs in (None: its config's torch_dtype, else float32)
+
+    @property
+    def is_folder(self) -> bool:
+        return Path(self.name).expanduser().is_dir()
+
+    def fetch_command(self) -> str:
+        revision = f" --revision {self.revision}" if self.revision else ""
+        return f"hf download {self.name}{revision}"
+
+
+def _setting(label: str, key: str) -> str:
+    return f"pretrained.models.{label}.{key}"
+
+
+def specs(cfg: DictConfig) -> dict[str, HFSpec]:
+    """The pretrained models of `cfg` by label, checked (label, name, role, revision, dtype)."""
+    models = OmegaConf.select(cfg, "pretrained.models", default=None)
+    if models is None:
+        return {}
+    models = OmegaConf.to_container(models, resolve=True) if OmegaConf.is_config(models) else models
+    if not isinstance(models, dict):
+        raise PipelineError(f"setting pretrained.models={models!r}: expected a mapping label -> "
+                            "{name: <hub name or folder>, role: mlm|lm|mt}")
+    objectives = _objective_names()
+    out = {}
+    for label, entry in models.items():
+        label = str(label)
+        if not _LABEL.match(label):
+            raise PipelineError(f"setting pretrained.models.{label}: a label is letters, digits and _ . - "
+                                "(starting with a letter); it names the model's folders and table rows")
+        if label in objectives:
+            raise PipelineError(f"setting pretrained.models.{label}: {label!r} is an objective's name "
+                                f"(conf/objective/{label}.yaml); give the pretrained model another label")
+        if entry is None:
+            continue  # `pretrained.models.<label>=null` drops a model an experiment names
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise PipelineError(f"setting {_setting(label, 'name')}={entry!r}: expected a hub name "
+                                "(e.g. bert-base-cased) or a local folder")
+        unknown = sorted(set(entry) - {"name", "role", "revision", "dtype"})
+        if unknown:
+            raise PipelineError(f"setting pretrained.models.{label}: unknown keys {unknown} "
+                                "(known: name, role, revision, dtype)")
+        role, dtype, revision = entry.get("role"), entry.get("dtype"), entry.get("revision")
+        if role is not None and role not in ROLES:
+            raise PipelineError(f"setting {_setting(label, 'role')}={role!r}: expected one of {', '.join(ROLES)} "
+                                "or null (inferred from the model's config)")
+        if dtype is not None and dtype not in DTYPES:
+            raise PipelineError(f"setting {_setting(label, 'dtype')}={dtype!r}: expected one of "
+                                f"{', '.join(DTYPES)} or null (the model's own)")
+        if revision is not None and not isinstance(revision, str):
+            raise PipelineError(f"setting {_setting(label, 'revision')}={revision!r}: expected a branch, "
+                                "tag or commit hash")
+        out[label] = HFSpec(label, str(entry["name"]), role, revision, dtype)
+    return out
+
+
+def _objective_names() -> set[str]:
+    from .config import CONFIG_DIR
+
+    return {p.stem for p in (CONFIG_DIR / "objective").glob("*.yaml")}
+
+
+def spec_of(cfg: DictConfig, label: str) -> HFSpec:
+    models = specs(cfg)
+    if label not in models:
+        raise PipelineError(f"{label!r} is not a pretrained model of experiment {cfg.experiment_name} "
+                            f"(pretrained.models: {', '.join(models) or 'none'})")
+    return models[label]
+
+
+def word_state(cfg: DictConfig) -> str:
+    value = OmegaConf.select(cfg, "pretrained.word_state", default="first")
+    if value not in WORD_STATES:
+        raise PipelineError(f"setting pretrained.word_state={value!r}: expected first or mean")
+    return str(value)
+
+
+def dump_config(cfg: DictConfig, label: str) -> dict:
+    """What the dump of pretrained model `label` depends on: the data split (probe set and training
+    source side), the model's settings, the dump settings but the device, and for an mlm its masking.
+    Pure settings (no file is read): the workflow computes it while it parses."""
+    from .config import data_config, to_plain
+
+    spec = spec_of(cfg, label)
+    settings = {k: v for k, v in to_plain(cfg.dump).items() if k != "device"}
+    out = {**data_config(cfg), "pretrained": {"name": spec.name, "role": spec.role, "revision": spec.revision,
+                                              "dtype": spec.dtype},
+           "batch_tokens": int(OmegaConf.select(cfg, "pretrained.batch_tokens", default=2048)), "dump": settings}
+    if (spec.role or OmegaConf.select(cfg, "objective.kind")) == "mlm":
+        out["masking"] = _masking(cfg)
+    return out
+
+
+def _masking(cfg: DictConfig) -> dict[str, float]:
+    objective = cfg.objective
+    return {key: float(objective.get(key, default)) for key, default in
+            (("mask_prob", 0.15), ("mask_token_prob", 0.8), ("random_token_prob", 0.1))}
+
+
+# ---------------------------------------------------------------- finding the files
+
+def _download_allowed(cfg: DictConfig | None) -> bool:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(cfg is not None and OmegaConf.select(cfg, "pretrained.download", default=False)) and not offline
+
+
+def resolve(spec: HFSpec, cfg: DictConfig | None = None) -> Path:
+    """The local folder of `spec`: the folder itself, or its snapshot in the Hugging Face cache.
+    Downloads only when `pretrained.download` is true and HF_HUB_OFFLINE is not set."""
+    if spec.is_folder:
+        folder = Path(spec.name).expanduser().resolve()
+        if not (folder / "config.json").is_file():
+            raise PipelineError(f"{folder} (setting {_setting(spec.label, 'name')}) holds no config.json: "
+                                "save the model there with save_pretrained(), or name a hub model")
+        return folder
+    if spec.name.startswith(("/", "./", "../", "~")):
+        raise ModelNotAvailable(f"{spec.name} (setting {_setting(spec.label, 'name')}) is no folder")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    try:
+        return Path(snapshot_download(spec.name, revision=spec.revision, local_files_only=True))
+    except Exception as cached_error:  # LocalEntryNotFoundError, a bad repo id, ...
+        if _download_allowed(cfg):
+            try:
+                return Path(snapshot_download(spec.name, revision=spec.revision))
+            except Exception as e:
+                raise ModelNotAvailable(f"{spec.name} could not be downloaded ({type(e).__name__}: {e}); fetch "
+                                        f"it with `{spec.fetch_command()}`") from None
+        revision = f" at revision {spec.revision}" if spec.revision else ""
+        raise ModelNotAvailable(
+            f"model {spec.name}{revision} (setting {_setting(spec.label, 'name')}) is not in the local Hugging "
+            f"Face cache ({HF_HUB_CACHE}): fetch it once with `{spec.fetch_command()}` "
+            f"(pip install -e '.[hf]' provides the hf command), or name a local folder "
+            f"[{type(cached_error).__name__}]") from None
+
+
+def read_config(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{folder / 'config.json'} is not a readable model config ({e})") from None
+
+
+def infer_role(config: dict) -> str | None:
+    """The role a config.json says its model plays, or None when it does not say."""
+    architectures = [str(a) for a in config.get("architectures") or []]
+    if config.get("is_encoder_decoder"):
+        return "mt"
+    for arch in architectures:
+        if arch.endswith("ForMaskedLM"):
+            return "mlm"
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return "lm"
+        if arch.endswith(("ForConditionalGeneration", "MTModel", "ForSeq2SeqLM")):
+            return "mt"
+    return _TYPE_ROLE.get(str(config.get("model_type", "")))
+
+
+def choose_role(spec: HFSpec, config: dict) -> str:
+    """The stated role, else the inferred one; a stated role its config contradicts is kept (the
+    user knows their model) but an unknown one is an error naming the setting."""
+    if spec.role is not None:
+        return spec.role
+    role = infer_role(config)
+    if role is None:
+        raise PipelineError(
+            f"cannot tell the role of {spec.name} from its config.json (model_type "
+            f"{config.get('model_type')!r}, architectures {config.get('architectures')}): set "
+            f"{_setting(spec.label, 'role')} to mlm (encoder), lm (decoder-only) or mt (encoder of an encoder-decoder)")
+    return role
+
+
+def role_without_loading(spec: HFSpec) -> str | None:
+    """The role when it is stated or readable from a local config.json without the hub (the workflow
+    needs it while it parses); None when only the cache could tell."""
+    if spec.role is not None:
+        return spec.role
+    if spec.is_folder:
+        return choose_role(spec, read_config(Path(spec.name).expanduser()))
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec.name, "config.json", revision=spec.revision)
+    except Exception:  # an invalid repo id: resolve() names it when the dump runs
+        return None
+    return choose_role(spec, read_config(Path(cached).parent)) if isinstance(cached, str) else None
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a saved model: safetensors where there are any, else PyTorch's."""
+    safe = sorted(folder.glob("*.safetensors"))
+    return safe or sorted([*folder.glob("pytorch_model*.bin"), *folder.glob("*.pt")])
+
+
+def revision_of(spec: HFSpec, folder: Path) -> str:
+    """What identifies the files used: the cache snapshot's commit, or 'local folder'."""
+    if spec.is_folder:
+        return "local folder"
+    return folder.name  # a snapshot folder is named by its commit hash
+
+
+def describe(spec: HFSpec, folder: Path, role: str, config: dict) -> dict[str, Any]:
+    """The provenance of one pretrained model, for its dump's meta.json and the report."""
+    weights = weight_files(folder)
+    return {"label": spec.label, "name": spec.name, "role": role, "source": str(folder),
+            "revision": revision_of(spec, folder), "requested_revision": spec.revision,
+            "model_type": config.get("model_type"), "architectures": config.get("architectures"),
+            "weights": [{"file": w.name, "bytes": w.stat().st_size, "sha256": sha256_file(w)} for w in weights],
+            "safetensors": bool(weights) and weights[0].suffix == ".safetensors"}
+
+
+# ---------------------------------------------------------------- loading
+
+def torch_dtype(spec: HFSpec, config: dict):
+    import torch
+
+    name = spec.dtype or str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(name, torch.float32)
+
+
+def load(spec: HFSpec, folder: Path, role: str, device, dtype):
+    """(the whole model in eval mode on `device`, the analysed stack, the tokenizer)."""
+    try:
+        import transformers
+    except ImportError:
+        raise PipelineError("pretrained models need the optional dependencies: pip install -e '.[hf]'") from None
+    auto = {"mlm": transformers.AutoModelForMaskedLM, "lm": transformers.AutoModelForCausalLM,
+            "mt": transformers.AutoModelForSeq2SeqLM}[role]
+    weights = weight_files(folder)
+    try:
+        model = auto.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
+                                     use_safetensors=bool(weights) and weights[0].suffix == ".safetensors")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise PipelineError(f"{spec.name} ({folder}) does not load as a {role} model "
+                            f"({type(e).__name__}: {e}); check {_setting(spec.label, 'role')}") from None
+    model = model.to(device).eval()
+    return model, analysed_stack(model, role), tokenizer
+
+
+def analysed_stack(model, role: str):
+    """The module whose hidden states are dumped: the encoder for mt, the base model otherwise."""
+    if role == "mt":
+        return model.get_encoder()
+    return model.base_model
+
+
+def max_input_length(model, tokenizer) -> int:
+    """The longest input (special tokens included) the model takes: its position table, capped by the
+    tokenizer's model_max_length when that is set."""
+    config = model.config
+    limits = [getattr(config, key, None) for key in ("max_position_embeddings", "n_positions", "n_ctx")]
+    limits = [int(v) for v in limits if isinstance(v, int) and v > 0]
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
+        limits.append(tok_limit)
+    return min(limits) if limits else 512

@@ -1,0 +1,443 @@
+"""Dump the layer states of a pretrained Hugging Face model over the probe sentences, in the format of
+`pipeline.dump`, so that every analysis reads it as it reads our own models' dumps.
+
+    python -m pipeline.hf_dump experiment=pretrained objective=mlm objective.name=bert seed=0
+
+`objective.name` is the model's label in `pretrained.models` (pipeline/hf.py) and `objective` its
+role (mlm | lm | mt: the objective config whose masking probabilities the MLM's masked run uses);
+seed is 0. Reads `<paths.data>/probe.txt` and, for the frequency ranks, `<paths.data>/train.src` (the
+training source side), both tokenised with the model's own tokenizer; writes to
+`dumps/<label>/seed0/`:
+- `layer_00.npy` .. `layer_LL.npy`: `output_hidden_states` of the analysed stack (the base encoder of
+  an mlm, the decoder of an lm, the encoder of an mt model), layer 0 the embeddings, as
+  (n_tokens, d_model) arrays of `dump.dtype`; the model runs in its own dtype
+  (`pretrained.models.<label>.dtype`, else its config's) on `dump.device`;
+- `tokens.tsv`: the columns of pipeline.dump (sentence_id, position, token_id, token, sentence_length,
+  freq_rank) in the model's vocabulary, plus `word`: which whitespace-separated word of the probe line
+  (0-based) the subword belongs to, -1 for the rows of a sentence whose subwords could not be mapped
+  to its words; the model's special tokens ([CLS], </s>, ...) are fed but not kept as rows;
+- `masked/` (role mlm, `dump.mlm_masked`): `dump.mlm_maskings` maskings as in pipeline.dump, with the
+  model's own mask token, random replacements drawn from its non-special vocabulary, and the column
+  `predicted_id`: the MLM head's top prediction at each row (meta.json: its accuracy on the rows
+  replaced by the mask token, a check that the weights loaded as trained);
+- `meta.json` (+ `pretrained`: name, role, source folder, revision, weight files with sha256) and
+  `stage.json`, written last. An lm's meta also holds its head's next-token accuracy on the probe.
+
+Sentences whose input (special tokens included) exceeds the model's position table are skipped and
+counted in meta.json; different tokenizers keep different sentences, which the word-level comparisons
+(analysis/words.py) align by (sentence, word).
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import hf
+from .config import check_dump_settings, cli, data_config
+from .corpus import prepare_command, read_lines
+from .dump import (CHUNK_BYTES, DTYPES, MASKED_DIR, TOKEN_COLUMNS, TOKENS_FILE, LayerWriter, chunks,
+                   SentenceRows, discard, length_batches, partial_path, publish, remove_outputs, write_token_table)
+from .runtime import resolve_device
+from .store import (PipelineError, input_hashes, read_record, require_upstream, stage_command, stage_problem,
+                    write_stage_record)
+from .tokenizer import frequency_ranks
+
+log = logging.getLogger("pipeline.hf_dump")
+
+HF_COLUMNS = (*TOKEN_COLUMNS, "word")
+HF_MASKED_COLUMNS = (*HF_COLUMNS, "masked", "input_id", "label_id", "masking", "predicted_id")
+FREQ_SOURCE = "train.src"
+WORD_START = "\u2581"  # a sentencepiece piece that begins a word
+_STORED = {"float16": torch.float16, "float32": torch.float32}
+
+
+# ---------------------------------------------------------------- tokenising with words
+
+@dataclass(frozen=True)
+class HFProbe(SentenceRows):
+    """The probe sentences that fit the model, tokenised by it, with their rows in the layer files."""
+
+    sentence_ids: np.ndarray       # (k,) line numbers in probe.txt of the kept sentences
+    inputs: list[np.ndarray]       # k arrays: the whole input fed, special tokens included
+    kept: list[np.ndarray]         # k arrays: positions in `inputs` that are rows (not special tokens)
+    words: list[np.ndarray]        # k arrays: the word of each row (-1: sentence not mapped to words)
+    offsets: np.ndarray            # (k + 1,) first row of each kept sentence
+    n_lines: int
+    n_too_long: int
+    n_empty: int
+    unaligned: list[int]           # sentence ids whose subwords do not cover their words one to one
+
+    def tokens(self, i: int) -> np.ndarray:
+        return self.inputs[i][self.kept[i]]
+
+
+def word_spans(line: str) -> list[tuple[int, int]]:
+    """(start, end) of every whitespace-separated word of `line`: the words all models share."""
+    return [m.span() for m in re.finditer(r"\S+", line)]
+
+
+def words_from_offsets(line: str, offsets: Sequence[tuple[int, int]]) -> list[int]:
+    """The word of each subword from its character offsets: the word holding the subword's first
+    non-space character; a subword without one (an empty span) joins the word before it."""
+    spans = word_spans(line)
+    starts = [s for s, _ in spans]
+    out, last = [], 0
+    for start, end in offsets:
+        p = start
+        while p < end and line[p].isspace():
+            p += 1
+        if p < end:
+            w = bisect.bisect_right(starts, p) - 1
+            last = w if w >= 0 and p < spans[w][1] else last
+        out.append(last)
+    return out
+
+
+def words_from_pieces(pieces: Sequence[str]) -> list[int]:
+    """The word of each sentencepiece piece: a new word at every piece that begins with "▁" (and at
+    the first piece)."""
+    out, w = [], -1
+    for i, piece in enumerate(pieces):
+        if i == 0 or piece.startswith(WORD_START):
+            w += 1
+        out.append(max(w, 0))
+    return out
+
+
+def _covers(words: Sequence[int], n_words: int) -> bool:
+    """Every word 0..n_words-1 has subwords, in order (non-decreasing, no word skipped)."""
+    return (len(words) > 0 and words[0] == 0 and words[-1] == n_words - 1
+            and all(b - a in (0, 1) for a, b in zip(words, words[1:])))
+
+
+def encode(tokenizer, lines: Sequence[str]) -> list[tuple[list[int], list[bool], list[int]]]:
+    """Per line: (input ids with the model's special tokens, which of them are special, the word of
+    each id — meaningful for the non-special ones). Fast tokenizers map subwords to words by character
+    offsets; slow sentencepiece ones (Marian) by the pieces' "▁"."""
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(list(lines), add_special_tokens=True, return_offsets_mapping=True,
+                        return_special_tokens_mask=True, return_attention_mask=False)
+        return [(ids, [bool(s) for s in special], words_from_offsets(line, offsets))
+                for line, ids, special, offsets in zip(lines, enc["input_ids"], enc["special_tokens_mask"],
+                                                       enc["offset_mapping"])]
+    out = []
+    for line in lines:
+        ids = tokenizer(line, add_special_tokens=True)["input_ids"]
+        special = [bool(s) for s in tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)]
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        content = [p for p, s in zip(pieces, special) if not s]
+        if content and not any(p.startswith(WORD_START) for p in content):
+            raise PipelineError(f"{type(tokenizer).__name__} gives neither character offsets nor sentencepiece "
+                                "word marks: its subwords cannot be mapped to words")
+        words = iter(words_from_pieces(content))
+        out.append((ids, special, [-1 if s else next(words) for s in special]))
+    return out
+
+
+def select_probe(lines: Sequence[str], tokenizer, max_length: int) -> HFProbe:
+    """Tokenise the probe lines; keep those with at least one non-special token whose whole input
+    fits `max_length`."""
+    encoded = encode(tokenizer, lines)
+    keep, inputs, kept, words, unaligned = [], [], [], [], []
+    n_empty = n_too_long = 0
+    for i, (line, (ids, special, word)) in enumerate(zip(lines, encoded)):
+        rows = np.flatnonzero(~np.asarray(special, dtype=bool))
+        if len(rows) == 0:
+            n_empty += 1
+            continue
+        if len(ids) > max_length:
+            n_too_long += 1
+            continue
+        w = np.asarray(word, dtype=np.int64)[rows]
+        if not _covers(w.tolist(), len(word_spans(line))):
+            unaligned.append(i)
+            w = np.full(len(rows), -1, dtype=np.int64)
+        keep.append(i)
+        inputs.append(np.asarray(ids, dtype=np.int64))
+        kept.append(rows)
+        words.append(w)
+    offsets = np.concatenate([[0], np.cumsum([len(k) for k in kept], dtype=np.int64)]).astype(np.int64)
+    return HFProbe(np.asarray(keep, dtype=np.int64), inputs, kept, words, offsets, len(lines), n_too_long, n_empty,
+                   unaligned)
+
+
+def token_string(tokenizer, i: int) -> str:
+    """A vocabulary entry as the token table stores it: tab, newline and carriage return escaped."""
+    s = tokenizer.convert_ids_to_tokens(int(i))
+    s = "" if s is None else str(s)
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def source_ranks(tokenizer, lines: Sequence[str], vocab: int) -> np.ndarray:
+    """Frequency rank (1 = most frequent) of every id of the model's vocabulary in `lines` tokenised
+    by it (special tokens not counted), ties broken by the smaller id."""
+    counts = np.zeros(vocab, dtype=np.int64)
+    for start in range(0, len(lines), 2048):
+        batch = tokenizer(list(lines[start:start + 2048]), add_special_tokens=False,
+                          return_attention_mask=False)["input_ids"]
+        flat = np.fromiter((t for ids in batch for t in ids), dtype=np.int64)
+        counts += np.bincount(flat, minlength=vocab)[:vocab]
+    return frequency_ranks(counts)
+
+
+# ---------------------------------------------------------------- masking (role mlm)
+
+def mask_probe(probe: HFProbe, tokenizer, vocab: int, seed: int, masking: dict[str, float]
+               ) -> tuple[list[np.ndarray], np.ndarray]:
+    """The probe inputs masked as BERT was trained: each row (non-special token) chosen with
+    mask_prob; of those, mask_token_prob become the model's mask token, random_token_prob a random
+    non-special token, the rest stay. One generator over the whole probe set in order, so the masks
+    depend on `seed` and the kept sentences only. Returns (inputs per sentence, kind per row:
+    0 untouched, 1 mask token, 2 random, 3 chosen but kept)."""
+    if tokenizer.mask_token_id is None:
+        raise PipelineError(f"{type(tokenizer).__name__} has no mask token: the model cannot be an mlm "
+                            "(set its role to lm or mt)")
+    special = set(int(i) for i in tokenizer.all_special_ids)
+    ordinary = torch.tensor([i for i in range(vocab) if i not in special], dtype=torch.long)
+    gen = torch.Generator().manual_seed(int(seed))
+    n = probe.n_tokens
+    chosen = torch.rand(n, generator=gen) < masking["mask_prob"]
+    u = torch.rand(n, generator=gen)
+    to_mask = chosen & (u < masking["mask_token_prob"])
+    to_random = chosen & (u >= masking["mask_token_prob"]) & (u < masking["mask_token_prob"] + masking["random_token_prob"])
+    randoms = ordinary[torch.randint(len(ordinary), (n,), generator=gen)]
+    kind = chosen.to(torch.int64) * 3
+    kind[to_mask], kind[to_random] = 1, 2
+    kind = kind.numpy()
+    randoms = randoms.numpy()
+    inputs = []
+    for i in range(len(probe.inputs)):
+        ids = probe.inputs[i].copy()
+        a = int(probe.offsets[i])
+        rows = probe.kept[i]
+        k = kind[a:a + len(rows)]
+        ids[rows[k == 1]] = tokenizer.mask_token_id
+        ids[rows[k == 2]] = randoms[a:a + len(rows)][k == 2]
+        inputs.append(ids)
+    return inputs, kind
+
+
+# ---------------------------------------------------------------- running the model
+
+@dataclass
+class HFSet:
+    """One set of outputs: the inputs fed (copy c of sentence i at c * k + i) and where they go."""
+
+    folder: Path
+    inputs: list[np.ndarray]
+    columns: dict[str, Sequence[Any]]
+    meta: dict[str, Any]
+    copies: int = 1
+    predict: bool = False            # keep the head's top prediction of every row (masked run)
+    writer: LayerWriter | None = None
+    written: list[tuple[int, str]] | None = None
+    predicted: np.ndarray | None = None
+
+
+def forward(model, stack, role: str, ids: torch.Tensor, attention: torch.Tensor, logits: bool):
+    """(hidden states of layers 0..L of the analysed stack, the head's logits or None)."""
+    if logits and role in ("mlm", "lm"):
+        out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True)
+        return out.hidden_states, out.logits
+    out = stack(input_ids=ids, attention_mask=attention, output_hidden_states=True)
+    return out.hidden_states, None
+
+
+def write_states(model, stack, role: str, dset: HFSet, probe: HFProbe, pad_id: int, batch_tokens: int,
+                 device: torch.device, dtype: str, progress: bool, desc: str,
+                 next_token: list | None = None) -> None:
+    """Fill `dset.writer` chunk by chunk, each chunk in batches of similar input length (right
+    padded, the padding masked out); rows go back to probe order. `next_token` (lm): collects
+    (hits, count) of the head's next-token prediction."""
+    from tqdm.auto import tqdm
+
+    k, writer = len(probe.inputs), dset.writer
+    input_len = np.asarray([len(x) for x in probe.inputs])
+    spans = chunks(probe.offsets, max(1, CHUNK_BYTES // (writer.row_bytes * len(writer.paths))))
+    predicted = np.full(probe.n_tokens * dset.copies, -1, dtype=np.int64) if dset.predict else None
+    want_logits = dset.predict or next_token is not None
+    with tqdm(total=probe.n_tokens * dset.copies, unit="tok", desc=desc, disable=None if progress else True,
+              mininterval=2.0) as bar, torch.inference_mode():
+        for copy, (a, b) in ((c, span) for c in range(dset.copies) for span in spans):
+            base = copy * probe.n_tokens
+            writer.begin_chunk(int(probe.offsets[a] + base), int(probe.offsets[b] + base))
+            for idx in length_batches(input_len[a:b] - 2, batch_tokens):
+                idx = idx + a
+                T = int(input_len[idx].max())
+                ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+                attention = torch.zeros((len(idx), T), dtype=torch.long)
+                for r, i in enumerate(idx):
+                    x = dset.inputs[copy * k + i]
+                    ids[r, :len(x)] = torch.from_numpy(x)
+                    attention[r, :len(x)] = 1
+                states, logits = forward(model, stack, role, ids.to(device), attention.to(device), want_logits)
+                stored = [s.to(_STORED[dtype]) for s in states]
+                if not all(bool(torch.isfinite(s).all()) for s in stored):
+                    raise PipelineError(f"states overflow dump.dtype={dtype} in {dset.folder}: use dump.dtype=float32")
+                blocks = [s.cpu().numpy() for s in stored]
+                top = logits.argmax(-1).cpu().numpy() if logits is not None else None
+                for r, i in enumerate(idx):
+                    row, kept = int(probe.offsets[i]) + base, probe.kept[i]
+                    for layer, block in enumerate(blocks):
+                        writer.write(layer, row, block[r, kept])
+                    if predicted is not None:
+                        predicted[row:row + len(kept)] = top[r, kept]
+                    if next_token is not None:  # logits at row t predict the token of row t + 1
+                        tokens = dset.inputs[i][kept]
+                        hits = top[r, kept[:-1]] == tokens[1:]
+                        next_token[0] += int(hits.sum())
+                        next_token[1] += len(hits)
+                bar.update(int(probe.lengths[idx].sum()))
+                del states, stored, blocks, logits
+            writer.end_chunk()
+    dset.predicted = predicted
+
+
+def _columns(probe: HFProbe, tokenizer, ranks: np.ndarray) -> dict[str, Sequence[Any]]:
+    flat = np.concatenate([probe.tokens(i) for i in range(len(probe.inputs))])
+    lengths = probe.lengths
+    names: dict[int, str] = {}
+    for t in np.unique(flat):
+        names[int(t)] = token_string(tokenizer, int(t))
+    return {"sentence_id": np.repeat(probe.sentence_ids, lengths),
+            "position": np.concatenate([np.arange(n) for n in lengths]),
+            "token_id": flat,
+            "token": [names[int(t)] for t in flat],
+            "sentence_length": np.repeat(lengths, lengths),
+            "freq_rank": ranks[flat],
+            "word": np.concatenate(probe.words)}
+
+
+def vocabulary_size(model, tokenizer) -> int:
+    """Ids run over the larger of the tokenizer's (added tokens included) and the embedding table."""
+    return max(len(tokenizer), int(model.get_input_embeddings().weight.shape[0]))
+
+
+def dump(cfg: DictConfig) -> Path:
+    """Dump pretrained model `cfg.objective.name` over the probe set into cfg.paths.dump."""
+    check_dump_settings(cfg)
+    label = str(cfg.objective.name)
+    spec = hf.spec_of(cfg, label)
+    if int(cfg.seed) != hf.SEED:
+        raise PipelineError(f"setting seed={cfg.seed}: a pretrained model is listed as seed {hf.SEED}")
+    batch_tokens = OmegaConf.select(cfg, "pretrained.batch_tokens", default=2048)
+    if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens < 1:
+        raise PipelineError(f"setting pretrained.batch_tokens={batch_tokens!r}: expected a positive integer")
+    data = Path(str(cfg.paths.data))
+    if not require_upstream(data, data_config(cfg), prepare_command()):
+        raise PipelineError(f"{data} holds no finished stage: run `{prepare_command()}` first")
+    out = Path(str(cfg.paths.dump))
+    folder = hf.resolve(spec, cfg)  # a model not at hand stops here, before anything is removed
+    config = hf.read_config(folder)
+    role = hf.choose_role(spec, config)
+    if str(cfg.objective.kind) != role:
+        raise PipelineError(f"{label} plays role {role}: run with objective={role} objective.name={label} "
+                            f"(the setting objective={cfg.objective.kind} picks the masking config of another role)")
+    stage_cfg = hf.dump_config(cfg, label)
+    probe_path, source_path = data / "probe.txt", data / FREQ_SOURCE
+    weights = hf.weight_files(folder)
+    inputs = input_hashes([probe_path, source_path, folder / "config.json", *weights])
+    problem = stage_problem(out, stage_cfg)
+    if problem is None:
+        log.info("%s is already dumped with this config and these weights; nothing to do", out)
+        return out
+    if read_record(out) is not None:
+        log.info("dumping again: %s", problem)
+
+    dtype = str(cfg.dump.dtype)
+    device = resolve_device(str(cfg.dump.device), "dump.device")
+    run_dtype = hf.torch_dtype(spec, config)
+    model, stack, tokenizer = hf.load(spec, folder, role, device, run_dtype)
+    vocab = vocabulary_size(model, tokenizer)
+    max_length = hf.max_input_length(model, tokenizer)
+    probe = select_probe(read_lines(probe_path), tokenizer, max_length)
+    log.info("%s (%s, %s): %d of %d probe sentences, %d tokens; skipped %d longer than %d input tokens and %d "
+             "empty; %d not mapped to words", label, spec.name, role, len(probe.inputs), probe.n_lines,
+             probe.n_tokens, probe.n_too_long, max_length, probe.n_empty, len(probe.unaligned))
+    if probe.n_tokens == 0:
+        raise PipelineError(f"{probe_path}: no sentence fits {spec.name}'s {max_length} input tokens")
+    ranks = source_ranks(tokenizer, read_lines(source_path), vocab)
+    widths = hidden_sizes(stack, tokenizer, device)
+    if len(set(widths)) != 1:
+        raise PipelineError(f"{spec.name}: hidden states of different widths {widths} cannot be dumped as layers")
+    n_layers, d_model = len(widths) - 1, widths[0]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    record = hf.describe(spec, folder, role, config)
+    meta = {"n_tokens": probe.n_tokens, "n_sentences": len(probe.inputs), "n_probe_lines": probe.n_lines,
+            "n_skipped_too_long": probe.n_too_long, "n_skipped_empty": probe.n_empty,
+            "max_input_length": max_length, "n_layers": n_layers, "n_layer_files": n_layers + 1, "d_model": d_model,
+            "dtype": dtype, "model_dtype": str(run_dtype).replace("torch.", ""), "objective": label, "kind": role,
+            "seed": hf.SEED, "pretrained": record, "checkpoint": str(folder),
+            "checkpoint_sha256": ",".join(w["sha256"] for w in record["weights"]), "summary": None, "step": None,
+            "input": "the tokenizer's own input (special tokens included); rows are its non-special tokens",
+            "masked": False, "columns": list(HF_COLUMNS), "vocab_size": vocab,
+            "unaligned_sentences": len(probe.unaligned), "freq_source": FREQ_SOURCE}
+    columns = _columns(probe, tokenizer, ranks)
+    sets = [HFSet(out, probe.inputs, columns, meta)]
+    if role == "mlm" and bool(cfg.dump.mlm_masked):
+        masking, seed0, maskings = stage_cfg["masking"], int(cfg.dump.mask_seed), int(cfg.dump.mlm_maskings)
+        masks = [mask_probe(probe, tokenizer, vocab, seed0 + m, masking) for m in range(maskings)]
+        fed = [sentence for sentence_inputs, _ in masks for sentence in sentence_inputs]
+        kind = np.concatenate([k for _, k in masks])
+        input_ids = np.concatenate([np.concatenate([ids[probe.kept[i]] for i, ids in enumerate(m)]) for m, _ in masks])
+        masked_columns = {**{name: np.tile(np.asarray(col, dtype=object if name == "token" else None), maskings)
+                             for name, col in columns.items()},
+                          "masked": kind, "input_id": input_ids, "label_id": np.tile(columns["token_id"], maskings),
+                          "masking": np.repeat(np.arange(maskings), probe.n_tokens)}
+        masked_meta = {**meta, "n_tokens": probe.n_tokens * maskings, "masked": True,
+                       "columns": list(HF_MASKED_COLUMNS), "mask_seed": seed0, "maskings": maskings, **masking,
+                       "mask_token": tokenizer.mask_token, "chosen_share": float((kind > 0).mean())}
+        sets.append(HFSet(out / MASKED_DIR, fed, masked_columns, masked_meta, copies=maskings, predict=True))
+
+    remove_outputs(out)
+    log.info("%s on %s in %s: batches of at most %d tokens", label, device, meta["model_dtype"], batch_tokens)
+    progress = bool(OmegaConf.select(cfg, "train.progress", default=True))
+    try:
+        for dset in sets:
+            dset.writer = LayerWriter(dset.folder, n_layers + 1, probe.n_tokens * dset.copies, d_model, DTYPES[dtype])
+            next_token = [0, 0] if role == "lm" and not dset.meta["masked"] else None
+            write_states(model, stack, role, dset, probe, pad_id, int(batch_tokens), device, dtype, progress,
+                         f"{label}{' masked' if dset.meta['masked'] else ''}", next_token)
+            if next_token is not None:
+                dset.meta["head_next_token_accuracy"] = next_token[0] / max(next_token[1], 1)
+                dset.meta["head_next_token_n"] = next_token[1]
+            if dset.predict:
+                dset.columns["predicted_id"] = dset.predicted
+                hit = dset.columns["masked"] == 1
+                dset.meta["head_mask_accuracy"] = float((dset.predicted[hit] == dset.columns["label_id"][hit]).mean()) \
+                    if hit.any() else None
+                dset.meta["head_mask_n"] = int(hit.sum())
+            table = write_token_table(partial_path(dset.folder / TOKENS_FILE), dset.columns)
+            dset.written = [*dset.writer.close(), table]
+        ledger = publish(out, sets)
+    except BaseException:
+        discard(out, sets)
+        raise
+    write_stage_record(out, "hf_dump", stage_cfg, ledger=ledger, root=cfg.paths.results, inputs=inputs,
+                       command=stage_command("pipeline.hf_dump"), checkpoint_sha256=meta["checkpoint_sha256"],
+                       n_tokens=probe.n_tokens, n_sentences=len(probe.inputs), pretrained=record)
+    log.info("wrote %d layers x %d tokens x %d of %s to %s%s", n_layers + 1, probe.n_tokens, d_model, spec.name, out,
+             " (+ masked/)" if len(sets) > 1 else "")
+    return out
+
+
+def hidden_sizes(stack, tokenizer, device) -> list[int]:
+    """The width of each hidden state (layers 0..L) the stack returns, from one short forward pass."""
+    ids = tokenizer("a", return_tensors="pt")["input_ids"].to(device)
+    with torch.inference_mode():
+        states = stack(input_ids=ids, output_hidden_states=True).hidden_states
+    return [int(s.shape[-1]) for s in states]
+
+
+main = cli(dump)
+
+if __name__ == "__main__":
+    main()
