@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from collections import defaultdict
 
 import numpy as np
@@ -162,14 +163,14 @@ def pairs_per_influencer(position: np.ndarray, length: np.ndarray, affected: str
     raise PipelineError(f"analysis.influence.affected resolved to {affected!r}: expected all or later")
 
 
-def affected_positions(removed: torch.Tensor, n_tokens: torch.Tensor, T: int, affected: str) -> torch.Tensor:
-    """(R, T) bool: the padded positions whose states form the pairs of each removal: the real tokens
-    x_1..x_n of its sentence (n_tokens (R,)) but the removed one (removed (R,), padded index), and
-    with `affected=later` only those after it."""
-    ar = torch.arange(T, device=removed.device)
-    valid = (ar[None, :] >= 1) & (ar[None, :] <= n_tokens[:, None]) & (ar[None, :] != removed[:, None])
+def affected_positions(position: torch.Tensor, removed: torch.Tensor, affected: str) -> torch.Tensor:
+    """(R, T) bool: the padded positions whose states form the pairs of each removal. position (R, T):
+    the dump position (0..n-1) of the row at each padded index of the removal's sentence, -1 for bos,
+    eos, special tokens and padding; removed (R,): the removed row's dump position. The pairs: every
+    other row of the sentence, and with `affected=later` only those after it."""
+    valid = (position >= 0) & (position != removed[:, None])
     if affected == "later":
-        valid &= ar[None, :] > removed[:, None]
+        valid &= position > removed[:, None]
     return valid
 
 
@@ -203,17 +204,83 @@ def sentence_batches(lengths: dict[int, int], counts: dict[int, int], batch_toke
     return batches
 
 
+class OwnStack:
+    """How `collect_pairs` runs one of our models: [bos] x_1 .. x_n [eos], row p at padded index p + 1."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.causal = model.stack.causal
+        self.n_layers = len(model.stack.blocks)
+
+    def inputs(self, token_ids: list[np.ndarray], sentence_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (B, T), the dump position at each padded index (B, T), -1 where none)."""
+        T = max(len(x) for x in token_ids) + 2
+        tokens = torch.full((len(token_ids), T), PAD_ID, dtype=torch.long)
+        position = torch.full((len(token_ids), T), -1, dtype=torch.long)
+        for b, x in enumerate(token_ids):
+            n = len(x)
+            tokens[b, 0], tokens[b, 1:n + 1], tokens[b, n + 1] = BOS_ID, torch.from_numpy(x), EOS_ID
+            position[b, 1:n + 1] = torch.arange(n)
+        return tokens, position
+
+    def states(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        self._mask = self.model.stack.mask(tokens)
+        return self.model.encode(tokens, return_states=True)[1]  # L + 1 tensors (B, T, d_model)
+
+    def removed(self, layer: int, states: list[torch.Tensor], tokens: torch.Tensor, owner: torch.Tensor,
+                removed: torch.Tensor) -> torch.Tensor:
+        return removed_states(self.model.stack.blocks[layer - 1], states[layer - 1], self._mask, owner, removed)
+
+
+class PretrainedStack:
+    """How `collect_pairs` runs a pretrained Hugging Face model (analysis/hf_influence.py): the
+    tokenizer's own input of each probe sentence, its rows at the non-special positions."""
+
+    def __init__(self, stack, inputs: dict[int, tuple[np.ndarray, np.ndarray]], causal: bool, pad_id: int) -> None:
+        from .hf_influence import stack_blocks
+
+        self.stack, self.sentence_inputs, self.causal, self.pad_id = stack, inputs, causal, pad_id
+        self.n_layers = len(stack_blocks(stack))
+
+    def inputs(self, token_ids: list[np.ndarray], sentence_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        fed = [self.sentence_inputs[s] for s in sentence_ids]
+        T = max(len(ids) for ids, _ in fed)
+        tokens = torch.full((len(fed), T), self.pad_id, dtype=torch.long)
+        position = torch.full((len(fed), T), -1, dtype=torch.long)
+        for b, ((ids, kept), x) in enumerate(zip(fed, token_ids)):
+            if not np.array_equal(ids[kept], x):
+                raise PipelineError(f"probe sentence {sentence_ids[b]} tokenises otherwise than when it was dumped: "
+                                    "dump the model again")
+            tokens[b, :len(ids)] = torch.from_numpy(ids)
+            position[b, torch.from_numpy(kept)] = torch.arange(len(kept))
+        self._attention = (torch.arange(T)[None, :] < torch.tensor([len(i) for i, _ in fed])[:, None]).long()
+        return tokens, position
+
+    @torch.no_grad()
+    def states(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        self._attention = self._attention.to(tokens.device)
+        return list(self.stack(input_ids=tokens, attention_mask=self._attention, output_hidden_states=True).hidden_states)
+
+    def removed(self, layer: int, states: list[torch.Tensor], tokens: torch.Tensor, owner: torch.Tensor,
+                removed: torch.Tensor) -> torch.Tensor:
+        from .hf_influence import removed_hidden_states
+
+        return removed_hidden_states(self.stack, tokens[owner], self._attention[owner], layer, removed)
+
+
 @torch.no_grad()
-def collect_pairs(model: Model, dump: Dump, chosen: dict[int, list[int]], row_bucket: np.ndarray, n_buckets: int,
-                  affected: str, batch_tokens: int, device: torch.device
+def collect_pairs(runner: OwnStack | PretrainedStack, dump: Dump, chosen: dict[int, list[int]], row_bucket: np.ndarray,
+                  n_buckets: int, affected: str, batch_tokens: int, device: torch.device
                   ) -> tuple[dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]], dict[int, np.ndarray],
                              np.ndarray]:
     """The (without removal, with removal) pairs per (layer, bucket) over the chosen influencers:
     (layer, bucket) -> two (m, d_model) float32 tensors on `device`; per bucket the influencing
     token (a running index) of each of its m rows, the same rows at every layer; and the sentence id
-    of every influencing token (by running index)."""
+    of every influencing token (by running index). `runner` feeds the model (OwnStack, PretrainedStack;
+    one of our Models is run by an OwnStack)."""
     from tqdm.auto import tqdm
 
+    runner = OwnStack(runner) if isinstance(runner, Model) else runner
     t = dump.tokens
     ids, starts = np.unique(t["sentence_id"], return_index=True)
     first_row = {int(s): int(r) for s, r in zip(ids, starts)}  # rows of a sentence are contiguous
@@ -223,23 +290,23 @@ def collect_pairs(model: Model, dump: Dump, chosen: dict[int, list[int]], row_bu
     counter, sentence_of = 0, []
     batches = sentence_batches(lengths, {s: len(p) for s, p in chosen.items()}, batch_tokens)
     for batch in tqdm(batches, desc=f"influence {dump.objective} seed {dump.seed}", unit="batch", disable=None):
-        T = max(lengths[s] for s in batch) + 2
-        tokens = torch.full((len(batch), T), PAD_ID, dtype=torch.long)
-        owner, removed, buckets = [], [], []
+        tokens, position = runner.inputs([t["token_id"][first_row[s]:first_row[s] + lengths[s]] for s in batch], batch)
+        owner, removed_pos, buckets = [], [], []
         for b, s in enumerate(batch):
-            n, r0 = lengths[s], first_row[s]
-            tokens[b, 0], tokens[b, 1:n + 1], tokens[b, n + 1] = BOS_ID, torch.from_numpy(t["token_id"][r0:r0 + n]), EOS_ID
             for p in chosen[s]:
                 sentence_of.append(s)
                 owner.append(b)
-                removed.append(p + 1)  # padded index of x_p: after bos
-                buckets.append(int(row_bucket[r0 + p]))
-        tokens = tokens.to(device)
-        mask = model.stack.mask(tokens)
-        _, states = model.encode(tokens, return_states=True)  # L + 1 tensors (B, T, d_model)
-        owner_t, removed_t = torch.tensor(owner, device=device), torch.tensor(removed, device=device)
-        n_of = torch.tensor([lengths[s] for s in batch], device=device)[owner_t]
-        valid = affected_positions(removed_t, n_of, T, affected)  # (R, T)
+                removed_pos.append(p)
+                buckets.append(int(row_bucket[first_row[s] + p]))
+        tokens, position = tokens.to(device), position.to(device)
+        states = runner.states(tokens)  # L + 1 tensors (B, T, d_model)
+        owner_t, removed_t = torch.tensor(owner, device=device), torch.tensor(removed_pos, device=device)
+        # padded index of each removed token, and the pairs each removal makes: the other rows of its
+        # sentence (affected=later: only those after it)
+        row_position = position[owner_t]                                               # (R, T)
+        removed_index = (row_position == removed_t[:, None]).long().argmax(dim=1)      # (R,)
+        valid = affected_positions(row_position, removed_t, affected)
+        T = tokens.shape[1]
         bucket_t = torch.tensor(buckets, device=device)
         who = np.arange(counter, counter + len(owner))[:, None].repeat(T, axis=1)  # (R, T) influencer of each pair
         counter += len(owner)
@@ -249,9 +316,9 @@ def collect_pairs(model: Model, dump: Dump, chosen: dict[int, list[int]], row_bu
             if bool(sel.any()):
                 selections[k] = sel
                 influencers[k].append(who[sel.cpu().numpy()])
-        for layer, block in enumerate(model.stack.blocks, start=1):
-            with_removal = removed_states(block, states[layer - 1], mask, owner_t, removed_t)  # (R, T, d)
-            usual = states[layer][owner_t]                                                     # (R, T, d)
+        for layer in range(1, runner.n_layers + 1):
+            with_removal = runner.removed(layer, states, tokens, owner_t, removed_index)  # (R, T, d)
+            usual = states[layer][owner_t]                                                # (R, T, d)
             for k, sel in selections.items():
                 xs, ys = chunks[layer, k]
                 xs.append(usual[sel].float())
@@ -260,17 +327,20 @@ def collect_pairs(model: Model, dump: Dump, chosen: dict[int, list[int]], row_bu
     return pairs, {k: np.concatenate(v) for k, v in influencers.items()}, np.asarray(sentence_of)
 
 
-def influence_rows(model: Model, dump: Dump, cfg: DictConfig, device: torch.device) -> tuple[list[dict], BucketPlan]:
-    """The rows of the influence table for one model, and the bucket plan they follow."""
+def influence_rows(model: Model | OwnStack | PretrainedStack, dump: Dump, cfg: DictConfig,
+                   device: torch.device) -> tuple[list[dict], BucketPlan]:
+    """The rows of the influence table for one model (ours, or a runner: OwnStack, PretrainedStack),
+    and the bucket plan they follow."""
+    runner = OwnStack(model) if isinstance(model, Model) else model
     icfg = cfg.analysis.influence
     batch_tokens = setting(cfg, "analysis.influence.batch_tokens")
     measure = check_measure(str(icfg.measure), "analysis.influence.measure")
-    affected = resolve_affected(str(icfg.affected), model.stack.causal)
+    affected = resolve_affected(str(icfg.affected), runner.causal)
     chosen, row_bucket, plan = choose_influencers(dump, cfg, affected)
     labels = bucket_labels(bucket_edges(cfg))
     log.info("%s seed %d (affected: %s): %d influencing tokens in %d sentences; pairs %s", dump.objective, dump.seed,
              affected, sum(map(len, chosen.values())), len(chosen), plan.describe())
-    pairs, influencers, sentence_of = collect_pairs(model, dump, chosen, row_bucket, len(labels), affected,
+    pairs, influencers, sentence_of = collect_pairs(runner, dump, chosen, row_bucket, len(labels), affected,
                                                     int(batch_tokens), device)
     boot = bootstrap.plan(cfg, "influence")
     rows = []
@@ -278,7 +348,7 @@ def influence_rows(model: Model, dump: Dump, cfg: DictConfig, device: torch.devi
         rng = shuffle_seed(cfg, k)
         take = exact_subset(influencers[k], plan.size, rng)
         perm = rng.permutation(len(take))
-        for layer in range(1, len(model.stack.blocks) + 1):
+        for layer in range(1, runner.n_layers + 1):
             usual, with_removal = pairs[layer, k]
             index = torch.as_tensor(take, device=usual.device)
             cov, shuffled = paired(usual[index], with_removal[index], perm, device=device)
@@ -306,11 +376,47 @@ def load_matching_model(cfg: DictConfig, dump: Dump, device: torch.device) -> Mo
     return model.to(device).float().eval()
 
 
+def pretrained_runner(cfg: DictConfig, dump: Dump, device: torch.device) -> tuple[PretrainedStack | None, str | None]:
+    """The runner of a pretrained model's dump (its weights checked against the dump's), or None and
+    the reason the removal cannot be done for its architecture (analysis/hf_influence.py)."""
+    from pipeline import hf
+    from pipeline.corpus import read_lines
+    from pipeline.hf_dump import encode
+    from .hf_influence import removal_support
+
+    spec = hf.spec_of(cfg, dump.objective)
+    folder = hf.resolve(spec, cfg)
+    recorded = dump.meta.get("checkpoint_sha256")
+    now = ",".join(w["sha256"] for w in hf.describe(spec, folder, dump.kind, hf.read_config(folder))["weights"])
+    if recorded and recorded != now:
+        raise PipelineError(f"{folder} holds other weights than {dump.folder} was made from: dump it again")
+    model, stack, tokenizer = hf.load(spec, folder, dump.kind, device, torch.float32)
+    reason = removal_support(stack)
+    if reason is not None:
+        return None, reason
+    lines = read_lines(Path(str(cfg.paths.data)) / "probe.txt")
+    sentences = np.unique(dump.tokens["sentence_id"])
+    encoded = encode(tokenizer, [lines[s] for s in sentences])
+    inputs = {int(s): (np.asarray(ids, dtype=np.int64), np.flatnonzero(~np.asarray(special, dtype=bool)))
+              for s, (ids, special, _) in zip(sentences, encoded)}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return PretrainedStack(stack, inputs, causal=dump.kind == "lm", pad_id=pad), None
+
+
 def run(cfg: DictConfig) -> None:
     started = time.perf_counter()
     device = resolve_device(str(cfg.analysis.device), "analysis.device")
     dump = load_dump(dump_folder(cfg, str(cfg.objective.name), int(cfg.seed)))
-    model = load_matching_model(cfg, dump, device)
+    if dump.meta.get("pretrained"):
+        model, reason = pretrained_runner(cfg, dump, device)
+        if model is None:
+            log.warning("influence not measured for %s: %s", dump.objective, reason)
+            out = write_table(part_path(cfg, "influence"), "influence", [], section(cfg, "influence"), started,
+                              model=f"{dump.objective}/seed{dump.seed}", not_measured=reason)
+            log.info("wrote %s (no rows)", out)
+            return
+    else:
+        model = load_matching_model(cfg, dump, device)
     rows, plan = influence_rows(model, dump, cfg, device)
     out = write_table(part_path(cfg, "influence"), "influence", rows, section(cfg, "influence"), started,
                       model=f"{dump.objective}/seed{dump.seed}", floor=plan.floor, left_out=plan.left_out(),

@@ -27,9 +27,11 @@ import torch
 from omegaconf import DictConfig
 
 from analysis.buckets import FLOOR_KEY, sample_floor, shuffle_seed
-from analysis.dumps import load_grid, sample_rows
+from analysis import words
+from analysis.dumps import check_aligned, load_grid, sample_rows
 from analysis.tables import pair_kind, section, table_path, write_table
 from pipeline.config import cli
+from pipeline.hf import word_state
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
 from analysis.settings import MEASURES, setting
@@ -359,6 +361,53 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
+def relative_layer(step: int, depth: int, steps: int) -> int:
+    """The layer of a model of `depth` layers at step `step` of `steps` (the shallowest model's depth):
+    round(step x depth / steps), halves up; the step itself when the depths agree."""
+    return int(math.floor(step * depth / steps + 0.5))
+
+
+class TokenViews:
+    """Rows of the similarity table's views when every model shares one tokenizer: token occurrences."""
+
+    unit, how = "token", None
+
+    def __init__(self, dumps: dict) -> None:
+        self.dumps = dumps
+        first = next(iter(dumps.values()))
+        self.n_rows, self.sentence_ids = first.n_tokens, first.tokens["sentence_id"]
+
+    def states(self, key, layer: int, rows: np.ndarray) -> np.ndarray:
+        return self.dumps[key].states(layer, rows)
+
+
+class WordViews:
+    """Rows of the views when the tokenizers differ (a pretrained model among the models): the probe
+    words every dump holds, each word's state its first subword's or its subwords' mean
+    (pretrained.word_state; analysis/words.py)."""
+
+    unit = "word"
+
+    def __init__(self, dumps: dict, how: str) -> None:
+        self.alignment, self.how = words.align(dumps, how), how
+        self.n_rows, self.sentence_ids = self.alignment.n_words, self.alignment.sentence_ids
+
+    def states(self, key, layer: int, rows: np.ndarray) -> np.ndarray:
+        return self.alignment.states(key, layer, rows)
+
+
+def model_views(cfg: DictConfig, dumps: dict) -> TokenViews | WordViews:
+    """Word-level views when a pretrained model is among `dumps`, else token-level ones (every dump
+    then must hold the same token rows)."""
+    if words.needs_words(list(dumps.values())):
+        views = WordViews(dumps, word_state(cfg))
+        log.info("comparing by words (%s subword's state): %d probe words all %d models hold", views.how,
+                 views.n_rows, len(dumps))
+        return views
+    check_aligned(list(dumps.values()))
+    return TokenViews(dumps)
+
+
 def run(cfg: DictConfig) -> Path:
     """Write <paths.metrics>/similarity.csv: for every pair of models of the experiment's grid and
     every layer 1..L, the distance between their states of the same seeded subset of probe tokens,
@@ -377,41 +426,46 @@ def run(cfg: DictConfig) -> Path:
     started = time.perf_counter()
     s = _settings(cfg)
     device = resolve_device(cfg.analysis.device, "analysis.device")
-    dumps = load_grid(cfg)
+    dumps = load_grid(cfg, aligned=False)
     keys = list(dumps)
     if len(keys) < 2:
-        raise PipelineError(f"settings workflow.objectives / workflow.seeds give {len(keys)} model: "
-                            "the similarity table needs at least two")
-    layers = {key: d.n_layers for key, d in dumps.items()}
-    if len(set(layers.values())) > 1:
-        raise PipelineError(f"the dumps have different numbers of layers: {layers}")
-    n_layers = layers[keys[0]]
-    rows_idx = sample_rows(dumps[keys[0]].n_tokens, s["max_tokens"], int(cfg.analysis.sample_seed))
+        raise PipelineError(f"settings workflow.objectives / workflow.seeds / pretrained.models give {len(keys)} "
+                            "model: the similarity table needs at least two")
+    views = model_views(cfg, dumps)
+    depth = {key: d.n_layers for key, d in dumps.items()}
+    n_layers = min(depth.values())
+    if len(set(depth.values())) > 1:
+        log.info("models of different depths %s: compared at the same relative depth (step l of %d = layer "
+                 "round(l x L / %d) of a model of L layers)", {f"{o}/seed{sd}": L for (o, sd), L in depth.items()},
+                 n_layers, n_layers)
+    rows_idx = sample_rows(views.n_rows, s["max_tokens"], int(cfg.analysis.sample_seed))
     n, widest = len(rows_idx), max(d.d_model for d in dumps.values())
     if n < (floor := sample_floor(cfg, widest)):
         raise PipelineError(f"settings analysis.similarity.max_tokens={s['max_tokens']} / {FLOOR_KEY}="
-                            f"{cfg.analysis.min_samples_per_dim}: {n} tokens for views of {widest} features, "
+                            f"{cfg.analysis.min_samples_per_dim}: {n} {views.unit}s for views of {widest} features, "
                             f"fewer than the {floor} every estimate needs")
-    pairs = {pair: pair_kind(*pair) for pair in itertools.combinations(keys, 2)}  # (a, b) -> its kind
+    pretrained = [o for o, _ in keys if dumps[o, _].meta.get("pretrained")]
+    pairs = {pair: pair_kind(*pair, pretrained=pretrained) for pair in itertools.combinations(keys, 2)}  # (a, b) -> its kind
     boot = bootstrap.plan(cfg, "similarity")  # intervals over the sampled tokens' sentences, the same draws everywhere
-    unit, n_units = bootstrap.units(dumps[keys[0]].tokens["sentence_id"][rows_idx], boot.groups, boot.seed)
+    unit, n_units = bootstrap.units(views.sentence_ids[rows_idx], boot.groups, boot.seed)
     draws = bootstrap.counts(n_units, boot.resamples, boot.seed) if boot.resamples else None
-    log.info("%d models, %d pairs, layers 1..%d, %d tokens, %s on %s", len(keys), len(pairs), n_layers, n,
+    log.info("%d models, %d pairs, layers 1..%d, %d %ss, %s on %s", len(keys), len(pairs), n_layers, n, views.unit,
              ",".join(s["measures"]), device)
     rows = []
     bar = tqdm(total=n_layers * (len(keys) + 2 * len(pairs)), desc="similarity", disable=None)
     for layer in range(1, n_layers + 1):
         # The n x d work, on every thread: each (model, layer) covariance once, each pair's cross-covariance.
-        views = {key: centre(dumps[key].states(layer, rows_idx), device=device) for key in keys}
+        at = {key: relative_layer(layer, depth[key], n_layers) for key in keys}
+        centred = {key: centre(views.states(key, at[key], rows_idx), device=device) for key in keys}
         covs = {}
         for a, b in itertools.combinations_with_replacement(keys, 2):
-            covs[a, b] = views[a].T @ views[b] / (n - 1)  # (d_a, d_b)
+            covs[a, b] = centred[a].T @ centred[b] / (n - 1)  # (d_a, d_b)
             bar.update()
         # The no-correspondence level at this n: b's rows permuted (one seeded permutation per layer).
         perm = torch.as_tensor(shuffle_seed(cfg, layer).permutation(n), device=device)
-        shuffled = {(a, b): views[a].T @ views[b][perm] / (n - 1) for a, b in pairs}
-        resampled = {key: bootstrap.Resampled(views[key], unit, draws) for key in keys} if draws is not None else {}
-        del views
+        shuffled = {(a, b): centred[a].T @ centred[b][perm] / (n - 1) for a, b in pairs}
+        resampled = {key: bootstrap.Resampled(centred[key], unit, draws) for key in keys} if draws is not None else {}
+        del centred
         bad = [str(dumps[key].folder) for key in keys if not torch.isfinite(covs[key, key]).all()]
         if bad:
             raise PipelineError(f"layer {layer} of {', '.join(bad)} holds NaN or infinite states: dump it again")
@@ -428,11 +482,14 @@ def run(cfg: DictConfig) -> Path:
                     rows.append({"measure": measure, "pair": pairs[a, b],
                                  "objective_a": a[0], "seed_a": a[1], "objective_b": b[0],
                                  "seed_b": b[1], "layer": layer, "distance": distance, "shuffled": level,
-                                 "n_tokens": n, "ci_low": ci[0], "ci_high": ci[1]})
+                                 "n_tokens": n, "ci_low": ci[0], "ci_high": ci[1], "layer_a": at[a],
+                                 "layer_b": at[b]})
                 bar.update()
     bar.close()
     out = write_table(table_path(cfg, "similarity"), "similarity", rows, section(cfg, "similarity"), started,
-                      models=[f"{o}/seed{seed}" for o, seed in keys], device=str(device), bootstrap=boot.describe())
+                      models=[f"{o}/seed{seed}" for o, seed in keys], device=str(device), bootstrap=boot.describe(),
+                      level=views.unit, word_state=views.how, depths={f"{o}/seed{sd}": L for (o, sd), L in depth.items()},
+                      n_common=views.n_rows)
     log.info("wrote %d rows to %s in %.1f s", len(rows), out, time.perf_counter() - started)
     return out
 

@@ -28,7 +28,7 @@ MI_INTERVAL_COLUMNS = INTERVAL_COLUMNS + ("corrected_ci_low", "corrected_ci_high
 MI_SPREAD_COLUMNS = ("mi_sd", "mi_corrected_sd")  # standard deviation over k-means restarts (nan: one restart)
 COLUMNS: dict[str, tuple[str, ...]] = {
     "similarity": ("measure", "objective_a", "seed_a", "objective_b", "seed_b", "pair", "layer", "distance", "shuffled",
-                   "n_tokens") + INTERVAL_COLUMNS,
+                   "n_tokens") + INTERVAL_COLUMNS + ("layer_a", "layer_b"),
     "change": ("measure", "objective", "seed", "layer_from", "layer_to", "bucket", "distance", "shuffled",
                "n_tokens") + INTERVAL_COLUMNS,
     "influence": ("measure", "objective", "seed", "layer", "bucket", "affected", "distance", "shuffled", "n_pairs",
@@ -41,6 +41,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked"),
 }
 _OPTIONAL = set(MI_INTERVAL_COLUMNS + MI_SPREAD_COLUMNS)  # a row or an older table without them: nan (no interval)
+# Similarity between models of different depths compares them at the same relative depth: `layer` is the
+# step 1..L_min, `layer_a` / `layer_b` each model's own layer there. A row or an older table without
+# them: both are `layer` (models of one depth).
+_SAME_AS = {"layer_a": "layer", "layer_b": "layer"}
 
 
 # Column `pair` of the similarity table: which kind of pair of models a row compares.
@@ -48,13 +52,17 @@ SAME_INIT = "same_init"            # two objectives, one seed: the study's desig
 DIFFERENT_INIT = "different_init"  # two objectives, two seeds: the initialisation differs too
 SEED_BASELINE = "seed_baseline"    # one objective, two seeds: the "init." baseline
 INIT_PAIR = "init"                 # the step-0 control against a trained model or another seed's control
-PAIRS = (SAME_INIT, DIFFERENT_INIT, SEED_BASELINE, INIT_PAIR)
+PRETRAINED_PAIR = "pretrained"     # a pretrained model against any other: data, size and architecture differ too
+PAIRS = (SAME_INIT, DIFFERENT_INIT, SEED_BASELINE, INIT_PAIR, PRETRAINED_PAIR)
 
 
-def pair_kind(a: tuple[str, int], b: tuple[str, int]) -> str:
-    """The kind of pair of two (objective, seed) models: INIT_PAIR when either is the step-0
+def pair_kind(a: tuple[str, int], b: tuple[str, int], pretrained: Iterable[str] = ()) -> str:
+    """The kind of pair of two (objective, seed) models: PRETRAINED_PAIR when either is one of the
+    `pretrained` labels (nothing about them is controlled), INIT_PAIR when either is the step-0
     control (against a trained model of its seed: how far training moved the stack), else
     SEED_BASELINE for one objective, SAME_INIT / DIFFERENT_INIT for two by their seeds."""
+    if a[0] in set(pretrained) or b[0] in set(pretrained):
+        return PRETRAINED_PAIR
     if INIT in (a[0], b[0]):
         return INIT_PAIR
     if a[0] == b[0]:
@@ -78,10 +86,11 @@ def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        missing = [c for c in columns if c not in row and c not in _OPTIONAL]
+        missing = [c for c in columns if c not in row and c not in _OPTIONAL and c not in _SAME_AS]
         if missing:
             raise ValueError(f"row {row} lacks the columns {missing}")
-        writer.writerow([_cell(row.get(c, float("nan"))) for c in columns])
+        writer.writerow([_cell(row[c] if c in row else row[_SAME_AS[c]] if c in _SAME_AS else float("nan"))
+                         for c in columns])
     return out.getvalue()
 
 
@@ -129,9 +138,9 @@ def read_table(path: str | Path, table: str | None = None) -> list[dict[str, str
     if table is None:
         return rows
     header, columns = tuple(reader.fieldnames or ()), COLUMNS[table]
-    if header != columns and not (set(header) <= set(columns) and set(columns) - set(header) <= _OPTIONAL):
+    if header != columns and not (set(header) <= set(columns) and set(columns) - set(header) <= _OPTIONAL | set(_SAME_AS)):
         raise PipelineError(f"{path}, line 1: expected the columns {','.join(columns)}")
-    return [{c: row.get(c, "nan") for c in columns} for row in rows]
+    return [{c: row[c] if c in row else row[_SAME_AS[c]] if c in _SAME_AS else "nan" for c in columns} for row in rows]
 
 
 def read_record(path: str | Path) -> dict:
@@ -151,7 +160,11 @@ def section(cfg: DictConfig, name: str) -> dict:
     (so that, e.g., new bucket edges rerun change and influence but not the task distances)."""
     a = cfg.analysis
     shared = _SHARED_KEYS.get(name, ("sample_seed",))
-    return {"measure": name, **{key: to_plain(a[key]) for key in shared}, name: to_plain(a[name])}
+    out = {"measure": name, **{key: to_plain(a[key]) for key in shared}, name: to_plain(a[name])}
+    if name == "similarity" and OmegaConf.select(cfg, "pretrained.models"):
+        # with a pretrained model the distances compare words: what a word's state is matters too
+        out["word_state"] = OmegaConf.select(cfg, "pretrained.word_state")
+    return out
 
 
 def mi_cluster_counts(cfg: DictConfig) -> list[int]:

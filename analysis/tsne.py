@@ -9,7 +9,8 @@ initialisation, seeded):
 - `verbs_masked` (MLM only): the same occurrences with the input masked as in training (the
   `masked/` run); the `masked` column tells which were masked (1), replaced (2) or chosen but kept (3);
 - the position word's set, named after it (`it`): its occurrences, coloured by position.
-A word is matched as one whole-word sentencepiece piece, "▁" + word. A word the tokenizer splits
+A word is matched as one whole-word sentencepiece piece, "▁" + word (in a pretrained model's dump: as
+one subword of its own, whatever its tokenizer's marks, analysis/words.py). A word the tokenizer splits
 into several pieces, or that does not occur in the probe set, gets no rows and a logged message
 saying which. At most `max_per_word` occurrences per word (a seeded subset, the same for every model).
 Writes `<paths.metrics>/tsne/<objective>/seed<n>.csv`.
@@ -30,6 +31,7 @@ from pipeline.dump import MASKED_DIR
 from .settings import setting
 
 from .dumps import check_aligned, dump_folder, load_dump, sample_rows
+from .words import bare, occurrences
 from .tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.tsne")
@@ -59,8 +61,15 @@ def split_forms(tokens: dict[str, np.ndarray], word: str) -> Counter:
 
 
 def word_rows(tokens: dict[str, np.ndarray], word: str, max_per_word: int | None, seed: int) -> np.ndarray:
-    """Sorted rows whose piece is the whole word "▁" + word, at most `max_per_word` (seeded subset).
-    None found: logs whether the word occurs split into pieces or not at all, and returns no rows."""
+    """Sorted rows whose piece is the whole word "▁" + word, at most `max_per_word` (seeded subset);
+    in a pretrained model's dump (a `word` column, another tokenizer) the rows where the word is one
+    subword of its own (analysis.words.occurrences). None found: logs whether the word occurs split
+    into pieces or not at all, and returns no rows."""
+    if "word" in tokens:
+        rows = occurrences(tokens, word)
+        if len(rows) == 0:
+            log.warning("t-SNE: %r does not occur as one subword of its own in the probe set; no rows for it", word)
+        return rows[sample_rows(len(rows), max_per_word, seed)]
     rows = np.flatnonzero(np.asarray(tokens["token"], dtype=str) == WORD_START + word)
     if len(rows) == 0:
         forms = split_forms(tokens, word)
@@ -134,7 +143,7 @@ def run(cfg: DictConfig) -> Path:
         t = time.perf_counter()
         tokens = source.tokens
         kind = tokens["masked"][picked] if "masked" in tokens else np.zeros(len(picked), dtype=np.int64)
-        words_of = np.char.lstrip(tokens["token"][picked].astype(str), WORD_START)
+        words_of = np.asarray([bare(t) for t in tokens["token"][picked].astype(str)])
         for layer in range(dump.n_layers + 1):
             xy = embed(source.states(layer, picked), perplexity, seed, n_jobs)
             for i, r in enumerate(picked):

@@ -94,9 +94,11 @@ def test_lm_influence_on_earlier_tokens_is_exactly_zero(layer):
 
 
 def test_affected_positions():
-    removed, n = torch.tensor([1, 3, 5]), torch.tensor([5, 5, 5])
-    every = affected_positions(removed, n, 8, "all")
-    later = affected_positions(removed, n, 8, "later")
+    # [bos] x_0 .. x_4 [eos] pad: the rows at padded indices 1..5; removed rows 0, 2, 4 (indices 1, 3, 5)
+    position = torch.tensor([[-1, 0, 1, 2, 3, 4, -1, -1]]).repeat(3, 1)
+    removed = torch.tensor([0, 2, 4])
+    every = affected_positions(position, removed, "all")
+    later = affected_positions(position, removed, "later")
     assert every.int().tolist() == [[0, 0, 1, 1, 1, 1, 0, 0], [0, 1, 1, 0, 1, 1, 0, 0], [0, 1, 1, 1, 1, 0, 0, 0]]
     assert later.int().tolist() == [[0, 0, 1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]
 
