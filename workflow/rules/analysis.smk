@@ -32,6 +32,7 @@ rule measure:
     params:
         module=measure_module,
         config_hash=measure_hash,
+        objective=objective_args,
         run_dir=results("metrics/hydra/{measure}/{objective}/seed{seed}"),
     log:
         logs("{measure}/{objective}/seed{seed}.log"),
@@ -42,7 +43,7 @@ rule measure:
         **needs("measure", GPUS),
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON:q} -m {params.module} {HYDRA_ARGS:q}"
-        " objective={wildcards.objective} seed={wildcards.seed} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
+        " {params.objective} seed={wildcards.seed} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
 
 
 rule merge:

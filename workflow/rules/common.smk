@@ -32,6 +32,7 @@ from pipeline.config import (CONFIG_DIR, INIT, analysed_steps, check_model_setti
                              snapshot_models,
                              init_config, init_grid, max_minutes, to_plain, tokenizer_config, train_config)
 from pipeline.corpus import corpus_files  # noqa: E402
+from pipeline import hf  # noqa: E402  (light: transformers is imported by the dump job only)
 from pipeline.store import PipelineError, config_hash, damaged_outputs  # noqa: E402
 from analysis.settings import check_analysis_settings  # noqa: E402
 from analysis.tables import evolution_settings, mi_settings, section as analysis_section  # noqa: E402
@@ -173,12 +174,14 @@ if BASE.data.format == "parallel":
 
 # ---------------------------------------------------------------- the grid of models
 
-def _grid(cfg) -> list[tuple[str, int]]:
+def _grid(cfg, pretrained: bool) -> list[tuple[str, int]]:
     objectives = OmegaConf.to_container(cfg.workflow.objectives, resolve=True)
     seeds = OmegaConf.to_container(cfg.workflow.seeds, resolve=True)
     known = _choices("objective")
-    if not isinstance(objectives, list) or not objectives or not all(isinstance(o, str) for o in objectives):
-        fail(f"setting workflow.objectives={objectives!r}: expected a non-empty list of names")
+    if (not isinstance(objectives, list) or not (objectives or pretrained)
+            or not all(isinstance(o, str) for o in objectives)):
+        fail(f"setting workflow.objectives={objectives!r}: expected a list of names, not empty unless "
+             "pretrained.models names a model")
     for objective in objectives:
         if objective == INIT:
             fail(f"setting workflow.objectives: {INIT!r} is the step-0 control, never trained; "
@@ -200,18 +203,52 @@ def _grid(cfg) -> list[tuple[str, int]]:
     return grid
 
 
-GRID = _grid(BASE)  # (objective, seed) of every trained model, in the order of workflow.objectives
+try:  # the pretrained models (pipeline/hf.py): label -> spec
+    PRETRAINED = hf.specs(BASE)
+except PipelineError as error:
+    fail(str(error))
+GRID = _grid(BASE, bool(PRETRAINED))  # (objective, seed) of every trained model, in the order of workflow.objectives
 if not isinstance(OmegaConf.select(BASE, "workflow.init"), bool):
     fail(f"setting workflow.init={OmegaConf.select(BASE, 'workflow.init')!r}: expected true or false")
 # The step-0 control: the untrained stack of every seed in use (rule dump_init), measured like a model.
 INIT_GRID = init_grid(BASE)
-MODELS = [*GRID, *INIT_GRID]  # every model the measurements run on
+PRETRAINED_GRID = [(label, hf.SEED) for label in PRETRAINED]  # each dumped by rule hf_dump, never trained
+MODELS = [*GRID, *INIT_GRID, *PRETRAINED_GRID]  # every model the measurements run on
 # The objectives rules train and dump from a checkpoint match (rule-level wildcard_constraints).
 TRAINED = "|".join(re.escape(o) for o in _choices("objective") if o != INIT)
+# The labels rule hf_dump matches (none: a pattern that matches nothing).
+PRETRAINED_LABELS = "|".join(map(re.escape, PRETRAINED)) or "(?!)"
+
+
+def _pretrained_role(label: str) -> str:
+    """The role of a pretrained model, needed before any job runs (it picks the objective config of
+    its jobs): stated, or read from its config.json in a local folder or the cache."""
+    try:
+        role = hf.role_without_loading(PRETRAINED[label])
+    except PipelineError as error:
+        fail(str(error))
+    if role is None:
+        spec = PRETRAINED[label]
+        fail(f"setting pretrained.models.{label}.role is not set and {spec.name} is not in the local Hugging Face "
+             f"cache to read it from: set it to mlm, lm or mt, or fetch the model first (`{spec.fetch_command()}`)")
+    return role
+
+
+PRETRAINED_ROLES = {label: _pretrained_role(label) for label in PRETRAINED}
+
+
+def objective_args(wildcards) -> str:
+    """The Hydra overrides that select one model's config in a job: `objective=<name>`, or for a
+    pretrained model `objective=<role> objective.name=<label>` (labels are plain words: no quoting)."""
+    if wildcards.objective in PRETRAINED:
+        return f"objective={PRETRAINED_ROLES[wildcards.objective]} objective.name={wildcards.objective}"
+    return f"objective={wildcards.objective}"
 
 
 @functools.cache
 def _objective_config(objective: str):
+    if objective in PRETRAINED:
+        return _compose(f"objective={PRETRAINED_ROLES[objective]}", f"objective.name={objective}")
     return _compose(f"objective={objective}")
 
 
@@ -279,6 +316,11 @@ def init_dump_hash(wildcards) -> str:
     return _dump_hash(INIT, int(wildcards.seed))
 
 
+def hf_dump_hash(wildcards) -> str:
+    """pipeline.hf_dump.hf_dump_config: the data split, the model's settings, the dump settings."""
+    return config_hash(hf.dump_config(job_config(wildcards.objective, hf.SEED), wildcards.objective))
+
+
 # ---------------------------------------------------------------- the measurements
 
 # Per-model measurements: the module each runs, and the models it runs on, the step-0 control
@@ -295,7 +337,7 @@ def measure_inputs(wildcards) -> dict:
     """A per-model measurement reads the model's dump; influence also its checkpoint (the step-0
     control's is written by rule dump_init)."""
     inputs = {"dump": results(f"dumps/{wildcards.objective}/seed{wildcards.seed}/stage.json")}
-    if wildcards.measure == "influence":
+    if wildcards.measure == "influence" and wildcards.objective not in PRETRAINED:  # theirs: the model's folder
         inputs["model"] = results(f"models/{wildcards.objective}/seed{wildcards.seed}/model.pt")
     return inputs
 
@@ -424,7 +466,7 @@ for _record, _problem, _outputs in damaged_outputs(RESULTS):
 
 
 wildcard_constraints:
-    objective="|".join(map(re.escape, _choices("objective"))),
+    objective="|".join(map(re.escape, [*_choices("objective"), *PRETRAINED])),
     seed=r"0|[1-9][0-9]*",
     measure="|".join(MEASURE_MODULES),
     step=r"0|[1-9][0-9]*",

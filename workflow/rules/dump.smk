@@ -51,3 +51,31 @@ rule dump_init:
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON:q} -m pipeline.dump {HYDRA_ARGS:q}"
         " objective=init seed={wildcards.seed} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
+
+
+# A pretrained Hugging Face model (pretrained.models, pipeline/hf.py) over the same probe sentences:
+# no train job; its files come from a local folder or the Hugging Face cache, which snakemake does not
+# track (the dump's record holds the sha256 of its weights, and a rerun compares them).
+rule hf_dump:
+    wildcard_constraints:
+        objective=PRETRAINED_LABELS,
+        seed=str(hf.SEED),
+    input:
+        data=rules.prepare.output.data,
+    output:
+        stage=results("dumps/{objective}/seed{seed}/stage.json"),
+        tokens=results("dumps/{objective}/seed{seed}/tokens.tsv"),
+    params:
+        config_hash=hf_dump_hash,
+        objective=objective_args,
+        run_dir=results("dumps/{objective}/seed{seed}/hydra"),
+    log:
+        logs("dump/{objective}/seed{seed}.log"),
+    benchmark:
+        results("benchmarks/dump/{objective}/seed{seed}.tsv")
+    threads: 2
+    resources:
+        **needs("dump", GPUS),
+    shell:
+        "OMP_NUM_THREADS={threads} {PYTHON:q} -m pipeline.hf_dump {HYDRA_ARGS:q}"
+        " {params.objective} seed={wildcards.seed} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
