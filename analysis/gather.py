@@ -19,14 +19,14 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
-from pipeline.config import INIT, model_grid
+from pipeline.config import INIT, model_grid, pretrained_grid
 from pipeline.convergence import convergence
 from pipeline.store import PipelineError, read_json
 
 from .tables import COLUMNS, read_record, read_table, table_path
 
 TABLES = tuple(COLUMNS)  # similarity, change, influence, mi, neighbours, tsne, evolution
-_INT = {"seed", "seed_a", "seed_b", "layer", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_influencers",
+_INT = {"seed", "seed_a", "seed_b", "layer", "layer_a", "layer_b", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_influencers",
         "n_clusters", "k", "n_queries", "position", "sentence_id", "masked", "step", "final"}
 _FLOAT = {"distance", "shuffled", "mi", "mi_shuffled", "mi_corrected", "value", "x", "y", "ci_low", "ci_high",
           "corrected_ci_low", "corrected_ci_high", "mi_sd", "mi_corrected_sd"}
@@ -86,6 +86,8 @@ class Experiment:
     dumps: dict[tuple[str, int], dict]
     benchmarks: list[BenchmarkJob]
     hardware: dict[str, Any]
+    # the pretrained models (pipeline/hf.py): label -> their dump's meta.json (with its `pretrained` record)
+    pretrained: dict[str, dict] = field(default_factory=dict)
 
     def rows(self, name: str) -> list[dict[str, Any]] | None:
         return self.tables[name].rows
@@ -256,16 +258,19 @@ def collect(cfg: DictConfig, probe_hardware: bool = True) -> Experiment:
     tables = {name: load_table(table_path(cfg, name), name) for name in TABLES}
     keys = list(dict.fromkeys([*model_grid(cfg), *_found_in_tables(tables.values())]))
     objectives = list(dict.fromkeys([o for o, _ in keys]))
-    models = [load_model(results, o, s) for o, s in keys if o != INIT]  # the step-0 control is not trained
     dumps = {}
     for o, s in keys:
         meta = _read_json(results / "dumps" / o / f"seed{s}" / "meta.json")
         if meta is not None:
             dumps[(o, s)] = meta
+    labels = {o for o, _ in pretrained_grid(cfg)}
+    pretrained = {o: dumps.get((o, s)) or {"objective": o, "pretrained": None} for o, s in keys if o in labels}
+    # neither the step-0 control nor a pretrained model is trained here
+    models = [load_model(results, o, s) for o, s in keys if o != INIT and o not in labels]
     layers = {int(m["n_layers"]) for m in dumps.values() if "n_layers" in m}
     n_layers = max(layers) if layers else int(cfg.model.n_layers)
     return Experiment(cfg=cfg, results=results, tables=tables, models=models, objectives=objectives,
                       n_layers=n_layers, data_stage=_read_json(results / "data" / "stage.json"),
                       tokenizer_stage=_read_json(results / "tokenizer" / "stage.json"), dumps=dumps,
                       benchmarks=read_benchmarks(results / "benchmarks"),
-                      hardware=hardware() if probe_hardware else {})
+                      hardware=hardware() if probe_hardware else {}, pretrained=pretrained)

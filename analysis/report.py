@@ -65,10 +65,13 @@ def setup_section(exp: gather.Experiment, style) -> Section:
 
     cfg = exp.cfg
     s = Section("setup", "Setup: corpus, models, training")
-    trained = [o for o in exp.objectives if o != INIT]
-    s.add(para(f"One Transformer stack trained with each objective ({', '.join(trained)}); only the "
-               "objective differs: same data, vocabulary, architecture and initialisation per seed. "
-               "MT's encoder is analysed; LM and MLM are analysed whole. Layer 0 is embeddings + positions."))
+    trained = [o for o in exp.objectives if o != INIT and o not in exp.pretrained]
+    if trained:
+        s.add(para(f"One Transformer stack trained with each objective ({', '.join(trained)}); only the "
+                   "objective differs: same data, vocabulary, architecture and initialisation per seed. "
+                   "MT's encoder is analysed; LM and MLM are analysed whole. Layer 0 is embeddings + positions."))
+    if exp.pretrained:
+        pretrained_models(s, exp)
     if INIT in exp.objectives:
         s.add(para("The step-0 control, init: the untrained stack of each seed (what every objective of that "
                    "seed starts from), run with bidirectional attention and measured like a model. It shows "
@@ -85,6 +88,8 @@ def setup_section(exp: gather.Experiment, style) -> Section:
     if exp.tokenizer_stage is not None:
         s.add(key_values([("vocabulary size", exp.tokenizer_stage.get("vocab_size")),
                           ("tokenizer training sentences", exp.tokenizer_stage.get("train_sentences"))]))
+    if not trained:  # pretrained models only: nothing was trained here
+        return s
     s.add("<h3>Objectives, seeds and model</h3>")
     seeds: dict[str, list[int]] = defaultdict(list)
     for run in exp.models:
@@ -93,7 +98,7 @@ def setup_section(exp: gather.Experiment, style) -> Section:
     for objective, seed in exp.dumps:
         if objective == INIT:
             seeds[INIT].append(seed)
-    for objective in exp.objectives:
+    for objective in [o for o in exp.objectives if o not in exp.pretrained]:
         metas = [exp.dumps.get((objective, seed)) for seed in seeds[objective]]
         tokens = sorted({m["n_tokens"] for m in metas if m and "n_tokens" in m})
         rows.append((objective, ", ".join(map(str, seeds[objective])),
@@ -128,6 +133,44 @@ def setup_section(exp: gather.Experiment, style) -> Section:
                      "Training loss (dotted, mean since the previous evaluation) and dev loss (solid) per "
                      "evaluation; lighter lines: further seeds. Losses of different objectives are not comparable."))
     return s
+
+
+def pretrained_models(s: Section, exp: gather.Experiment) -> None:
+    """The pretrained models of the experiment: where each came from, what it is, what its dump kept."""
+    s.add("<h3>Pretrained models</h3>")
+    s.add(para("Pretrained Hugging Face models (pretrained.models), run over the same probe sentences with their "
+               "own tokenizers and measured like the trained models. They differ from each other, and from the "
+               "models trained here, in training data, size, vocabulary and architecture as well as in objective: "
+               "a difference between them is not the objective's alone, and the comparison is not controlled as "
+               "the study's is. Between models with different tokenizers, distances compare word-level states "
+               "over the probe words all of them hold (§ Distances between tasks). The rows are each model's "
+               "non-special tokens; layer 0 is its embedding output, layer L its last hidden state as "
+               "output_hidden_states gives it (GPT-2: after its final layer norm)."))
+    rows = []
+    for label, meta in exp.pretrained.items():
+        info = (meta or {}).get("pretrained") or {}
+        if not info:
+            rows.append((label, "—", "—", "not dumped", None, None, None, None, None, None, None))
+            continue
+        head = meta.get("head_next_token_accuracy")
+        masked = gather._read_json(exp.results / "dumps" / label / "seed0" / "masked" / "meta.json")
+        if masked is not None and masked.get("head_mask_accuracy") is not None:
+            head = f"{masked['head_mask_accuracy']:.3f} masked ({masked.get('head_mask_n', '?'):,})"
+        elif head is not None:
+            head = f"{head:.3f} next token ({meta.get('head_next_token_n', '?'):,})"
+        weights = info.get("weights") or []
+        rows.append((label, info.get("name"), info.get("role"), info.get("source"),
+                     info.get("revision"), ", ".join(w.get("file", "?") for w in weights) or "—",
+                     meta.get("n_layers"), meta.get("d_model"), meta.get("model_dtype"),
+                     f"{meta.get('n_sentences', 0):,} of {meta.get('n_probe_lines', 0):,} "
+                     f"({meta.get('n_skipped_too_long', 0)} too long, {meta.get('unaligned_sentences', 0)} not "
+                     "mapped to words)", head or "—"))
+    s.add(table(("label", "model", "role", "source", "revision", "weights", "layers", "width", "dtype",
+                 "probe sentences kept", "head accuracy (n)"), rows,
+                caption="Each model's source folder and revision (a Hugging Face cache snapshot is named by its "
+                        "commit; a local folder has none). Head accuracy: the model's own head on the probe "
+                        "sentences (MLM: on the masked run's [MASK] rows; LM: the next token), a check that its "
+                        "weights loaded as trained."))
 
 
 # ---------------------------------------------------------------- the claims
@@ -192,6 +235,10 @@ def claims_section(exp: gather.Experiment, crit: Criteria) -> Section:
                "that decided it, with their intervals, are in the column \"why\"); a claim on MI holds only on "
                "both the plug-in and the corrected MI. A small model on a small corpus need not reproduce "
                "every claim; none is hidden."))
+    if exp.pretrained:
+        s.add(note(f"The claims read the trained objectives mt, lm, mlm (and their variants) only; the pretrained "
+                   f"models ({', '.join(exp.pretrained)}) are not read by them: their comparison is not controlled "
+                   "(§ Setup). Their numbers are in the sections below."))
     rows = []
     for c, v in verdicts:
         flagged = unconverged(exp, c.reads)

@@ -14,7 +14,7 @@ from . import figures, reference
 from .claims import Criteria, influence_by_bucket, main_clusters, mean_by, neighbour_rows
 from .gather import Experiment
 from .html import Section, details, esc, figure, note, not_measured, para, pre, table
-from .tables import DIFFERENT_INIT, INIT_PAIR, SAME_INIT, SEED_BASELINE
+from .tables import DIFFERENT_INIT, INIT_PAIR, PRETRAINED_PAIR, SAME_INIT, SEED_BASELINE
 
 BASE = ("mt", "lm", "mlm")
 TSNE_SETS = {"verbs": ("token", "occurrences of the four verbs, coloured by word (MLM input unmasked)"),
@@ -138,6 +138,16 @@ def similarity_section(exp: Experiment, style: figures.Style, crit: Criteria) ->
         return s
     measures = [m for m in ("pwcca", "svcca", "cka") if any(r["measure"] == m for r in rows)]
     measures += sorted({r["measure"] for r in rows} - set(measures))
+    own = [r for r in rows if r["pair"] != PRETRAINED_PAIR]
+    main = [r for r in rows if r["measure"] == (crit.measure if crit.measure in measures else measures[0])]
+    if own:
+        _own_pairs(s, exp, style, own, measures, [r for r in main if r["pair"] != PRETRAINED_PAIR])
+    pretrained_pairs(s, exp, main)
+    return s
+
+
+def _own_pairs(s: Section, exp: Experiment, style: figures.Style, rows: Sequence[dict], measures: list[str],
+               main: Sequence[dict]) -> None:
     present = {r["objective_a"] for r in rows} | {r["objective_b"] for r in rows}
     pairs = [(a, b) for a, b in (("mt", "mlm"), ("lm", "mt"), ("lm", "mlm")) if a in present and b in present]
     _fig(s, figures.similarity(rows, measures, pairs, exp.n_layers, style), "distance between tasks per layer",
@@ -150,14 +160,50 @@ def similarity_section(exp: Experiment, style: figures.Style, crit: Criteria) ->
     if not any(r["pair"] == SAME_INIT for r in rows):
         s.add(not_measured("cross-task distances of the same initialisation",
                            "no two objectives share a seed in workflow.seeds"))
-    main = [r for r in rows if r["measure"] == (crit.measure if crit.measure in measures else measures[0])]
     layers = sorted({r["layer"] for r in main})
     body = [[kind, label] + [means.get(layer) for layer in layers]
             for kind, label, means in _pair_means(exp, main)]
-    s.add(table(["pair", "models"] + [f"layer {layer}" for layer in layers], body,
-                caption=f"{main[0]['measure'].upper()} per layer, means over seeds (init–X: the untrained stack "
-                        "against X of the same seed)"))
-    return s
+    if body:
+        s.add(table(["pair", "models"] + [f"layer {layer}" for layer in layers], body,
+                    caption=f"{main[0]['measure'].upper()} per layer, means over seeds (init–X: the untrained stack "
+                            "against X of the same seed)"))
+
+
+def pretrained_pairs(s: Section, exp: Experiment, rows: Sequence[dict]) -> None:
+    """The distances of every pair with a pretrained model: per layer step, each model's own layer, the
+    distance with its interval and the no-correspondence level; how the rows were matched."""
+    pairs = [r for r in rows if r["pair"] == PRETRAINED_PAIR]
+    if not pairs:
+        return
+    record = exp.tables["similarity"].record or {}
+    level, how, n = record.get("level", "token"), record.get("word_state"), record.get("n_common")
+    depths = record.get("depths") or {}
+    s.add(para(
+        "Pairs with a pretrained model (pair pretrained). Its tokenizer is not ours, so the rows are words, not "
+        f"tokens: the {n if n is not None else '?':,} probe words every model holds (whitespace-separated words "
+        f"of the probe sentences), each word's state {'its first subword' if how == 'first' else 'the mean of its subwords'}"
+        " (pretrained.word_state), every distance over the same seeded subset of them. These models differ in "
+        "data, size and architecture as well as in objective: a distance between them is not the objective's "
+        "effect alone." if level == "word" else "Pairs with a pretrained model (pair pretrained)."))
+    if len(set(depths.values())) > 1:
+        s.add(note("Models of different depths (" + ", ".join(f"{m} {d}" for m, d in depths.items()) + ") are "
+                   "compared at the same relative depth: step l of the shallowest model's L_min layers is layer "
+                   "round(l × L / L_min) of a model of L layers; each cell gives both layers."))
+    steps = sorted({r["layer"] for r in pairs})
+    body = []
+    for (a, sa, b, sb) in dict.fromkeys((r["objective_a"], r["seed_a"], r["objective_b"], r["seed_b"]) for r in pairs):
+        cells = {r["layer"]: r for r in pairs if (r["objective_a"], r["seed_a"], r["objective_b"], r["seed_b"]) == (a, sa, b, sb)}
+        body.append([f"{a}–{b}" + ("" if a in exp.pretrained and b in exp.pretrained else f" (seed {sa if b in exp.pretrained else sb})")]
+                    + [_pair_cell(cells[step]) if step in cells else "—" for step in steps])
+    s.add(table(["pair"] + [f"step {step}" for step in steps], body,
+                caption=f"{rows[0]['measure'].upper()} distance [95% interval] (layer of a / layer of b; shuffled: the "
+                        f"no-correspondence level at the same n = {pairs[0]['n_tokens']:,} {level}s)"))
+
+
+def _pair_cell(r: dict) -> str:
+    interval = "" if math.isnan(r.get("ci_low", math.nan)) else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+    return (f"{r['distance']:.3f}{interval} ({r.get('layer_a', r['layer'])}/{r.get('layer_b', r['layer'])}; "
+            f"shuffled {r['shuffled']:.3f})")
 
 
 def _pair_means(exp: Experiment, rows: Sequence[dict]) -> list[tuple[str, str, dict]]:
@@ -225,6 +271,15 @@ def _left_out(exp: Experiment, name: str, rows: Sequence[dict]) -> str | None:
     return f"Buckets left out (each estimate needs {need}): " + "; ".join(parts) + "."
 
 
+def _part_record(path) -> dict | None:
+    from pipeline.store import read_json
+
+    try:
+        return read_json(path)
+    except Exception:
+        return None
+
+
 def _sizes(rows: Sequence[dict], key: str) -> str:
     """'n = 5,564' or 'n = 1,300–5,564' over the rows' sample sizes `key`."""
     sizes = sorted({int(r[key]) for r in rows if r.get(key) is not None})
@@ -270,6 +325,13 @@ def influence_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
                "there only the later tokens form the pairs (analysis.influence.affected)."))
     rows = _rows(s, exp, "influence", "amount of influence")
     if rows is None:
+        return s
+    for label in exp.pretrained:
+        part = exp.results / "metrics" / "influence" / label / "seed0.json"
+        reason = ((_part_record(part) or {}).get("not_measured"))
+        if reason:
+            s.add(not_measured(f"influence for {label}", reason))
+    if not rows:
         return s
     affected = {}
     for r in rows:
