@@ -128,6 +128,12 @@ def test_init_control_can_be_switched_off(tmp_path):
     ({"experiment": "paper"}, ["data.src_file"]),
     ({"experiment": "smoke", "gpus": 2}, ["gpus"]),
     ({"experiment": "smoke", "experimnet": "smoke"}, ["experimnet"]),
+    ({"experiment": "smoke", "overrides": ["+pretrained.models.mt={name: gpt2}"]}, ["pretrained.models.mt"]),
+    ({"experiment": "pretrained", "overrides": ["pretrained.models.gpt2={name: no-such-org/no-such-model, role: null}"]},
+     ["pretrained.models.gpt2.role", "hf download no-such-org/no-such-model"]),
+    ({"experiment": "pretrained", "overrides": ["pretrained.models.bert=null", "pretrained.models.gpt2=null",
+                                               "pretrained.models.opus-mt-en-de=null"]},
+     ["workflow.objectives", "pretrained.models"]),
 ])
 def test_bad_setting_fails_before_any_job(tmp_path, config, named):
     with pytest.raises(WorkflowError) as failure:
@@ -233,6 +239,49 @@ def test_setting_reruns_only_the_models_whose_config_it_changes(finished_smoke):
     # objective settings to change
     assert jobs_per_rule(outputs) == {**NOTHING, "train": 6, "dump": 6, "measure": 27, "merge": 5, "similarity": 1,
                                       "report": 1, "merge_evolution": 1}
+
+
+# ---------------------------------------------------------------- pretrained models
+
+# The pretrained experiment: nothing trained; bert, gpt2 and opus-mt-en-de dumped by rule hf_dump (counted
+# as dumps), 5 measures on each, the 5 merged tables, the distances between them, the report.
+PRETRAINED = {**dict.fromkeys(RULES, 0), "prepare": 1, "dump": 3, "measure": 15, "merge": 5, "similarity": 1,
+              "report": 1}
+
+
+@pytest.fixture(scope="module")
+def finished_pretrained(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("finished_pretrained")
+    config = {"experiment": "pretrained"}
+    for output in run_workflow(workdir, config):
+        path = workdir / output
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"outputs": {}}' if path.name == "stage.json" else "")
+    run_workflow(workdir, config, executor="touch", forceall=True)
+    return workdir
+
+
+def test_the_pretrained_experiment_dumps_three_models_and_trains_none(tmp_path):
+    outputs = run_workflow(tmp_path, {"experiment": "pretrained"})
+    assert jobs_per_rule(outputs) == PRETRAINED
+    assert sorted(p for p in outputs if p.endswith("stage.json") and "/dumps/" in p) == [
+        f"results/pretrained/dumps/{label}/seed0/stage.json" for label in ("bert", "gpt2", "opus-mt-en-de")]
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ([], NOTHING),
+    # one model's setting: its dump, its 5 measures, every merged table, the distances, the report
+    (["pretrained.models.gpt2.dtype=float32"], {**NOTHING, "dump": 1, "measure": 5, "merge": 5, "similarity": 1,
+                                                "report": 1}),
+    # what a word's state is: the distances across vocabularies only
+    (["pretrained.word_state=mean"], {**NOTHING, "similarity": 1, "report": 1}),
+    # a model more: its dump and measures, and everything over models
+    (["+pretrained.models.roberta={name: roberta-base, role: mlm}"],
+     {**NOTHING, "dump": 1, "measure": 5, "merge": 5, "similarity": 1, "report": 1}),
+])
+def test_a_pretrained_setting_reruns_exactly_what_it_affects(finished_pretrained, overrides, expected):
+    outputs = run_workflow(finished_pretrained, {"experiment": "pretrained", "overrides": overrides})
+    assert jobs_per_rule(outputs) == expected
 
 
 # ---------------------------------------------------------------- the corpus and damaged outputs

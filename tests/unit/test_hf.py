@@ -1,0 +1,378 @@
+"""Pretrained Hugging Face models through the same dumps and analyses (pipeline/hf.py, pipeline/hf_dump.py,
+analysis/words.py), on tiny random models built from configs (tests/hf_models.py): no network, no hub."""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402
+
+from analysis import words  # noqa: E402
+from analysis.dumps import load_dump  # noqa: E402
+from pipeline import hf  # noqa: E402
+from pipeline.config import compose, model_grid  # noqa: E402
+from pipeline.corpus import read_lines  # noqa: E402
+from pipeline.store import PipelineError, read_record  # noqa: E402
+from tests.hf_models import ROLES, build_all  # noqa: E402
+
+LABELS = {"bert": "bert", "gpt2": "gpt2", "marian": "marian"}  # label -> kind of tests/hf_models.py
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory, shared_zip):
+    """The smoke data split, three tiny pretrained models dumped (float32, to compare exactly), a
+    copy of the BERT under a second label, and one of our own (untrained) MLMs dumped beside them."""
+    from pipeline import dump as own_dump, hf_dump
+    from pipeline.prepare import run as prepare
+    from pipeline.tokenizer import Tokenizer
+    from tests.synthetic import save_untrained
+
+    root = tmp_path_factory.mktemp("hf")
+    base = ["experiment=smoke", f"paths.results={root / 'results'}", f"data.archive={shared_zip}",
+            "train.progress=false", "dump.dtype=float32", "dump.mlm_maskings=2", "workflow.init=false",
+            "workflow.objectives=[mlm]", "workflow.seeds={mlm: [1]}"]
+    prepare(compose(base))
+    folders = build_all(root / "models", read_lines(root / "results" / "data" / "train.src"))
+    models = [f"+pretrained.models.{label}={{name: {folders[kind]}}}" for label, kind in LABELS.items()]
+    models.append(f"+pretrained.models.bert2={{name: {folders['bert']}}}")
+    overrides = [*base, *models]
+
+    def cfg_of(label: str, *extra: str):
+        role = ROLES[LABELS.get(label, "bert")]
+        return compose([*overrides, f"objective={role}", f"objective.name={label}", "seed=0", *extra])
+
+    for label in [*LABELS, "bert2"]:
+        hf_dump.dump(cfg_of(label))
+    own = compose([*overrides, "objective=mlm", "seed=1"])
+    save_untrained(own, Tokenizer.load(own.paths.tokenizer))
+    own_dump.dump(own)
+    return {"root": root, "folders": folders, "overrides": overrides, "cfg_of": cfg_of, "own": own,
+            "lines": read_lines(root / "results" / "data" / "probe.txt")}
+
+
+def _dump(exp, label):
+    return load_dump(exp["root"] / "results" / "dumps" / label / "seed0")
+
+
+def _load(exp, label):
+    kind = LABELS[label]
+    spec = hf.HFSpec(label, str(exp["folders"][kind]))
+    return hf.load(spec, exp["folders"][kind], ROLES[kind], torch.device("cpu"), torch.float32)
+
+
+# ---------------------------------------------------------------- the dumps
+
+@pytest.mark.parametrize("label", list(LABELS))
+def test_dump_equals_a_direct_forward_pass(exp, label):
+    """Every layer's rows are model(..., output_hidden_states=True) of each sentence run alone, at its
+    non-special tokens; the token table holds the model's own ids and strings."""
+    d = _dump(exp, label)
+    _, stack, tok = _load(exp, label)
+    t = d.tokens
+    assert d.kind == ROLES[LABELS[label]] and d.seed == 0 and d.objective == label
+    assert d.meta["pretrained"]["safetensors"] and d.meta["pretrained"]["revision"] == "local folder"
+    checked = 0
+    for sid in np.unique(t["sentence_id"])[::7]:
+        rows = np.flatnonzero(t["sentence_id"] == sid)
+        enc = tok(exp["lines"][sid], return_tensors="pt", return_special_tokens_mask=True)
+        keep = ~enc.pop("special_tokens_mask")[0].bool()
+        with torch.no_grad():
+            states = stack(**enc, output_hidden_states=True).hidden_states
+        assert len(states) == d.n_layers + 1
+        assert t["token_id"][rows].tolist() == enc["input_ids"][0][keep].tolist()
+        assert t["position"][rows].tolist() == list(range(len(rows)))
+        assert list(t["token"][rows]) == tok.convert_ids_to_tokens(enc["input_ids"][0][keep].tolist())
+        for layer in range(d.n_layers + 1):
+            np.testing.assert_allclose(d.states(layer, rows), states[layer][0][keep].numpy(), atol=2e-5)
+        checked += 1
+    assert checked > 10
+
+
+def test_frequency_ranks_count_the_training_source_side_with_the_models_tokenizer(exp):
+    d = _dump(exp, "gpt2")
+    _, _, tok = _load(exp, "gpt2")
+    counts = Counter(i for line in read_lines(exp["root"] / "results" / "data" / "train.src")
+                     for i in tok(line, add_special_tokens=False)["input_ids"])
+    ranked = sorted(range(max(len(tok), 1)), key=lambda i: (-counts.get(i, 0), i))
+    rank = {i: r + 1 for r, i in enumerate(ranked)}
+    assert [rank[i] for i in d.tokens["token_id"][:500]] == d.tokens["freq_rank"][:500].tolist()
+    assert d.tokens["freq_rank"].min() == 1
+
+
+def test_mlm_masked_run_uses_the_models_mask_token_and_its_head(exp):
+    d = _dump(exp, "bert")
+    m = d.masked()
+    model, stack, tok = _load(exp, "bert")
+    t = m.tokens
+    n = d.n_tokens
+    assert m.n_tokens == 2 * n and t["masking"].tolist() == [0] * n + [1] * n
+    assert np.array_equal(t["label_id"], np.tile(d.tokens["token_id"], 2))
+    kind = t["masked"]
+    assert np.all(t["input_id"][kind == 1] == tok.mask_token_id)
+    assert np.all(t["input_id"][kind == 0] == t["label_id"][kind == 0])
+    assert np.all(t["input_id"][kind == 3] == t["label_id"][kind == 3])
+    specials = set(tok.all_special_ids)
+    assert not specials & set(t["input_id"][kind == 2].tolist())
+    assert abs(float((kind > 0).mean()) - 0.15) < 0.03
+    assert not np.array_equal(kind[:n], kind[n:]), "each masking is drawn anew"
+    # the states and the head's prediction of one masked sentence, rerun by hand
+    sid = int(t["sentence_id"][np.flatnonzero(kind == 1)[0]])
+    rows = np.flatnonzero((t["sentence_id"] == sid) & (t["masking"] == 0))
+    enc = tok(exp["lines"][sid], return_tensors="pt", return_special_tokens_mask=True)
+    keep = ~enc.pop("special_tokens_mask")[0].bool()
+    ids = enc["input_ids"].clone()
+    ids[0, keep] = torch.from_numpy(t["input_id"][rows])
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=enc["attention_mask"], output_hidden_states=True)
+    np.testing.assert_allclose(m.states(d.n_layers, rows), out.hidden_states[-1][0][keep].numpy(), atol=2e-5)
+    assert t["predicted_id"][rows].tolist() == out.logits[0][keep].argmax(-1).tolist()
+    assert 0 <= m.meta["head_mask_accuracy"] <= 1 and m.meta["head_mask_n"] == int((kind == 1).sum())
+
+
+def test_a_second_dump_reuses_the_first_and_new_weights_redo_it(exp, caplog):
+    from pipeline import hf_dump
+    from pipeline.store import stage_problem
+    from tests.hf_models import build
+
+    folder = exp["root"] / "results" / "dumps" / "gpt2" / "seed0"
+    record = read_record(folder)
+    with caplog.at_level("INFO", logger="pipeline.hf_dump"):
+        hf_dump.dump(exp["cfg_of"]("gpt2"))
+    assert "nothing to do" in caplog.text and read_record(folder) == record
+    # a model folder whose weights are replaced after its dump: the dump is redone
+    sentences = read_lines(exp["root"] / "results" / "data" / "train.src")
+    model_folder, out = exp["root"] / "replaced", exp["root"] / "replaced-dump"
+    build("gpt2", model_folder, sentences, seed=1)
+    cfg = exp["cfg_of"]("gpt2", f"pretrained.models.gpt2.name={model_folder}", f"paths.dump={out}")
+    hf_dump.dump(cfg)
+    first = read_record(out)["checkpoint_sha256"]
+    assert stage_problem(out, hf.dump_config(cfg, "gpt2")) is None
+    build("gpt2", model_folder, sentences, seed=2)
+    assert "another" in stage_problem(out, hf.dump_config(cfg, "gpt2"))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline.hf_dump"):
+        hf_dump.dump(cfg)
+    assert "dumping again" in caplog.text and read_record(out)["checkpoint_sha256"] != first
+
+
+def test_a_failed_dump_leaves_nothing_behind(exp, monkeypatch):
+    from pipeline import hf_dump
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    cfg = exp["cfg_of"]("marian")
+    out = exp["root"] / "broken"
+    cfg.paths.dump = str(out)
+    monkeypatch.setattr(hf_dump, "write_states", broken)
+    with pytest.raises(RuntimeError, match="killed"):
+        hf_dump.dump(cfg)
+    assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_role_must_match_the_objective_config(exp):
+    from pipeline import hf_dump
+
+    with pytest.raises(PipelineError, match="objective=lm objective.name=gpt2"):
+        hf_dump.dump(compose([*exp["overrides"], "objective=mt", "objective.name=gpt2", "seed=0"]))
+    with pytest.raises(PipelineError, match="seed 0"):
+        hf_dump.dump(compose([*exp["overrides"], "objective=lm", "objective.name=gpt2", "seed=1"]))
+
+
+# ---------------------------------------------------------------- words
+
+def test_word_alignment_maps_every_probe_word_once(exp):
+    dumps = {label: _dump(exp, label) for label in LABELS}
+    dumps["own"] = load_dump(exp["own"].paths.dump)
+    a = words.align(dumps, "first")
+    keys = list(zip(a.sentence_ids.tolist(), a.words.tolist()))
+    assert len(set(keys)) == len(keys) == a.n_words
+    kept = set.intersection(*(set(np.unique(d.tokens["sentence_id"]).tolist()) for d in dumps.values()))
+    expected = [(s, w) for s in sorted(kept) for w in range(len(exp["lines"][s].split()))]
+    assert keys == expected, "every word of every sentence all models keep, once, in order"
+    # each model's subwords of a word spell the word (BERT's [UNK] aside)
+    for label, d in dumps.items():
+        first, counts, _ = a.per_dump[label]
+        tok = _load(exp, label)[2] if label != "own" else None
+        for i in range(0, a.n_words, 37):
+            pieces = [str(p) for p in d.tokens["token"][first[i]:first[i] + counts[i]]]
+            if "[UNK]" in pieces:
+                continue
+            text = tok.convert_tokens_to_string(pieces) if tok is not None else "".join(pieces).replace("▁", " ")
+            word = exp["lines"][int(a.sentence_ids[i])].split()[int(a.words[i])]
+            assert "".join(text.split()) == word, (label, pieces, word)
+
+
+def test_word_states_first_and_mean(exp):
+    d = _dump(exp, "bert")
+    a = words.align({"bert": d}, "first")
+    b = words.align({"bert": d}, "mean")
+    first, counts, _ = a.per_dump["bert"]
+    i = int(np.flatnonzero(counts > 1)[0])
+    np.testing.assert_array_equal(a.states("bert", 1, np.array([i]))[0], d.states(1, np.array([first[i]]))[0])
+    rows = np.arange(first[i], first[i] + counts[i])
+    np.testing.assert_allclose(b.states("bert", 1, np.array([i]))[0], d.states(1, rows).mean(0), rtol=1e-6)
+
+
+def test_words_from_pieces_and_offsets():
+    from pipeline.hf_dump import words_from_offsets, words_from_pieces
+
+    assert words_from_pieces(["▁I", "▁wo", "ke", "▁up", "."]) == [0, 1, 1, 2, 2]
+    assert words_from_pieces(["I", "▁am"]) == [0, 1]
+    line = "I woke  up."
+    assert words_from_offsets(line, [(0, 1), (1, 4), (4, 6), (7, 10), (10, 11)]) == [0, 1, 1, 2, 2]
+    assert words_from_offsets("a b", [(0, 1), (1, 3), (3, 3)]) == [0, 1, 1]  # a leading space, an empty span
+
+
+def test_our_pieces_give_the_whitespace_words(exp):
+    d = load_dump(exp["own"].paths.dump)
+    w = words.word_column(d)
+    for sid in np.unique(d.tokens["sentence_id"])[:50]:
+        rows = d.tokens["sentence_id"] == sid
+        assert w[rows].max() + 1 == len(exp["lines"][sid].split())
+
+
+def test_tsne_finds_a_word_as_a_subword_of_its_own():
+    tokens = {"token": np.array(["Ġis", ".", "Ġis", "land", "\"", "is", "this", "##is"]),
+              "sentence_id": np.zeros(8, dtype=int), "word": np.array([0, 0, 1, 1, 2, 2, 3, 3])}
+    assert words.occurrences(tokens, "is").tolist() == [0, 5]
+
+
+# ---------------------------------------------------------------- analyses across vocabularies
+
+def test_similarity_compares_words_across_vocabularies(exp):
+    from analysis import similarity
+    from analysis.tables import PRETRAINED_PAIR, read_record as table_record, read_table
+
+    cfg = compose([*exp["overrides"], "analysis.similarity.max_tokens=null"])
+    assert ("bert", 0) in model_grid(cfg) and ("mlm", 1) in model_grid(cfg)
+    path = similarity.run(cfg)
+    rows = read_table(path, "similarity")
+    record = table_record(path)
+    assert record["level"] == "word" and record["word_state"] == "first"
+    pwcca = {(r["objective_a"], r["objective_b"], int(r["layer"])): float(r["distance"])
+             for r in rows if r["measure"] == "pwcca"}
+    # the same weights under two labels: the same states, distance 0 at every layer (but the ridge's 1e-6)
+    assert all(v < 1e-5 for (a, b, _), v in pwcca.items() if {a, b} == {"bert", "bert2"})
+    others = [v for (a, b, _), v in pwcca.items() if {a, b} != {"bert", "bert2"}]
+    assert min(others) > 0.05
+    assert {r["pair"] for r in rows if "bert" in (r["objective_a"], r["objective_b"])} == {PRETRAINED_PAIR}
+    assert len({int(r["n_tokens"]) for r in rows}) == 1 and int(rows[0]["n_tokens"]) == record["n_common"]
+
+
+def test_relative_depth():
+    from analysis.similarity import relative_layer
+
+    assert [relative_layer(step, 12, 6) for step in range(1, 7)] == [2, 4, 6, 8, 10, 12]
+    assert [relative_layer(step, 6, 6) for step in range(1, 7)] == [1, 2, 3, 4, 5, 6]
+    assert [relative_layer(step, 3, 2) for step in (1, 2)] == [2, 3]
+
+
+@pytest.mark.parametrize("label", ["bert", "gpt2"])
+def test_influence_runs_on_a_pretrained_model(exp, label):
+    """The rerun states without removal are the dump's; each removal changes only what it may."""
+    from analysis.influence import collect_pairs, influence_rows, pretrained_runner
+
+    cfg = exp["cfg_of"](label)
+    d = _dump(exp, label)
+    runner, reason = pretrained_runner(cfg, d, torch.device("cpu"))
+    assert reason is None and runner.causal == (label == "gpt2")
+    sentences = np.unique(d.tokens["sentence_id"])[:3]
+    chosen = {int(s): [0, 1] for s in sentences}
+    rows0 = {int(s): np.flatnonzero(d.tokens["sentence_id"] == s) for s in sentences}
+    tokens, position = runner.inputs([d.tokens["token_id"][rows0[s]] for s in chosen], list(chosen))
+    states = runner.states(tokens)
+    for b, s in enumerate(chosen):
+        at = position[b] >= 0
+        np.testing.assert_allclose(states[1][b][at].numpy(), d.states(1, rows0[s]), atol=2e-5)
+    row_bucket = np.zeros(d.n_tokens, dtype=int)
+    affected = "later" if label == "gpt2" else "all"
+    pairs, influencers, _ = collect_pairs(runner, d, chosen, row_bucket, 1, affected, 4096, torch.device("cpu"))
+    usual, removed = pairs[1, 0]
+    n_pairs = sum((len(rows0[s]) - 1 - p) if affected == "later" else len(rows0[s]) - 1 for s in chosen for p in (0, 1))
+    assert len(usual) == n_pairs
+    assert float((usual - removed).abs().max()) > 1e-4
+    rows, _ = influence_rows(runner, d, compose([*exp["overrides"], "analysis.influence.min_influencers=5",
+                                                  "analysis.min_samples_per_dim=2"]), torch.device("cpu"))
+    assert rows and {r["affected"] for r in rows} == {affected} and {r["objective"] for r in rows} == {label}
+
+
+# ---------------------------------------------------------------- settings and the cache
+
+def test_a_model_not_in_the_cache_names_the_command_that_fetches_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    spec = hf.HFSpec("bert", "bert-base-cased")
+    with pytest.raises(hf.ModelNotAvailable, match=re.escape("hf download bert-base-cased")) as error:
+        hf.resolve(spec, compose(["experiment=pretrained", "pretrained.download=true"]))
+    assert "pretrained.models.bert.name" in str(error.value)
+    assert hf.role_without_loading(hf.HFSpec("x", "gpt2")) is None  # nothing cached to read a role from
+
+
+def test_roles_are_inferred_from_the_config():
+    assert hf.infer_role({"architectures": ["BertForMaskedLM"], "model_type": "bert"}) == "mlm"
+    assert hf.infer_role({"architectures": ["GPT2LMHeadModel"]}) == "lm"
+    assert hf.infer_role({"architectures": ["MarianMTModel"], "is_encoder_decoder": True}) == "mt"
+    assert hf.infer_role({"model_type": "t5"}) == "mt"
+    assert hf.infer_role({"model_type": "something"}) is None
+    with pytest.raises(PipelineError, match="pretrained.models.x.role"):
+        hf.choose_role(hf.HFSpec("x", "y"), {"model_type": "something"})
+    assert hf.choose_role(hf.HFSpec("x", "y", role="lm"), {"architectures": ["BertForMaskedLM"]}) == "lm"
+
+
+@pytest.mark.parametrize("override,named", [
+    ("+pretrained.models.mt={name: gpt2}", "an objective's name"),
+    ("+pretrained.models.x={name: gpt2, role: decoder}", "pretrained.models.x.role"),
+    ("+pretrained.models.x={name: gpt2, size: 3}", "unknown keys"),
+    ("+pretrained.models.x={role: lm}", "pretrained.models.x.name"),
+    ("+pretrained.models.x={name: gpt2, dtype: int8}", "pretrained.models.x.dtype"),
+])
+def test_bad_settings_name_the_key(override, named):
+    with pytest.raises(PipelineError, match=re.escape(named)):
+        hf.specs(compose(["experiment=smoke", override]))
+
+
+def test_the_pretrained_experiment_names_the_three_models():
+    cfg = compose(["experiment=pretrained"])
+    specs = hf.specs(cfg)
+    assert {(s.name, s.role) for s in specs.values()} == {("bert-base-cased", "mlm"), ("gpt2", "lm"),
+                                                         ("Helsinki-NLP/opus-mt-en-de", "mt")}
+    assert model_grid(cfg) == [(label, 0) for label in specs]
+    # the same probe sentences as the default experiment: the same data split settings
+    from pipeline.config import data_config
+
+    assert data_config(cfg) == data_config(compose(["experiment=default"]))
+    json.dumps(hf.dump_config(cfg.copy(), "bert"))  # plain settings (hashable by the workflow)
+
+
+def test_every_measure_and_the_report_run_on_pretrained_and_trained_models_together(exp):
+    """Our (untrained) MLM beside the pretrained models: every per-model measure, the distances by
+    words, the merged tables and the report, which names each pretrained model with its source."""
+    from analysis import change, influence, mutual_info, neighbours, report, tsne
+    from analysis.tables import merge_parts, part_path, table_path
+
+    small = ["analysis.min_samples_per_dim=2", "analysis.influence.min_influencers=5",
+             "analysis.influence.max_sentences=60", "analysis.mi.restarts=1"]
+    cfgs = [compose([*exp["overrides"], *small, "objective=mlm", "seed=1"])]
+    cfgs += [exp["cfg_of"](label, *small) for label in [*LABELS, "bert2"]]
+    modules = {"change": change, "influence": influence, "mi": mutual_info, "neighbours": neighbours, "tsne": tsne}
+    for name, module in modules.items():
+        for cfg in cfgs:
+            module.run(cfg)
+        merge_parts([str(part_path(cfg, name)) for cfg in cfgs], str(table_path(cfgs[0], name)), name)
+    from analysis.tables import read_table
+
+    for name in modules:
+        objectives = {r["objective"] for r in read_table(table_path(cfgs[0], name), name)}
+        assert objectives == {"mlm", *LABELS, "bert2"}, name
+    html = report.build(compose([*exp["overrides"], *small, f"paths.report={exp['root'] / 'report'}"]),
+                        probe_hardware=False)
+    for label, kind in LABELS.items():
+        assert str(exp["folders"][kind]) in html
+    assert "Pretrained models" in html and "not controlled" in html and "Pairs with a pretrained model" in html
+    assert "mlm–bert" in html or "bert–mlm" in html or "mlm" in html
