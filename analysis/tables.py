@@ -169,12 +169,14 @@ def section(cfg: DictConfig, name: str) -> dict:
 
 def mi_cluster_counts(cfg: DictConfig) -> list[int]:
     """The cluster counts MI is measured with for cfg's model: analysis.mi.n_clusters, then the sweep
-    when cfg.seed is the first seed of its objective in workflow.seeds (the sweep is the costly part;
-    one seed per objective shows the trend)."""
+    when cfg.seed is the first seed of its objective in workflow.seeds, and for every pretrained model
+    (the sweep is the costly part; one seed per objective shows the trend)."""
     main = int(setting(cfg, "analysis.mi.n_clusters"))
     sweep = setting(cfg, "analysis.mi.sweep") or []
     seeds = OmegaConf.select(cfg, f"workflow.seeds.{cfg.objective.name}")
     first = seeds is not None and len(seeds) > 0 and int(seeds[0]) == int(cfg.seed)
+    # a pretrained model is the one model of its label
+    first = first or OmegaConf.select(cfg, f"pretrained.models.{cfg.objective.name}") is not None
     return [main] + ([int(c) for c in sweep if int(c) != main] if first else [])
 
 
