@@ -88,6 +88,40 @@ def build(kind: str, folder: Path, sentences: Sequence[str], seed: int = 0):
     return model, tokenizer
 
 
+def marian_spm(folder: Path, sentences: Sequence[str], vocab_size: int = 400, seed: int = 0):
+    """A tiny Marian model with transformers' own MarianTokenizer (slow: sentencepiece source.spm /
+    target.spm and a vocab.json, as the opus-mt models ship), saved to `folder`; returns (model, tokenizer)."""
+    import io
+    import json
+
+    import sentencepiece as spm
+    import torch
+    import transformers as t
+
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=proto, vocab_size=vocab_size,
+                                   model_type="unigram", minloglevel=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("source.spm", "target.spm"):
+        (folder / name).write_bytes(proto.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    vocab = {"</s>": 0, "<unk>": 1, "<pad>": 2}
+    for i in range(sp.get_piece_size()):
+        vocab.setdefault(sp.id_to_piece(i), len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = t.MarianTokenizer(str(folder / "source.spm"), str(folder / "target.spm"), str(folder / "vocab.json"),
+                                  model_max_length=POSITIONS)
+    torch.manual_seed(seed)
+    config = t.MarianConfig(vocab_size=len(vocab), d_model=WIDTH, encoder_layers=LAYERS, decoder_layers=1,
+                            encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=2 * WIDTH,
+                            decoder_ffn_dim=2 * WIDTH, max_position_embeddings=POSITIONS, pad_token_id=2,
+                            eos_token_id=0, decoder_start_token_id=2)
+    model = t.MarianMTModel(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model, tokenizer
+
+
 ROLES = {"bert": "mlm", "gpt2": "lm", "marian": "mt"}
 
 

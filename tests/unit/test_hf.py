@@ -229,6 +229,35 @@ def test_words_from_pieces_and_offsets():
     assert words_from_offsets("a b", [(0, 1), (1, 3), (3, 3)]) == [0, 1, 1]  # a leading space, an empty span
 
 
+def test_a_slow_sentencepiece_tokenizer_as_opus_mt_ships_it(exp):
+    """transformers' MarianTokenizer (no character offsets): words from the pieces' "▁"; the dump
+    still equals a direct forward pass."""
+    from pipeline import hf_dump
+    from tests.hf_models import marian_spm
+
+    folder = exp["root"] / "marian-spm"
+    _, tok = marian_spm(folder, read_lines(exp["root"] / "results" / "data" / "train.src"))
+    assert not tok.is_fast
+    ids, special, word = hf_dump.encode(tok, ["I woke  up."])[0]
+    content = [w for w, s in zip(word, special) if not s]
+    assert special[-1] and not any(special[:-1])  # </s> closes the input
+    assert content[0] == 0 and content[-1] == 2 and sorted(content) == content  # three words, in order
+    cfg = compose([*exp["overrides"], f"+pretrained.models.spm={{name: {folder}}}", "objective=mt", "objective.name=spm",
+                   "seed=0"])
+    d = load_dump(hf_dump.dump(cfg))
+    assert d.meta["unaligned_sentences"] == 0
+    w = words.word_column(d)
+    _, stack, loaded = hf.load(hf.HFSpec("spm", str(folder)), folder, "mt", torch.device("cpu"), torch.float32)
+    assert type(loaded).__name__ == "MarianTokenizer"
+    for sid in np.unique(d.tokens["sentence_id"])[:20]:
+        rows = np.flatnonzero(d.tokens["sentence_id"] == sid)
+        assert w[rows].max() + 1 == len(exp["lines"][sid].split())
+        enc = loaded(exp["lines"][sid], return_tensors="pt")
+        with torch.no_grad():
+            top = stack(**enc, output_hidden_states=True).hidden_states[-1][0, :-1]  # the last id is </s>
+        np.testing.assert_allclose(d.states(d.n_layers, rows), top.numpy(), atol=2e-5)
+
+
 def test_our_pieces_give_the_whitespace_words(exp):
     d = load_dump(exp["own"].paths.dump)
     w = words.word_column(d)
