@@ -418,7 +418,10 @@ def run(cfg: DictConfig) -> Path:
     objective of two seeds (seed_baseline: the "init." baseline), or the step-0 control (init).
     Each (model, layer) covariance is computed and decomposed once and shared by all its pairs.
     `ci_low`, `ci_high`: the bootstrap interval over the sampled tokens' sentences
-    (analysis.bootstrap), each model's resampled covariances likewise shared by its pairs."""
+    (analysis.bootstrap), each model's resampled covariances likewise shared by its pairs.
+    With a pretrained model among them (pipeline/hf.py; pair `pretrained`) the rows are the probe
+    words every model holds, not tokens (`model_views`), and models of different depths are compared
+    at the same relative depth: `layer` is the step 1..L_min, `layer_a` / `layer_b` each one's layer."""
     from tqdm.auto import tqdm
 
     from analysis import bootstrap  # it builds on this module's covariances
