@@ -145,11 +145,14 @@ def dump_config(cfg: DictConfig, label: str) -> dict:
     from .config import data_config, to_plain
 
     spec = spec_of(cfg, label)
-    settings = {k: v for k, v in to_plain(cfg.dump).items() if k != "device"}
+    mlm = (spec.role or OmegaConf.select(cfg, "objective.kind")) == "mlm"
+    # the masked run's settings matter to an mlm only
+    settings = {k: v for k, v in to_plain(cfg.dump).items()
+                if k != "device" and (mlm or k not in ("mlm_masked", "mask_seed", "mlm_maskings"))}
     out = {**data_config(cfg), "pretrained": {"name": spec.name, "role": spec.role, "revision": spec.revision,
                                               "dtype": spec.dtype},
            "batch_tokens": int(OmegaConf.select(cfg, "pretrained.batch_tokens", default=2048)), "dump": settings}
-    if (spec.role or OmegaConf.select(cfg, "objective.kind")) == "mlm":
+    if mlm:
         out["masking"] = _masking(cfg)
     return out
 

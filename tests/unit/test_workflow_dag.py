@@ -273,6 +273,10 @@ def test_the_pretrained_experiment_dumps_three_models_and_trains_none(tmp_path):
     # one model's setting: its dump, its 5 measures, every merged table, the distances, the report
     (["pretrained.models.gpt2.dtype=float32"], {**NOTHING, "dump": 1, "measure": 5, "merge": 5, "similarity": 1,
                                                 "report": 1}),
+    # the masked run's settings: the mlm's dump only (and what reads it)
+    (["dump.mlm_maskings=2"], {**NOTHING, "dump": 1, "measure": 5, "merge": 5, "similarity": 1, "report": 1}),
+    # the dump settings of every model
+    (["dump.dtype=float32"], {**NOTHING, "dump": 3, "measure": 15, "merge": 5, "similarity": 1, "report": 1}),
     # what a word's state is: the distances across vocabularies only
     (["pretrained.word_state=mean"], {**NOTHING, "similarity": 1, "report": 1}),
     # a model more: its dump and measures, and everything over models
