@@ -12,7 +12,7 @@ from pipeline.config import INIT
 
 from . import figures, reference
 from .claims import Criteria, influence_by_bucket, main_clusters, mean_by, neighbour_rows
-from .gather import Experiment
+from .gather import Experiment, _read_json
 from .html import Section, details, esc, figure, note, not_measured, para, pre, table
 from .tables import DIFFERENT_INIT, INIT_PAIR, PRETRAINED_PAIR, SAME_INIT, SEED_BASELINE
 
@@ -271,15 +271,6 @@ def _left_out(exp: Experiment, name: str, rows: Sequence[dict]) -> str | None:
     return f"Buckets left out (each estimate needs {need}): " + "; ".join(parts) + "."
 
 
-def _part_record(path) -> dict | None:
-    from pipeline.store import read_json
-
-    try:
-        return read_json(path)
-    except Exception:
-        return None
-
-
 def _sizes(rows: Sequence[dict], key: str) -> str:
     """'n = 5,564' or 'n = 1,300–5,564' over the rows' sample sizes `key`."""
     sizes = sorted({int(r[key]) for r in rows if r.get(key) is not None})
@@ -328,7 +319,7 @@ def influence_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
         return s
     for label in exp.pretrained:
         part = exp.results / "metrics" / "influence" / label / "seed0.json"
-        reason = ((_part_record(part) or {}).get("not_measured"))
+        reason = (_read_json(part) or {}).get("not_measured")
         if reason:
             s.add(not_measured(f"influence for {label}", reason))
     if not rows:

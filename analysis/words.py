@@ -53,9 +53,8 @@ class WordRows:
     """The words one dump holds: their keys (sorted, unique) and their subword rows."""
 
     keys: np.ndarray      # (m,) sorted keys
-    first: np.ndarray     # (m,) row of each word's first subword
+    first: np.ndarray     # (m,) row of each word's first subword (a word's subwords are consecutive rows)
     counts: np.ndarray    # (m,) subwords of each word
-    rows: np.ndarray      # the rows of every word, word by word (the words' rows are contiguous)
 
 
 def word_rows(dump: Dump) -> WordRows:
@@ -64,7 +63,7 @@ def word_rows(dump: Dump) -> WordRows:
     if np.any(np.diff(key[order]) < 0):  # rows are in sentence order, words in order within them
         order = order[np.argsort(key[order], kind="stable")]
     keys, first_at, counts = np.unique(key[order], return_index=True, return_counts=True)
-    return WordRows(keys, order[first_at], counts, order)
+    return WordRows(keys, order[first_at], counts)
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class Alignment:
     """The words every dump of a set holds, in one order, and how to read each dump's states of them."""
 
     keys: np.ndarray                      # (m,) the common (sentence, word) keys, sorted
-    per_dump: dict[object, tuple[np.ndarray, np.ndarray, np.ndarray]]  # name -> (first rows, counts, starts)
+    per_dump: dict[object, tuple[np.ndarray, np.ndarray]]  # name -> (first rows, subword counts) of the common words
     dumps: dict[object, Dump]
     how: str                              # first | mean
 
@@ -91,7 +90,7 @@ class Alignment:
     def states(self, name: object, layer: int, index: np.ndarray | None = None) -> np.ndarray:
         """(m', d) float32 word states of dump `name` at `layer`, for the common words `index` (all
         when None): the first subword's state, or the mean over the word's subwords."""
-        first, counts, _ = self.per_dump[name]
+        first, counts = self.per_dump[name]
         index = np.arange(len(first)) if index is None else np.asarray(index)
         dump = self.dumps[name]
         if self.how == "first":
@@ -122,7 +121,7 @@ def align(dumps: dict[object, Dump], how: str = "first") -> Alignment:
         first, counts = r.first[at], r.counts[at]
         if np.any(np.diff(np.asarray(dumps[name].tokens["sentence_id"])) < 0):
             raise PipelineError(f"{dumps[name].folder}: rows are not in sentence order")
-        per_dump[name] = (first, counts, at)
+        per_dump[name] = (first, counts)
     return Alignment(common, per_dump, dumps, how)
 
 

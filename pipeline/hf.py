@@ -266,13 +266,17 @@ def revision_of(spec: HFSpec, folder: Path) -> str:
     return folder.name  # a snapshot folder is named by its commit hash
 
 
-def describe(spec: HFSpec, folder: Path, role: str, config: dict) -> dict[str, Any]:
-    """The provenance of one pretrained model, for its dump's meta.json and the report."""
+def describe(spec: HFSpec, folder: Path, role: str, config: dict,
+             hashes: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """The provenance of one pretrained model, for its dump's meta.json and the report; `hashes`
+    (path -> sha256, as input_hashes gives them) spares hashing the weights again."""
     weights = weight_files(folder)
+    hashes = hashes or {}
     return {"label": spec.label, "name": spec.name, "role": role, "source": str(folder),
             "revision": revision_of(spec, folder), "requested_revision": spec.revision,
             "model_type": config.get("model_type"), "architectures": config.get("architectures"),
-            "weights": [{"file": w.name, "bytes": w.stat().st_size, "sha256": sha256_file(w)} for w in weights],
+            "weights": [{"file": w.name, "bytes": w.stat().st_size, "sha256": hashes.get(str(w)) or sha256_file(w)}
+                        for w in weights],
             "safetensors": bool(weights) and weights[0].suffix == ".safetensors"}
 
 

@@ -344,13 +344,13 @@ def dump(cfg: DictConfig) -> Path:
     stage_cfg = hf.dump_config(cfg, label)
     probe_path, source_path = data / "probe.txt", data / FREQ_SOURCE
     weights = hf.weight_files(folder)
-    inputs = input_hashes([probe_path, source_path, folder / "config.json", *weights])
     problem = stage_problem(out, stage_cfg)
     if problem is None:
         log.info("%s is already dumped with this config and these weights; nothing to do", out)
         return out
     if read_record(out) is not None:
         log.info("dumping again: %s", problem)
+    inputs = input_hashes([probe_path, source_path, folder / "config.json", *weights])  # the weights' sha256 once
 
     dtype = str(cfg.dump.dtype)
     device = resolve_device(str(cfg.dump.device), "dump.device")
@@ -370,7 +370,7 @@ def dump(cfg: DictConfig) -> Path:
         raise PipelineError(f"{spec.name}: hidden states of different widths {widths} cannot be dumped as layers")
     n_layers, d_model = len(widths) - 1, widths[0]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    record = hf.describe(spec, folder, role, config)
+    record = hf.describe(spec, folder, role, config, inputs)
     meta = {"n_tokens": probe.n_tokens, "n_sentences": len(probe.inputs), "n_probe_lines": probe.n_lines,
             "n_skipped_too_long": probe.n_too_long, "n_skipped_empty": probe.n_empty,
             "max_input_length": max_length, "n_layers": n_layers, "n_layer_files": n_layers + 1, "d_model": d_model,
