@@ -1,26 +1,35 @@
-"""Bootstrap intervals over probe sentences (Efron & Tibshirani 1993, ch. 12-13).
+"""Bootstrap intervals over probe sentences (Efron & Tibshirani 1993, ch. 12-13), from one resampling
+plan that every table shares.
 
 The probe sentences are the independent units: tokens of one sentence share its context, so the
-resampling draws whole sentences with replacement (multinomial counts, seeded), never single tokens.
-Every estimate is recomputed on each resample; the interval (`analysis.bootstrap.method`, level
-`analysis.bootstrap.level`, 0.95) is
-- `normal` (the default): the estimate +- z * the resamples' standard deviation. Centred on the
-  estimate whatever the resamples' centre: a resample repeats whole sentences, which for the
+resampling draws whole sentences, never single tokens. One plan serves every table, model, layer and
+bucket (`analysis.bootstrap`): each probe sentence belongs to one of `groups` groups, by a seeded hash of
+its id alone (`unit_of`), and resample r draws `groups` groups with replacement (multinomial counts from
+a generator seeded with (seed, r) alone, `draws`). So resample r holds the same sentences, the same
+number of times, wherever it is used -- two layers of one model, two models, two buckets, a snapshot and
+the finished model, a table of 20 resamples and one of 200 (its first 20 are the same) -- and the
+difference of two estimates made on the same probe sentences has its own paired replicates: the
+difference under each resample. Groups of sentences dealt by a hash are i.i.d. like the sentences
+themselves (a cluster bootstrap); with more groups than sentences the counts per sentence approach
+independent Poisson(1) draws (the Poisson bootstrap, Hanley & MacGibbon 2006). Groups bound what the CCA
+family keeps: one d x d product per group, not per sentence.
+
+Every estimate is recomputed on each resample (its *replicates*, kept beside the table: analysis.tables);
+the interval (`analysis.bootstrap.method`, level `analysis.bootstrap.level`, 0.95) is
+- `normal` (the default): the estimate +- z * the replicates' standard deviation. Centred on the
+  estimate whatever the replicates' centre: a resample repeats whole sentences, which for the
   estimates that depend on the number of *distinct* rows (plug-in MI and its chance level, CCA
-  distances near n = 10 d) shifts every resample the same way -- on the default run the percentile
+  distances near n = 10 d) shifts every replicate the same way -- on the default run the percentile
   intervals of the corrected MI lay wholly below their estimate. That shift is a property of
   resampling, not noise of the estimate; the spread is what the interval is for;
-- `percentile`: the (1 - level) / 2 and (1 + level) / 2 percentiles of the resampled values;
+- `percentile`: the (1 - level) / 2 and (1 + level) / 2 percentiles of the replicates;
 - `basic`: the percentile interval reflected about the estimate (2 e - q_high, 2 e - q_low).
 
 Kept cheap by sufficient statistics, so that a resample is a weighted sum and no pass over the tokens:
-- the CCA family (PWCCA, SVCCA, CKA) needs only the covariances: each unit's sums of x, y, x x^T,
-  y y^T and x y^T, combined with the resample's counts (`resampled_covariances`). To bound the
-  memory of the per-unit d x d products, the sentences are dealt at random (seeded) into at most
-  `analysis.bootstrap.groups` groups of whole sentences, and groups are the units drawn (groups of
-  i.i.d. sentences are i.i.d. themselves); with fewer sentences than that, each sentence is a unit;
+- the CCA family (PWCCA, SVCCA, CKA) needs only the covariances: each group's sums of x, y, x x^T,
+  y y^T and x y^T, combined with the resample's counts (`resampled_covariances`);
 - MI from a fixed clustering: the plug-in MI of the contingency counts reweighted by the counts;
-- neighbours: per-query values averaged with the counts of the queries' sentences.
+- neighbours: per-query values under the resample's weights of the queries and of the pool.
 """
 from __future__ import annotations
 
@@ -36,12 +45,14 @@ from .similarity import Covariances, Spectrum
 
 TABLES = ("similarity", "change", "influence", "mi", "neighbours")
 NO_INTERVAL = (float("nan"), float("nan"))
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How one table's intervals are drawn: `resamples` (0: none, ci columns nan), seed, level, groups,
-    method (normal | percentile | basic)."""
+    """How one table's replicates are drawn: `resamples` (0: none, ci columns nan), seed, level, groups,
+    method (normal | percentile | basic). Every table's plan has the same seed and groups, so resample r
+    is the same in all of them (module docstring)."""
 
     resamples: int
     seed: int
@@ -51,11 +62,24 @@ class Plan:
 
     def describe(self) -> dict:
         return {"resamples": self.resamples, "seed": self.seed, "level": self.level, "groups": self.groups,
-                "method": self.method, "unit": "probe sentence"}
+                "method": self.method, "unit": "group of probe sentences (a seeded hash of the sentence id)"}
+
+    def units(self, sentence_ids: np.ndarray) -> np.ndarray:
+        """The group (0..groups - 1) of each row, from its sentence id (`unit_of`)."""
+        return unit_of(sentence_ids, self.groups, self.seed)
+
+    def draws(self) -> np.ndarray | None:
+        """(resamples, groups) counts of every resample (`draws`); None when resamples is 0."""
+        return draws(self.groups, self.resamples, self.seed) if self.resamples else None
 
     def interval(self, values, estimate: float) -> tuple[float, float]:
-        """This plan's interval of `estimate` from its resampled `values`."""
+        """This plan's interval of `estimate` from its replicates `values`."""
         return interval(values, self.level, estimate, self.method)
+
+    def summary(self, estimate: float, values: np.ndarray | None, prefix: str = "") -> dict:
+        """The columns `<prefix>ci_low`, `<prefix>ci_high` of `estimate` from its replicates (nan without)."""
+        low, high = NO_INTERVAL if values is None else self.interval(values, estimate)
+        return {f"{prefix}ci_low": low, f"{prefix}ci_high": high}
 
 
 def plan(cfg: DictConfig, table: str) -> Plan:
@@ -66,29 +90,32 @@ def plan(cfg: DictConfig, table: str) -> Plan:
     return Plan(int(resamples), int(seed), float(level), int(groups), str(method))
 
 
-def units(sentence_ids: np.ndarray, groups: int | None, seed: int) -> tuple[np.ndarray, int]:
-    """(unit of each row (n,), number of units): each distinct sentence is a unit, or, with more
-    sentences than `groups`, sentences are dealt at random (seeded) into `groups` groups."""
-    inverse = np.unique(np.asarray(sentence_ids), return_inverse=True)[1].ravel()
-    n_sentences = int(inverse.max()) + 1 if len(inverse) else 0
-    if groups is None or n_sentences <= groups:
-        return inverse, n_sentences
-    deal = np.random.default_rng(seed).permutation(n_sentences) % groups
-    return deal[inverse], groups
+def unit_of(sentence_ids: np.ndarray, groups: int, seed: int) -> np.ndarray:
+    """(n,) the group of each row: a seeded hash (splitmix64) of its sentence id, modulo `groups`. A
+    function of the id alone, so every row of a sentence, in any table, subset or dump, is in one group."""
+    ids = np.asarray(sentence_ids).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = ids * _GOLDEN + np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z % np.uint64(groups)).astype(np.int64)
 
 
-def counts(n_units: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, n_units) multinomial counts: how often each unit is drawn in each resample."""
-    if n_units < 2:
-        raise ValueError(f"a bootstrap over {n_units} unit(s): need at least 2 sentences")
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=resamples)
+def draws(groups: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, groups) multinomial counts: how often each group is drawn in each resample. Resample r
+    comes from a generator seeded with (seed, r) alone, so it is the same however many are drawn."""
+    if groups < 2:
+        raise ValueError(f"a bootstrap over {groups} group(s): need at least 2")
+    p = np.full(groups, 1.0 / groups)
+    return np.stack([np.random.default_rng([seed, 0xB007, r]).multinomial(groups, p) for r in range(resamples)]) \
+        if resamples else np.zeros((0, groups), dtype=np.int64)
 
 
 def interval(values: np.ndarray | list[float], level: float, estimate: float | None = None,
              method: str = "normal") -> tuple[float, float]:
-    """The `method` interval (module docstring) at `level` of `estimate` from its resampled values
-    (nan ones, e.g. an empty resample, dropped); `normal` and `basic` need the estimate."""
+    """The `method` interval (module docstring) at `level` of `estimate` from its replicates (nan ones,
+    e.g. an empty resample, dropped); `normal` and `basic` need the estimate."""
     if method not in METHODS:
         raise ValueError(f"unknown bootstrap interval method {method!r}: {' | '.join(METHODS)}")
     values = np.asarray(values, dtype=np.float64)

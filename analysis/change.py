@@ -15,7 +15,8 @@ the same number of tokens, drawn with `analysis.sample_seed`, and the same rows 
 layer pair. Each row also holds `shuffled`: the same two views with the upper layer's rows permuted
 (one seeded permutation per group, the same at every layer pair), what "no correspondence" reads
 at that n, and `ci_low`, `ci_high`: the bootstrap interval (analysis.bootstrap.method) over the group's sentences
-(analysis.bootstrap; the same draws at every layer pair). Writes
+(analysis.bootstrap: the shared plan, the same resamples at every layer pair, in every bucket and model),
+whose replicates go to `seed<n>.npz` beside the table (analysis.tables). Writes
 `<paths.metrics>/change/<objective>/seed<n>.csv` with the columns
 `measure, objective, seed, layer_from, layer_to, bucket, distance, shuffled, n_tokens, ci_low, ci_high`.
 """
@@ -34,7 +35,7 @@ from pipeline.store import PipelineError
 from . import bootstrap
 from .buckets import FLOOR_KEY, BucketPlan, draw, plan_buckets, sample_floor, shuffle_seed
 from .dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, sample_rows
-from .measures import check_measure, distance, intervals, paired
+from .measures import check_measure, distance, paired, replicates
 from .tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.change")
@@ -85,13 +86,14 @@ def change_rows(dump: Dump, cfg: DictConfig) -> tuple[list[dict], BucketPlan]:
         for label, idx in groups.items():
             cov, shuffled = paired(lower[idx], upper[idx], perms[label], device=device)  # shared by the measures
             point = {measure: distance(measure, cov, cfg) for measure in measures}
-            ci, carried[label] = intervals(measures, point, lower[idx], upper[idx], dump.tokens["sentence_id"][idx],
-                                           cfg, boot, device, carried.get(label))
+            reps, carried[label] = replicates(measures, lower[idx], upper[idx], dump.tokens["sentence_id"][idx],
+                                              cfg, boot, device, carried.get(label))
             for measure in measures:
                 rows.append({"measure": measure, "objective": dump.objective, "seed": dump.seed,
                              "layer_from": layer, "layer_to": layer + 1, "bucket": label,
                              "distance": point[measure], "shuffled": distance(measure, shuffled, cfg),
-                             "n_tokens": len(idx), "ci_low": ci[measure][0], "ci_high": ci[measure][1]})
+                             "n_tokens": len(idx), **boot.summary(point[measure], reps[measure]),
+                             "replicates": {"distance": reps[measure]}})
     return rows, plan
 
 

@@ -20,7 +20,9 @@ This measures the dump of step N (`snapshot=N`; null: the finished model, model.
 - `neighbours`: identity, position, left and right token of the k nearest neighbours (analysis.neighbours).
 
 Every row has its bootstrap interval over probe sentences with the resamples of the table it mirrors
-(similarity for `to_final`, change, mi, neighbours) and its sample size. The rows are the same for
+(similarity for `to_final`, change, mi, neighbours), drawn from the shared plan (analysis.bootstrap: the
+same resamples at every step and in the finished model's tables), its replicates in `<step>.npz` beside
+the part, and its sample size. The rows are the same for
 every step of a model (the same seeded subsets), so a curve over steps moves with the model only.
 Writes `<paths.metrics>/evolution/<objective>/seed<n>/step<N>.csv` (the finished model: final.csv),
 columns `objective, seed, step, final, quantity, measure, target, layer, value, ci_low, ci_high, n_tokens`:
@@ -45,8 +47,8 @@ from . import bootstrap
 from .buckets import sample_floor, shuffle_seed
 from .dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
 from .kmeans import kmeans
-from .measures import check_measure, distance, intervals, paired
-from .mutual_info import RowSet, input_rows, masked_rows, mi_intervals, mi_of_clusters, next_token_rows
+from .measures import check_measure, distance, paired, replicates
+from .mutual_info import RowSet, input_rows, masked_rows, mi_columns, mi_of_clusters, next_token_rows
 from .neighbours import layer_rows as neighbour_layer_rows
 from .settings import setting
 from .tables import evolution_part, evolution_settings, write_table
@@ -77,10 +79,10 @@ def open_dumps(cfg: DictConfig) -> tuple[Dump, Dump, int]:
 
 
 def _row(dump: Dump, step: int, final: bool, quantity: str, measure: str, target: str, layer: int,
-         value: float, ci: tuple[float, float], n: int) -> dict:
+         value: float, reps: np.ndarray | None, boot: bootstrap.Plan, n: int) -> dict:
     return {"objective": dump.objective, "seed": dump.seed, "step": step, "final": int(final),
             "quantity": quantity, "measure": measure, "target": target, "layer": layer, "value": float(value),
-            "ci_low": float(ci[0]), "ci_high": float(ci[1]), "n_tokens": int(n)}
+            **boot.summary(float(value), reps), "n_tokens": int(n), "replicates": {"value": reps}}
 
 
 def distance_rows(cfg: DictConfig, dump: Dump, final: Dump, measures: list[str], device, emit) -> None:
@@ -101,17 +103,17 @@ def distance_rows(cfg: DictConfig, dump: Dump, final: Dump, measures: list[str],
         x, y = upper, final.states(layer, rows)
         cov, _ = paired(x, y, perm_final, device=device)
         point = {m: distance(m, cov, cfg) for m in measures}
-        ci, _ = intervals(measures, point, x, y, sentences[rows], cfg, to_final, device)
+        reps, _ = replicates(measures, x, y, sentences[rows], cfg, to_final, device)
         for m in measures:
-            emit("to_final", m, "final", layer, point[m], ci[m], len(rows))
+            emit("to_final", m, "final", layer, point[m], reps[m], to_final, len(rows))
         if layer == dump.n_layers:
             break
         lower, upper = upper, dump.states(layer + 1, rows)
         cov, _ = paired(lower, upper, perm_change, device=device)
         point = {m: distance(m, cov, cfg) for m in measures}
-        ci, carried = intervals(measures, point, lower, upper, sentences[change], cfg, of_change, device, carried)
+        reps, carried = replicates(measures, lower, upper, sentences[change], cfg, of_change, device, carried)
         for m in measures:
-            emit("change", m, "all", layer + 1, point[m], ci[m], len(change))
+            emit("change", m, "all", layer + 1, point[m], reps[m], of_change, len(change))
 
 
 def mi_row_sets(cfg: DictConfig, dump: Dump, masked: Dump | None) -> list[RowSet]:
@@ -140,13 +142,13 @@ def mi_rows(cfg: DictConfig, dump: Dump, device, emit) -> None:
     iters, tol = int(setting(cfg, "analysis.mi.kmeans_iters")), float(setting(cfg, "analysis.mi.kmeans_tol"))
     batch = setting(cfg, "analysis.mi.kmeans_batch")
     boot = bootstrap.plan(cfg, "mi")
+    draws = boot.draws()
     for rs in sets:
         if len(rs.rows) < 2:
             log.warning("%s: only %d rows for %s; not measured", dump.folder, len(rs.rows), "/".join(rs.labels))
             continue
         source = masked if rs.masked else dump
-        unit, n_units = bootstrap.units(source.tokens["sentence_id"][rs.rows], None, boot.seed)
-        draws = bootstrap.counts(n_units, boot.resamples, boot.seed) if boot.resamples else None
+        unit = boot.units(source.tokens["sentence_id"][rs.rows])
         used = min(k, len(rs.rows))
         for layer in range(dump.n_layers + 1):
             states = torch.from_numpy(source.states(layer, rs.rows))
@@ -154,12 +156,11 @@ def mi_rows(cfg: DictConfig, dump: Dump, device, emit) -> None:
                            for i in range(restarts)]
             for target, labels in rs.labels.items():
                 ests = [mi_of_clusters(c, labels, seed) for c in clusterings]
-                mi = float(np.mean([e.mi for e in ests]))
-                corrected = float(np.mean([e.mi_corrected for e in ests]))
-                ci = (mi_intervals(clusterings[0], labels, seed, unit, draws, boot, mi, corrected)
-                      if draws is not None else 2 * bootstrap.NO_INTERVAL)
-                emit("mi", "plugin", target, layer, mi, ci[:2], ests[0].n_tokens)
-                emit("mi", "corrected", target, layer, corrected, ci[2:], ests[0].n_tokens)
+                mean = {key: float(np.mean([getattr(e, key) for e in ests])) for key in ("mi", "mi_corrected")}
+                reps = mi_columns(boot, clusterings[0], labels, ests[0], mean, seed, unit, draws)["replicates"]
+                emit("mi", "plugin", target, layer, mean["mi"], reps["mi"], boot, ests[0].n_tokens)
+                emit("mi", "corrected", target, layer, mean["mi_corrected"], reps["mi_corrected"], boot,
+                     ests[0].n_tokens)
 
 
 def neighbour_rows(cfg: DictConfig, dump: Dump, device, emit) -> None:
@@ -168,8 +169,9 @@ def neighbour_rows(cfg: DictConfig, dump: Dump, device, emit) -> None:
     if k >= dump.n_tokens:
         raise PipelineError(f"setting analysis.neighbours.k={k}: {dump.folder} has only {dump.n_tokens} tokens")
     queries = sample_rows(dump.n_tokens, setting(cfg, "analysis.neighbours.max_queries"), int(cfg.analysis.sample_seed))
-    for layer, prop, value, ci, n in neighbour_layer_rows(cfg, dump, queries, k, metric, device):
-        emit("neighbours", prop, "", layer, value, ci, n)
+    boot = bootstrap.plan(cfg, "neighbours")
+    for layer, prop, value, reps, n in neighbour_layer_rows(cfg, dump, queries, k, metric, device):
+        emit("neighbours", prop, "", layer, value, reps, boot, n)
 
 
 def evolution_rows(cfg: DictConfig) -> list[dict]:
@@ -179,8 +181,8 @@ def evolution_rows(cfg: DictConfig) -> list[dict]:
     measures = [check_measure(m, "analysis.evolution.measures") for m in setting(cfg, "analysis.evolution.measures")]
     rows: list[dict] = []
 
-    def emit(quantity, measure, target, layer, value, ci, n):
-        rows.append(_row(dump, step, dump is final, quantity, measure, target, layer, value, ci, n))
+    def emit(quantity, measure, target, layer, value, reps, boot, n):
+        rows.append(_row(dump, step, dump is final, quantity, measure, target, layer, value, reps, boot, n))
 
     for name, part in (("distances", lambda: distance_rows(cfg, dump, final, measures, device, emit)),
                        ("mi", lambda: mi_rows(cfg, dump, device, emit)),

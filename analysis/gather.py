@@ -23,9 +23,9 @@ from pipeline.config import INIT, model_grid, pretrained_grid
 from pipeline.convergence import convergence
 from pipeline.store import PipelineError, read_json
 
-from .tables import COLUMNS, read_record, read_table, table_path
+from .tables import COLUMNS, read_record, read_replicates, read_table, replicates_path, table_path, with_replicates
 
-TABLES = tuple(COLUMNS)  # similarity, change, influence, mi, neighbours, tsne, evolution
+TABLES = tuple(t for t in COLUMNS if t != "claims")  # similarity, change, influence, mi, neighbours, tsne, evolution
 _INT = {"seed", "seed_a", "seed_b", "layer", "layer_a", "layer_b", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_influencers",
         "n_clusters", "k", "n_queries", "position", "sentence_id", "masked", "step", "final"}
 _FLOAT = {"distance", "shuffled", "mi", "mi_shuffled", "mi_corrected", "value", "x", "y", "ci_low", "ci_high",
@@ -40,6 +40,7 @@ class Table:
     rows: list[dict[str, Any]] | None = None
     record: dict | None = None
     missing: str | None = None
+    no_replicates: str | None = None  # why its rows carry no bootstrap replicates (analysis.tables.REPLICATES)
 
 
 @dataclass
@@ -131,6 +132,13 @@ def load_table(path: str | Path, name: str) -> Table:
         table.missing = f"{path} has no rows"
         return table
     table.rows = rows
+    try:
+        arrays = read_replicates(path, name, len(rows))
+        if arrays is None:
+            table.no_replicates = f"{replicates_path(path)} not found: {path} was made before replicates were kept"
+        with_replicates(rows, arrays)
+    except PipelineError as e:
+        table.no_replicates = str(e)
     try:
         table.record = read_record(path)
     except (OSError, ValueError):

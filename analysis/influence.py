@@ -34,7 +34,7 @@ Reads the checkpoint (model.pt) and the dump's token table (the same sentences a
 as every other measurement); writes `<paths.metrics>/influence/<objective>/seed<n>.csv` with the
 columns `measure, objective, seed, layer, bucket, affected, distance, shuffled, n_pairs,
 n_influencers, ci_low, ci_high` (the last two: the bootstrap interval over the influencing
-tokens' sentences, analysis.bootstrap).
+tokens' sentences, the shared plan of analysis.bootstrap; its replicates in `seed<n>.npz` beside it).
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ from .settings import AFFECTED, setting
 from . import bootstrap
 from .buckets import BucketPlan, plan_buckets, sample_floor, shuffle_seed
 from .dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, model_file
-from .measures import check_measure, distance, intervals, paired
+from .measures import check_measure, distance, paired, replicates
 from .tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.influence")
@@ -354,12 +354,13 @@ def influence_rows(model: Model | OwnStack | PretrainedStack, dump: Dump, cfg: D
             cov, shuffled = paired(usual[index], with_removal[index], perm, device=device)
             # intervals over the influencing tokens' sentences (every pair of a sentence drawn together)
             point = distance(measure, cov, cfg)
-            ci = intervals([measure], {measure: point}, usual[index], with_removal[index],
-                           sentence_of[influencers[k][take]], cfg, boot, device)[0][measure]
+            reps = replicates([measure], usual[index], with_removal[index], sentence_of[influencers[k][take]], cfg,
+                              boot, device)[0][measure]
             rows.append({"measure": measure, "objective": dump.objective, "seed": dump.seed, "layer": layer,
                          "bucket": labels[k], "affected": affected, "distance": point,
                          "shuffled": distance(measure, shuffled, cfg), "n_pairs": len(take),
-                         "n_influencers": len(np.unique(influencers[k][take])), "ci_low": ci[0], "ci_high": ci[1]})
+                         "n_influencers": len(np.unique(influencers[k][take])), **boot.summary(point, reps),
+                         "replicates": {"distance": reps}})
     rows.sort(key=lambda r: (r["layer"], labels.index(r["bucket"])))
     return rows, plan
 

@@ -51,23 +51,22 @@ def paired(x: View, y: View, perm: np.ndarray, device: torch.device | str | None
     return (Covariances(sx, xc.T @ yc / (n - 1), sy, n), Covariances(sx, xc.T @ yc[index] / (n - 1), sy, n))
 
 
-def intervals(measures: list[str], estimates: dict[str, float], x: View, y: View, sentence_ids: np.ndarray,
-              cfg: DictConfig, boot: bootstrap.Plan, device: torch.device | str | None = None,
-              x_resampled: bootstrap.Resampled | None = None) -> tuple[dict[str, tuple[float, float]],
+def replicates(measures: list[str], x: View, y: View, sentence_ids: np.ndarray, cfg: DictConfig,
+               boot: bootstrap.Plan, device: torch.device | str | None = None,
+               x_resampled: bootstrap.Resampled | None = None) -> tuple[dict[str, np.ndarray | None],
                                                                        bootstrap.Resampled | None]:
-    """Bootstrap intervals over probe sentences (boot.method) of every measure's distance `estimates[m]` between x (n, d1)
-    and y (n, d2) (rows: the same tokens, of the sentences `sentence_ids` (n,)): resampled covariances
-    from per-unit sums (analysis.bootstrap), x's decompositions shared by the measures. Returns
-    ({measure: (low, high)}, y's resampled sums, to pass back as `x_resampled` when y is the next
-    pair's x; nan intervals and None when boot.resamples is 0)."""
+    """Every measure's distance between x (n, d1) and y (n, d2) (rows: the same tokens, of the sentences
+    `sentence_ids` (n,)) under each resample of the shared plan `boot` (analysis.bootstrap): resampled
+    covariances from per-group sums, x's decompositions shared by the measures. Returns ({measure:
+    (resamples,) replicates}, y's resampled sums, to pass back as `x_resampled` when y is the next
+    pair's x); ({measure: None}, None) when boot.resamples is 0."""
     if not boot.resamples:
-        return {m: bootstrap.NO_INTERVAL for m in measures}, None
-    unit, g = bootstrap.units(sentence_ids, boot.groups, boot.seed)
-    draws = bootstrap.counts(g, boot.resamples, boot.seed)
+        return {m: None for m in measures}, None
+    unit, draws = boot.units(sentence_ids), boot.draws()
     rx = x_resampled or bootstrap.Resampled(centre(x, device=device), unit, draws)
     ry = bootstrap.Resampled(centre(y, device=device), unit, draws)
     covs = bootstrap.resampled_covariances(rx, ry)
-    return {m: boot.interval([distance(m, c, cfg) for c in covs], estimates[m]) for m in measures}, ry
+    return {m: np.array([distance(m, c, cfg) for c in covs]) for m in measures}, ry
 
 
 class Moments:

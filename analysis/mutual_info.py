@@ -22,7 +22,9 @@ sentences of mi and mi_corrected (the clustering fixed; analysis.bootstrap); the
 carry none (nan), to keep the cost down. At the main count the clustering is restarted
 `analysis.mi.restarts` times (k-means seeds seed, seed + 1, ...): mi, mi_shuffled and mi_corrected
 are the restarts' means, mi_sd and mi_corrected_sd their standard deviations (nan for one restart),
-and the intervals are centred on the means with the spread of the first restart's clustering. Writes `<paths.metrics>/mi/<objective>/seed<n>.csv`.
+and the intervals are centred on the means with the spread of the first restart's clustering, whose
+replicates (analysis.bootstrap's shared plan; moved by the restarts' mean minus its own estimate) go to
+`seed<n>.npz` beside the table. Writes `<paths.metrics>/mi/<objective>/seed<n>.csv`.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from .settings import setting
 from . import bootstrap
 from .dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
 from .kmeans import kmeans
-from .tables import MI_INTERVAL_COLUMNS, mi_cluster_counts, mi_settings, part_path, write_table
+from .tables import mi_cluster_counts, mi_settings, part_path, write_table
 
 log = logging.getLogger("analysis.mutual_info")
 
@@ -111,16 +113,29 @@ def mutual_information(states: np.ndarray | torch.Tensor, labels: np.ndarray, n_
                       estimate.n_labels, k)
 
 
-def mi_intervals(clusters: np.ndarray, labels: np.ndarray, seed: int, unit: np.ndarray, draws: np.ndarray,
-                 boot: bootstrap.Plan, mi: float, corrected: float) -> tuple[float, float, float, float]:
-    """Bootstrap intervals (boot.method) of the plug-in MI `mi` and of the corrected MI `corrected`
-    from a fixed clustering (clusters, labels: (n,)), resampling the units (sentences) of the rows
-    with the counts `draws` (B, G): the same permuted labels as `mi_of_clusters` give the chance
-    level on every resample."""
+def mi_replicates(clusters: np.ndarray, labels: np.ndarray, seed: int, unit: np.ndarray, draws: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(plug-in MI, corrected MI) of a fixed clustering (clusters, labels: (n,)) under each resample of
+    the rows' units `unit` (n,) with the counts `draws` (B, G): the same permuted labels as
+    `mi_of_clusters` give the chance level on every resample. Two (B,) arrays."""
     shuffled = np.random.default_rng(seed).permutation(np.asarray(labels))
     resampled = bootstrap.resampled_mi(labels, clusters, unit, draws)
-    chance = bootstrap.resampled_mi(shuffled, clusters, unit, draws)
-    return (*boot.interval(resampled, mi), *boot.interval(resampled - chance, corrected))
+    return resampled, resampled - bootstrap.resampled_mi(shuffled, clusters, unit, draws)
+
+
+def mi_columns(boot: bootstrap.Plan, clusters: np.ndarray, labels: np.ndarray, first: MIEstimate,
+               mean: dict[str, float], seed: int, unit: np.ndarray | None, draws: np.ndarray | None) -> dict:
+    """The interval columns and replicates of a row whose mi / mi_corrected are `mean` (over k-means
+    restarts): the replicates are those of the first restart's clustering `clusters` (its estimate
+    `first`), moved by the restarts' mean minus that estimate, so that they are centred as the reported
+    value's would be. Without draws: nan intervals, no replicates."""
+    if draws is None:
+        plain = corrected = None
+    else:
+        plain, corrected = mi_replicates(clusters, labels, seed, unit, draws)
+        plain, corrected = plain + (mean["mi"] - first.mi), corrected + (mean["mi_corrected"] - first.mi_corrected)
+    return {**boot.summary(mean["mi"], plain), **boot.summary(mean["mi_corrected"], corrected, "corrected_"),
+            "replicates": {"mi": plain, "mi_corrected": corrected}}
 
 
 # ---------------------------------------------------------------- which rows, which labels
@@ -204,10 +219,8 @@ def run(cfg: DictConfig) -> Path:
              ", ".join(f"{'/'.join(s.labels)} {len(s.rows)} rows" for s in sets), counts)
 
     boot = bootstrap.plan(cfg, "mi")
-    # Resampling whole sentences of each row set (analysis.bootstrap), at the main cluster count only.
-    resampling = {id(rs): bootstrap.units((masked if rs.masked else dump).tokens["sentence_id"][rs.rows], None,
-                                          boot.seed) for rs in sets if boot.resamples and len(rs.rows) >= 2}
-    draws = {key: bootstrap.counts(g, boot.resamples, boot.seed) for key, (_, g) in resampling.items()}
+    draws = boot.draws()  # the shared plan (analysis.bootstrap), at the main cluster count only
+    units = {id(rs): boot.units((masked if rs.masked else dump).tokens["sentence_id"][rs.rows]) for rs in sets}
     out_rows = []
     for layer in range(dump.n_layers + 1):
         t = time.perf_counter()
@@ -228,14 +241,12 @@ def run(cfg: DictConfig) -> Path:
                     ests = [mi_of_clusters(clusters, labels, seed) for clusters in clusterings]
                     mean = {key: float(np.mean([getattr(e, key) for e in ests]))
                             for key in ("mi", "mi_shuffled", "mi_corrected")}
-                    ci = (mi_intervals(clusterings[0], labels, seed, resampling[id(rs)][0], draws[id(rs)], boot,
-                                       mean["mi"], mean["mi_corrected"])
-                          if main and id(rs) in draws else 2 * bootstrap.NO_INTERVAL)
                     spread = {f"{key}_sd": float(np.std([getattr(e, key) for e in ests], ddof=1)) if len(ests) > 1
                               else float("nan") for key in ("mi", "mi_corrected")}
                     out_rows.append({"objective": objective, "seed": int(cfg.seed), "layer": layer,
-                                     "target": target, "n_clusters": used, **mean,
-                                     "n_tokens": ests[0].n_tokens, **dict(zip(MI_INTERVAL_COLUMNS, ci)), **spread})
+                                     "target": target, "n_clusters": used, **mean, "n_tokens": ests[0].n_tokens,
+                                     **mi_columns(boot, clusterings[0], labels, ests[0], mean, seed, units[id(rs)],
+                                                  draws if main else None), **spread})
         log.info("layer %d done in %.1f s", layer, time.perf_counter() - t)
     path = write_table(part_path(cfg, "mi"), "mi", out_rows, mi_settings(cfg), started, device=str(device),
                        bootstrap={**boot.describe(), "n_clusters": counts[0], "clustering": "the first restart"},

@@ -10,7 +10,10 @@ whose left (right) neighbouring token equals the query's (`left_token`, `right_t
 
 A token at the start (end) of its sentence has no left (right) token: it is given a sentinel that
 never matches, so such a query counts with a share of 0 and such a neighbour never counts as a match.
-Every value has a bootstrap interval over the queries' sentences (analysis.bootstrap).
+Every value has a bootstrap interval from the shared plan of analysis.bootstrap, which resamples the
+queries' sentences and the pool's with them: under resample r a pool token counts as often as its
+sentence's group was drawn, so a query's k nearest are found among the drawn neighbours
+(`resampled_properties`; the query's own row is never one). Its replicates go to `seed<n>.npz`.
 Writes `<paths.metrics>/neighbours/<objective>/seed<n>.csv`.
 """
 from __future__ import annotations
@@ -82,22 +85,40 @@ def nearest_neighbours(pool: np.ndarray | torch.Tensor, queries: np.ndarray, k: 
     return out.cpu().numpy()
 
 
-def per_query_properties(neighbours: np.ndarray, queries: np.ndarray,
-                         tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each query's value (q,) of every property (see `neighbour_properties`); `position` is nan for a
-    query without a neighbour of its own token type."""
+def pair_properties(candidates: np.ndarray, queries: np.ndarray, tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What each candidate neighbour (q, K) (pool rows, nearest first) shares with its query (q,), as
+    (q, K) float arrays: `same` token, `gap` = |position difference| where the token is the same (0
+    elsewhere), the same `left_token`, the same `right_token` (a missing one never matches)."""
     ids, pos = tokens["token_id"], tokens["position"]
     left, right = context_tokens(tokens)
-    q = np.asarray(queries)[:, None]  # (q, 1) against neighbours (q, k)
-    same = ids[neighbours] == ids[q]
-    n_same = same.sum(1)
-    gap = (np.abs(pos[neighbours] - pos[q]) * same).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        position = np.where(n_same > 0, gap / n_same, np.nan)
-    result = {"identity": same.mean(1), "position": position}
+    q = np.asarray(queries)[:, None]  # (q, 1) against candidates (q, K)
+    same = ids[candidates] == ids[q]
+    out = {"same": same.astype(np.float32), "gap": (np.abs(pos[candidates] - pos[q]) * same).astype(np.float32)}
     for name, ctx in (("left_token", left), ("right_token", right)):
-        result[name] = ((ctx[neighbours] == ctx[q]) & (ctx[q] != NO_TOKEN)).mean(1)
-    return result
+        out[name] = ((ctx[candidates] == ctx[q]) & (ctx[q] != NO_TOKEN)).astype(np.float32)
+    return out
+
+
+def weighted_properties(pairs: dict[str, torch.Tensor], take: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each query's value of every property when its neighbours are the candidates weighted by `take`
+    (..., q, K) (each query's weights sum to k; 1 for the k nearest: the plain estimate): identity =
+    Σ take·same / Σ take; position = Σ take·gap / Σ take·same (nan without a neighbour of its type);
+    left / right token = Σ take·match / Σ take. Returns (..., q) tensors."""
+    total = take.sum(-1)
+    n_same = (take * pairs["same"]).sum(-1)
+    out = {"identity": n_same / total, "position": (take * pairs["gap"]).sum(-1) / n_same}
+    for name in ("left_token", "right_token"):
+        out[name] = (take * pairs[name]).sum(-1) / total
+    return out
+
+
+def per_query_properties(neighbours: np.ndarray, queries: np.ndarray,
+                         tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each query's value (q,) of every property (see `neighbour_properties`) from its k neighbours
+    (q, k); `position` is nan for a query without a neighbour of its own token type."""
+    pairs = {key: torch.from_numpy(v).double() for key, v in pair_properties(neighbours, queries, tokens).items()}
+    values = weighted_properties(pairs, torch.ones(neighbours.shape, dtype=torch.float64))
+    return {name: v.numpy() for name, v in values.items()}
 
 
 def neighbour_properties(neighbours: np.ndarray, queries: np.ndarray,
@@ -117,22 +138,61 @@ def neighbour_properties(neighbours: np.ndarray, queries: np.ndarray,
     return result
 
 
-def layer_rows(cfg: DictConfig, dump, queries: np.ndarray, k: int, metric: str, device):
-    """Per layer of `dump`, the neighbour properties of the `queries` rows with their bootstrap interval
-    (the plan of analysis.bootstrap for neighbours, over the queries' sentences): yields
-    (layer, property, value, (ci_low, ci_high), number of queries it averages over)."""
+def resampled_properties(pairs: dict[str, np.ndarray], pool_units: np.ndarray, query_units: np.ndarray,
+                         draws: np.ndarray, k: int, block: int = 10) -> tuple[dict[str, np.ndarray], float]:
+    """Every property's value under each resample of the queries AND of the pool: in resample r a
+    candidate neighbour counts as often as its group was drawn (draws[r, pool_units]), and a query's k
+    nearest are its candidates, nearest first, until their counts reach k (the last one in part; the
+    query's own row is never a candidate); each query's value enters the mean as often as its group was
+    drawn. pairs: `pair_properties` (q, K); pool_units (q, K), query_units (q,): groups; draws (B, G).
+    Returns ({property: (B,) replicates}, the share of drawn queries whose K candidates held fewer than k
+    drawn neighbours: those are measured with what they hold)."""
+    tensors = {key: torch.from_numpy(v) for key, v in pairs.items()}
+    pool, own = torch.from_numpy(pool_units), torch.from_numpy(query_units)
+    out = {name: np.empty(len(draws)) for name in PROPERTIES}
+    short = drawn = 0.0
+    for start in range(0, len(draws), block):
+        d = torch.as_tensor(draws[start:start + block], dtype=torch.float32)  # (b, G)
+        w = d[:, pool]                                                        # (b, q, K)
+        before = w.cumsum(-1) - w
+        take = torch.minimum((k - before).clamp_(min=0), w)
+        weight = d[:, own]                                                    # (b, q)
+        short += float(((take.sum(-1) < k - 1e-6) & (weight > 0)).float().sum())
+        drawn += float((weight > 0).float().sum())
+        for name, values in weighted_properties(tensors, take).items():
+            ok = torch.isfinite(values) & (weight > 0)
+            num = torch.where(ok, values, 0.0).mul(weight).sum(-1, dtype=torch.float64)
+            den = torch.where(ok, weight, 0.0).sum(-1, dtype=torch.float64)
+            out[name][start:start + len(d)] = (num / den).numpy()
+    return out, short / max(drawn, 1.0)
+
+
+CANDIDATES = 3  # a query's candidate neighbours under resampling: this many times k, nearest first
+
+
+def layer_rows(cfg: DictConfig, dump, queries: np.ndarray, k: int, metric: str, device, notes: dict | None = None):
+    """Per layer of `dump`, the neighbour properties of the `queries` rows and their replicates under the
+    shared plan of analysis.bootstrap (resampling the queries' sentences and the pool's with them,
+    `resampled_properties`): yields (layer, property, value, (B,) replicates or None, number of queries
+    it averages over). `notes` (a dict), when given, gets the largest share of drawn queries per layer
+    that ran short of candidates."""
     boot = bootstrap.plan(cfg, "neighbours")
-    unit, n_units = bootstrap.units(dump.tokens["sentence_id"][queries], None, boot.seed)  # the queries' sentences
-    draws = bootstrap.counts(n_units, boot.resamples, boot.seed) if boot.resamples else None
+    draws = boot.draws()
+    units = boot.units(dump.tokens["sentence_id"])  # every pool row's group; queries are pool rows
+    n_candidates = min(dump.n_tokens - 1, CANDIDATES * k) if draws is not None else k
     for layer in range(dump.n_layers + 1):
         t = time.perf_counter()
-        nn = nearest_neighbours(dump.states(layer), queries, k, metric, device)
-        for prop, values in per_query_properties(nn, queries, dump.tokens).items():
+        candidates = nearest_neighbours(dump.states(layer), queries, n_candidates, metric, device)
+        pairs = pair_properties(candidates, queries, dump.tokens)
+        reps = None
+        if draws is not None:
+            reps, short = resampled_properties(pairs, units[candidates], units[queries], draws, k)
+            if notes is not None:
+                notes["short_of_candidates"] = max(notes.get("short_of_candidates", 0.0), short)
+        for prop, values in per_query_properties(candidates[:, :k], queries, dump.tokens).items():
             ok = np.isfinite(values)
             value = float(values[ok].mean()) if ok.any() else float("nan")
-            ci = (boot.interval(bootstrap.weighted_means(values, unit, draws), value)
-                  if draws is not None else bootstrap.NO_INTERVAL)
-            yield layer, prop, value, ci, int(ok.sum())
+            yield layer, prop, value, None if reps is None else reps[prop], int(ok.sum())
         log.info("layer %d done in %.1f s", layer, time.perf_counter() - t)
 
 
@@ -151,11 +211,13 @@ def run(cfg: DictConfig) -> Path:
     queries = sample_rows(dump.n_tokens, max_queries, int(cfg.analysis.sample_seed))
     log.info("%s seed %s on %s: %d queries, pool %d tokens, k=%d, %s", objective, cfg.seed, device,
              len(queries), dump.n_tokens, k, metric)
+    boot, notes = bootstrap.plan(cfg, "neighbours"), {}
     rows = [{"objective": objective, "seed": int(cfg.seed), "layer": layer, "property": prop, "k": k,
-             "metric": metric, "value": value, "n_queries": n, "ci_low": ci[0], "ci_high": ci[1]}
-            for layer, prop, value, ci, n in layer_rows(cfg, dump, queries, k, metric, device)]
+             "metric": metric, "value": value, "n_queries": n, **boot.summary(value, reps),
+             "replicates": {"value": reps}}
+            for layer, prop, value, reps, n in layer_rows(cfg, dump, queries, k, metric, device, notes)]
     path = write_table(part_path(cfg, "neighbours"), "neighbours", rows, section(cfg, "neighbours"), started,
-                       device=str(device), bootstrap=bootstrap.plan(cfg, "neighbours").describe())
+                       device=str(device), bootstrap=boot.describe(), **notes)
     log.info("wrote %s (%d rows) in %.1f s", path, len(rows), time.perf_counter() - started)
     return path
 

@@ -43,7 +43,7 @@ SPECS: dict[str, Check] = {
     "analysis.min_samples_per_dim": (lambda v: number(v) and v >= 1,
                                      "expected the samples per feature every PWCCA/SVCCA/CKA estimate needs, a number >= 1"),
     "analysis.sample_seed": (is_int, "expected an integer"),
-    "analysis.bootstrap.seed": (is_int, "an integer"),
+    "analysis.bootstrap.seed": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
     "analysis.bootstrap.level": (lambda v: isinstance(v, float) and 0 < v < 1, "a coverage in (0, 1), e.g. 0.95"),
     "analysis.bootstrap.groups": (lambda v: is_int(v) and v >= 20, "an integer >= 20"),
     "analysis.bootstrap.method": (lambda v: v in METHODS, " | ".join(METHODS)),

@@ -1,5 +1,6 @@
 """The metric tables every measurement writes: CSV files under `paths.metrics`, written atomically,
-each with a `<name>.json` record beside it (the settings, versions and wall time that made it)."""
+each with a `<name>.json` record beside it (the settings, versions and wall time that made it) and a
+`<name>.npz` of its rows' bootstrap replicates (`REPLICATED`)."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import INIT, to_plain
 from pipeline.store import (PipelineError, checked_file, config_hash, inputs_read, make_record, note_input,
-                            read_json, recording, hydra_overrides, stage_command, write_json, write_text)
+                            read_json, recording, hydra_overrides, stage_command, write_bytes, write_json, write_text)
 
 from .settings import setting
 
@@ -39,12 +40,28 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "evolution": ("objective", "seed", "step", "final", "quantity", "measure", "target", "layer", "value",
                   "ci_low", "ci_high", "n_tokens"),
     "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked"),
+    # the report's verdicts (analysis.claims): one row per judged contrast, each with its claim's and
+    # part's verdicts; a claim without contrasts (not measured) has one row with its reason
+    "claims": ("claim", "statement", "verdict", "numbers", "part", "part_verdict", "seed", "seed_verdict", "contrast",
+               "estimate", "ci_low", "ci_high", "level", "margin", "outcome", "n", "basis", "reason"),
 }
 _OPTIONAL = set(MI_INTERVAL_COLUMNS + MI_SPREAD_COLUMNS)  # a row or an older table without them: nan (no interval)
 # Similarity between models of different depths compares them at the same relative depth: `layer` is the
 # step 1..L_min, `layer_a` / `layer_b` each model's own layer there. A row or an older table without
 # them: both are `layer` (models of one depth).
 _SAME_AS = {"layer_a": "layer", "layer_b": "layer"}
+
+
+# The statistics whose bootstrap replicates (the value under each resample of the shared plan,
+# analysis.bootstrap) are kept beside a table, in `<table>.npz`: one (rows, B) float64 array per column,
+# row i for the CSV's row i, nan where a row has none (the MI sweep's rows; the first B' of B where a row
+# has fewer). B = 0: the table was made with resamples switched off. Every table has the file (tsne's holds
+# no array), so that a table made before replicates were kept is missing an output and is made again.
+# A row carries its replicates in memory under REPLICATES: {column: (B,) array, or None}.
+REPLICATED: dict[str, tuple[str, ...]] = {"similarity": ("distance",), "change": ("distance",),
+                                          "influence": ("distance",), "mi": ("mi", "mi_corrected"),
+                                          "neighbours": ("value",), "evolution": ("value",), "tsne": ()}
+REPLICATES = "replicates"
 
 
 # Column `pair` of the similarity table: which kind of pair of models a row compares.
@@ -105,16 +122,42 @@ def _command() -> str:
     return " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])
 
 
+def replicates_path(path: str | Path) -> Path:
+    """The replicates file of the table at `path` (a CSV): the same name, `.npz`."""
+    return Path(path).with_suffix(".npz")
+
+
+def replicate_arrays(rows: Sequence[dict[str, Any]], table: str) -> dict[str, np.ndarray]:
+    """The (rows, B) replicates of every REPLICATED column of `table`, from each row's REPLICATES
+    (nan where a row has none or fewer)."""
+    out = {}
+    for column in REPLICATED[table]:
+        values = [(row.get(REPLICATES) or {}).get(column) for row in rows]
+        width = max((len(v) for v in values if v is not None), default=0)
+        array = np.full((len(rows), width), np.nan)
+        for i, v in enumerate(values):
+            if v is not None:
+                array[i, :len(v)] = v
+        out[column] = array
+    return out
+
+
 def write_table(path: str | Path, table: str, rows: Iterable[dict[str, Any]], settings: Any,
                 started: float | None = None, command: str | None = None, **extra: Any) -> Path:
-    """Write `rows` as `path` (a CSV with the columns of `table`) and its record `path.json`:
-    the settings it was made with (and their hash), the command, the inputs this process read (their
-    recorded hashes), the CSV's size and sha256, versions, wall time since `started`."""
+    """Write `rows` as `path` (a CSV with the columns of `table`), their replicates as `path.npz`
+    (`REPLICATED`), and the record `path.json`: the settings it was made with (and their hash), the
+    command, the inputs this process read (their recorded hashes), both files' sizes and sha256,
+    versions, wall time since `started`."""
     path = Path(path)
+    rows = list(rows)
     text = to_csv(rows, COLUMNS[table])
     with recording(path.parent) as ledger:
         write_text(path, text)
-    outputs = {path.name: ledger.files[path.name]}
+        if table in REPLICATED:
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **replicate_arrays(rows, table))
+            write_bytes(replicates_path(path), buffer.getvalue())
+    outputs = dict(sorted(ledger.files.items()))
     root = next((folder.parent for folder in path.parents if folder.name == "metrics"), None)  # <results>/metrics
     record = make_record(path.parent, outputs, inputs_read(), root, table=table, rows=text.count("\n") - 1,
                          settings=to_plain(settings), config_hash=config_hash(to_plain(settings)),
@@ -143,6 +186,36 @@ def read_table(path: str | Path, table: str | None = None) -> list[dict[str, str
     return [{c: row[c] if c in row else row[_SAME_AS[c]] if c in _SAME_AS else "nan" for c in columns} for row in rows]
 
 
+def read_replicates(path: str | Path, table: str, n_rows: int) -> dict[str, np.ndarray] | None:
+    """The replicates beside the table at `path` ({column: (n_rows, B) array}); None when the table has
+    no replicates file (made before they were kept). A file of other rows or columns fails, naming it."""
+    npz = replicates_path(path)
+    if not npz.is_file():
+        return None
+    note_input(checked_file(npz))
+    try:
+        with np.load(npz, allow_pickle=False) as f:
+            arrays = {key: f[key] for key in f.files}
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{npz} is not a readable replicates file ({e}): make its table again") from None
+    for column in REPLICATED[table]:
+        array = arrays.get(column)
+        if array is None or array.ndim != 2 or array.shape[0] != n_rows:
+            shape = None if array is None else array.shape
+            raise PipelineError(f"{npz}: replicates of column {column!r} have the shape {shape}, but {path} has "
+                                f"{n_rows} rows: make the table again")
+    return arrays
+
+
+def with_replicates(rows: list[dict[str, Any]], arrays: dict[str, np.ndarray] | None) -> list[dict[str, Any]]:
+    """`rows` with each row's replicates (REPLICATES: {column: (B,) array}) from `arrays` (read_replicates);
+    unchanged when there are none."""
+    if arrays is not None:
+        for i, row in enumerate(rows):
+            row[REPLICATES] = {column: array[i] for column, array in arrays.items()}
+    return rows
+
+
 def read_record(path: str | Path) -> dict:
     """The `.json` record beside a table (settings, versions, wall time)."""
     return read_json(Path(path).with_suffix(".json"))
@@ -161,6 +234,8 @@ def section(cfg: DictConfig, name: str) -> dict:
     a = cfg.analysis
     shared = _SHARED_KEYS.get(name, ("sample_seed",))
     out = {"measure": name, **{key: to_plain(a[key]) for key in shared}, name: to_plain(a[name])}
+    if name in ("change", "influence"):  # their distances are computed as analysis.similarity says
+        out["estimator"] = {key: to_plain(a.similarity[key]) for key in ("ridge", "svcca_variance")}
     if name == "similarity" and OmegaConf.select(cfg, "pretrained.models"):
         # with a pretrained model the distances compare words: what a word's state is matters too
         out["word_state"] = OmegaConf.select(cfg, "pretrained.word_state")
@@ -225,13 +300,19 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path, table: str) -> Pat
     rows: list[dict[str, str]] = []
     records = []
     for part in parts:
-        rows += read_table(part, table)
+        part_rows = read_table(part, table)
+        arrays = read_replicates(part, table, len(part_rows))
+        if arrays is None:
+            raise PipelineError(f"{part} has no replicates beside it ({replicates_path(part).name}): it was made "
+                                "before they were kept; run its measurement again")
+        rows += with_replicates(part_rows, arrays)
         if not Path(part).with_suffix(".json").is_file():
             raise PipelineError(f"{part} has no record beside it ({Path(part).with_suffix('.json').name}): its "
                                 "measurement did not finish; run it again")
         record = read_record(part)
         records.append({"part": str(part), "wall_time_s": record.get("wall_time_s"),
                         "config_hash": record.get("config_hash"),
-                        **{key: record[key] for key in ("model", "floor", "left_out") if key in record}})
+                        **{key: record[key] for key in ("model", "floor", "left_out", "bootstrap",
+                                                        "short_of_candidates") if key in record}})
     settings = {"merged": [str(p) for p in parts]}
     return write_table(out, table, rows, settings, started, parts=records)

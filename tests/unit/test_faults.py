@@ -268,7 +268,7 @@ def test_a_killed_analysis_reruns_to_the_same_bytes(base, shared_zip, neighbours
     assert again.returncode == 0, again.stderr[-3000:]
     assert part.read_bytes() == neighbours_reference, "the rerun's table differs from an uninterrupted run's"
     assert temporaries(metrics) == [], "the rerun left the killed run's temporary file"
-    assert sorted(p.name for p in part.parent.iterdir()) == ["seed1.csv", "seed1.json"]
+    assert sorted(p.name for p in part.parent.iterdir()) == ["seed1.csv", "seed1.json", "seed1.npz"]
     record = read_json(part.with_suffix(".json"))
     assert record["outputs"]["seed1.csv"]["sha256"] == sha256_file(part)
     assert record["inputs"] == {str(base / "dumps" / "lm" / "seed1"): read_json(

@@ -194,7 +194,7 @@ def test_table_on_a_dump(experiment):
         assert int(r["n_pairs"]) >= 2 * int(cfg.model.d_model) and int(r["n_influencers"]) >= 20
         assert 0.0 <= float(r["ci_low"]) <= float(r["ci_high"]) <= 1.0  # over the influencers' sentences
     record = read_record(path)
-    assert record["bootstrap"]["unit"] == "probe sentence"
+    assert record["bootstrap"]["unit"].startswith("group of probe sentences")
     assert record["affected"] == "later" and record["floor"] == 2 * int(cfg.model.d_model)
     assert {b["bucket"] for b in record["left_out"]} == set(labels) - {r["bucket"] for r in rows}
     per_layer = {}

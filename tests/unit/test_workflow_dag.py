@@ -51,6 +51,8 @@ def jobs_per_rule(outputs: list[str]) -> dict[str, int]:
     """Jobs of each rule, recognised by their main output."""
     counts: collections.Counter[str] = collections.Counter()
     for path in map(PurePosixPath, outputs):
+        if path.suffix == ".npz" or path.name == "claims.csv":  # a table's replicates, the report's verdicts
+            continue
         if path.name == "model.pt" and "models" in path.parts:
             counts["train"] += path.parts[-3] != "init"  # rule dump_init writes the step-0 weights
         elif path.name == "stage.json" and "snapshots" in path.parts:
@@ -80,6 +82,10 @@ def jobs_per_rule(outputs: list[str]) -> dict[str, int]:
 def test_dry_run_schedules_the_whole_grid(tmp_path, experiment, overrides):
     outputs = run_workflow(tmp_path, {"experiment": experiment, "overrides": overrides})
     assert jobs_per_rule(outputs) == GRID
+    # every metric table has its replicates beside it (analysis.tables.REPLICATED); the report, its claims
+    tables = {p for p in outputs if "/metrics/" in p and p.endswith(".csv") and not p.endswith("claims.csv")}
+    assert {p[:-len(".csv")] + ".npz" for p in tables} == {p for p in outputs if p.endswith(".npz")}
+    assert f"results/{experiment}/metrics/claims.csv" in outputs
     assert all(path.startswith((f"results/{experiment}/", f"reports/{experiment}/", "resources/")) for path in outputs)
     # the corpus is an input: the default archive is downloaded by a job; paper's parallel files are the user's
     assert ("resources/deu-eng.zip" in outputs) == (experiment != "paper")
@@ -200,7 +206,11 @@ EVOLUTION = {"snapshot_dump": 9, **MEASURED_EVOLUTION}
     (["data.tokenizer.vocab_size=900"], GRID),
     # an analysis setting reruns its measurement (and the report) only, never a model or a dump
     # (the measures over training use the similarity, MI and neighbour settings: every step's reruns)
-    (["analysis.similarity.ridge=1e-5"], {**NOTHING, "similarity": 1, "report": 1, **MEASURED_EVOLUTION}),
+    # (the ridge and SVCCA's kept variance are how every CCA-family distance is computed: change and
+    # influence too)
+    (["analysis.similarity.ridge=1e-5"], {**NOTHING, "similarity": 1, "measure": 20, "merge": 2, "report": 1,
+                                          **MEASURED_EVOLUTION}),
+    (["analysis.similarity.measures=[pwcca]"], {**NOTHING, "similarity": 1, "report": 1, **MEASURED_EVOLUTION}),
     (["analysis.mi.n_clusters=7"], {**NOTHING, "measure": 10, "merge": 1, "report": 1, **MEASURED_EVOLUTION}),
     (["analysis.neighbours.k=5"], {**NOTHING, "measure": 10, "merge": 1, "report": 1, **MEASURED_EVOLUTION}),
     (["analysis.buckets=[1,100,30000]"], {**NOTHING, "measure": 20, "merge": 2, "report": 1}),

@@ -1,6 +1,6 @@
-# The measurements on the dumps. Per-model measures write one part table per (objective, seed); a
-# merge job concatenates the parts into results/<experiment>/metrics/<table>.csv, which the report
-# reads. The task distances compare every pair of models, so they are one job. Each rule's params
+# The measurements on the dumps. Per-model measures write one part table per (objective, seed), with
+# its bootstrap replicates beside it (<part>.npz: analysis/tables.py); a merge job concatenates the parts
+# into results/<experiment>/metrics/<table>.csv and .npz, which the report reads. The task distances compare every pair of models, so they are one job. Each rule's params
 # carry the hash of its analysis settings: changing analysis.<measure>.* reruns that measure only.
 
 
@@ -9,6 +9,7 @@ rule similarity:
         dumps=model_dumps(),
     output:
         table=report(results("metrics/similarity.csv"), caption="../report/similarity.rst", category="Metrics"),
+        replicates=results("metrics/similarity.npz"),
     params:
         config_hash=ANALYSIS_HASH["similarity"],
         run_dir=results("metrics/hydra/similarity"),
@@ -29,6 +30,7 @@ rule measure:
         unpack(measure_inputs),
     output:
         part=results("metrics/{measure}/{objective}/seed{seed}.csv"),
+        replicates=results("metrics/{measure}/{objective}/seed{seed}.npz"),
     params:
         module=measure_module,
         config_hash=measure_hash,
@@ -52,6 +54,7 @@ rule merge:
     output:
         table=report(results("metrics/{measure}.csv"), caption="../report/metrics.rst", category="Metrics",
                      subcategory="{measure}"),
+        replicates=results("metrics/{measure}.npz"),
     log:
         logs("merge/{measure}.log"),
     benchmark:

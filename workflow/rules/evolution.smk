@@ -38,6 +38,7 @@ rule evolution:
         unpack(evolution_inputs),
     output:
         part=results("metrics/evolution/{objective}/seed{seed}/{point}.csv"),
+        replicates=results("metrics/evolution/{objective}/seed{seed}/{point}.npz"),
     params:
         config_hash=EVOLUTION_HASH,
         snapshot=lambda wildcards: "null" if wildcards.point == "final" else wildcards.point[len("step"):],
@@ -60,6 +61,7 @@ rule merge_evolution:
     output:
         table=report(results("metrics/evolution.csv"), caption="../report/metrics.rst", category="Metrics",
                      subcategory="evolution"),
+        replicates=results("metrics/evolution.npz"),
     log:
         logs("merge/evolution.log"),
     benchmark:
