@@ -176,7 +176,9 @@ def pretrained_pairs(s: Section, exp: Experiment, rows: Sequence[dict]) -> None:
     if not pairs:
         return
     record = exp.tables["similarity"].record or {}
-    level, how, n = record.get("level", "token"), record.get("word_state"), record.get("n_common")
+    part = (record.get("levels") or {}).get("pretrained") or {  # older records: one level for every pair
+        "level": record.get("level", "token"), "word_state": record.get("word_state"), "rows": record.get("n_common")}
+    level, how, n = part.get("level", "token"), part.get("word_state"), part.get("rows")
     depths = record.get("depths") or {}
     s.add(para(
         "Pairs with a pretrained model (pair pretrained). Its tokenizer is not ours, so the rows are words, not "
@@ -184,7 +186,9 @@ def pretrained_pairs(s: Section, exp: Experiment, rows: Sequence[dict]) -> None:
         f"of the probe sentences), each word's state {'its first subword' if how == 'first' else 'the mean of its subwords'}"
         " (pretrained.word_state), every distance over the same seeded subset of them. These models differ in "
         "data, size and architecture as well as in objective: a distance between them is not the objective's "
-        "effect alone." if level == "word" else "Pairs with a pretrained model (pair pretrained)."))
+        "effect alone. The pairs of two models trained here compare their token occurrences, layer by layer, as "
+        "they would without a pretrained model." if level == "word" else "Pairs with a pretrained model (pair "
+        "pretrained)."))
     if len(set(depths.values())) > 1:
         s.add(note("Models of different depths (" + ", ".join(f"{m} {d}" for m, d in depths.items()) + ") are "
                    "compared at the same relative depth: step l of the shallowest model's L_min layers is layer "

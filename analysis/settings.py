@@ -52,7 +52,7 @@ SPECS: dict[str, Check] = {
     "analysis.similarity.measures": (_measures, f"expected a non-empty list of {', '.join(MEASURES)}"),
     "analysis.similarity.max_tokens": (lambda v: v is None or (is_int(v) and v > 1),
                                        "expected null (all) or an integer > 1"),
-    "analysis.similarity.ridge": (lambda v: number(v) and v > 0, "expected a positive number"),
+    "analysis.similarity.ridge": (lambda v: number(v) and v >= 0, "expected a number >= 0 (0: no ridge)"),
     "analysis.similarity.svcca_variance": (lambda v: number(v) and 0 < v <= 1, "expected a share in (0, 1]"),
     "analysis.change.measures": (_measures, f"expected a non-empty list of {', '.join(MEASURES)}"),
     "analysis.change.max_tokens": (positive_int_or_none, "expected null (all) or a positive integer"),

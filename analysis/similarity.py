@@ -6,8 +6,12 @@ features. Features are centred first; every measure depends only on the covarian
 Σxy (d1, d2), Σyy (d2, d2), so after the Gram products all the work is d x d (decompositions of
 these, never the n x d canonical variates), and each view's covariance is decomposed once
 (`Spectrum`) for all its pairs. Torch, float64 unless `dtype` says otherwise, on the inputs' device
-(CUDA tensors stay on their GPU; numpy arrays run on the CPU). A small ridge, relative to the mean
-variance of the view, keeps rank-deficient views (duplicated or constant features) finite. A view
+(CUDA tensors stay on their GPU; numpy arrays run on the CPU). Rank-deficient views (duplicated or
+constant features) stay finite without a ridge: CCA works in the directions of each view above its
+numerical rank (eigenvalues above λ_max x d x eps, numpy's matrix_rank rule), so a view with one feature
+at 1000x the others' spread -- the outlier dimensions of real Transformers -- is measured without the
+~1e-3 bias a ridge of 1e-6 x the mean variance gave it (tests/unit/test_similarity.py). A ridge can
+still be asked for (analysis.similarity.ridge, relative to the mean variance; 0 by default). A view
 without any variance shares nothing with the other: distance 1.
 
     python -m analysis.similarity experiment=<name> [overrides]
@@ -29,7 +33,7 @@ from omegaconf import DictConfig
 from analysis.buckets import FLOOR_KEY, sample_floor, shuffle_seed
 from analysis import words
 from analysis.dumps import check_aligned, load_grid, sample_rows
-from analysis.tables import pair_kind, section, table_path, write_table
+from analysis.tables import PRETRAINED_PAIR, pair_kind, section, table_path, write_table
 from pipeline.config import cli
 from pipeline.hf import word_state
 from pipeline.runtime import resolve_device
@@ -38,7 +42,7 @@ from analysis.settings import MEASURES, setting
 
 log = logging.getLogger("analysis.similarity")
 
-RIDGE = 1e-6           # default ridge, relative to the mean variance (setting analysis.similarity.ridge)
+RIDGE = 0.0            # default ridge, relative to the mean variance (setting analysis.similarity.ridge)
 SVCCA_KEEP = 0.99      # default share of each view's variance SVCCA keeps (analysis.similarity.svcca_variance)
 View = np.ndarray | torch.Tensor
 
@@ -114,10 +118,14 @@ class Spectrum:
         return min(int((share < keep - 1e-12).sum()) + 1, self.d)
 
     def whitening(self, ridge: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Basis (d, k) of the top k eigenvectors and the scales (λ_i + r)^-1/2 (k,) that whiten the
-        view inside it; r = ridge x the mean of those k eigenvalues (x 1 when they are all zero)."""
+        """Basis (d, k') of the top k' = min(k, rank) eigenvectors and the scales (λ_i + r)^-1/2 (k',)
+        that whiten the view inside it; r = ridge x the mean of those eigenvalues (0 by default). The
+        directions beyond the numerical rank (`rank`) hold rounding, not variance: they are left out,
+        which keeps rank-deficient views finite without biasing the others (a ridge r shrinks every
+        correlation by about sqrt(λ / (λ + r)), most in the directions of least variance)."""
+        k = min(k, self.rank)
         values = self.eigenvalues[:k]
-        mean = float(values.mean())
+        mean = float(values.mean()) if k else 0.0
         r = ridge * (mean if mean > 0 else 1.0)
         return self.eigenvectors[:, :k], (values + r).rsqrt()
 
@@ -175,13 +183,14 @@ def _cca(sx: Spectrum, sxy: torch.Tensor, sy: Spectrum, n: int, ridge: float, kx
     One code path for both argument orders: the SVD returns min(kx, ky) pairs whichever is wider.
     There are at most min(rank X, rank Y) canonical pairs: beyond them the correlations are 0 and
     the directions arbitrary (so would be their PWCCA weights), and they are left out."""
-    if not ridge > 0:
-        raise ValueError(f"ridge={ridge!r}: expected a positive number (relative to the mean variance)")
-    bx, ax = sx.whitening(ridge, kx)  # (d1, kx), (kx,)
+    if not ridge >= 0:
+        raise ValueError(f"ridge={ridge!r}: expected a number >= 0 (relative to the mean variance)")
+    bx, ax = sx.whitening(ridge, kx)  # (d1, kx'), (kx',): kx' = min(kx, rank X)
     by, ay = sy.whitening(ridge, ky)
+    kx, ky = len(ax), len(ay)
     m = ax[:, None] * (bx.T @ sxy @ by) * ay[None, :]  # (kx, ky): Σxx^-1/2 Σxy Σyy^-1/2 in the eigenbases
     u, s, vh = torch.linalg.svd(m, full_matrices=False)  # (kx, k), (k,), (k, ky)
-    k = min(kx, ky, sx.rank, sy.rank)
+    k = min(kx, ky)
     u, s, vh = u[:, :k], s[:k], vh[:k]
     ux, uy = ax[:, None] * u, ay[:, None] * vh.T
     # W^T Σ = u^T diag(a λ) B^T, because B^T Σ = diag(λ) B^T for eigenvectors: no n x d variates needed.
@@ -380,6 +389,12 @@ class TokenViews:
     def states(self, key, layer: int, rows: np.ndarray) -> np.ndarray:
         return self.dumps[key].states(layer, rows)
 
+    def width(self, key) -> int:
+        return self.dumps[key].d_model
+
+    def folder(self, key):
+        return self.dumps[key].folder
+
 
 class WordViews:
     """Rows of the views when the tokenizers differ (a pretrained model among the models): the probe
@@ -395,17 +410,63 @@ class WordViews:
     def states(self, key, layer: int, rows: np.ndarray) -> np.ndarray:
         return self.alignment.states(key, layer, rows)
 
+    def width(self, key) -> int:
+        return self.alignment.dumps[key].d_model
 
-def model_views(cfg: DictConfig, dumps: dict) -> TokenViews | WordViews:
-    """Word-level views when a pretrained model is among `dumps`, else token-level ones (every dump
-    then must hold the same token rows)."""
-    if words.needs_words(list(dumps.values())):
-        views = WordViews(dumps, word_state(cfg))
-        log.info("comparing by words (%s subword's state): %d probe words all %d models hold", views.how,
-                 views.n_rows, len(dumps))
-        return views
-    check_aligned(list(dumps.values()))
-    return TokenViews(dumps)
+    def folder(self, key):
+        return self.alignment.dumps[key].folder
+
+
+def pair_rows(cfg: DictConfig, views: TokenViews | WordViews, depth: dict, pairs: dict, device, bar) -> list[dict]:
+    """The rows of `pairs` ((a, b) -> pair kind) between the models of `views` at every step 1..L_min of
+    the shallowest of them (layer round(l x L / L_min) of a model of L layers: `relative_layer`), on one
+    seeded subset of the views' rows, every measure, with the shared plan's replicates. Each (model,
+    layer) covariance is computed and decomposed once, and resampled once, for all its pairs."""
+    from analysis import bootstrap  # it builds on this module's covariances
+
+    s = _settings(cfg)
+    keys = list(dict.fromkeys(key for pair in pairs for key in pair))
+    n_layers = min(depth[key] for key in keys)
+    rows_idx = sample_rows(views.n_rows, s["max_tokens"], int(cfg.analysis.sample_seed))
+    n, widest = len(rows_idx), max(views.width(key) for key in keys)
+    if n < (floor := sample_floor(cfg, widest)):
+        raise PipelineError(f"settings analysis.similarity.max_tokens={s['max_tokens']} / {FLOOR_KEY}="
+                            f"{cfg.analysis.min_samples_per_dim}: {n} {views.unit}s for views of {widest} features, "
+                            f"fewer than the {floor} every estimate needs")
+    boot = bootstrap.plan(cfg, "similarity")  # the shared plan: the same resamples for every model and layer
+    unit, draws = boot.units(views.sentence_ids[rows_idx]), boot.draws()
+    rows = []
+    for layer in range(1, n_layers + 1):
+        # The n x d work, on every thread: each (model, layer) covariance once, each pair's cross-covariance.
+        at = {key: relative_layer(layer, depth[key], n_layers) for key in keys}
+        centred = {key: centre(views.states(key, at[key], rows_idx), device=device) for key in keys}
+        covs = {(a, a): centred[a].T @ centred[a] / (n - 1) for a in keys}
+        covs.update({(a, b): centred[a].T @ centred[b] / (n - 1) for a, b in pairs})
+        bad = [str(views.folder(key)) for key in keys if not torch.isfinite(covs[key, key]).all()]
+        if bad:
+            raise PipelineError(f"layer {layer} of {', '.join(bad)} holds NaN or infinite states: dump it again")
+        # The no-correspondence level at this n: b's rows permuted (one seeded permutation per layer).
+        perm = torch.as_tensor(shuffle_seed(cfg, layer).permutation(n), device=device)
+        shuffled = {(a, b): centred[a].T @ centred[b][perm] / (n - 1) for a, b in pairs}
+        resampled = {key: bootstrap.Resampled(centred[key], unit, draws) for key in keys} if draws is not None else {}
+        del centred
+        bar.update(len(keys))
+        with _one_thread():  # the d x d work: each view decomposed once, then every pair
+            spectra = {key: Spectrum.of(covs[key, key]) for key in keys}
+            for (a, b), kind in pairs.items():
+                boot_covs = bootstrap.resampled_covariances(resampled[a], resampled[b]) if resampled else None
+                for measure in s["measures"]:
+                    distance, level = (distance_from_covariances(measure, Covariances(spectra[a], sxy, spectra[b], n),
+                                                                 s["ridge"], s["svcca_variance"])
+                                       for sxy in (covs[a, b], shuffled[a, b]))
+                    reps = None if boot_covs is None else np.array(
+                        [distance_from_covariances(measure, c, s["ridge"], s["svcca_variance"]) for c in boot_covs])
+                    rows.append({"measure": measure, "pair": kind, "objective_a": a[0], "seed_a": a[1],
+                                 "objective_b": b[0], "seed_b": b[1], "layer": layer, "distance": distance,
+                                 "shuffled": level, "n_tokens": n, **boot.summary(distance, reps),
+                                 "layer_a": at[a], "layer_b": at[b], "replicates": {"distance": reps}})
+                bar.update(2)
+    return rows
 
 
 def run(cfg: DictConfig) -> Path:
@@ -416,83 +477,55 @@ def run(cfg: DictConfig) -> Path:
     row says which kind of pair it compares (column `pair`, `analysis.tables.pair_kind`): two
     objectives of one seed (same_init: the study's design), of two seeds (different_init), one
     objective of two seeds (seed_baseline: the "init." baseline), or the step-0 control (init).
-    Each (model, layer) covariance is computed and decomposed once and shared by all its pairs.
-    `ci_low`, `ci_high`: the bootstrap interval over the sampled tokens' sentences
-    (analysis.bootstrap), each model's resampled covariances likewise shared by its pairs.
-    With a pretrained model among them (pipeline/hf.py; pair `pretrained`) the rows are the probe
-    words every model holds, not tokens (`model_views`), and models of different depths are compared
-    at the same relative depth: `layer` is the step 1..L_min, `layer_a` / `layer_b` each one's layer."""
+    `ci_low`, `ci_high`: the bootstrap interval over the sampled tokens' sentences (the shared plan
+    of analysis.bootstrap), whose replicates go to similarity.npz beside the table.
+    A pretrained model (pipeline/hf.py; pair `pretrained`) has its own tokenizer: its pairs compare the
+    probe words every model holds (`WordViews`), at the same relative depth (`layer` is the step 1..L_min,
+    `layer_a` / `layer_b` each one's layer). The pairs of two trained models stay what they are without
+    it: token occurrences, layer by layer (`TokenViews`), row for row the same numbers."""
     from tqdm.auto import tqdm
 
     from analysis import bootstrap  # it builds on this module's covariances
 
     started = time.perf_counter()
-    s = _settings(cfg)
     device = resolve_device(cfg.analysis.device, "analysis.device")
     dumps = load_grid(cfg, aligned=False)
     keys = list(dumps)
     if len(keys) < 2:
         raise PipelineError(f"settings workflow.objectives / workflow.seeds / pretrained.models give {len(keys)} "
                             "model: the similarity table needs at least two")
-    views = model_views(cfg, dumps)
     depth = {key: d.n_layers for key, d in dumps.items()}
-    n_layers = min(depth.values())
-    if len(set(depth.values())) > 1:
-        log.info("models of different depths %s: compared at the same relative depth (step l of %d = layer "
-                 "round(l x L / %d) of a model of L layers)", {f"{o}/seed{sd}": L for (o, sd), L in depth.items()},
-                 n_layers, n_layers)
-    rows_idx = sample_rows(views.n_rows, s["max_tokens"], int(cfg.analysis.sample_seed))
-    n, widest = len(rows_idx), max(d.d_model for d in dumps.values())
-    if n < (floor := sample_floor(cfg, widest)):
-        raise PipelineError(f"settings analysis.similarity.max_tokens={s['max_tokens']} / {FLOOR_KEY}="
-                            f"{cfg.analysis.min_samples_per_dim}: {n} {views.unit}s for views of {widest} features, "
-                            f"fewer than the {floor} every estimate needs")
     pretrained = [o for o, _ in keys if dumps[o, _].meta.get("pretrained")]
-    pairs = {pair: pair_kind(*pair, pretrained=pretrained) for pair in itertools.combinations(keys, 2)}  # (a, b) -> its kind
-    boot = bootstrap.plan(cfg, "similarity")  # intervals over the sampled tokens' sentences, the same draws everywhere
-    unit, n_units = bootstrap.units(views.sentence_ids[rows_idx], boot.groups, boot.seed)
-    draws = bootstrap.counts(n_units, boot.resamples, boot.seed) if boot.resamples else None
-    log.info("%d models, %d pairs, layers 1..%d, %d %ss, %s on %s", len(keys), len(pairs), n_layers, n, views.unit,
-             ",".join(s["measures"]), device)
+    kinds = {pair: pair_kind(*pair, pretrained=pretrained) for pair in itertools.combinations(keys, 2)}
+    trained = {pair: kind for pair, kind in kinds.items() if kind != PRETRAINED_PAIR}
+    mixed = {pair: kind for pair, kind in kinds.items() if kind == PRETRAINED_PAIR}
+    parts, levels = [], {}
+    if trained:
+        own = {key: dumps[key] for key in keys if key[0] not in pretrained}
+        check_aligned(list(own.values()))
+        parts.append((TokenViews(own), trained))
+    if mixed:
+        words_ = WordViews(dumps, word_state(cfg))
+        log.info("pairs with a pretrained model compare words (%s subword's state): %d probe words all %d models "
+                 "hold", words_.how, words_.n_rows, len(dumps))
+        if len(set(depth.values())) > 1:
+            log.info("models of different depths %s: compared at the same relative depth",
+                     {f"{o}/seed{sd}": L for (o, sd), L in depth.items()})
+        parts.append((words_, mixed))
+    log.info("%d models, %d pairs, %s on %s", len(keys), len(kinds), ",".join(setting(cfg, "analysis.similarity.measures")),
+             device)
+    bar = tqdm(total=sum(min(depth[k] for p in pairs for k in p) * (len({k for p in pairs for k in p}) + 2 * len(pairs))
+                         for _, pairs in parts), desc="similarity", disable=None)
     rows = []
-    bar = tqdm(total=n_layers * (len(keys) + 2 * len(pairs)), desc="similarity", disable=None)
-    for layer in range(1, n_layers + 1):
-        # The n x d work, on every thread: each (model, layer) covariance once, each pair's cross-covariance.
-        at = {key: relative_layer(layer, depth[key], n_layers) for key in keys}
-        centred = {key: centre(views.states(key, at[key], rows_idx), device=device) for key in keys}
-        covs = {}
-        for a, b in itertools.combinations_with_replacement(keys, 2):
-            covs[a, b] = centred[a].T @ centred[b] / (n - 1)  # (d_a, d_b)
-            bar.update()
-        # The no-correspondence level at this n: b's rows permuted (one seeded permutation per layer).
-        perm = torch.as_tensor(shuffle_seed(cfg, layer).permutation(n), device=device)
-        shuffled = {(a, b): centred[a].T @ centred[b][perm] / (n - 1) for a, b in pairs}
-        resampled = {key: bootstrap.Resampled(centred[key], unit, draws) for key in keys} if draws is not None else {}
-        del centred
-        bad = [str(dumps[key].folder) for key in keys if not torch.isfinite(covs[key, key]).all()]
-        if bad:
-            raise PipelineError(f"layer {layer} of {', '.join(bad)} holds NaN or infinite states: dump it again")
-        with _one_thread():  # the d x d work: each view decomposed once, then every pair
-            spectra = {key: Spectrum.of(covs[key, key]) for key in keys}
-            for a, b in pairs:
-                boot_covs = bootstrap.resampled_covariances(resampled[a], resampled[b]) if resampled else []
-                for measure in s["measures"]:
-                    distance, level = (distance_from_covariances(measure, Covariances(spectra[a], sxy, spectra[b], n),
-                                                                 s["ridge"], s["svcca_variance"])
-                                       for sxy in (covs[a, b], shuffled[a, b]))
-                    ci = boot.interval([distance_from_covariances(measure, c, s["ridge"], s["svcca_variance"])
-                                        for c in boot_covs], distance)
-                    rows.append({"measure": measure, "pair": pairs[a, b],
-                                 "objective_a": a[0], "seed_a": a[1], "objective_b": b[0],
-                                 "seed_b": b[1], "layer": layer, "distance": distance, "shuffled": level,
-                                 "n_tokens": n, "ci_low": ci[0], "ci_high": ci[1], "layer_a": at[a],
-                                 "layer_b": at[b]})
-                bar.update()
+    for views, pairs in parts:
+        rows += pair_rows(cfg, views, depth, pairs, device, bar)
+        levels["pretrained" if views.unit == "word" else "trained"] = {"level": views.unit, "rows": views.n_rows,
+                                                                       "word_state": views.how}
     bar.close()
     out = write_table(table_path(cfg, "similarity"), "similarity", rows, section(cfg, "similarity"), started,
-                      models=[f"{o}/seed{seed}" for o, seed in keys], device=str(device), bootstrap=boot.describe(),
-                      level=views.unit, word_state=views.how, depths={f"{o}/seed{sd}": L for (o, sd), L in depth.items()},
-                      n_common=views.n_rows)
+                      models=[f"{o}/seed{seed}" for o, seed in keys], device=str(device),
+                      bootstrap=bootstrap.plan(cfg, "similarity").describe(), levels=levels,
+                      depths={f"{o}/seed{sd}": L for (o, sd), L in depth.items()})
     log.info("wrote %d rows to %s in %.1f s", len(rows), out, time.perf_counter() - started)
     return out
 

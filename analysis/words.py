@@ -125,12 +125,6 @@ def align(dumps: dict[object, Dump], how: str = "first") -> Alignment:
     return Alignment(common, per_dump, dumps, how)
 
 
-def needs_words(dumps: list[Dump]) -> bool:
-    """True when a pretrained model is among the dumps: its tokenizer is not ours, so only word-level
-    states compare (models that share our tokenizer compare token by token, as the study does)."""
-    return any(d.meta.get("pretrained") for d in dumps)
-
-
 _MARKS = ("\u2581", "\u0120")  # sentencepiece's and GPT-2's byte-level mark of a subword after a space
 _CONTINUATION = "##"          # WordPiece's mark of a subword inside a word
 

@@ -2,10 +2,11 @@
 papers' equations (numpy.linalg only), to check analysis.similarity against and to time it by.
 
 Textbook on purpose: centred views, covariances, whitening by the inverse square roots of the
-(ridged) covariances, the SVD of Σxx^-1/2 Σxy Σyy^-1/2, explicit canonical variates h = X_c W
-(n, k) and explicit inner products <h_i, x_j> with X's neurons. The conventions are those of
-analysis.similarity: ridge x the mean variance of the view added to its covariance's diagonal, and
-at most min(rank X, rank Y) canonical pairs (numpy's matrix_rank of the covariances).
+covariances (their pseudo-inverses inside each view's numerical rank, plus an optional ridge), the SVD
+of Σxx^-1/2 Σxy Σyy^-1/2, explicit canonical variates h = X_c W (n, k) and explicit inner products
+<h_i, x_j> with X's neurons. The conventions are those of analysis.similarity: directions beyond numpy's
+matrix_rank tolerance left out, ridge x the mean variance of the view (0 by default) added to the
+rest, and at most min(rank X, rank Y) canonical pairs.
 """
 from __future__ import annotations
 
@@ -19,14 +20,17 @@ def centred(x: np.ndarray) -> np.ndarray:
 
 
 def inv_sqrt(cov: np.ndarray, ridge: float) -> np.ndarray:
-    """(Σ + r I)^-1/2 with r = ridge x mean variance, by the eigendecomposition of the symmetric Σ."""
-    mean = np.trace(cov) / len(cov)
+    """(Σ + r I)^-1/2 inside the numerical rank of the symmetric Σ (0 beyond it), r = ridge x the mean of
+    the eigenvalues kept, by its eigendecomposition."""
+    values, vectors = np.linalg.eigh(cov)
+    keep = values > values.max() * len(cov) * np.finfo(np.float64).eps
+    mean = values[keep].mean() if keep.any() else 0.0
     r = ridge * (mean if mean > 0 else 1.0)
-    values, vectors = np.linalg.eigh(cov + r * np.eye(len(cov)))
-    return (vectors / np.sqrt(np.maximum(values, r))) @ vectors.T
+    scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, values + r, 1.0)), 0.0)
+    return (vectors * scale) @ vectors.T
 
 
-def cca(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6):
+def cca(x: np.ndarray, y: np.ndarray, ridge: float = 0.0):
     """Canonical correlations rho (k,), directions wx (d1, k), wy (d2, k) of centred x (n, d1), y (n, d2)."""
     n = len(x)
     sxx, syy, sxy = x.T @ x / (n - 1), y.T @ y / (n - 1), x.T @ y / (n - 1)
@@ -36,7 +40,7 @@ def cca(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6):
     return np.clip(rho[:k], 0.0, 1.0), kx @ u[:, :k], ky @ vt[:k].T
 
 
-def pwcca_distance(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) -> float:
+def pwcca_distance(x: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> float:
     """Morcos et al. 2018: 1 - Σ_i α_i ρ_i, α_i = Σ_j |<h_i, x_j>| normalised, h = X_c W_x."""
     x, y = centred(x), centred(y)
     rho, wx, _ = cca(x, y, ridge)
@@ -47,7 +51,7 @@ def pwcca_distance(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) -> float:
     return float(np.clip(1.0 - alpha @ rho, 0.0, 1.0))
 
 
-def svcca_distance(x: np.ndarray, y: np.ndarray, variance: float = 0.99, ridge: float = 1e-6) -> float:
+def svcca_distance(x: np.ndarray, y: np.ndarray, variance: float = 0.99, ridge: float = 0.0) -> float:
     """Raghu et al. 2017: keep the top singular directions of each centred view explaining
     `variance` of its variance, then 1 - mean canonical correlation of the reduced views."""
     reduced = []

@@ -282,16 +282,49 @@ def test_similarity_compares_words_across_vocabularies(exp):
     assert ("bert", 0) in model_grid(cfg) and ("mlm", 1) in model_grid(cfg)
     path = similarity.run(cfg)
     rows = read_table(path, "similarity")
-    record = table_record(path)
+    record = table_record(path)["levels"]["pretrained"]
     assert record["level"] == "word" and record["word_state"] == "first"
     pwcca = {(r["objective_a"], r["objective_b"], int(r["layer"])): float(r["distance"])
              for r in rows if r["measure"] == "pwcca"}
-    # the same weights under two labels: the same states, distance 0 at every layer (but the ridge's 1e-6)
+    # the same weights under two labels: the same states, distance 0 at every layer
     assert all(v < 1e-5 for (a, b, _), v in pwcca.items() if {a, b} == {"bert", "bert2"})
     others = [v for (a, b, _), v in pwcca.items() if {a, b} != {"bert", "bert2"}]
     assert min(others) > 0.05
     assert {r["pair"] for r in rows if "bert" in (r["objective_a"], r["objective_b"])} == {PRETRAINED_PAIR}
-    assert len({int(r["n_tokens"]) for r in rows}) == 1 and int(rows[0]["n_tokens"]) == record["n_common"]
+    assert len({int(r["n_tokens"]) for r in rows}) == 1 and int(rows[0]["n_tokens"]) == record["rows"]
+
+
+def test_trained_pairs_are_untouched_by_a_pretrained_model(exp):
+    """The pairs of two models trained here compare their tokens layer by layer whatever else the
+    experiment holds: with the pretrained models beside them, their rows and replicates equal those of the
+    same experiment without them, bit for bit; only pairs with a pretrained model compare words."""
+    from analysis import similarity
+    from analysis.tables import PRETRAINED_PAIR, read_record as table_record, read_table, replicates_path
+    from pipeline.tokenizer import Tokenizer
+    from tests.synthetic import save_untrained
+
+    second = compose([*exp["overrides"], "objective=mlm", "seed=2"])
+    save_untrained(second, Tokenizer.load(second.paths.tokenizer))
+    from pipeline import dump as own_dump
+
+    own_dump.dump(second)
+    seeds = ["workflow.seeds={mlm: [1, 2]}", "analysis.similarity.max_tokens=1500"]
+    mixed = compose([*exp["overrides"], *seeds])
+    alone = compose([*(o for o in exp["overrides"] if not o.startswith("+pretrained.models")), *seeds,
+                     f"paths.metrics={exp['root'] / 'alone'}"])
+    got = {}
+    for name, cfg in (("mixed", mixed), ("alone", alone)):
+        path = similarity.run(cfg)
+        rows = read_table(path, "similarity")
+        with np.load(replicates_path(path)) as f:
+            reps = f["distance"]
+        own = [i for i, r in enumerate(rows) if r["pair"] != PRETRAINED_PAIR]
+        got[name] = ([rows[i] for i in own], reps[own], table_record(path))
+    assert got["mixed"][0] == got["alone"][0] and len(got["alone"][0]) == 3 * 3  # 3 layers x 3 measures
+    assert np.array_equal(got["mixed"][1], got["alone"][1])
+    assert {r["pair"] for r in got["mixed"][0]} == {"seed_baseline"}
+    assert got["mixed"][2]["levels"]["trained"]["level"] == "token"
+    assert got["mixed"][2]["levels"]["pretrained"]["level"] == "word" and "pretrained" not in got["alone"][2]["levels"]
 
 
 def test_relative_depth():

@@ -183,6 +183,37 @@ def test_canonical_variates_are_whitened_and_paired():
     torch.testing.assert_close(c.x_projections, h.T @ sim.centre(x) / (n - 1), atol=1e-8, rtol=0)
 
 
+def _exact_pwcca(x: np.ndarray, y: np.ndarray) -> float:
+    """Symmetric PWCCA with no ridge and no covariance at all: orthonormal bases of the centred views by
+    QR, canonical variates from the SVD of Qx^T Qy (accurate to float64 rounding whatever the spread of
+    the features)."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    qx, qy = np.linalg.qr(xc)[0], np.linalg.qr(yc)[0]
+    u, rho, vt = np.linalg.svd(qx.T @ qy)
+    alpha, beta = np.abs((qx @ u).T @ xc).sum(1), np.abs((qy @ vt.T).T @ yc).sum(1)
+    return 1 - (alpha / alpha.sum() @ rho + beta / beta.sum() @ rho) / 2
+
+
+def test_an_outlier_feature_is_measured_without_a_ridge_bias():
+    """Real Transformers have outlier dimensions: one feature at 1000x the others' spread. A ridge of
+    1e-6 x the mean variance is then ~8e-3 of the other features' variance, and shrinks their
+    correlations (what the default was); inside the numerical rank, without a ridge, the distance equals
+    an exact QR-based computation to 1e-5."""
+    rng = np.random.default_rng(0)
+    n, d = 5000, 64
+    x = rng.normal(size=(n, d))
+    x[:, 0] *= 1000
+    y = x @ rng.normal(size=(d, d)) * 0.1 + rng.normal(size=(n, d))
+    y[:, 3] *= 1000
+    exact = _exact_pwcca(x, y)
+    assert abs(sim.pwcca(x, y, symmetric=True).distance - exact) <= 1e-5
+    assert abs(sim.pwcca(x, y, symmetric=True, ridge=1e-6).distance - exact) > 1e-3  # the bias it replaces
+    # rank-deficient on top of it (duplicated and constant features): as the reference computes it
+    xx = np.hstack([x, x[:, :5], np.full((n, 2), 7.0)])
+    assert sim.pwcca_distance(xx, y) == pytest.approx(ref.pwcca_distance(xx, y), abs=1e-6)
+    assert sim.pwcca_distance(y, xx) == pytest.approx(ref.pwcca_distance(y, xx), abs=1e-6)
+
+
 # ---------------------------------------------------------------- against the numpy reference
 
 @pytest.mark.parametrize("n,d1,d2", [(1500, 30, 30), (1500, 45, 20), (1500, 20, 45)])
@@ -231,7 +262,7 @@ def test_bad_input_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="same samples"):
         sim.linear_cka(x, y[:50])
     with pytest.raises(ValueError, match="ridge"):
-        sim.pwcca(x, y, ridge=0.0)
+        sim.pwcca(x, y, ridge=-1e-6)
     with pytest.raises(ValueError, match="keep"):
         sim.svcca(x, y, keep=1.5)
     with pytest.raises(ValueError, match="NaN"):
@@ -301,7 +332,7 @@ def test_the_table_holds_every_pair_layer_and_measure(tmp_path):
                                 np.load(tmp_path / "dumps/mlm/seed1/layer_02.npy")[idx], symmetric=True)
     row = next(r for r in rows if r["measure"] == "pwcca" and r["layer"] == "2" and r["objective_b"] == "mlm")
     assert float(row["distance"]) == pytest.approx(direct, abs=1e-9)
-    assert read_record(path)["settings"]["similarity"]["ridge"] == 1e-6
+    assert read_record(path)["settings"]["similarity"]["ridge"] == 0.0
     assert read_record(path)["bootstrap"]["resamples"] == cfg.analysis.bootstrap.resamples.similarity
     # The no-correspondence level: the same rows with b's permuted by the layer's seeded permutation.
     perm = shuffle_seed(cfg, 2).permutation(len(idx))
@@ -335,7 +366,7 @@ def test_pair_kinds():
 @pytest.mark.parametrize("override,message", [
     ("analysis.similarity.measures=[pwcca,cca]", "analysis.similarity.measures"),
     ("analysis.similarity.max_tokens=20", "max_tokens"),
-    ("analysis.similarity.ridge=0", "analysis.similarity.ridge"),
+    ("analysis.similarity.ridge=-0.1", "analysis.similarity.ridge"),
 ])
 def test_the_table_refuses_bad_settings(tmp_path, override, message):
     cfg, _ = fake_experiment(tmp_path, override)
