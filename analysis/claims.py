@@ -1,34 +1,44 @@
 """The study's seven conclusions (METHODS.md §9) checked against this run's metric tables.
 
-Each check is a function of the tables (name -> typed rows as `analysis.gather.load_table` reads
-them, or None when the table is missing) and the `Criteria`; it returns a `Verdict`: "holds",
-"does not hold" or "not measured", this run's numbers as text, and a one-line reason. A check is
-made of parts; the verdict is "does not hold" when a measured part fails, else "not measured" when
-a part lacks its data, else "holds". Values are means over seeds (NaN estimates left out); MI is
-the corrected MI at `analysis.mi.n_clusters` clusters when measured, else at the most used count.
-The criteria, one per claim:
+Each check reads the tables (name -> typed rows as `analysis.gather.load_table` reads them, each row with
+its bootstrap replicates; None when a table is missing) and the `Criteria`, and states every part of its
+claim as contrasts: differences of estimates made on the same probe sentences, whose intervals come from
+their paired replicates (analysis.verdicts). A part holds when the claimed direction holds beyond its
+contrasts' intervals in every seed, does not hold when the opposite does in every seed, and is
+inconclusive otherwise (the seeds disagree, or a contrast is within its interval or has none); the
+intervals of one claim are Bonferroni-corrected over the contrasts it reads in one seed (level
+1 - 0.05 / m). A claim holds when every part holds, does not hold when one part does not, is not measured
+when a part lacks its data. Seed by seed: a contrast between two objectives pairs the models of one seed
+(the same initialisation); a table made with resamples switched off is read on its point estimates, and
+the verdict says so. The "this run" numbers are seed means, for reading only: no verdict rests on them.
+MI is the corrected MI (and, where said, the plug-in MI) at `analysis.mi.n_clusters` clusters when
+measured, else at the most used count. The parts, one list per claim:
 
-1. LM: corrected MI with the input never rises by more than `mi_tolerance` from a layer to the
-   next and ends lower than it starts; corrected MI with the next token ends higher than it starts
-   (by more than `mi_tolerance`).
-2. MLM: corrected MI with the (unmasked) input reaches its minimum at an inner layer, at least
-   `mi_tolerance` below both the first and the last layer; the plug-in MI as well.
-3. MT: corrected input MI falls by more than `mi_tolerance` from the first to the last layer
-   (refined with context; the first above the last on the plug-in MI too, with intervals), yet the last layer keeps at least `mt_keep_share` of the first layer's
-   MI and a larger share than LM's; MT's mean all-token change over layers is below LM's and MLM's.
-4. Similarity (`measure`, PWCCA by default), layers >= 1: every cross-task distance among mt, lm,
-   mlm between models of the same seed, i.e. the same initialisation (the study's design; rows of
-   pair same_init, see `cross_task`; the different-initialisation pairs are shown beside them, not
-   read) exceeds the largest same-objective seed baseline (pair seed_baseline) at that layer; the
-   mean MT–MLM distance is below the mean LM–MT and LM–MLM distances.
-5. Change (`measure`, all tokens): MT's change never rises by more than `change_tolerance` from
-   one transition to the next and ends lower than it starts; MLM's largest change is at the top
-   transition (L-1 -> L).
-6. Influence at the lowest measured layer: in mt and lm the rarest measured bucket influences
-   most; the token-dropout variant's excess (rarest / median of the other buckets - 1) is at most
-   `dropout_excess_factor` times its base objective's.
-7. Neighbours (`k`, `metric` as set, else the most common): at the top layer MLM's identity share
-   exceeds MT's and LM's; MT's mean position distance over layers >= 1 is below LM's and MLM's.
+1. LM, every seed: input MI falls with depth (corrected, and plug-in): no step from a layer to the next
+   rises by more than `mi_tolerance` beyond its interval, and the first layer lies above the last beyond
+   its interval; next-token MI rises: the last layer above the first by more than `mi_tolerance`
+   (corrected, and plug-in).
+2. MLM, every seed: input MI falls, then rises (corrected, and plug-in): some inner layer lies below both
+   the first and the last layer by more than `mi_tolerance` beyond the intervals (does not hold when every
+   inner layer lies above an end, within the tolerance, beyond its interval).
+3. MT, every seed: input MI falls from the first to the last layer by more than `mi_tolerance` (corrected,
+   and plug-in); the last layer keeps more than `mt_keep_share` of the first layer's corrected MI, and a
+   larger share than LM's of the same seed; MT's all-token change, averaged over the transitions, is below
+   LM's and below MLM's.
+4. Similarity (`measure`, PWCCA by default), layers >= 1, pairs of two objectives among mt, lm, mlm of the
+   same seed (the same initialisation: rows of pair same_init; the different-initialisation pairs are
+   shown beside them, not read): every cross-task distance exceeds every same-objective seed baseline
+   (pair seed_baseline) at its layer; MT–MLM, averaged over the layers, is below LM–MT and below LM–MLM.
+5. Change (`measure`, all tokens), every seed: MT's change falls with depth (no step rises by more than
+   `change_tolerance` beyond its interval; the first transition above the last beyond its interval);
+   MLM's change at the top transition (L-1 -> L) exceeds every other transition's.
+6. Influence at the lowest measured layer, every seed: in mt and in lm the rarest measured bucket
+   influences more than every other bucket; the token-dropout variant's excess (rarest / median of the
+   other buckets - 1) is below `dropout_excess_factor` times its base objective's, judged only where the
+   base objective's rare-token excess holds.
+7. Neighbours (`k`, `metric` as set, else the most common), every seed: at the top layer MLM's identity
+   share exceeds MT's and LM's; MT's position distance, averaged over layers >= 1, is below LM's and
+   MLM's.
 """
 from __future__ import annotations
 
@@ -38,27 +48,35 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 from omegaconf import DictConfig
 
+from . import verdicts as rules
 from .tables import SAME_INIT, SEED_BASELINE
+from .verdicts import (FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Contrast, Line, Part, Rule, Stat, combine, mean_of,
+                       stat_of)
 
 Rows = Sequence[Mapping[str, Any]]
 Tables = Mapping[str, "Rows | None"]
-HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED = "holds", "does not hold", "inconclusive", "not measured"
 VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED)
+Curves = dict[Any, dict[Any, Stat]]  # seed -> key (a layer, a bucket) -> estimate with replicates
 
 
 @dataclass(frozen=True)
 class Verdict:
     verdict: str  # holds | does not hold | inconclusive | not measured
-    numbers: str  # this run's numbers behind the verdict
-    reason: str   # one line
+    numbers: str  # this run's numbers behind the verdict (seed means, for reading)
+    reason: str   # what decided it
+    lines: tuple[Line, ...] = ()  # every judged contrast (claims.csv)
+    parts: tuple[rules.PartVerdict, ...] = ()
+    contrasts: int = 0            # m: the contrasts one seed reads (Bonferroni)
+    level: float = math.nan       # the level of each contrast's interval
 
 
 @dataclass(frozen=True)
 class Criteria:
-    """Thresholds of the checks (conf/analysis/default.yaml, `report.claims`) and the analysis
-    settings that pick the main estimate out of a table."""
+    """Thresholds of the checks (conf/analysis/default.yaml, `report.claims`), the analysis settings that
+    pick the main estimate out of a table, and the bootstrap's level and interval method."""
 
     mi_tolerance: float = 0.02
     change_tolerance: float = 0.002
@@ -68,6 +86,8 @@ class Criteria:
     n_clusters: int | None = None
     k: int | None = None
     metric: str | None = None
+    level: float = 0.95
+    method: str = "normal"
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> "Criteria":
@@ -75,98 +95,28 @@ class Criteria:
         return cls(mi_tolerance=float(c.mi_tolerance), change_tolerance=float(c.change_tolerance),
                    mt_keep_share=float(c.mt_keep_share), dropout_excess_factor=float(c.dropout_excess_factor),
                    measure=str(c.measure), n_clusters=int(a.mi.n_clusters), k=int(a.neighbours.k),
-                   metric=str(a.neighbours.metric))
+                   metric=str(a.neighbours.metric), level=float(a.bootstrap.level), method=str(a.bootstrap.method))
 
 
-@dataclass(frozen=True)
-class Part:
-    ok: bool | None  # None: not measured
-    text: str
-    inconclusive: bool = False  # measured, but within the intervals (ok is then None)
+def finish(parts: Sequence[Part], numbers: Sequence[str], crit: Criteria,
+           requires: Mapping[str, str] | None = None) -> Verdict:
+    """The claim's verdict from its parts (analysis.verdicts.evaluate); `requires`: part -> the part it is
+    judged only after (a token-dropout part after its base objective's excess)."""
+    verdicts, lines, m, level = rules.evaluate(parts, crit.level, crit.method)
+    by_name = {v.name: v for v in verdicts}
+    for i, v in enumerate(verdicts):
+        base = (requires or {}).get(v.name)
+        if base is not None and by_name[base].verdict != HOLDS and v.verdict != NOT_MEASURED:
+            verdicts[i] = rules.PartVerdict(v.name, INCONCLUSIVE, f"{v.name}: not judged, since {base} does not "
+                                                                  "hold beyond its intervals")
+    verdict, reason = rules.overall(verdicts)
+    if lines and not all(line.judged.points for line in lines):
+        reason += f" (intervals at {100 * level:.3g}%: Bonferroni over {m} contrasts per seed)"
+    return Verdict(verdict, "; ".join(n for n in numbers if n) or "—", reason, lines=tuple(lines), parts=tuple(verdicts),
+                   contrasts=m, level=level)
 
 
-def combine(parts: Sequence[Part], numbers: Sequence[str]) -> Verdict:
-    numbers_text = "; ".join(n for n in numbers if n) or "—"
-    failed = [p.text for p in parts if p.ok is False]
-    if failed:
-        return Verdict(FAILS, numbers_text, "; ".join(failed))
-    missing = [p.text for p in parts if p.ok is None and not p.inconclusive]
-    if missing:
-        return Verdict(NOT_MEASURED, numbers_text, "; ".join(missing))
-    unsure = [p.text for p in parts if p.inconclusive]
-    if unsure:
-        return Verdict(INCONCLUSIVE, numbers_text, "; ".join(unsure))
-    return Verdict(HOLDS, numbers_text, "; ".join(p.text for p in parts))
-
-
-# ---------------------------------------------------------------- estimates with intervals
-
-@dataclass(frozen=True)
-class Estimate:
-    """A seed-mean estimate, its interval (the seed means of the rows' bounds; nan: none) and the
-    per-seed values it averages."""
-
-    value: float
-    low: float
-    high: float
-    seeds: Mapping[Any, float]
-
-    @property
-    def has_interval(self) -> bool:
-        return not (math.isnan(self.low) or math.isnan(self.high))
-
-    def text(self) -> str:
-        return f"{_fmt(self.value)} [{_fmt(self.low)}, {_fmt(self.high)}]" if self.has_interval else _fmt(self.value)
-
-
-def estimates_by(rows: Rows, x: str, value: str, low: str = "ci_low", high: str = "ci_high",
-                 seed: str = "seed", **where: Any) -> dict[Any, Estimate]:
-    """`mean_by` with intervals: per value of `x`, the seed mean of `value`, of its interval bounds
-    (`low`, `high`; nan when a row has none) and the values per `seed`."""
-    groups: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
-    for row in rows:
-        if all(row.get(k) == v for k, v in where.items()) and not math.isnan(float(row[value])):
-            groups[row[x]].append(row)
-    out = {}
-    for key in sorted(groups):
-        g = groups[key]
-        bounds = [(float(r.get(low, math.nan)), float(r.get(high, math.nan))) for r in g]
-        out[key] = Estimate(statistics.fmean(float(r[value]) for r in g), statistics.fmean(b[0] for b in bounds),
-                            statistics.fmean(b[1] for b in bounds), {r.get(seed): float(r[value]) for r in g})
-    return out
-
-
-def ordered(a: Estimate, b: Estimate, what: str, margin: float = 0.0, otherwise: str | None = None) -> Part:
-    """The claim `what`, a > b: beyond the intervals and for every seed both have (holds), the opposite
-    so (does not hold, said as `otherwise` when given), else inconclusive; without intervals,
-    a > b + margin on the point estimates (the rule before intervals)."""
-    if not (a.has_interval and b.has_interval):
-        ok = a.value > b.value + margin
-        return Part(ok, f"{what if ok else otherwise or 'not: ' + what}: {_fmt(a.value)} vs {_fmt(b.value)} "
-                        "(point estimates: no intervals)")
-    common = [s for s in a.seeds if s in b.seeds]
-    above = a.low > b.high and all(a.seeds[s] > b.seeds[s] for s in common)
-    below = a.high < b.low and all(a.seeds[s] < b.seeds[s] for s in common)
-    numbers = f"{a.text()} vs {b.text()}"
-    if above:
-        return Part(True, f"{what}: {numbers}, beyond the intervals")
-    if below:
-        return Part(False, f"{otherwise or 'not: ' + what}: the opposite, {numbers}, beyond the intervals")
-    return Part(None, f"{what}: {numbers}, within the intervals or not for every seed", inconclusive=True)
-
-
-def all_parts(parts: Sequence[Part], what: str) -> Part:
-    """One part of several orderings: fails when one fails, inconclusive when one is, else holds."""
-    for p in parts:
-        if p.ok is False:
-            return p
-    unsure = [p for p in parts if p.inconclusive]
-    if unsure:
-        return unsure[0]
-    return Part(True, f"{what}: " + "; ".join(p.text for p in parts[:2]) + (" …" if len(parts) > 2 else ""))
-
-
-# ---------------------------------------------------------------- helpers over rows
+# ---------------------------------------------------------------- reading rows
 
 def mean_by(rows: Rows, x: str, value: str, **where: Any) -> dict[Any, float]:
     """Mean of `value` over the rows matching `where` (e.g. over seeds), per value of `x`, sorted;
@@ -178,6 +128,23 @@ def mean_by(rows: Rows, x: str, value: str, **where: Any) -> dict[Any, float]:
     return {key: statistics.fmean(groups[key]) for key in sorted(groups)}
 
 
+def by_seed(rows: Rows, x: str | Callable[[Mapping[str, Any]], Any], value: str, n: str = "n_tokens",
+            seed: str = "seed", **where: Any) -> Curves:
+    """Per seed, per value of `x` (a column, or a function of the row), the row's estimate `value` with
+    its replicates and sample size (column `n`); rows not matching `where`, or with a NaN estimate, are
+    left out."""
+    out: Curves = defaultdict(dict)
+    for row in rows or ():
+        if all(row.get(k) == v for k, v in where.items()) and not math.isnan(float(row[value])):
+            key = x(row) if callable(x) else row[x]
+            out[row[seed]][key] = stat_of(row, value, str(row.get(n, "")))
+    return {s: dict(sorted(c.items(), key=lambda kv: _order(kv[0]))) for s, c in sorted(out.items())}
+
+
+def _order(key: Any) -> Any:
+    return (_bucket_start(key), key) if isinstance(key, str) else (key, "")
+
+
 def _fmt(value: float) -> str:
     size = abs(value)
     return f"{value:.1f}" if size >= 10 else f"{value:.3f}" if size >= 0.01 or size == 0 else f"{value:.4f}"
@@ -187,141 +154,150 @@ def _path(curve: Mapping[Any, float]) -> str:
     return " → ".join(_fmt(v) for v in curve.values())
 
 
+def _seed_means(curves: Curves) -> dict[Any, float]:
+    keys = sorted({k for c in curves.values() for k in c}, key=_order)
+    return {k: statistics.fmean(c[k].value for c in curves.values() if k in c) for k in keys}
+
+
 def main_clusters(rows: Rows, crit: Criteria) -> int:
     """The cluster count MI is read at: `crit.n_clusters` when some row has it, else the most used."""
     counts = Counter(r["n_clusters"] for r in rows)
     return crit.n_clusters if crit.n_clusters in counts else counts.most_common(1)[0][0]
 
 
+def mi_rows(mi: Rows | None, objective: str, target: str, crit: Criteria) -> list[Mapping[str, Any]]:
+    rows = [r for r in mi or () if r["objective"] == objective and r["target"] == target]
+    return [r for r in rows if r["n_clusters"] == main_clusters(rows, crit)] if rows else []
+
+
 def mi_curve(mi: Rows | None, objective: str, target: str, crit: Criteria,
              value: str = "mi_corrected") -> dict[int, float]:
-    """Seed-mean corrected MI (or `value`: mi, the plug-in) per layer, at `crit.n_clusters` if
-    measured, else the most used count."""
-    rows = [r for r in mi or () if r["objective"] == objective and r["target"] == target]
-    if not rows:
-        return {}
-    return mean_by(rows, "layer", value, n_clusters=main_clusters(rows, crit))
+    """Seed-mean corrected MI (or `value`: mi, the plug-in) per layer, at the main cluster count."""
+    return mean_by(mi_rows(mi, objective, target, crit), "layer", value)
 
 
-def mi_estimates(mi: Rows | None, objective: str, target: str, crit: Criteria,
-                 corrected: bool = True) -> dict[int, Estimate]:
-    """`mi_curve` with intervals: the corrected MI (corrected_ci_*) or the plug-in MI (ci_*)."""
-    rows = [r for r in mi or () if r["objective"] == objective and r["target"] == target]
-    if not rows:
-        return {}
-    value, low, high = (("mi_corrected", "corrected_ci_low", "corrected_ci_high") if corrected
-                        else ("mi", "ci_low", "ci_high"))
-    return estimates_by(rows, "layer", value, low, high, n_clusters=main_clusters(rows, crit))
+def mi_stats(mi: Rows | None, objective: str, target: str, crit: Criteria, value: str = "mi_corrected") -> Curves:
+    return by_seed(mi_rows(mi, objective, target, crit), "layer", value)
 
 
-def mi_ordered(mi: Rows | None, objective: str, target: str, crit: Criteria, rising: bool, what: str,
-               otherwise: str) -> Part:
-    """Last layer above the first (`rising`) or below it, on both the plug-in and the corrected MI."""
-    parts = []
-    for corrected in (False, True):
-        est = mi_estimates(mi, objective, target, crit, corrected)
-        first, last = est[min(est)], est[max(est)]
-        # the numbers come in the order named: "a vs b" of ordered(a, b)
-        kind = f" ({'corrected' if corrected else 'plug-in'}, {'last vs first' if rising else 'first vs last'} layer)"
-        parts.append(ordered(last, first, what + kind, crit.mi_tolerance, otherwise + kind) if rising
-                     else ordered(first, last, what + kind, 0.0, otherwise + kind))
-    return all_parts(parts, what)
+def _common(*curves: Curves) -> list[Any]:
+    """The seeds every one of `curves` has (contrasts between objectives pair the models of one seed)."""
+    seeds = [set(c) for c in curves]
+    return sorted(set.intersection(*seeds)) if seeds else []
 
 
-def _missing(table: str, what: str) -> Part:
-    return Part(None, f"{what} not measured (metrics/{table}.csv)")
+# ---------------------------------------------------------------- parts of the shapes claims take
+
+def falls(name: str, curves: Curves, tolerance: float, table: str) -> Part:
+    """Per seed: no step from one key to the next rises by more than `tolerance` beyond its interval, and
+    the first lies above the last beyond its interval (rule falls)."""
+    if not curves or any(len(c) < 2 for c in curves.values()):
+        return Part(name, missing=f"{name}: not measured at 2 or more layers (metrics/{table}.csv)")
+    seeds = {}
+    for seed, c in curves.items():
+        keys = list(c)
+        steps = [Contrast(f"rise {a}→{b}", c[b] - c[a], tolerance) for a, b in zip(keys, keys[1:])]
+        seeds[seed] = Rule("falls", (*steps, Contrast(f"{keys[0]} − {keys[-1]}", c[keys[0]] - c[keys[-1]])))
+    return Part(name, seeds)
 
 
-def _ends(curve: Mapping[int, float]) -> tuple[float, float]:
-    values = list(curve.values())
-    return values[0], values[-1]
+def ordered(name: str, seeds: Mapping[Any, Contrast], missing: str) -> Part:
+    return Part(name, {s: Rule("ordered", (c,)) for s, c in seeds.items()}) if seeds else Part(name, missing=missing)
 
 
-def _falls(curve: Mapping[int, float], tol: float, what: str) -> Part:
-    """Non-increasing within `tol` from layer to layer, and lower at the end than at the start."""
-    keys = list(curve)
-    rises = [(a, b) for a, b in zip(keys, keys[1:]) if curve[b] > curve[a] + tol]
-    first, last = _ends(curve)
-    if rises:
-        a, b = rises[0]
-        return Part(False, f"{what} rises from layer {a} to {b} ({_fmt(curve[a])} → {_fmt(curve[b])}, "
-                           f"tolerance {tol:g})")
-    if not last < first:
-        return Part(False, f"{what} does not fall overall ({_fmt(first)} → {_fmt(last)})")
-    return Part(True, f"{what} falls {_fmt(first)} → {_fmt(last)}")
+def every(name: str, seeds: Mapping[Any, Sequence[Contrast]], missing: str) -> Part:
+    seeds = {s: cs for s, cs in seeds.items() if cs}
+    return Part(name, {s: Rule("every", tuple(cs)) for s, cs in seeds.items()}) if seeds else Part(name, missing=missing)
+
+
+def ends(curves: Curves, name: str, margin: float, rising: bool) -> dict[Any, Contrast]:
+    """Per seed: the last layer minus the first (`rising`), or the first minus the last."""
+    out = {}
+    for seed, c in curves.items():
+        if len(c) >= 2:
+            first, last = list(c)[0], list(c)[-1]
+            out[seed] = (Contrast(f"{name} {last} − {first}", c[last] - c[first], margin) if rising
+                         else Contrast(f"{name} {first} − {last}", c[first] - c[last], margin))
+    return out
 
 
 # ---------------------------------------------------------------- the claims
 
+MI_KINDS = (("corrected", "mi_corrected"), ("plug-in", "mi"))
+
+
 def claim_lm_mi(tables: Tables, crit: Criteria) -> Verdict:
     mi = tables.get("mi")
+    parts = []
+    for kind, column in MI_KINDS:
+        parts.append(falls(f"LM input MI falls with depth ({kind})", mi_stats(mi, "lm", "input", crit, column),
+                           crit.mi_tolerance, "mi"))
+    for kind, column in MI_KINDS:
+        out = mi_stats(mi, "lm", "output", crit, column)
+        parts.append(ordered(f"LM next-token MI rises ({kind})", ends(out, "layer", crit.mi_tolerance, True),
+                             "LM next-token MI not measured (metrics/mi.csv)"))
     inp, out = mi_curve(mi, "lm", "input", crit), mi_curve(mi, "lm", "output", crit)
-    parts = [_falls(inp, crit.mi_tolerance, "input MI") if len(inp) > 1 else _missing("mi", "LM input MI")]
-    if len(inp) > 1:
-        parts.append(mi_ordered(mi, "lm", "input", crit, False, "input MI falls", "input MI does not fall"))
-    if len(out) > 1:
-        parts.append(mi_ordered(mi, "lm", "output", crit, True, "next-token MI rises", "next-token MI does not rise"))
-    else:
-        parts.append(_missing("mi", "LM next-token MI"))
-    return combine(parts, [inp and f"input {_path(inp)}", out and f"next token {_path(out)}"])
+    return finish(parts, [inp and f"input {_path(inp)}", out and f"next token {_path(out)}"], crit)
 
 
 def claim_mlm_mi(tables: Tables, crit: Criteria) -> Verdict:
     mi = tables.get("mi")
+    parts = []
+    for kind, column in MI_KINDS:
+        name = f"MLM input MI falls, then rises ({kind})"
+        curves = mi_stats(mi, "mlm", "input", crit, column)
+        if not curves or any(len(c) < 3 for c in curves.values()):
+            parts.append(Part(name, missing=f"{name}: not measured at 3 or more layers (metrics/mi.csv)"))
+            continue
+        seeds = {}
+        for seed, c in curves.items():
+            keys = list(c)
+            first, last = keys[0], keys[-1]
+            seeds[seed] = Rule("dip", tuple(x for layer in keys[1:-1] for x in (
+                Contrast(f"{first} − {layer}", c[first] - c[layer], crit.mi_tolerance),
+                Contrast(f"{last} − {layer}", c[last] - c[layer], crit.mi_tolerance))))
+        parts.append(Part(name, seeds))
     inp = mi_curve(mi, "mlm", "input", crit)
     extra = [mi_curve(mi, "mlm", t, crit) for t in ("input_masked", "output")]
     numbers = [inp and f"input {_path(inp)}",
-               *(c and f"{t} (masked) {_fmt(_ends(c)[0])} → {_fmt(_ends(c)[1])}"
+               *(c and f"{t} (masked) {_fmt(list(c.values())[0])} → {_fmt(list(c.values())[-1])}"
                  for t, c in zip(("input", "output"), extra))]
-    if len(inp) < 3:
-        return combine([_missing("mi", "MLM input MI at 3 or more layers")], numbers)
-    plugin = mi_curve(mi, "mlm", "input", crit, "mi")  # the claim must hold on the plug-in MI as well
-    return combine([_dip(inp, crit.mi_tolerance, "corrected"), _dip(plugin, crit.mi_tolerance, "plug-in")], numbers)
+    return finish(parts, numbers, crit)
 
 
-def _dip(inp: Mapping[int, float], tol: float, kind: str) -> Part:
-    """The curve reaches its minimum at an inner layer, more than `tol` below both ends."""
-    layers = list(inp)
-    low = min(layers, key=inp.get)
-    first, last = _ends(inp)
-    if low in (layers[0], layers[-1]):
-        return Part(False, f"input MI ({kind}) is lowest at layer {low}, not at an inner layer")
-    if first - inp[low] <= tol or last - inp[low] <= tol:
-        return Part(False, f"the dip ({kind}) at layer {low} ({_fmt(inp[low])}) is within {tol:g} of an end")
-    return Part(True, f"input MI ({kind}) falls to {_fmt(inp[low])} at layer {low}, then rises to {_fmt(last)}")
-
-
-def _mean_change(change: Rows | None, objective: str, crit: Criteria) -> dict[int, float]:
-    return mean_by(change or (), "layer_to", "distance", objective=objective, bucket="all", measure=crit.measure)
+def _change_stats(change: Rows | None, objective: str, crit: Criteria) -> Curves:
+    return by_seed(change or (), "layer_to", "distance", objective=objective, bucket="all", measure=crit.measure)
 
 
 def claim_mt_identity(tables: Tables, crit: Criteria) -> Verdict:
     mi = tables.get("mi")
-    mt, lm = mi_curve(mi, "mt", "input", crit), mi_curve(mi, "lm", "input", crit)
-    parts, numbers = [], []
-    if len(mt) > 1 and len(lm) > 1 and _ends(mt)[0] > 0 and _ends(lm)[0] > 0:
-        keep_mt, keep_lm = _ends(mt)[1] / _ends(mt)[0], _ends(lm)[1] / _ends(lm)[0]
-        numbers.append(f"input MI kept at the top: MT {keep_mt:.0%}, LM {keep_lm:.0%}")
-        first, last = _ends(mt)
-        parts.append(Part(last < first - crit.mi_tolerance,
-                          f"MT input MI {'falls' if last < first - crit.mi_tolerance else 'does not fall'} "
-                          f"{_fmt(first)} → {_fmt(last)}"))
-        parts.append(mi_ordered(mi, "mt", "input", crit, False, "MT input MI falls", "MT input MI does not fall"))
-        kept = keep_mt >= crit.mt_keep_share and keep_mt > keep_lm
-        parts.append(Part(kept, f"MT keeps {keep_mt:.0%} of its input MI (LM {keep_lm:.0%}; "
-                                f"needs >= {crit.mt_keep_share:.0%} and more than LM)"))
-    else:
-        parts.append(_missing("mi", "MT and LM input MI"))
-    means = {o: _mean_change(tables.get("change"), o, crit) for o in ("mt", "lm", "mlm")}
-    if all(means.values()):
-        avg = {o: statistics.fmean(c.values()) for o, c in means.items()}
+    parts = [ordered(f"MT input MI falls from the first layer to the last ({kind})",
+                     ends(mi_stats(mi, "mt", "input", crit, column), "layer", crit.mi_tolerance, False),
+                     "MT input MI not measured (metrics/mi.csv)") for kind, column in MI_KINDS]
+    mt, lm = mi_stats(mi, "mt", "input", crit), mi_stats(mi, "lm", "input", crit)
+    share = lambda c: c[list(c)[-1]] / c[list(c)[0]]  # noqa: E731  the top layer's share of the first layer's MI
+    kept = {s: Contrast("MT top / first layer", share(mt[s]), crit.mt_keep_share) for s in mt if len(mt[s]) > 1}
+    parts.append(ordered(f"MT keeps more than {crit.mt_keep_share:.0%} of its input MI", kept,
+                         "MT input MI not measured (metrics/mi.csv)"))
+    parts.append(ordered("MT keeps a larger share of its input MI than LM",
+                         {s: Contrast("MT share − LM share", share(mt[s]) - share(lm[s])) for s in _common(mt, lm)
+                          if len(mt[s]) > 1 and len(lm[s]) > 1},
+                         "MT and LM input MI of one seed not measured (metrics/mi.csv)"))
+    change = {o: _change_stats(tables.get("change"), o, crit) for o in ("mt", "lm", "mlm")}
+    means = {o: {s: mean_of(list(c.values())) for s, c in curves.items()} for o, curves in change.items()}
+    parts.append(every("MT's mean change over layers is below LM's and MLM's",
+                       {s: [Contrast(f"{o.upper()} − MT mean change", means[o][s] - means["mt"][s]) for o in ("lm", "mlm")]
+                        for s in _common(*change.values())},
+                       "all-token change of MT, LM and MLM of one seed not measured (metrics/change.csv)"))
+    numbers = []
+    mt_c, lm_c = mi_curve(mi, "mt", "input", crit), mi_curve(mi, "lm", "input", crit)
+    if len(mt_c) > 1 and len(lm_c) > 1 and list(mt_c.values())[0] > 0 and list(lm_c.values())[0] > 0:
+        keep = {o: list(c.values())[-1] / list(c.values())[0] for o, c in (("MT", mt_c), ("LM", lm_c))}
+        numbers.append(f"input MI kept at the top: MT {keep['MT']:.0%}, LM {keep['LM']:.0%}")
+    avg = {o: statistics.fmean(_seed_means(c).values()) for o, c in change.items() if c}
+    if len(avg) == 3:
         numbers.append("mean change " + ", ".join(f"{o.upper()} {_fmt(v)}" for o, v in avg.items()))
-        less = avg["mt"] < avg["lm"] and avg["mt"] < avg["mlm"]
-        parts.append(Part(less, f"MT's mean change {_fmt(avg['mt'])} is {'below' if less else 'not below'} "
-                                f"LM's {_fmt(avg['lm'])} and MLM's {_fmt(avg['mlm'])}"))
-    else:
-        parts.append(_missing("change", "all-token change of MT, LM and MLM"))
-    return combine(parts, numbers)
+    return finish(parts, numbers, crit)
 
 
 def cross_task(rows: Rows) -> list[Mapping[str, Any]]:
@@ -331,82 +307,60 @@ def cross_task(rows: Rows) -> list[Mapping[str, Any]]:
     return [r for r in rows if r["pair"] == SAME_INIT]
 
 
+PAIRS = (("mlm", "mt"), ("lm", "mt"), ("lm", "mlm"))  # sorted objective names of the study's three pairs
+
+
 def claim_similarity(tables: Tables, crit: Criteria) -> Verdict:
-    rows = [r for r in tables.get("similarity") or () if r["measure"] == crit.measure and r["layer"] >= 1]
     base = {"mt", "lm", "mlm"}
-    rows = [r for r in rows if r["objective_a"] in base and r["objective_b"] in base]
-    cross: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    seeds: dict[int, list[float]] = defaultdict(list)
+    rows = [r for r in tables.get("similarity") or () if r["measure"] == crit.measure and r["layer"] >= 1
+            and r["objective_a"] in base and r["objective_b"] in base]
+    pair_of = lambda r: tuple(sorted((r["objective_a"], r["objective_b"])))  # noqa: E731
+    cross = {p: by_seed([r for r in cross_task(rows) if pair_of(r) == p], "layer", "distance", seed="seed_a")
+             for p in PAIRS}
+    seeds = _common(*cross.values())
+    if not seeds:
+        return finish([Part("cross-task distances", missing=f"{crit.measure} between all of MT, LM and MLM of one "
+                                                             "seed (the same initialisation) not measured")], [], crit)
+    baselines = defaultdict(dict)  # layer -> (objective, seed pair) -> Stat
     for r in rows:
         if r["pair"] == SEED_BASELINE:
-            seeds[r["layer"]].append(r["distance"])
-    for r in cross_task(rows):
-        cross[tuple(sorted((r["objective_a"], r["objective_b"])))][r["layer"]].append(r["distance"])
-    pairs = [("mlm", "mt"), ("lm", "mt"), ("lm", "mlm")]
-    if not all(p in cross for p in pairs):
-        return combine([_missing("similarity", f"{crit.measure} between all of MT, LM and MLM of one seed "
-                                               "(the same initialisation)")], [])
-    means = {p: {layer: statistics.fmean(v) for layer, v in sorted(cross[p].items())} for p in pairs}
-    numbers = [f"{a.upper()}–{b.upper()} {_path(means[tuple(sorted((a, b)))])}"
-               for a, b in (("mt", "mlm"), ("lm", "mt"), ("lm", "mlm"))]
-    parts = []
-    if not seeds:
-        parts.append(Part(None, "no seed baseline (a second seed of mt, lm or mlm)"))
+            baselines[r["layer"]][(r["objective_a"], r["seed_a"], r["seed_b"])] = stat_of(r, "distance",
+                                                                                      str(r["n_tokens"]))
+    layers = sorted({layer for p in PAIRS for s in seeds for layer in cross[p][s]})
+    name = "every cross-task distance exceeds every seed baseline at its layer"
+    if not baselines:
+        part = Part(name, missing="no seed baseline (a second seed of mt, lm or mlm)")
+    elif unbased := [layer for layer in layers if layer not in baselines]:
+        part = Part(name, missing=f"no seed baseline at layers {unbased}")
     else:
-        numbers.append("seed baselines " + f"{_fmt(min(map(min, seeds.values())))}–"
-                                           f"{_fmt(max(map(max, seeds.values())))}")
-        layers = sorted({layer for p in pairs for layer in cross[p]})
-        unbased = [layer for layer in layers if layer not in seeds]
-        with_ci = [r for r in rows if not math.isnan(float(r.get("ci_low", math.nan)))]
-        below = [(layer, p) for layer in layers if layer in seeds for p in pairs
-                 if min(cross[p].get(layer, [float("inf")])) <= max(seeds[layer])]
-        if below:
-            layer, (a, b) = below[0]
-            parts.append(Part(False, f"{a.upper()}–{b.upper()} at layer {layer} is not above the seed baseline "
-                                     f"{_fmt(max(seeds[layer]))}"))
-        elif unbased:
-            parts.append(Part(None, f"no seed baseline at layers {unbased}"))
-        elif with_ci:  # every layer's cross-task distances against its largest seed baseline, with intervals
-            est = {p: estimates_by([r for r in cross_task(rows) if tuple(sorted((r["objective_a"], r["objective_b"])))
-                                    == p], "layer", "distance", seed="seed_a") for p in pairs}
-            base = {layer: max((r for r in rows if r["pair"] == SEED_BASELINE and r["layer"] == layer),
-                               key=lambda r: r["distance"]) for layer in layers}
-            base_est = {layer: Estimate(r["distance"], float(r.get("ci_low", math.nan)),
-                                        float(r.get("ci_high", math.nan)), {}) for layer, r in base.items()}
-            parts.append(all_parts([ordered(est[p][layer], base_est[layer],
-                                            f"{p[0].upper()}–{p[1].upper()} vs the seed baseline at layer {layer}")
-                                    for layer in layers for p in pairs if layer in est[p]],
-                                   "every cross-task distance exceeds the largest seed baseline"))
-        else:
-            parts.append(Part(True, "every cross-task distance exceeds the largest seed baseline "
-                                    "(point estimates: no intervals)"))
-    avg = {p: statistics.fmean(m.values()) for p, m in means.items()}
-    closer = avg[("mlm", "mt")] < min(avg[("lm", "mt")], avg[("lm", "mlm")])
-    parts.append(Part(closer, f"mean MT–MLM {_fmt(avg[('mlm', 'mt')])} is {'below' if closer else 'not below'} "
-                              f"LM–MT {_fmt(avg[('lm', 'mt')])} and LM–MLM {_fmt(avg[('lm', 'mlm')])}"))
-    return combine(parts, numbers)
-
-
-def _change_estimates(change: Rows | None, objective: str, crit: Criteria) -> dict[int, Estimate]:
-    return estimates_by(change or (), "layer_to", "distance", objective=objective, bucket="all", measure=crit.measure)
+        part = every(name, {s: [Contrast(f"{a.upper()}–{b.upper()} − {o} seeds {s1},{s2} at layer {layer}",
+                                         cross[(a, b)][s][layer] - stat)
+                                for layer in layers for a, b in PAIRS if layer in cross[(a, b)][s]
+                                for (o, s1, s2), stat in baselines[layer].items()] for s in seeds}, name)
+    means = {p: {s: mean_of(list(cross[p][s].values())) for s in seeds} for p in PAIRS}
+    closest = every("MT–MLM is closer than LM–MT and LM–MLM (mean over layers)",
+                    {s: [Contrast(f"{p[0].upper()}–{p[1].upper()} − MT–MLM", means[p][s] - means[("mlm", "mt")][s])
+                         for p in PAIRS[1:]] for s in seeds}, "")
+    numbers = [f"{a.upper()}–{b.upper()} {_path(_seed_means(cross[tuple(sorted((a, b)))]))}"
+               for a, b in (("mt", "mlm"), ("lm", "mt"), ("lm", "mlm"))]
+    if baselines:
+        values = [s.value for layer in baselines.values() for s in layer.values()]
+        numbers.append(f"seed baselines {_fmt(min(values))}–{_fmt(max(values))}")
+    return finish([part, closest], numbers, crit)
 
 
 def claim_change(tables: Tables, crit: Criteria) -> Verdict:
-    mt, mlm = (_mean_change(tables.get("change"), o, crit) for o in ("mt", "mlm"))
-    parts = [_falls(mt, crit.change_tolerance, "MT's change") if len(mt) > 1
-             else _missing("change", "MT's all-token change")]
-    if len(mt) > 1:
-        est = _change_estimates(tables.get("change"), "mt", crit)
-        parts.append(ordered(est[min(est)], est[max(est)], "MT's first vs last change"))
-    if len(mlm) > 1:
-        est = _change_estimates(tables.get("change"), "mlm", crit)
-        top = max(est)
-        parts.append(all_parts([ordered(est[top], est[t], f"MLM's change at {top - 1}→{top} vs {t - 1}→{t}", 0.0,
-                                        f"MLM's change is larger at {t - 1}→{t}, not at the top {top - 1}→{top}")
-                                for t in est if t != top], f"MLM's largest change is at the top {top - 1}→{top}"))
-    else:
-        parts.append(_missing("change", "MLM's all-token change"))
-    return combine(parts, [mt and f"MT {_path(mt)}", mlm and f"MLM {_path(mlm)}"])
+    change = tables.get("change")
+    mt, mlm = _change_stats(change, "mt", crit), _change_stats(change, "mlm", crit)
+    parts = [falls("MT's change falls with depth", mt, crit.change_tolerance, "change")]
+    top = {}
+    for seed, c in mlm.items():
+        if len(c) > 1:
+            last = list(c)[-1]
+            top[seed] = [Contrast(f"{last - 1}→{last} − {t - 1}→{t}", c[last] - c[t]) for t in list(c)[:-1]]
+    parts.append(every("MLM's largest change is at the top transition", top,
+                       "MLM's all-token change not measured (metrics/change.csv)"))
+    return finish(parts, [mt and f"MT {_path(_seed_means(mt))}", mlm and f"MLM {_path(_seed_means(mlm))}"], crit)
 
 
 def _bucket_start(bucket: str) -> float:
@@ -427,48 +381,43 @@ def influence_by_bucket(rows: Rows | None, objective: str, crit: Criteria) -> tu
     return layer, dict(sorted(means.items(), key=lambda kv: _bucket_start(kv[0])))
 
 
-def _excess(means: Mapping[str, float]) -> float:
-    values = list(means.values())
-    return values[-1] / statistics.median(values[:-1]) - 1 if statistics.median(values[:-1]) > 0 else float("inf")
+def _excess(*values):
+    """rarest / median of the others - 1 (the last is the rarest), value by value."""
+    others = np.median(np.stack(np.broadcast_arrays(*values[:-1])), axis=0)
+    return rules.divide(values[-1], others) - 1
 
 
 def claim_influence(tables: Tables, crit: Criteria) -> Verdict:
     rows = tables.get("influence")
-    parts, numbers, excess, base_excess = [], [], {}, {}
+    parts, numbers, requires, stats = [], [], {}, {}
     for objective in ("mt", "lm", "mt_td", "lm_td"):
         layer, means = influence_by_bucket(rows, objective, crit)
         if len(means) < 2:
             continue
+        stats[objective] = by_seed([r for r in rows if r["objective"] == objective and r["measure"] == crit.measure
+                                    and r["bucket"] != "all"], "bucket", "distance", n="n_pairs", layer=layer)
         rarest = list(means)[-1]
-        excess[objective] = _excess(means)
         name = objective if "_" in objective else objective.upper()
         numbers.append(f"{name} layer {layer}: rarest {rarest} {_fmt(means[rarest])} vs others "
                        f"≤ {_fmt(max(list(means.values())[:-1]))}")
-        if objective in ("mt", "lm"):
-            est = estimates_by([r for r in rows if r["objective"] == objective and r["measure"] == crit.measure],
-                               "bucket", "distance", layer=layer)
-            part = all_parts([ordered(est[rarest], est[b], f"{objective.upper()} influence of {rarest} vs {b}",
-                                      0.0, f"in {objective.upper()} bucket {b}, not the rarest {rarest}, "
-                                           "influences at least as much")
-                              for b in means if b != rarest],
-                             f"in {objective.upper()} the rarest bucket {rarest} influences most")
-            parts.append(part)
-            base_excess[objective] = part.ok is True  # beyond the intervals (or, without any, on the points)
     for objective in ("mt", "lm"):
-        if objective not in excess:
-            parts.append(_missing("influence", f"{objective.upper()} influence in 2 or more buckets"))
-        elif f"{objective}_td" not in excess:
-            parts.append(_missing("influence", f"{objective}_td (token dropout) influence"))
-        elif not base_excess.get(objective):
-            # token dropout can only be said to remove an excess the base model shows beyond its interval
-            numbers.append(f"{objective}_td not judged: {objective.upper()} shows no rare-token excess beyond "
-                           "its interval")
-        else:
-            td, plain = excess[f"{objective}_td"], excess[objective]
-            ok = td <= crit.dropout_excess_factor * plain
-            parts.append(Part(ok, f"{objective}_td rare-token excess {td:+.0%} vs {objective.upper()} {plain:+.0%}"
-                                  + ("" if ok else f" (needs <= {crit.dropout_excess_factor:g}x)")))
-    return combine(parts, numbers)
+        name = f"in {objective.upper()} the rarest bucket influences most"
+        seeds = {}
+        for seed, c in stats.get(objective, {}).items():
+            keys = list(c)
+            seeds[seed] = [Contrast(f"{keys[-1]} − {b}", c[keys[-1]] - c[b]) for b in keys[:-1]]
+        parts.append(every(name, seeds, f"{objective.upper()} influence in 2 or more buckets not measured "
+                                        "(metrics/influence.csv)"))
+        td = f"{objective}_td"
+        td_name = f"{td} (token dropout) removes the rare-token excess"
+        both = _common(stats.get(objective, {}), stats.get(td, {}))
+        excess = {o: {s: combine(_excess, *stats[o][s].values()) for s in both} for o in (objective, td) if both}
+        parts.append(ordered(td_name, {s: Contrast(f"{crit.dropout_excess_factor:g} × {objective.upper()} excess − "
+                                                   f"{td} excess", excess[objective][s].scaled(crit.dropout_excess_factor)
+                                                   - excess[td][s]) for s in both},
+                             f"{td} (token dropout) influence of the same seed as {objective} not measured"))
+        requires[td_name] = name
+    return finish(parts, numbers, crit, requires)
 
 
 def neighbour_rows(rows: Sequence[dict], crit: Criteria) -> list[dict]:
@@ -483,27 +432,28 @@ def neighbour_rows(rows: Sequence[dict], crit: Criteria) -> list[dict]:
 
 def claim_neighbours(tables: Tables, crit: Criteria) -> Verdict:
     rows = neighbour_rows(list(tables.get("neighbours") or ()), crit)
-    ident = {o: mean_by(rows, "layer", "value", objective=o, property="identity") for o in ("mt", "lm", "mlm")}
-    pos = {o: mean_by([r for r in rows if r["layer"] >= 1], "layer", "value", objective=o, property="position")
-           for o in ("mt", "lm", "mlm")}
-    parts, numbers = [], []
+    objectives = ("mt", "lm", "mlm")
+    ident = {o: by_seed(rows, "layer", "value", n="n_queries", objective=o, property="identity") for o in objectives}
+    pos = {o: by_seed([r for r in rows if r["layer"] >= 1], "layer", "value", n="n_queries", objective=o,
+                      property="position") for o in objectives}
+    top = lambda c: c[max(c)]  # noqa: E731
+    parts = [every("MLM keeps identity best at the top layer",
+                   {s: [Contrast(f"MLM − {o.upper()} identity at layer {max(ident['mlm'][s])}",
+                                 top(ident["mlm"][s]) - top(ident[o][s])) for o in ("mt", "lm")]
+                    for s in _common(*ident.values())}, "identity of MT, LM and MLM of one seed not measured"),
+             every("MT keeps position best (mean distance over layers >= 1)",
+                   {s: [Contrast(f"{o.upper()} − MT mean position distance",
+                                 mean_of(list(pos[o][s].values())) - mean_of(list(pos["mt"][s].values())))
+                        for o in ("lm", "mlm")] for s in _common(*pos.values())},
+                   "position of MT, LM and MLM of one seed not measured")]
+    numbers = []
     if all(ident.values()):
-        top = {o: c[max(c)] for o, c in ident.items()}
-        numbers.append("identity at the top " + ", ".join(f"{o.upper()} {_fmt(v)}" for o, v in top.items()))
-        est = {o: estimates_by(rows, "layer", "value", objective=o, property="identity") for o in ident}
-        est = {o: e[max(e)] for o, e in est.items()}
-        parts.append(all_parts([ordered(est["mlm"], est[o], f"top-layer identity MLM vs {o.upper()}")
-                                for o in ("mt", "lm")], "MLM keeps identity best at the top"))
-    else:
-        parts.append(_missing("neighbours", "identity of MT, LM and MLM"))
+        numbers.append("identity at the top " + ", ".join(
+            f"{o.upper()} {_fmt(list(_seed_means(c).values())[-1])}" for o, c in ident.items()))
     if all(pos.values()):
-        avg = {o: statistics.fmean(c.values()) for o, c in pos.items()}
-        numbers.append("mean position distance " + ", ".join(f"{o.upper()} {_fmt(v)}" for o, v in avg.items()))
-        best = avg["mt"] < min(avg["lm"], avg["mlm"])
-        parts.append(Part(best, f"MT {'keeps' if best else 'does not keep'} position best"))
-    else:
-        parts.append(_missing("neighbours", "position of MT, LM and MLM"))
-    return combine(parts, numbers)
+        numbers.append("mean position distance " + ", ".join(
+            f"{o.upper()} {_fmt(statistics.fmean(_seed_means(c).values()))}" for o, c in pos.items()))
+    return finish(parts, numbers, crit)
 
 
 # ---------------------------------------------------------------- the claim table
@@ -545,7 +495,29 @@ def check_all(tables: Tables, crit: Criteria) -> list[tuple[Claim, Verdict]]:
     for claim in CLAIMS:
         try:
             verdict = claim.check(tables, crit)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError) as e:
             verdict = Verdict(NOT_MEASURED, "—", f"the tables could not be checked: {type(e).__name__}: {e}")
         out.append((claim, verdict))
     return out
+
+
+def claim_rows(verdicts: Sequence[tuple[Claim, Verdict]]) -> list[dict[str, Any]]:
+    """The rows of metrics/claims.csv (analysis.tables.COLUMNS["claims"]): every judged contrast of every
+    claim, with its seed's, its part's and its claim's verdicts; one row for a claim without contrasts."""
+    rows = []
+    for claim, v in verdicts:
+        head = {"claim": claim.number, "statement": claim.statement, "verdict": v.verdict, "numbers": v.numbers,
+                "reason": v.reason}
+        parts = {p.name: p.verdict for p in v.parts}
+        if not v.lines:
+            rows.append({**head, **{key: "" for key in ("part", "part_verdict", "seed", "seed_verdict", "contrast",
+                                                        "outcome", "n", "basis")},
+                         **{key: math.nan for key in ("estimate", "ci_low", "ci_high", "level", "margin")}})
+        for line in v.lines:
+            j = line.judged
+            rows.append({**head, "part": line.part, "part_verdict": parts.get(line.part, ""),
+                         "seed": line.seed, "seed_verdict": line.seed_verdict, "contrast": j.contrast.what,
+                         "estimate": j.contrast.stat.value, "ci_low": j.low, "ci_high": j.high, "level": j.level,
+                         "margin": j.contrast.margin, "outcome": j.outcome, "n": j.contrast.stat.n,
+                         "basis": "point estimate (no resamples)" if j.points else "paired bootstrap replicates"})
+    return rows

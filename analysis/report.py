@@ -24,8 +24,9 @@ from pipeline.store import (PipelineError, config_hash, inputs_read, make_record
                             versions, write_json, write_text)
 from .settings import SPECS, setting
 
-from . import claims, gather
+from . import claims, gather, verdicts
 from .claims import Criteria, check_all
+from .tables import read_table, table_path, write_table
 from .html import (Section, details, esc, figure, key_values, not_measured, note, page, para, pre, table,
                    verdict_cell)
 
@@ -223,42 +224,86 @@ def unconverged(exp: gather.Experiment, objectives) -> list[str]:
     return out
 
 
-def claims_section(exp: gather.Experiment, crit: Criteria) -> Section:
+def claims_section(exp: gather.Experiment, crit: Criteria, rows: list[dict[str, Any]]) -> Section:
+    """The claim table, from the rows of metrics/claims.csv (`claims.claim_rows`)."""
     s = Section("claims", "The study and this run")
-    verdicts = check_all(exp.as_tables(), crit)
-    tally = {v: sum(verdict.verdict == v for _, verdict in verdicts)
-             for v in ("holds", "does not hold", "inconclusive", "not measured")}
-    s.add(para(f"The study's conclusions, each checked against this run's tables by a fixed "
-               f"criterion (analysis/claims.py): {tally['holds']} hold, {tally['does not hold']} do not hold, "
-               f"{tally['inconclusive']} inconclusive, {tally['not measured']} not measured. An ordering holds "
-               "only beyond the 95% bootstrap intervals over probe sentences and for every seed (the numbers "
-               "that decided it, with their intervals, are in the column \"why\"); a claim on MI holds only on "
-               "both the plug-in and the corrected MI. A small model on a small corpus need not reproduce "
-               "every claim; none is hidden."))
+    by_claim: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_claim[int(row["claim"])].append(row)
+    tally = {v: sum(group[0]["verdict"] == v for group in by_claim.values()) for v in claims.VERDICTS}
+    s.add(para(f"The study's conclusions, each checked against this run's tables by fixed rules "
+               f"(analysis/claims.py, analysis/verdicts.py; every contrast in metrics/claims.csv): "
+               f"{tally['holds']} hold, {tally['does not hold']} do not hold, {tally['inconclusive']} inconclusive, "
+               f"{tally['not measured']} not measured. Every part of a claim is a set of contrasts (two layers of one "
+               "model, two models of one seed at one layer, two buckets), each decided by the interval of the "
+               "difference from paired bootstrap replicates (the same resampled probe sentences on both sides), "
+               "Bonferroni-corrected over the contrasts the claim reads in one seed; a part holds only beyond those "
+               "intervals in every seed, does not hold only when the opposite does in every seed, and is "
+               "inconclusive otherwise. A claim on MI holds only on both the plug-in and the corrected MI. A small "
+               "model on a small corpus need not reproduce every claim; none is hidden."))
     if exp.pretrained:
         s.add(note(f"The claims read the trained objectives mt, lm, mlm (and their variants) only; the pretrained "
                    f"models ({', '.join(exp.pretrained)}) are not read by them: their comparison is not controlled "
                    "(§ Setup). Their numbers are in the sections below."))
-    rows = []
-    for c, v in verdicts:
-        flagged = unconverged(exp, c.reads)
+    known = {c.number: c for c in claims.CLAIMS}
+    body, flagged_any = [], False
+    for number, group in sorted(by_claim.items()):
+        c, first = known.get(number), group[0]
+        flagged = unconverged(exp, c.reads) if c else []
+        flagged_any |= bool(flagged)
         training = (f'<span class="flag">not converged: {esc("; ".join(flagged))}</span>' if flagged
-                    else "converged" if c.reads else "—")
-        rows.append((c.number, esc(c.statement), esc(c.study), esc(v.numbers), verdict_cell(v.verdict), training,
-                     esc(v.reason)))
-    s.add(table(("#", "claim", "the study", "this run", "verdict", "models read", "why"), rows, raw=True))
-    if any(unconverged(exp, c.reads) for c, _ in verdicts):
+                    else "converged" if c and c.reads else "—")
+        body.append((number, esc(first["statement"]), esc(c.study if c else ""), esc(first["numbers"]),
+                     verdict_cell(first["verdict"]), training, esc(first["reason"])))
+    s.add(table(("#", "claim", "the study", "this run (seed means)", "verdict", "models read", "why"), body, raw=True))
+    if flagged_any:
         s.add(note("Some verdicts read models whose training had not converged (column \"models read\"; "
                    "section \"Did training converge?\"): they may change with longer training."))
+    for number, group in sorted(by_claim.items()):
+        lines = [r for r in group if r["contrast"] != ""]
+        if lines:
+            s.add(details(f"Claim {number}: its {len(lines)} contrasts (estimate, interval at level, outcome, n)",
+                          table(("part", "seed", "contrast", "estimate", "interval", "level", "margin", "outcome", "n",
+                                 "seed verdict", "part verdict"),
+                                [(r["part"], r["seed"], r["contrast"], _num(r["estimate"]), _interval(r),
+                                  _num(r["level"]), _num(r["margin"]), r["outcome"], r["n"], r["seed_verdict"],
+                                  r["part_verdict"]) for r in lines])))
     doc = (claims.__doc__ or "").strip()
     criteria = doc[doc.find("1. "):] if "1. " in doc else doc
-    s.add(details("How each verdict is decided", pre(criteria)))
+    rules_doc = (verdicts.__doc__ or "").strip()
+    s.add(details("How each verdict is decided", pre(rules_doc[rules_doc.find("A *contrast*"):] + "\n\n" + criteria)))
     s.add(key_values([("MI tolerance (nats)", crit.mi_tolerance), ("change tolerance", crit.change_tolerance),
                       ("MT keeps most identity: share of layer-0 MI", crit.mt_keep_share),
                       ("token dropout excess factor", crit.dropout_excess_factor),
                       ("measure", crit.measure), ("MI clusters (main estimate)", crit.n_clusters),
-                      ("neighbours k, metric", f"{crit.k}, {crit.metric}")]))
+                      ("neighbours k, metric", f"{crit.k}, {crit.metric}"),
+                      ("bootstrap level, method (before the Bonferroni correction)", f"{crit.level}, {crit.method}")]))
     return s
+
+
+def _num(value: Any) -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return "—" if value != value else f"{value:.4g}"
+
+
+def _interval(row: dict[str, Any]) -> str:
+    low, high = _num(row["ci_low"]), _num(row["ci_high"])
+    return "—" if low == "—" else f"[{low}, {high}]"
+
+
+def claim_table(cfg: DictConfig, exp: gather.Experiment, crit: Criteria, out: Path | None) -> list[dict[str, Any]]:
+    """The rows of metrics/claims.csv: checked now, written to `out` (with its record) and read back from
+    it, so that the page shows what the file holds; in memory only when `out` is None."""
+    rows = claims.claim_rows(check_all(exp.as_tables(), crit))
+    if out is None:
+        return rows
+    write_table(out, "claims", rows, {"claims": to_plain(cfg.analysis.report.claims),
+                                      "bootstrap": to_plain(cfg.analysis.bootstrap),
+                                      "mi_clusters": crit.n_clusters, "neighbours": [crit.k, crit.metric]})
+    return read_table(out, "claims")
 
 
 # ---------------------------------------------------------------- provenance
@@ -358,8 +403,9 @@ def provenance_section(exp: gather.Experiment) -> Section:
 
 # ---------------------------------------------------------------- the page
 
-def build(cfg: DictConfig, probe_hardware: bool = True) -> str:
-    """The report's HTML for `cfg`'s experiment."""
+def build(cfg: DictConfig, probe_hardware: bool = True, claims_out: Path | None = None) -> str:
+    """The report's HTML for `cfg`'s experiment; `claims_out`: where to write metrics/claims.csv, which the
+    claim table is then read from (None: checked in memory)."""
     from . import figures
     from .report_sections import measurement_sections
 
@@ -369,7 +415,8 @@ def build(cfg: DictConfig, probe_hardware: bool = True) -> str:
     crit = Criteria.from_cfg(cfg)
     from .report_evolution import evolution_section
 
-    sections = [setup_section(exp, style), convergence_section(exp, style), claims_section(exp, crit),
+    rows = claim_table(cfg, exp, crit, claims_out)
+    sections = [setup_section(exp, style), convergence_section(exp, style), claims_section(exp, crit, rows),
                 *measurement_sections(exp, style, crit), evolution_section(exp, style, crit)]
     sections.append(provenance_section(exp))
     measured = sum(t.rows is not None for t in exp.tables.values())
@@ -387,7 +434,7 @@ def run(cfg: DictConfig) -> Path:
     if not Path(str(cfg.paths.results)).is_dir():
         raise PipelineError(f"paths.results={cfg.paths.results} does not exist: run the workflow first "
                             "(snakemake --cores N), or set experiment=/paths.results= to a finished run")
-    text = build(cfg)
+    text = build(cfg, claims_out=table_path(cfg, "claims"))
     out = report_path(cfg)
     # its record beside it: the tables it read (their recorded hashes) and the page's size and sha256
     with recording(out.parent) as ledger:

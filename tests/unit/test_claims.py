@@ -1,365 +1,362 @@
-"""The claim checks of analysis.claims on synthetic tables built to make each claim hold, built to make
-it fail, and with the data it needs missing."""
+"""The claim checks of analysis.claims on synthetic tables whose rows carry bootstrap replicates: for every
+claim, a clear effect in every seed holds, the clear opposite does not hold, seeds in opposite directions,
+one seed without intervals and intervals of +-100 decide nothing; and the particulars of each claim."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from analysis.claims import (CLAIMS, FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Criteria, Estimate, check_all,
-                             claim_change, claim_influence, claim_lm_mi, claim_mlm_mi, claim_mt_identity,
-                             claim_neighbours, claim_similarity, ordered)
+from analysis import claims
+from analysis.claims import (CLAIMS, FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Criteria, check_all, claim_change,
+                             claim_influence, claim_lm_mi, claim_mlm_mi, claim_mt_identity, claim_neighbours,
+                             claim_rows, claim_similarity)
 from analysis.gather import load_table
-from analysis.tables import INIT_PAIR, SAME_INIT, SEED_BASELINE, pair_kind, write_table
+from analysis.tables import COLUMNS, INIT_PAIR, REPLICATES, SAME_INIT, SEED_BASELINE, pair_kind, write_table
 from pipeline.config import compose
 
 CRIT = Criteria(n_clusters=500, k=50, metric="cosine")
 SEEDS = (1, 2)
+B = 200
+CLEAR = 1e-6  # the replicates' spread of a clear effect
+WIDE = 100 / 1.96  # a marginal interval of +-100
 
 
-# ---------------------------------------------------------------- row builders
+class Noise:
+    """Replicates for every row: the estimate plus independent normal noise of sd `sd` (a seed's rows nan
+    in `nan_seed`, none at all with `resamples` 0)."""
 
-def mi_rows(curves: dict, k: int = 500, seeds=SEEDS, chance: float = 0.3) -> list[dict]:
-    """curves: (objective, target) -> corrected MI per layer 0..L (seed s adds 0.001 * s)."""
-    return [{"objective": o, "seed": s, "layer": layer, "target": t, "n_clusters": k, "mi": v + chance + 0.001 * s,
-             "mi_shuffled": chance, "mi_corrected": v + 0.001 * s, "n_tokens": 1000}
-            for (o, t), curve in curves.items() for s in seeds for layer, v in enumerate(curve)]
+    def __init__(self, sd: float = CLEAR, nan_seed: int | None = None, resamples: int = B, seed: int = 0):
+        self.sd, self.nan_seed, self.resamples = sd, nan_seed, resamples
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, row: dict, column: str, seed: int) -> dict:
+        value = row[column]
+        reps = value + self.sd * self.rng.normal(size=self.resamples)
+        if seed == self.nan_seed:
+            reps = np.full(self.resamples, np.nan)
+        prefix = "corrected_" if column == "mi_corrected" else ""
+        half = 1.96 * self.sd if seed != self.nan_seed and self.resamples else math.nan
+        row.update({f"{prefix}ci_low": value - half, f"{prefix}ci_high": value + half})
+        row.setdefault(REPLICATES, {})[column] = reps
+        return row
 
 
-def change_rows(curves: dict, measure: str = "pwcca", seeds=SEEDS) -> list[dict]:
-    """curves: objective -> all-token change of transitions 0->1, 1->2, ..."""
-    return [{"measure": measure, "objective": o, "seed": s, "layer_from": i, "layer_to": i + 1, "bucket": "all",
-             "distance": v, "n_tokens": 500} for o, curve in curves.items() for s in seeds for i, v in enumerate(curve)]
-
-
-def similarity_rows(cross: dict, baseline: list[float] | None, swap: bool = False) -> list[dict]:
-    """cross: (a, b) -> distance per layer 1..L for every seed pair; baseline: mt/lm/mlm seed 1 vs 2."""
+def mi_rows(curves: dict, noise: Noise, k: int = 500, chance: float = 0.3) -> list[dict]:
+    """curves: (objective, target, seed) -> corrected MI per layer 0..L."""
     rows = []
-    for (a, b), curve in cross.items():
-        for sa in SEEDS:
-            for sb in SEEDS:
-                for layer, v in enumerate(curve, start=1):
-                    first, second = ((b, sb), (a, sa)) if swap else ((a, sa), (b, sb))
-                    rows.append({"measure": "pwcca", "objective_a": first[0], "seed_a": first[1],
-                                 "objective_b": second[0], "seed_b": second[1], "pair": pair_kind(first, second),
-                                 "layer": layer, "distance": v + 0.001 * (sa + sb), "n_tokens": 900})
-    for o in ("mt", "lm", "mlm") if baseline is not None else ():
-        for layer, v in enumerate(baseline, start=1):
-            rows.append({"measure": "pwcca", "objective_a": o, "seed_a": 1, "objective_b": o, "seed_b": 2,
-                         "pair": SEED_BASELINE, "layer": layer, "distance": v, "n_tokens": 900})
+    for (o, t, s), curve in curves.items():
+        for layer, v in enumerate(curve):
+            row = {"objective": o, "seed": s, "layer": layer, "target": t, "n_clusters": k, "mi": v + chance,
+                   "mi_shuffled": chance, "mi_corrected": v, "n_tokens": 1000}
+            rows.append(noise(noise(row, "mi", s), "mi_corrected", s))
     return rows
 
 
-def influence_rows(per_objective: dict, layer: int = 1) -> list[dict]:
-    """per_objective: objective -> influence per bucket, frequent to rare."""
-    buckets = ["1-10", "10-25", "25-50", "50-100", "100-250"]
-    return [{"measure": "pwcca", "objective": o, "seed": s, "layer": layer, "bucket": buckets[i], "distance": v,
-             "n_pairs": 300} for o, values in per_objective.items() for s in SEEDS for i, v in enumerate(values)]
+def change_rows(curves: dict, noise: Noise, measure: str = "pwcca") -> list[dict]:
+    """curves: (objective, seed) -> all-token change of transitions 0->1, 1->2, ..."""
+    return [noise({"measure": measure, "objective": o, "seed": s, "layer_from": i, "layer_to": i + 1, "bucket": "all",
+                   "distance": v, "n_tokens": 500}, "distance", s)
+            for (o, s), curve in curves.items() for i, v in enumerate(curve)]
 
 
-def neighbour_rows(prop: str, curves: dict, k: int = 50, metric: str = "cosine") -> list[dict]:
-    return [{"objective": o, "seed": s, "layer": layer, "property": prop, "k": k, "metric": metric, "value": v,
-             "n_queries": 200} for o, curve in curves.items() for s in SEEDS for layer, v in enumerate(curve)]
+def similarity_rows(cross: dict, baseline: list[float] | None, noise: Noise) -> list[dict]:
+    """cross: (a, b, seed) -> same-init distance per layer 1..L; baseline: each objective's seeds 1 vs 2."""
+    rows = []
+    for (a, b, s), curve in cross.items():
+        for layer, v in enumerate(curve, start=1):
+            rows.append(noise({"measure": "pwcca", "objective_a": a, "seed_a": s, "objective_b": b, "seed_b": s,
+                               "pair": pair_kind((a, s), (b, s)), "layer": layer, "distance": v, "n_tokens": 900},
+                              "distance", s))
+    for o in ("mt", "lm", "mlm") if baseline is not None else ():
+        for layer, v in enumerate(baseline, start=1):
+            rows.append(noise({"measure": "pwcca", "objective_a": o, "seed_a": 1, "objective_b": o, "seed_b": 2,
+                               "pair": SEED_BASELINE, "layer": layer, "distance": v, "n_tokens": 900}, "distance", 0))
+    return rows
 
 
-GOOD_MI = {("lm", "input"): [5.3, 5.2, 4.7, 4.0], ("lm", "output"): [1.8, 2.0, 2.3, 2.35],
-           ("mlm", "input"): [5.2, 4.9, 4.8, 5.0], ("mt", "input"): [5.2, 5.1, 5.0, 4.7]}
-GOOD_CHANGE = {"mt": [0.064, 0.05, 0.039], "lm": [0.08, 0.09, 0.085], "mlm": [0.07, 0.06, 0.1]}
-GOOD_CROSS = {("mt", "mlm"): [0.42, 0.44, 0.5], ("lm", "mt"): [0.45, 0.5, 0.6], ("lm", "mlm"): [0.43, 0.48, 0.6]}
-GOOD_INFLUENCE = {"mt": [0.002, 0.0019, 0.0018, 0.0017, 0.006], "lm": [0.002, 0.0019, 0.0018, 0.0017, 0.005],
-                  "mt_td": [0.002, 0.0019, 0.0018, 0.0017, 0.0021], "lm_td": [0.002, 0.0019, 0.0018, 0.0017, 0.002]}
-GOOD_IDENTITY = {"mt": [0.99, 0.95, 0.915], "lm": [0.99, 0.88, 0.77], "mlm": [0.99, 0.98, 0.97]}
-GOOD_POSITION = {"mt": [0.0, 1.3, 4.5], "lm": [0.0, 2.7, 7.8], "mlm": [0.0, 2.4, 8.0]}
+BUCKETS = ["1-10", "10-25", "25-50", "50-100", "100-250"]
 
 
-# ---------------------------------------------------------------- 1. LM: forgets the past, forms the future
-
-def test_lm_claim_holds_with_falling_input_and_rising_output():
-    verdict = claim_lm_mi({"mi": mi_rows(GOOD_MI)}, CRIT)
-    assert verdict.verdict == HOLDS
-    assert "→ 5.202 → 4.702 → 4.002; next token 1.801 →" in verdict.numbers  # seed means of corrected MI
+def influence_rows(curves: dict, noise: Noise, layer: int = 1) -> list[dict]:
+    """curves: (objective, seed) -> influence per bucket, frequent to rare."""
+    return [noise({"measure": "pwcca", "objective": o, "seed": s, "layer": layer, "bucket": BUCKETS[i], "distance": v,
+                   "n_pairs": 300}, "distance", s) for (o, s), values in curves.items() for i, v in enumerate(values)]
 
 
-@pytest.mark.parametrize("inp,out,word", [
-    ([5.3, 5.0, 5.2, 4.0], [1.8, 2.3], "rises from layer 1 to 2"),
-    ([5.3, 5.3, 5.3, 5.3], [1.8, 2.3], "does not fall overall"),
-    ([5.3, 5.0, 4.5, 4.0], [2.0, 2.0, 2.01], "next-token MI does not rise"),
-])
-def test_lm_claim_fails(inp, out, word):
-    verdict = claim_lm_mi({"mi": mi_rows({("lm", "input"): inp, ("lm", "output"): out})}, CRIT)
-    assert verdict.verdict == FAILS and word in verdict.reason
+def neighbour_rows(prop: str, curves: dict, noise: Noise, k: int = 50) -> list[dict]:
+    return [noise({"objective": o, "seed": s, "layer": layer, "property": prop, "k": k, "metric": "cosine",
+                   "value": v, "n_queries": 200}, "value", s)
+            for (o, s), curve in curves.items() for layer, v in enumerate(curve)]
 
 
-def test_lm_claim_tolerates_a_rise_below_the_tolerance_and_reads_corrected_mi():
-    rows = mi_rows({("lm", "input"): [5.3, 5.0, 5.015, 4.0], ("lm", "output"): [1.8, 2.3]})
-    assert claim_lm_mi({"mi": rows}, CRIT).verdict == HOLDS
-    assert claim_lm_mi({"mi": rows}, Criteria(mi_tolerance=0.01)).verdict == FAILS
-    for row in rows:  # the plug-in estimate rises with depth; the corrected one still falls
+# ---------------------------------------------------------------- each claim's effect and its opposite
+
+GOOD = {
+    "mi": {("lm", "input"): [5.3, 5.2, 4.7, 4.0], ("lm", "output"): [1.8, 2.0, 2.3, 2.35],
+           ("mlm", "input"): [5.2, 4.9, 4.8, 5.0], ("mt", "input"): [5.2, 5.1, 5.0, 4.7]},
+    "change": {"mt": [0.064, 0.05, 0.039], "lm": [0.08, 0.09, 0.085], "mlm": [0.07, 0.06, 0.1]},
+    "cross": {("mt", "mlm"): [0.42, 0.44, 0.5], ("lm", "mt"): [0.45, 0.5, 0.6], ("lm", "mlm"): [0.43, 0.48, 0.6]},
+    "influence": {"mt": [0.002, 0.0019, 0.0018, 0.0017, 0.006], "lm": [0.002, 0.0019, 0.0018, 0.0017, 0.005],
+                  "mt_td": [0.002, 0.0019, 0.0018, 0.0017, 0.0021], "lm_td": [0.002, 0.0019, 0.0018, 0.0017, 0.002]},
+    "identity": {"mt": [0.99, 0.95, 0.915], "lm": [0.99, 0.88, 0.77], "mlm": [0.99, 0.98, 0.97]},
+    "position": {"mt": [0.0, 1.3, 4.5], "lm": [0.0, 2.7, 7.8], "mlm": [0.0, 2.4, 8.0]},
+}
+OPPOSITE = {
+    "mi": {("lm", "input"): [4.0, 4.7, 5.2, 5.3], ("lm", "output"): [2.35, 2.3, 2.0, 1.8],
+           ("mlm", "input"): [4.8, 5.1, 5.2, 4.9], ("mt", "input"): [4.0, 4.5, 5.0, 5.2]},
+    "change": {"mt": [0.039, 0.05, 0.064], "lm": [0.01, 0.01, 0.01], "mlm": [0.1, 0.08, 0.05]},
+    "cross": {("mt", "mlm"): [0.2, 0.2, 0.2], ("lm", "mt"): [0.1, 0.1, 0.1], ("lm", "mlm"): [0.12, 0.12, 0.12]},
+    "influence": {"mt": [0.006, 0.0019, 0.0018, 0.0017, 0.001], "lm": [0.005, 0.0019, 0.0018, 0.0017, 0.001],
+                  "mt_td": [0.002, 0.0019, 0.0018, 0.0017, 0.0021], "lm_td": [0.002, 0.0019, 0.0018, 0.0017, 0.002]},
+    "identity": {"mt": [0.99, 0.98, 0.97], "lm": [0.99, 0.88, 0.95], "mlm": [0.99, 0.8, 0.7]},
+    "position": {"mt": [0.0, 9.0, 9.0], "lm": [0.0, 2.7, 7.8], "mlm": [0.0, 2.4, 8.0]},
+}
+BASELINE = [0.3, 0.32, 0.35]
+
+
+def tables(direction: dict[int, dict], noise: Noise) -> dict[str, list[dict]]:
+    """Every table, seed s following direction[s] (GOOD or OPPOSITE)."""
+    mi = {(o, t, s): curve for s, d in direction.items() for (o, t), curve in d["mi"].items()}
+    return {"mi": mi_rows(mi, noise),
+            "change": change_rows({(o, s): c for s, d in direction.items() for o, c in d["change"].items()}, noise),
+            "similarity": similarity_rows({(a, b, s): c for s, d in direction.items() for (a, b), c in d["cross"].items()},
+                                          BASELINE, noise),
+            "influence": influence_rows({(o, s): c for s, d in direction.items() for o, c in d["influence"].items()},
+                                        noise),
+            "neighbours": (neighbour_rows("identity", {(o, s): c for s, d in direction.items()
+                                                       for o, c in d["identity"].items()}, noise)
+                           + neighbour_rows("position", {(o, s): c for s, d in direction.items()
+                                                         for o, c in d["position"].items()}, noise))}
+
+
+CHECKS = [c.check for c in CLAIMS]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[f"claim{c.number}" for c in CLAIMS])
+def test_a_clear_effect_in_every_seed_holds(check):
+    verdict = check(tables({1: GOOD, 2: GOOD}, Noise()), CRIT)
+    assert verdict.verdict == HOLDS, verdict.reason
+    assert verdict.lines and all(line.judged.outcome != "no interval" for line in verdict.lines)
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[f"claim{c.number}" for c in CLAIMS])
+def test_the_clear_opposite_in_every_seed_does_not_hold(check):
+    verdict = check(tables({1: OPPOSITE, 2: OPPOSITE}, Noise()), CRIT)
+    assert verdict.verdict == FAILS, verdict.reason
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[f"claim{c.number}" for c in CLAIMS])
+def test_seeds_in_opposite_directions_are_inconclusive(check):
+    verdict = check(tables({1: GOOD, 2: OPPOSITE}, Noise()), CRIT)
+    assert verdict.verdict == INCONCLUSIVE, verdict.reason
+    assert "the seeds disagree" in verdict.reason
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[f"claim{c.number}" for c in CLAIMS])
+def test_one_seed_without_intervals_is_inconclusive(check):
+    verdict = check(tables({1: GOOD, 2: GOOD}, Noise(nan_seed=2)), CRIT)
+    assert verdict.verdict == INCONCLUSIVE, verdict.reason
+    assert any(line.seed == 2 and line.judged.outcome == "no interval" for line in verdict.lines)
+
+
+@pytest.mark.parametrize("direction", [GOOD, OPPOSITE], ids=["effect", "opposite"])
+@pytest.mark.parametrize("check", CHECKS, ids=[f"claim{c.number}" for c in CLAIMS])
+def test_intervals_of_100_decide_nothing(check, direction):
+    verdict = check(tables({1: direction, 2: direction}, Noise(sd=WIDE)), CRIT)
+    assert verdict.verdict == INCONCLUSIVE, verdict.reason
+    assert all(line.judged.outcome == "within" for line in verdict.lines)
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[f"claim{c.number}" for c in CLAIMS])
+def test_a_table_without_resamples_is_read_on_points_and_says_so(check):
+    good = check(tables({1: GOOD, 2: GOOD}, Noise(resamples=0)), CRIT)
+    assert good.verdict == HOLDS and "point estimates" in good.reason, good.reason
+    assert check(tables({1: OPPOSITE, 2: OPPOSITE}, Noise(resamples=0)), CRIT).verdict == FAILS
+    # no replicates kept at all (a table made before they were): no interval, no point rule either
+    rows = tables({1: GOOD, 2: GOOD}, Noise())
+    for table in rows.values():
+        for row in table:
+            row.pop(REPLICATES)
+    assert check(rows, CRIT).verdict == INCONCLUSIVE
+
+
+# ---------------------------------------------------------------- paired, not marginal
+
+def test_a_dip_within_wide_marginal_intervals_is_decided_by_its_paired_interval():
+    """The issue's case: MLM input MI dips by 0.05 nats at an inner layer with +-5 nats marginal intervals.
+    Replicates that move together (the same sentences resampled) decide it; independent ones do not."""
+    rng = np.random.default_rng(1)
+    shared = rng.normal(size=(2, B)) * 5 / 1.96  # per seed: what every layer of it sees under resample r
+    rows = mi_rows({("mlm", "input", s): [5.2, 5.1, 5.15, 5.2] for s in SEEDS}, Noise(sd=0), chance=0.0)
+    for row in rows:
+        for column in ("mi", "mi_corrected"):
+            row[REPLICATES][column] = row[column] + shared[row["seed"] - 1] + 1e-4 * rng.normal(size=B)
+    verdict = claim_mlm_mi({"mi": rows}, Criteria(n_clusters=500, mi_tolerance=0.02))
+    assert verdict.verdict == HOLDS, verdict.reason
+    for row in rows:  # the same marginal spread, but independent between layers
+        for column in ("mi", "mi_corrected"):
+            row[REPLICATES][column] = row[column] + 5 / 1.96 * rng.normal(size=B)
+    assert claim_mlm_mi({"mi": rows}, Criteria(n_clusters=500)).verdict == INCONCLUSIVE
+
+
+@pytest.mark.parametrize("shared,expected", [(False, {0.600: INCONCLUSIVE, 0.599: INCONCLUSIVE, 0.601: INCONCLUSIVE}),
+                                             (True, {0.600: HOLDS, 0.599: INCONCLUSIVE, 0.601: HOLDS})])
+def test_mt_mlm_closest_is_decided_by_its_contrast_not_the_third_decimal(shared, expected):
+    """MT–MLM 0.599 against LM–MT 0.600 or 0.601, each with +-0.1 marginal intervals (the rule on point
+    estimates said holds, then does not hold). Independent replicates: the difference's interval is wider
+    still, nothing is decided. Replicates that move together (the same resampled sentences): the
+    difference is decided by its own, narrow interval."""
+    for lm_mt, verdict in expected.items():
+        rng = np.random.default_rng(2)
+        common = rng.normal(size=B) * 0.1 / 1.96
+        cross = {("mt", "mlm", s): [0.599] * 3 for s in SEEDS}
+        cross.update({("lm", "mt", s): [lm_mt] * 3 for s in SEEDS})
+        cross.update({("lm", "mlm", s): [0.7] * 3 for s in SEEDS})
+        rows = similarity_rows(cross, BASELINE, Noise(sd=0))
+        for row in rows:
+            noise = common if shared else rng.normal(size=B) * 0.1 / 1.96
+            row[REPLICATES]["distance"] = row["distance"] + noise + 1e-5 * rng.normal(size=B)
+        got = claim_similarity({"similarity": rows}, CRIT)
+        part = next(p for p in got.parts if p.name.startswith("MT–MLM is closer"))
+        assert part.verdict == verdict, (lm_mt, part.reason)
+
+
+# ---------------------------------------------------------------- the particulars
+
+def test_the_claims_read_the_main_clusters_the_measure_and_the_all_bucket():
+    rows = tables({1: GOOD, 2: GOOD}, Noise())
+    rows["mi"] += mi_rows({("lm", "input", s): [4.0, 4.5, 5.0, 5.3] for s in SEEDS}, Noise(), k=100)
+    assert claim_lm_mi(rows, CRIT).verdict == HOLDS
+    assert claim_lm_mi(rows, Criteria(n_clusters=100)).verdict == FAILS
+    rows["change"] += change_rows({("mt", s): [0.01, 0.2, 0.3] for s in SEEDS}, Noise(), measure="cka")
+    rows["change"] += [{**r, "bucket": "1-10", "distance": 1 - r["distance"]} for r in rows["change"]
+                       if r["measure"] == "pwcca"]
+    assert claim_change(rows, CRIT).verdict == HOLDS
+    cka = claim_change(rows, Criteria(measure="cka"))  # MT rises in cka; no MLM rows there
+    assert cka.verdict == FAILS
+
+
+def test_a_claim_on_mi_needs_the_plug_in_mi_too():
+    rows = tables({1: GOOD, 2: GOOD}, Noise())
+    for row in rows["mi"]:  # the chance level grows with depth: the plug-in MI rises, the corrected one falls
         row["mi"] = row["mi_corrected"] + row["layer"]
-    verdict = claim_lm_mi({"mi": rows}, CRIT)  # a claim on MI holds only on both the plug-in and the corrected MI
-    assert verdict.verdict == FAILS and "input MI does not fall (plug-in" in verdict.reason
+        row[REPLICATES]["mi"] = row["mi"] + CLEAR * np.random.default_rng(0).normal(size=B)
+    verdict = claim_lm_mi(rows, CRIT)
+    assert verdict.verdict == FAILS and "(plug-in)" in verdict.reason
 
 
-def test_lm_claim_reads_the_main_number_of_clusters():
-    rows = mi_rows(GOOD_MI) + mi_rows({("lm", "input"): [4.0, 4.5, 5.0, 5.3], ("lm", "output"): [1, 2]}, k=100)
+def test_a_rise_within_the_tolerance_does_not_break_a_fall():
+    rows = mi_rows({("lm", t, s): c for s in SEEDS for t, c in (("input", [5.3, 5.0, 5.015, 4.0]),
+                                                                  ("output", [1.8, 2.3]))}, Noise())
     assert claim_lm_mi({"mi": rows}, CRIT).verdict == HOLDS
-    assert claim_lm_mi({"mi": rows}, Criteria(n_clusters=100)).verdict == FAILS
+    verdict = claim_lm_mi({"mi": rows}, Criteria(mi_tolerance=0.01))
+    assert verdict.verdict == FAILS and "rise 1→2" in verdict.reason
 
 
-def test_lm_claim_not_measured_without_the_next_token():
-    verdict = claim_lm_mi({"mi": mi_rows({("lm", "input"): [5.3, 4.0]})}, CRIT)
-    assert verdict.verdict == NOT_MEASURED and "next-token" in verdict.reason
+def test_not_measured_without_the_data():
     assert claim_lm_mi({"mi": None}, CRIT).verdict == NOT_MEASURED
-
-
-# ---------------------------------------------------------------- 2. MLM: context encoding, then reconstruction
-
-def test_mlm_claim_holds_with_a_dip_inside():
-    verdict = claim_mlm_mi({"mi": mi_rows(GOOD_MI)}, CRIT)
-    assert verdict.verdict == HOLDS and "layer 2" in verdict.reason
-
-
-@pytest.mark.parametrize("curve,word", [([5.2, 5.0, 4.8, 4.6], "lowest at layer 3"),
-                                        ([5.2, 5.19, 5.3], "within 0.02 of an end")])
-def test_mlm_claim_fails(curve, word):
-    verdict = claim_mlm_mi({"mi": mi_rows({("mlm", "input"): curve})}, CRIT)
-    assert verdict.verdict == FAILS and word in verdict.reason
-
-
-def test_mlm_claim_needs_the_dip_on_the_plug_in_mi_too():
-    rows = mi_rows(GOOD_MI)
-    for row in rows:  # the chance level grows with depth: the plug-in MI rises steadily, the corrected MI dips
-        row["mi"] = row["mi_corrected"] + 0.3 + row["layer"]
-    verdict = claim_mlm_mi({"mi": rows}, CRIT)
-    assert verdict.verdict == FAILS and "(plug-in) is lowest at layer 0" in verdict.reason
-
-
-def test_mlm_claim_not_measured():
-    assert claim_mlm_mi({"mi": mi_rows({("lm", "input"): [1, 2, 3]})}, CRIT).verdict == NOT_MEASURED
-
-
-# ---------------------------------------------------------------- 3. MT keeps identity, changes less
-
-def test_mt_claim_holds():
-    verdict = claim_mt_identity({"mi": mi_rows(GOOD_MI), "change": change_rows(GOOD_CHANGE)}, CRIT)
-    assert verdict.verdict == HOLDS, verdict.reason
-    assert "MT 90%, LM 75%" in verdict.numbers
-
-
-def test_mt_claim_fails_when_mt_changes_most():
-    change = change_rows({**GOOD_CHANGE, "mt": [0.2, 0.15, 0.1]})
-    verdict = claim_mt_identity({"mi": mi_rows(GOOD_MI), "change": change}, CRIT)
-    assert verdict.verdict == FAILS and "not below" in verdict.reason
-
-
-def test_mt_claim_fails_when_mt_loses_more_identity_than_lm():
-    mi = mi_rows({**GOOD_MI, ("mt", "input"): [5.2, 4.0, 3.0, 2.0]})
-    verdict = claim_mt_identity({"mi": mi, "change": change_rows(GOOD_CHANGE)}, CRIT)
-    assert verdict.verdict == FAILS and "keeps 38%" in verdict.reason
-
-
-def test_mt_claim_needs_change_but_a_failure_outranks_a_gap():
-    assert claim_mt_identity({"mi": mi_rows(GOOD_MI), "change": None}, CRIT).verdict == NOT_MEASURED
-    flat = mi_rows({**GOOD_MI, ("mt", "input"): [5.2, 5.2, 5.2, 5.2]})
-    assert claim_mt_identity({"mi": flat, "change": None}, CRIT).verdict == FAILS
-
-
-# ---------------------------------------------------------------- 4. distances between tasks
-
-def test_similarity_claim_holds_in_either_pair_order():
-    for swap in (False, True):
-        verdict = claim_similarity({"similarity": similarity_rows(GOOD_CROSS, [0.3, 0.32, 0.35], swap)}, CRIT)
-        assert verdict.verdict == HOLDS, verdict.reason
-        assert "seed baselines 0.300–0.350" in verdict.numbers
-
-
-def test_similarity_claim_fails_when_one_distance_is_within_the_baseline():
-    cross = {**GOOD_CROSS, ("lm", "mlm"): [0.43, 0.33, 0.6]}
-    verdict = claim_similarity({"similarity": similarity_rows(cross, [0.3, 0.34, 0.35])}, CRIT)
-    assert verdict.verdict == FAILS and "LM–MLM at layer 2 is not above the seed baseline" in verdict.reason
-
-
-def test_similarity_claim_fails_when_mt_is_not_closest_to_mlm():
-    cross = {**GOOD_CROSS, ("mt", "mlm"): [0.6, 0.65, 0.7]}
-    verdict = claim_similarity({"similarity": similarity_rows(cross, [0.3, 0.32, 0.35])}, CRIT)
-    assert verdict.verdict == FAILS and "is not below" in verdict.reason
-
-
-def test_similarity_claim_without_seed_baselines():
-    assert claim_similarity({"similarity": similarity_rows(GOOD_CROSS, None)}, CRIT).verdict == NOT_MEASURED
-    cross = {**GOOD_CROSS, ("mt", "mlm"): [0.6, 0.65, 0.7]}
-    assert claim_similarity({"similarity": similarity_rows(cross, None)}, CRIT).verdict == FAILS
-    only_two = {("lm", "mt"): [0.4, 0.5, 0.6]}
-    assert claim_similarity({"similarity": similarity_rows(only_two, [0.3] * 3)}, CRIT).verdict == NOT_MEASURED
-
-
-# ---------------------------------------------------------------- 5. change
-
-def test_change_claim_holds():
-    verdict = claim_change({"change": change_rows(GOOD_CHANGE)}, CRIT)
-    assert verdict.verdict == HOLDS and "2→3" in verdict.reason
-
-
-@pytest.mark.parametrize("curves,word", [({"mt": [0.04, 0.05, 0.03], "mlm": [0.07, 0.06, 0.1]}, "rises"),
-                                         ({"mt": [0.064, 0.05, 0.039], "mlm": [0.07, 0.12, 0.1]}, "not at the top")])
-def test_change_claim_fails(curves, word):
-    verdict = claim_change({"change": change_rows(curves)}, CRIT)
-    assert verdict.verdict == FAILS and word in verdict.reason
-
-
-def test_change_claim_reads_only_its_measure_and_the_all_bucket():
-    rows = change_rows(GOOD_CHANGE) + change_rows({"mt": [0.01, 0.2, 0.3]}, measure="cka")
-    rows += [{**r, "bucket": "1-10", "distance": 1 - r["distance"]} for r in change_rows(GOOD_CHANGE)]
-    assert claim_change({"change": rows}, CRIT).verdict == HOLDS
-    cka = claim_change({"change": rows}, Criteria(measure="cka"))  # MT rises in cka; no MLM rows there
-    assert cka.verdict == FAILS and "MLM's all-token change not measured" not in cka.reason
-
-
-# ---------------------------------------------------------------- 6. influence
-
-def test_influence_claim_holds():
-    verdict = claim_influence({"influence": influence_rows(GOOD_INFLUENCE)}, CRIT)
-    assert verdict.verdict == HOLDS, verdict.reason
-    assert "MT layer 1: rarest 100-250 0.006" in verdict.numbers
-
-
-def test_influence_claim_fails_when_dropout_keeps_the_excess():
-    rows = influence_rows({**GOOD_INFLUENCE, "lm_td": GOOD_INFLUENCE["lm"]})
-    verdict = claim_influence({"influence": rows}, CRIT)
-    assert verdict.verdict == FAILS and "lm_td rare-token excess" in verdict.reason
-
-
-def test_token_dropout_is_judged_only_where_the_base_excess_is_beyond_its_interval():
-    rows = influence_rows({**GOOD_INFLUENCE, "lm_td": GOOD_INFLUENCE["lm"]})  # lm_td keeps LM's excess
-    narrow = claim_influence({"influence": _with_intervals(rows, 1e-5)}, CRIT)
-    assert narrow.verdict == FAILS and "lm_td rare-token excess" in narrow.reason  # judged: the excess is clear
-    wide = claim_influence({"influence": _with_intervals(rows, 0.01)}, CRIT)  # every bucket within the others'
-    assert wide.verdict == INCONCLUSIVE, wide.reason
-    assert "lm_td not judged" in wide.numbers and "mt_td not judged" in wide.numbers
-
-
-def test_influence_claim_fails_when_frequent_tokens_influence_most():
-    rows = influence_rows({**GOOD_INFLUENCE, "mt": [0.009, 0.0019, 0.0018, 0.0017, 0.006]})
-    verdict = claim_influence({"influence": rows}, CRIT)
-    assert verdict.verdict == FAILS and "bucket 1-10, not the rarest 100-250" in verdict.reason, verdict.reason
-
-
-def test_influence_claim_reads_the_lowest_layer_and_needs_the_dropout_variants():
-    rows = influence_rows(GOOD_INFLUENCE) + influence_rows({"mt": [0.01, 0.001, 0.001, 0.001, 0.001]}, layer=2)
-    assert claim_influence({"influence": rows}, CRIT).verdict == HOLDS
-    base_only = influence_rows({"mt": GOOD_INFLUENCE["mt"], "lm": GOOD_INFLUENCE["lm"]})
+    only_input = mi_rows({("lm", "input", s): [5.3, 4.0] for s in SEEDS}, Noise())
+    verdict = claim_lm_mi({"mi": only_input}, CRIT)
+    assert verdict.verdict == NOT_MEASURED and "next-token" in verdict.reason
+    rows = tables({1: GOOD, 2: GOOD}, Noise())
+    assert claim_mt_identity({"mi": rows["mi"], "change": None}, CRIT).verdict == NOT_MEASURED
+    no_baseline = similarity_rows({(a, b, s): c for s in SEEDS for (a, b), c in GOOD["cross"].items()}, None, Noise())
+    assert claim_similarity({"similarity": no_baseline}, CRIT).verdict == NOT_MEASURED
+    base_only = [r for r in rows["influence"] if not r["objective"].endswith("_td")]
     verdict = claim_influence({"influence": base_only}, CRIT)
     assert verdict.verdict == NOT_MEASURED and "mt_td" in verdict.reason
 
 
-# ---------------------------------------------------------------- 7. neighbours
+def test_cross_task_distances_compare_models_of_the_same_initialisation():
+    """Claim 4 reads cross-task pairs of the same seed: pairs of different seeds differ by their
+    initialisation too, and the step-0 control's pairs are read by no claim."""
+    rows = tables({1: GOOD, 2: GOOD}, Noise())["similarity"]
+    noise = Noise()
+    for layer in (1, 2, 3):
+        for a, b in (("mt", "mlm"), ("lm", "mt"), ("lm", "mlm")):
+            rows.append(noise({"measure": "pwcca", "objective_a": a, "seed_a": 1, "objective_b": b, "seed_b": 2,
+                               "pair": pair_kind((a, 1), (b, 2)), "layer": layer, "distance": 0.05, "n_tokens": 900},
+                              "distance", 1))
+        rows.append(noise({"measure": "pwcca", "objective_a": "mt", "seed_a": 1, "objective_b": "init", "seed_b": 1,
+                           "pair": INIT_PAIR, "layer": layer, "distance": 0.01, "n_tokens": 900}, "distance", 1))
+    assert claim_similarity({"similarity": rows}, CRIT).verdict == HOLDS
+    only_mixed = [r for r in rows if r["pair"] != SAME_INIT]
+    verdict = claim_similarity({"similarity": only_mixed}, CRIT)
+    assert verdict.verdict == NOT_MEASURED and "same initialisation" in verdict.reason
 
-def _neighbours(identity=GOOD_IDENTITY, position=GOOD_POSITION, **kw):
-    return {"neighbours": neighbour_rows("identity", identity, **kw) + neighbour_rows("position", position, **kw)}
+
+def test_token_dropout_is_judged_only_where_the_base_excess_holds():
+    rows = tables({1: GOOD, 2: GOOD}, Noise())["influence"]
+    keeps = [r for r in rows if r["objective"] != "lm_td"]
+    keeps += [{**r, "objective": "lm_td"} for r in rows if r["objective"] == "lm"]  # lm_td keeps LM's excess
+    verdict = claim_influence({"influence": keeps}, CRIT)
+    assert verdict.verdict == FAILS and "lm_td (token dropout)" in verdict.reason
+    flat = [r for r in keeps if r["objective"] != "lm"]  # LM shows no excess: lm_td is not judged
+    rng = np.random.default_rng(3)
+    flat += [{**r, "distance": 0.002, REPLICATES: {"distance": 0.002 + 5e-4 * rng.normal(size=B)}}
+             for r in keeps if r["objective"] == "lm"]
+    verdict = claim_influence({"influence": flat}, CRIT)
+    assert verdict.verdict == INCONCLUSIVE and "lm_td (token dropout) removes the rare-token excess: not judged" \
+        in verdict.reason
 
 
-def test_neighbours_claim_holds():
-    verdict = claim_neighbours(_neighbours(), CRIT)
-    assert verdict.verdict == HOLDS and "MLM 0.970" in verdict.numbers
-
-
-def test_neighbours_claim_fails():
-    assert claim_neighbours(_neighbours(identity={**GOOD_IDENTITY, "mt": [1, 1, 0.99]}), CRIT).verdict == FAILS
-    verdict = claim_neighbours(_neighbours(position={**GOOD_POSITION, "mt": [0, 9, 9]}), CRIT)
-    assert verdict.verdict == FAILS and "MT does not keep position best" in verdict.reason
-
-
-def test_neighbours_claim_reads_the_configured_k():
-    tables = _neighbours()
-    tables["neighbours"] += _neighbours(identity={**GOOD_IDENTITY, "mt": [1, 1, 0.99]}, k=10)["neighbours"]
-    assert claim_neighbours(tables, CRIT).verdict == HOLDS
-    assert claim_neighbours(tables, Criteria(k=10, metric="cosine")).verdict == FAILS
+def test_the_neighbours_claim_reads_the_configured_k():
+    rows = tables({1: GOOD, 2: GOOD}, Noise())
+    rows["neighbours"] += neighbour_rows("identity", {(o, s): c for s in SEEDS for o, c in OPPOSITE["identity"].items()},
+                                         Noise(), k=10)
+    assert claim_neighbours(rows, CRIT).verdict == HOLDS
+    assert claim_neighbours(rows, Criteria(k=10, metric="cosine")).verdict == FAILS
     assert claim_neighbours({"neighbours": None}, CRIT).verdict == NOT_MEASURED
 
 
-# ---------------------------------------------------------------- all together
+def test_the_bonferroni_level_grows_with_the_contrasts_a_claim_reads():
+    verdict = claim_lm_mi(tables({1: GOOD, 2: GOOD}, Noise()), CRIT)
+    # per seed: (3 steps + first vs last) x 2 kinds of MI, then next token last vs first x 2
+    assert verdict.contrasts == 10 and verdict.level == pytest.approx(1 - 0.05 / 10)
+    assert all(line.judged.level == verdict.level for line in verdict.lines)
+    assert "Bonferroni over 10 contrasts" in verdict.reason
+
 
 def test_check_all_on_nothing_and_on_broken_rows():
     verdicts = check_all({}, CRIT)
-    assert [c.number for c, _ in verdicts] == list(range(1, 8)) == [c.number for c in CLAIMS]
+    assert [c.number for c, _ in verdicts] == list(range(1, 8))
     assert {v.verdict for _, v in verdicts} == {NOT_MEASURED}
     broken = check_all({"mi": [{"objective": "lm"}]}, CRIT)  # rows without the columns a check reads
     assert broken[0][1].verdict == NOT_MEASURED and "could not be checked" in broken[0][1].reason
 
 
-def test_claims_from_written_tables_and_the_config(tmp_path):
-    """Through the CSV files and the typed reader, with the criteria of the shipped config."""
+def test_claims_from_written_tables_and_their_replicates(tmp_path):
+    """Through the CSV and replicates files and the typed reader, with the criteria of the shipped config;
+    the claim rows (claims.csv) hold every judged contrast."""
     cfg = compose(["experiment=smoke", f"paths.results={tmp_path}"])
     crit = Criteria.from_cfg(cfg)
-    assert crit.n_clusters == cfg.analysis.mi.n_clusters and crit.measure == "pwcca"
-    write_table(tmp_path / "mi.csv", "mi", mi_rows(GOOD_MI, k=crit.n_clusters), {})
-    rows = load_table(tmp_path / "mi.csv", "mi").rows
-    assert isinstance(rows[0]["mi_corrected"], float) and isinstance(rows[0]["layer"], int)
-    assert claim_lm_mi({"mi": rows}, crit).verdict == HOLDS
+    assert crit.n_clusters == cfg.analysis.mi.n_clusters and crit.level == 0.95 and crit.method == "normal"
+    made = tables({1: GOOD, 2: GOOD}, Noise())
+    rows = [{**r, "n_clusters": crit.n_clusters} for r in made["mi"]]
+    write_table(tmp_path / "mi.csv", "mi", rows, {})
+    assert (tmp_path / "mi.npz").is_file()
+    loaded = load_table(tmp_path / "mi.csv", "mi")
+    assert loaded.no_replicates is None
+    np.testing.assert_array_equal(loaded.rows[5][REPLICATES]["mi_corrected"], rows[5][REPLICATES]["mi_corrected"])
+    assert claim_lm_mi({"mi": loaded.rows}, crit).verdict == HOLDS
+    (tmp_path / "mi.npz").unlink()  # a table made before replicates were kept
+    assert claim_lm_mi({"mi": load_table(tmp_path / "mi.csv", "mi").rows}, crit).verdict == INCONCLUSIVE
+    out = claim_rows(check_all(made, CRIT))
+    assert set(out[0]) == set(COLUMNS["claims"])
+    lm = [r for r in out if r["claim"] == 1]
+    assert {r["verdict"] for r in lm} == {HOLDS} and {r["seed"] for r in lm} == {1, 2} and len(lm) == 20
+    assert all(r["ci_low"] <= r["estimate"] <= r["ci_high"] for r in lm)
+    path = write_table(tmp_path / "claims.csv", "claims", out, {})
+    assert not (tmp_path / "claims.npz").exists()
+    import csv
+
+    with open(path, newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(out)
 
 
-def test_cross_task_distances_compare_models_of_the_same_initialisation():
-    """Claim 4 reads cross-task pairs of the same seed: a pair of different seeds differs by its
-    initialisation too, and must not decide it."""
-
-    rows = []
-    for layer in (1, 2):
-        for a, b in (("mt", "mlm"), ("lm", "mt"), ("lm", "mlm")):
-            for sa, sb in ((1, 1), (2, 2), (1, 2)):
-                far = 0.5 if (a, b) != ("mt", "mlm") else 0.45
-                rows.append({"measure": "pwcca", "objective_a": a, "seed_a": sa, "objective_b": b, "seed_b": sb,
-                             "pair": pair_kind((a, sa), (b, sb)), "layer": layer,
-                             "distance": far if sa == sb else 0.05, "n_tokens": 1000})
-        for o in ("mt", "lm", "mlm"):
-            rows.append({"measure": "pwcca", "objective_a": o, "seed_a": 1, "objective_b": o, "seed_b": 2,
-                         "pair": SEED_BASELINE, "layer": layer, "distance": 0.3, "n_tokens": 1000})
-        for o in ("mt", "lm", "mlm"):  # the step-0 control: read by no claim
-            rows.append({"measure": "pwcca", "objective_a": o, "seed_a": 1, "objective_b": "init", "seed_b": 1,
-                         "pair": INIT_PAIR, "layer": layer, "distance": 0.01, "n_tokens": 1000})
-    assert claim_similarity({"similarity": rows}, Criteria()).verdict == HOLDS
-    # only different initialisations: the study's design is not measured, whatever those pairs say
-    only_mixed = [r for r in rows if r["pair"] != SAME_INIT]
-    verdict = claim_similarity({"similarity": only_mixed}, Criteria())
-    assert verdict.verdict == NOT_MEASURED and "same initialisation" in verdict.reason
-
-
-# ---------------------------------------------------------------- verdicts read with intervals
-
-def _with_intervals(rows: list[dict], half_width: float, value: str = "distance") -> list[dict]:
-    return [{**r, "ci_low": r[value] - half_width, "ci_high": r[value] + half_width} for r in rows]
-
-
-@pytest.mark.parametrize("half_width,verdict", [(0.001, HOLDS), (0.05, INCONCLUSIVE)])
-def test_change_verdict_is_inconclusive_when_the_curves_differ_by_less_than_their_intervals(half_width, verdict):
-    # MLM's top transition (0.1) exceeds the others (0.07, 0.06) by 0.03: beyond intervals of +-0.001, within +-0.05
-    got = claim_change({"change": _with_intervals(change_rows(GOOD_CHANGE), half_width)}, CRIT)
-    assert got.verdict == verdict, got.reason
-    assert "[" in got.reason  # the deciding numbers come with their intervals
-    if verdict == INCONCLUSIVE:
-        assert "within the intervals" in got.reason
-
-
-def test_ordered_needs_every_seed_and_says_the_opposite_beyond_the_intervals():
-    a = Estimate(0.5, 0.45, 0.55, {1: 0.5, 2: 0.5})
-    b = Estimate(0.3, 0.25, 0.35, {1: 0.3, 2: 0.3})
-    assert ordered(a, b, "a > b").ok is True
-    assert ordered(b, a, "b > a").ok is False
-    assert ordered(a, Estimate(0.3, 0.25, 0.35, {1: 0.3, 2: 0.6}), "a > b").inconclusive  # one seed disagrees
-    fallback = ordered(Estimate(0.5, math.nan, math.nan, {}), b, "a > b")
-    assert fallback.ok is True and "no intervals" in fallback.text  # older tables: the point estimates decide
-
-
-def test_neighbours_verdict_with_intervals_holds_or_fails_beyond_them():
-    tables = _neighbours()
-    tables["neighbours"] = _with_intervals(tables["neighbours"], 0.001, "value")
-    assert claim_neighbours(tables, CRIT).verdict == HOLDS
-    tables = _neighbours(identity={**GOOD_IDENTITY, "mt": [1, 1, 0.99]})
-    tables["neighbours"] = _with_intervals(tables["neighbours"], 0.001, "value")
-    assert claim_neighbours(tables, CRIT).verdict == FAILS
-
-
-@pytest.mark.parametrize("half_width,verdict", [(0.01, HOLDS), (0.1, INCONCLUSIVE)])
-def test_similarity_verdict_reads_the_intervals_of_distances_and_baselines(half_width, verdict):
-    rows = _with_intervals(similarity_rows(GOOD_CROSS, [0.3, 0.32, 0.35]), half_width)  # MT–MLM 0.42 vs 0.3 at layer 1
-    got = claim_similarity({"similarity": rows}, CRIT)
-    assert got.verdict == verdict, got.reason
+def test_every_claim_documents_its_parts():
+    doc = claims.__doc__
+    for number in range(1, 8):
+        assert f"\n{number}. " in doc

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from analysis.report import build, report_config, run
-from analysis.tables import pair_kind, write_table
+from analysis.tables import REPLICATED, REPLICATES, pair_kind, write_table
 from pipeline.config import compose
 from pipeline.store import PipelineError, write_json
 
@@ -170,6 +170,19 @@ def _evolution_rows(grid):
     return rows
 
 
+def with_replicates(rows: list[dict], table: str, rng: np.random.Generator, sd: float = 1e-4,
+                    resamples: int = 20) -> list[dict]:
+    """Each row's bootstrap replicates (its estimate plus independent noise of sd `sd`) and the normal
+    intervals they give, as a measurement writes them."""
+    for row in rows:
+        for column in REPLICATED[table]:
+            reps = row[column] + sd * rng.normal(size=resamples)
+            prefix = "corrected_" if column == "mi_corrected" else ""
+            row.update({f"{prefix}ci_low": row[column] - 1.96 * sd, f"{prefix}ci_high": row[column] + 1.96 * sd})
+            row.setdefault(REPLICATES, {})[column] = reps
+    return rows
+
+
 TABLE_ROWS = {"mi": _mi_rows, "similarity": _similarity_rows, "change": _change_rows,
               "influence": _influence_rows, "neighbours": _neighbour_rows, "evolution": _evolution_rows}
 
@@ -181,7 +194,7 @@ def write_experiment(results: Path, tables=("similarity", "change", "influence",
     dev loss has levelled off by the last quarter (converged) but for the models in `falling`."""
     rng = np.random.default_rng(0)
     for name in tables:
-        rows = _tsne_rows(grid, rng) if name == "tsne" else TABLE_ROWS[name](grid)
+        rows = _tsne_rows(grid, rng) if name == "tsne" else with_replicates(TABLE_ROWS[name](grid), name, rng)
         write_table(results / "metrics" / f"{name}.csv", name, rows, {"synthetic": True}, time.perf_counter())
     if not models:
         return
@@ -272,6 +285,31 @@ def test_report_has_every_section_figure_and_the_claim_table(experiment):
     for expected in ("5.30 → 3.97", "BLEU", "perplexity", "masked accuracy", "git commit", "matplotlib",
                      "peak RSS", "experiment_name: smoke", "tatoeba-deu-eng"):
         assert expected in text, expected
+
+
+def test_the_report_writes_claims_csv_and_its_claim_table_is_that_file(experiment):
+    """metrics/claims.csv: every judged contrast with its interval, level and verdicts, readable as a plain
+    CSV, with its record; the page's verdicts and reasons are the file's."""
+    import csv
+
+    results, path, _ = experiment
+    table = results / "metrics" / "claims.csv"
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    record = json.loads(table.with_suffix(".json").read_text())
+    assert record["table"] == "claims" and set(record["outputs"]) == {"claims.csv"}
+    assert {r["claim"] for r in rows} == {str(n) for n in range(1, 8)}
+    assert all(r["basis"] == "paired bootstrap replicates" and float(r["ci_low"]) <= float(r["estimate"])
+               <= float(r["ci_high"]) and r["outcome"] == "above" for r in rows if r["seed_verdict"] == "holds"
+               and "rise" not in r["contrast"])
+    assert {r["n"] for r in rows if r["claim"] == "1"} == {"4000"}  # every contrast says its sample size
+    first = {r["claim"]: r for r in reversed(rows)}
+    claims_html = _claim_rows(path.read_text(encoding="utf-8"))
+    for number, row in claims_html.items():
+        assert html.escape(first[str(number)]["reason"], quote=True) in row
+        assert f'>{first[str(number)]["verdict"]}</span>' in row
+    text = path.read_text(encoding="utf-8")
+    assert "Claim 4: its" in text and "Bonferroni" in text and "How each verdict is decided" in text
 
 
 def test_provenance_sums_benchmark_wall_time_per_stage(experiment):

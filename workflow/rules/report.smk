@@ -1,6 +1,6 @@
 # The experiment's HTML report (python -m analysis.report): the study's figures and tables, the claim
 # checks and provenance in one self-contained file at <paths.report>/report.html, also flagged for
-# `snakemake --report`. Besides the six merged tables it reads the model summaries and logs, the
+# `snakemake --report`; the claims' verdicts, contrast by contrast, in results/<experiment>/metrics/claims.csv. Besides the six merged tables it reads the model summaries and logs, the
 # stage records and the benchmark files, all finished before the tables are.
 from analysis.report import report_config  # noqa: E402  (light: no torch, no matplotlib)
 
@@ -18,6 +18,7 @@ rule report:
         evolution_tables(),
     output:
         html=report(f"{REPORT_DIR}/report.html", caption="../report/report.rst", category="Report"),
+        claims=report(results("metrics/claims.csv"), caption="../report/claims.rst", category="Report"),
     params:
         config_hash=REPORT_HASH,
         run_dir=f"{REPORT_DIR}/hydra",
