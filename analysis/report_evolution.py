@@ -20,6 +20,7 @@ from . import claims, figures
 from .claims import Criteria, Verdict
 from .gather import Experiment
 from .html import Section, details, esc, not_measured, para, table
+from .tables import REPLICATES
 
 # The claims a step's rows can be checked for: those of MI (1, 2), MI and change (3), change (5) and
 # neighbours (7). Task distances (4) need two seeds of every objective and influence (6) reruns the
@@ -30,31 +31,41 @@ FINAL = "final"
 
 @dataclass(frozen=True)
 class Grid:
-    """One model's quantity per (layer, point): `values[layer][j]` at `points[j]` (a step, or FINAL)."""
+    """One model's quantity per (layer, point): `values[layer][j]` at `points[j]` (a step, or FINAL), the
+    points in training-step order with the finished model at its best step; snapshots kept after the best
+    step (training went on until it stopped) come after FINAL, `after` of them."""
 
     objective: str
     seed: int
     measure: str
-    points: list[Any]  # the snapshot steps in order, then FINAL
+    points: list[Any]  # the snapshot steps up to the best step, FINAL, the snapshot steps after it
     steps: list[int]   # the training step of each point (the finished model's: its best step)
     layers: list[int]
     values: np.ndarray  # (len(layers), len(points)); nan where a cell has no row
+    after: int = 0      # points after FINAL
 
     def labels(self) -> list[str]:
-        return [f"final ({s})" if p == FINAL else str(p) for p, s in zip(self.points, self.steps)]
+        final = self.points.index(FINAL) if FINAL in self.points else len(self.points)
+        return [f"final ({s})" if p == FINAL else f"{p} (after best)" if j > final else str(p)
+                for j, (p, s) in enumerate(zip(self.points, self.steps))]
 
 
-def points_of(rows: Sequence[Mapping[str, Any]], objective: str, seed: int) -> tuple[list[Any], list[int]]:
-    """(points, their steps) of one model: its snapshots by step, then the finished model."""
+def points_of(rows: Sequence[Mapping[str, Any]], objective: str, seed: int) -> tuple[list[Any], list[int], int]:
+    """(points, their steps, how many come after FINAL) of one model in training-step order: its snapshots
+    up to its best step, the finished model (at its best step), the snapshots after it."""
     mine = [r for r in rows if r["objective"] == objective and r["seed"] == seed]
     snaps = sorted({r["step"] for r in mine if not r["final"]})
     final = sorted({r["step"] for r in mine if r["final"]})
-    return [*snaps, *([FINAL] if final else [])], [*snaps, *final[:1]]
+    if not final:
+        return snaps, snaps, 0
+    best = final[0]
+    before, after = [p for p in snaps if p <= best], [p for p in snaps if p > best]
+    return [*before, FINAL, *after], [*before, best, *after], len(after)
 
 
 def grid(rows: Sequence[Mapping[str, Any]], objective: str, seed: int, quantity: str = "to_final",
          measure: str = "pwcca", target: str | None = None) -> Grid:
-    points, steps = points_of(rows, objective, seed)
+    points, steps, after = points_of(rows, objective, seed)
     mine = [r for r in rows if r["objective"] == objective and r["seed"] == seed and r["quantity"] == quantity
             and r["measure"] == measure and (target is None or r["target"] == target)]
     layers = sorted({r["layer"] for r in mine})
@@ -62,17 +73,18 @@ def grid(rows: Sequence[Mapping[str, Any]], objective: str, seed: int, quantity:
     for r in mine:
         j = points.index(FINAL if r["final"] else r["step"])
         values[layers.index(r["layer"]), j] = r["value"]
-    return Grid(objective, seed, measure, points, steps, layers, values)
+    return Grid(objective, seed, measure, points, steps, layers, values, after)
 
 
 def settled(g: Grid, within: float) -> dict[int, Any]:
     """Per layer, the first point from which its value stays at or below `within` up to the finished
-    model (None: only the finished model itself)."""
+    model (None: only the finished model itself); the snapshots after the best step are left out."""
+    end = len(g.points) - g.after  # up to and including FINAL
     out = {}
     for i, layer in enumerate(g.layers):
-        row = g.values[i]
+        row = g.values[i, :end]
         first = None
-        for j in range(len(g.points)):
+        for j in range(end):
             if np.all(np.isfinite(row[j:])) and np.all(row[j:] <= within):
                 first = g.steps[j] if g.points[j] != FINAL else None
                 break
@@ -88,50 +100,60 @@ def claim_tables(rows: Sequence[Mapping[str, Any]], crit: Criteria) -> dict[str,
     mi: dict[tuple, dict] = {}
     change, neighbours = [], []
     for r in rows:
+        reps = (r.get(REPLICATES) or {}).get("value") if REPLICATES in r else None
         if r["quantity"] == "mi":
             key = (r["objective"], r["seed"], r["layer"], r["target"])
             out = mi.setdefault(key, {"objective": r["objective"], "seed": r["seed"], "layer": r["layer"],
                                       "target": r["target"], "n_clusters": crit.n_clusters,
                                       "n_tokens": r["n_tokens"]})
-            if r["measure"] == "plugin":
-                out.update(mi=r["value"], ci_low=r["ci_low"], ci_high=r["ci_high"])
-            else:
-                out.update(mi_corrected=r["value"], corrected_ci_low=r["ci_low"], corrected_ci_high=r["ci_high"])
+            column = "mi" if r["measure"] == "plugin" else "mi_corrected"
+            prefix = "" if r["measure"] == "plugin" else "corrected_"
+            out.update({column: r["value"], f"{prefix}ci_low": r["ci_low"], f"{prefix}ci_high": r["ci_high"]})
+            if REPLICATES in r:
+                out.setdefault(REPLICATES, {})[column] = reps
         elif r["quantity"] == "change":
             change.append({"measure": r["measure"], "objective": r["objective"], "seed": r["seed"],
                            "layer_from": r["layer"] - 1, "layer_to": r["layer"], "bucket": "all",
                            "distance": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                           "n_tokens": r["n_tokens"]})
+                           "n_tokens": r["n_tokens"], **({REPLICATES: {"distance": reps}} if REPLICATES in r else {})})
         elif r["quantity"] == "neighbours":
             neighbours.append({"objective": r["objective"], "seed": r["seed"], "layer": r["layer"],
                                "property": r["measure"], "k": crit.k, "metric": crit.metric, "value": r["value"],
-                               "n_queries": r["n_tokens"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
+                               "n_queries": r["n_tokens"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                               **({REPLICATES: {"value": reps}} if REPLICATES in r else {})})
     complete = [m for m in mi.values() if "mi" in m and "mi_corrected" in m]
     return {"mi": complete, "change": change, "neighbours": neighbours}
 
 
 def rows_at(rows: Sequence[Mapping[str, Any]], point: Any) -> tuple[list[Mapping[str, Any]], list[str]]:
-    """Every model's rows at `point` (a step or FINAL): its snapshot of that step, or, once its
-    training had ended, its finished model; and the models that entered with their finished model."""
+    """Every model's rows at `point` (a step or FINAL): its snapshot of that step while the step is before
+    its best step, else (its training had reached its best step, or ended) its finished model; and the
+    models that entered with their finished model."""
     out, ended = [], []
     for objective, seed in sorted({(r["objective"], r["seed"]) for r in rows}):
         mine = [r for r in rows if r["objective"] == objective and r["seed"] == seed]
+        finals = [r for r in mine if r["final"]]
+        best = min((r["step"] for r in finals), default=None)
         if point == FINAL:
-            out += [r for r in mine if r["final"]]
+            out += finals
             continue
         at = [r for r in mine if not r["final"] and r["step"] == point]
-        if at:
+        if at and (best is None or point < best):
             out += at
-        elif not any(not r["final"] and r["step"] > point for r in mine):  # its training had ended
-            out += [r for r in mine if r["final"]]
+        elif best is not None and (point >= best or not any(not r["final"] and r["step"] > point for r in mine)):
+            out += finals
             ended.append(f"{objective} seed {seed}")
     return out, ended
 
 
 def verdicts_over_training(rows: Sequence[Mapping[str, Any]], crit: Criteria
                            ) -> tuple[list[Any], dict[int, list[Verdict]], dict[Any, list[str]]]:
-    """(points, per claim number its verdict at each point, per point the models that had ended)."""
-    points = sorted({r["step"] for r in rows if not r["final"]}) + [FINAL]
+    """(points, per claim number its verdict at each point, per point the models that entered with their
+    finished model). The points are the kept steps before the last model's best step, then FINAL: a step
+    at or after every model's best step would repeat FINAL."""
+    last_best = max((r["step"] for r in rows if r["final"]), default=None)
+    steps = sorted({r["step"] for r in rows if not r["final"]})
+    points = [p for p in steps if last_best is None or p < last_best] + [FINAL]
     chosen = [c for c in claims.CLAIMS if c.number in PER_STEP_CLAIMS]
     verdicts: dict[int, list[Verdict]] = {c.number: [] for c in chosen}
     ended = {}
@@ -203,8 +225,11 @@ def evolution_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
     layers = grids[0].layers if grids else []
     s.add("<h3>When each layer settles</h3>")
     s.add(para(f"The first kept step from which a layer's {main.upper()} distance to its finished state stays at "
-               f"or below {within:g} (analysis.evolution.within) up to the end; layers that settle first are "
-               "those whose representation the rest of training leaves alone."))
+               f"or below {within:g} (analysis.evolution.within) up to the finished model (its best step); layers "
+               "that settle first are those whose representation the rest of training leaves alone. Snapshots kept "
+               "after the best step (training went on until early stopping or its cap ended it) are shown after "
+               "the finished model, marked “after best”, and left out of the settle steps and of the claims "
+               "below."))
     s.add(table(("model", *(f"layer {layer}" for layer in layers)), body))
     curves = figures.evolution_curves(rows, models, logs, main, style)
     if curves is not None:
@@ -226,13 +251,16 @@ def evolution_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
             at += f": {vs[points.index(first)].numbers}"
         body.append((f"{number}. {by_number[number].statement}", at, *(_MARK[v.verdict] for v in vs)))
     s.add(para("The claims of “The study and this run” that the per-step measures can check, at every kept step "
-               "(✓ holds, ✗ does not hold, ? inconclusive within the intervals, – not measured), and the first step "
-               "from which a claim holds at every later step, with its numbers and intervals there. Claims 4 (task "
-               "distances: two seeds of each objective) and 6 (influence) are not measured per step."))
+               "before the last model's best step, each decided by the same rules as the claim table (paired "
+               "contrasts, Bonferroni-corrected; ✓ holds, ✗ does not hold, ? inconclusive, – not measured), and the "
+               "first step from which a claim holds at every later step, with its numbers there. A model enters a "
+               "step with its snapshot of that step while the step is before its best step, and with its finished "
+               "model from its best step on. Claims 4 (task distances: two seeds of each objective) and 6 "
+               "(influence) are not measured per step."))
     s.add(table(head, body))
     gone = {p: m for p, m in ended.items() if m and p != FINAL}
     if gone:
-        s.add(para("Entering with their finished model, since their training had ended by then: "
+        s.add(para("Entering with their finished model, since their training had reached its best step by then: "
                    + "; ".join(f"step {p}: {', '.join(m)}" for p, m in gone.items()) + "."))
     return s
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from analysis.gather import load_table
+from analysis.tables import REPLICATES
 from pipeline.store import PipelineError
 from tests.synthetic import FAST_TRAINING
 
@@ -208,9 +209,52 @@ def test_the_claims_per_step_read_the_rows_as_the_tables_hold_them(run):
             key = "mi" if r["measure"] == "plugin" else "mi_corrected"
             assert mi[(r["objective"], r["layer"], r["target"])][key] == r["value"]
     assert {r["layer_to"] for r in tables["change"]} == {1, 2, 3}
+    # the per-step claims read paired replicates, as the claim table does (the table's file pads a row of
+    # fewer resamples with nan)
+    finite = lambda reps: int(np.isfinite(reps).sum())  # noqa: E731
+    assert all(finite(r[REPLICATES]["mi"]) == crit_resamples(run, "mi") for r in tables["mi"])
+    assert all(finite(r[REPLICATES]["distance"]) == crit_resamples(run, "change") for r in tables["change"])
     points, verdicts, _ = verdicts_over_training(run["rows"], crit)
-    assert points == [0, 10, 30, FINAL] and sorted(verdicts) == list(PER_STEP_CLAIMS)
+    # every model's best step is 30: a column at 30 would repeat the finished models
+    assert points == [0, 10, FINAL] and sorted(verdicts) == list(PER_STEP_CLAIMS)
     assert all(len(v) == len(points) for v in verdicts.values())
+
+
+def crit_resamples(run, table: str) -> int:
+    return int(run["cfg"]().analysis.bootstrap.resamples[table])
+
+
+def _step_rows(best: int, snapshots: list[int], objective: str = "mt") -> list[dict]:
+    """Evolution rows of one model, input MI only, that settles early: every snapshot from step 10 on is
+    as close to the finished model as it gets."""
+    rows = []
+    for step, final in [*((s, 0) for s in snapshots), (best, 1)]:
+        for layer in (0, 1):
+            value = 0.0 if final else (0.5 if step == 0 else 0.01)
+            rows.append({"objective": objective, "seed": 1, "step": step, "final": final, "quantity": "to_final",
+                         "measure": "pwcca", "target": "final", "layer": layer, "value": value, "ci_low": value,
+                         "ci_high": value, "n_tokens": 100})
+    return rows
+
+
+def test_snapshots_after_the_best_step_come_after_the_finished_model():
+    """Training went on past its best step (20) to a kept step (30) before early stopping: the heat map
+    shows 30 after the finished model, a layer that settled at step 10 reads as settling at 10, and the
+    claims over training have no column at or after the last best step."""
+    from analysis.report_evolution import FINAL, grid, points_of, rows_at, settled, verdicts_over_training
+    from analysis.claims import Criteria
+
+    rows = _step_rows(20, [0, 10, 30])
+    assert points_of(rows, "mt", 1) == ([0, 10, FINAL, 30], [0, 10, 20, 30], 1)
+    g = grid(rows, "mt", 1)
+    assert g.labels() == ["0", "10", "final (20)", "30 (after best)"]
+    assert settled(g, 0.05) == {0: 10, 1: 10}
+    later = _step_rows(40, [0, 10, 30], objective="lm")  # lm's best step is later: its snapshot at 30 counts
+    at30, ended = rows_at(rows + later, 30)
+    assert ended == ["mt seed 1"] and {(r["objective"], r["final"]) for r in at30} == {("mt", 1), ("lm", 0)}
+    points, _, _ = verdicts_over_training(rows + later, Criteria())
+    assert points == [0, 10, 30, FINAL]
+    assert verdicts_over_training(rows, Criteria())[0] == [0, 10, FINAL]
 
 
 def test_the_report_shows_the_evolution_section(run):
