@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -52,14 +52,13 @@ import numpy as np
 from omegaconf import DictConfig
 
 from . import verdicts as rules
+from .estimates import (Curves, Rows, by_seed, common, fmt, influence_by_bucket, mi_curve, mi_stats, neighbour_rows,
+                        path, seed_means)
 from .tables import SAME_INIT, SEED_BASELINE
-from .verdicts import (FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Contrast, Line, Part, Rule, Stat, combine, mean_of,
-                       stat_of)
+from .verdicts import FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Contrast, Line, Part, Rule, combine, mean_of, stat_of
 
-Rows = Sequence[Mapping[str, Any]]
 Tables = Mapping[str, "Rows | None"]
 VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED)
-Curves = dict[Any, dict[Any, Stat]]  # seed -> key (a layer, a bucket) -> estimate with replicates
 
 
 @dataclass(frozen=True)
@@ -116,88 +115,28 @@ def finish(parts: Sequence[Part], numbers: Sequence[str], crit: Criteria,
                    contrasts=m, level=level)
 
 
-# ---------------------------------------------------------------- reading rows
-
-def mean_by(rows: Rows, x: str, value: str, **where: Any) -> dict[Any, float]:
-    """Mean of `value` over the rows matching `where` (e.g. over seeds), per value of `x`, sorted;
-    NaN values are left out."""
-    groups: dict[Any, list[float]] = defaultdict(list)
-    for row in rows:
-        if all(row.get(k) == v for k, v in where.items()) and not math.isnan(float(row[value])):
-            groups[row[x]].append(float(row[value]))  # a NaN is a failed estimate: left out, as unmeasured
-    return {key: statistics.fmean(groups[key]) for key in sorted(groups)}
-
-
-def by_seed(rows: Rows, x: str | Callable[[Mapping[str, Any]], Any], value: str, n: str = "n_tokens",
-            seed: str = "seed", **where: Any) -> Curves:
-    """Per seed, per value of `x` (a column, or a function of the row), the row's estimate `value` with
-    its replicates and sample size (column `n`); rows not matching `where`, or with a NaN estimate, are
-    left out."""
-    out: Curves = defaultdict(dict)
-    for row in rows or ():
-        if all(row.get(k) == v for k, v in where.items()) and not math.isnan(float(row[value])):
-            key = x(row) if callable(x) else row[x]
-            out[row[seed]][key] = stat_of(row, value, str(row.get(n, "")))
-    return {s: dict(sorted(c.items(), key=lambda kv: _order(kv[0]))) for s, c in sorted(out.items())}
-
-
-def _order(key: Any) -> Any:
-    return (_bucket_start(key), key) if isinstance(key, str) else (key, "")
-
-
-def _fmt(value: float) -> str:
-    size = abs(value)
-    return f"{value:.1f}" if size >= 10 else f"{value:.3f}" if size >= 0.01 or size == 0 else f"{value:.4f}"
-
-
-def _path(curve: Mapping[Any, float]) -> str:
-    return " → ".join(_fmt(v) for v in curve.values())
-
-
-def _seed_means(curves: Curves) -> dict[Any, float]:
-    keys = sorted({k for c in curves.values() for k in c}, key=_order)
-    return {k: statistics.fmean(c[k].value for c in curves.values() if k in c) for k in keys}
-
-
-def main_clusters(rows: Rows, crit: Criteria) -> int:
-    """The cluster count MI is read at: `crit.n_clusters` when some row has it, else the most used."""
-    counts = Counter(r["n_clusters"] for r in rows)
-    return crit.n_clusters if crit.n_clusters in counts else counts.most_common(1)[0][0]
-
-
-def mi_rows(mi: Rows | None, objective: str, target: str, crit: Criteria) -> list[Mapping[str, Any]]:
-    rows = [r for r in mi or () if r["objective"] == objective and r["target"] == target]
-    return [r for r in rows if r["n_clusters"] == main_clusters(rows, crit)] if rows else []
-
-
-def mi_curve(mi: Rows | None, objective: str, target: str, crit: Criteria,
-             value: str = "mi_corrected") -> dict[int, float]:
-    """Seed-mean corrected MI (or `value`: mi, the plug-in) per layer, at the main cluster count."""
-    return mean_by(mi_rows(mi, objective, target, crit), "layer", value)
-
-
-def mi_stats(mi: Rows | None, objective: str, target: str, crit: Criteria, value: str = "mi_corrected") -> Curves:
-    return by_seed(mi_rows(mi, objective, target, crit), "layer", value)
-
-
-def _common(*curves: Curves) -> list[Any]:
-    """The seeds every one of `curves` has (contrasts between objectives pair the models of one seed)."""
-    seeds = [set(c) for c in curves]
-    return sorted(set.intersection(*seeds)) if seeds else []
-
-
 # ---------------------------------------------------------------- parts of the shapes claims take
 
-def falls(name: str, curves: Curves, tolerance: float, table: str) -> Part:
+def layer(key: Any) -> str:
+    return f"layer {key}"
+
+
+def transition(key: Any) -> str:
+    """A change row's key (its layer_to) as the transition it measures."""
+    return f"{key - 1}→{key}"
+
+
+def falls(name: str, curves: Curves, tolerance: float, table: str, label: Callable[[Any], str] = layer) -> Part:
     """Per seed: no step from one key to the next rises by more than `tolerance` beyond its interval, and
-    the first lies above the last beyond its interval (rule falls)."""
+    the first lies above the last beyond its interval (rule falls); `label` names a key."""
     if not curves or any(len(c) < 2 for c in curves.values()):
         return Part(name, missing=f"{name}: not measured at 2 or more layers (metrics/{table}.csv)")
     seeds = {}
     for seed, c in curves.items():
         keys = list(c)
-        steps = [Contrast(f"rise {a}→{b}", c[b] - c[a], tolerance) for a, b in zip(keys, keys[1:])]
-        seeds[seed] = Rule("falls", (*steps, Contrast(f"{keys[0]} − {keys[-1]}", c[keys[0]] - c[keys[-1]])))
+        steps = [Contrast(f"rise from {label(a)} to {label(b)}", c[b] - c[a], tolerance) for a, b in zip(keys, keys[1:])]
+        seeds[seed] = Rule("falls", (*steps, Contrast(f"{label(keys[0])} − {label(keys[-1])}",
+                                                      c[keys[0]] - c[keys[-1]])))
     return Part(name, seeds)
 
 
@@ -210,14 +149,14 @@ def every(name: str, seeds: Mapping[Any, Sequence[Contrast]], missing: str) -> P
     return Part(name, {s: Rule("every", tuple(cs)) for s, cs in seeds.items()}) if seeds else Part(name, missing=missing)
 
 
-def ends(curves: Curves, name: str, margin: float, rising: bool) -> dict[Any, Contrast]:
+def ends(curves: Curves, margin: float, rising: bool) -> dict[Any, Contrast]:
     """Per seed: the last layer minus the first (`rising`), or the first minus the last."""
     out = {}
     for seed, c in curves.items():
         if len(c) >= 2:
             first, last = list(c)[0], list(c)[-1]
-            out[seed] = (Contrast(f"{name} {last} − {first}", c[last] - c[first], margin) if rising
-                         else Contrast(f"{name} {first} − {last}", c[first] - c[last], margin))
+            out[seed] = (Contrast(f"layer {last} − layer {first}", c[last] - c[first], margin) if rising
+                         else Contrast(f"layer {first} − layer {last}", c[first] - c[last], margin))
     return out
 
 
@@ -234,10 +173,10 @@ def claim_lm_mi(tables: Tables, crit: Criteria) -> Verdict:
                            crit.mi_tolerance, "mi"))
     for kind, column in MI_KINDS:
         out = mi_stats(mi, "lm", "output", crit, column)
-        parts.append(ordered(f"LM next-token MI rises ({kind})", ends(out, "layer", crit.mi_tolerance, True),
+        parts.append(ordered(f"LM next-token MI rises ({kind})", ends(out, crit.mi_tolerance, True),
                              "LM next-token MI not measured (metrics/mi.csv)"))
     inp, out = mi_curve(mi, "lm", "input", crit), mi_curve(mi, "lm", "output", crit)
-    return finish(parts, [inp and f"input {_path(inp)}", out and f"next token {_path(out)}"], crit)
+    return finish(parts, [inp and f"input {path(inp)}", out and f"next token {path(out)}"], crit)
 
 
 def claim_mlm_mi(tables: Tables, crit: Criteria) -> Verdict:
@@ -253,14 +192,14 @@ def claim_mlm_mi(tables: Tables, crit: Criteria) -> Verdict:
         for seed, c in curves.items():
             keys = list(c)
             first, last = keys[0], keys[-1]
-            seeds[seed] = Rule("dip", tuple(x for layer in keys[1:-1] for x in (
-                Contrast(f"{first} − {layer}", c[first] - c[layer], crit.mi_tolerance),
-                Contrast(f"{last} − {layer}", c[last] - c[layer], crit.mi_tolerance))))
+            seeds[seed] = Rule("dip", tuple(x for inner in keys[1:-1] for x in (
+                Contrast(f"layer {first} − layer {inner}", c[first] - c[inner], crit.mi_tolerance),
+                Contrast(f"layer {last} − layer {inner}", c[last] - c[inner], crit.mi_tolerance))))
         parts.append(Part(name, seeds))
     inp = mi_curve(mi, "mlm", "input", crit)
     extra = [mi_curve(mi, "mlm", t, crit) for t in ("input_masked", "output")]
-    numbers = [inp and f"input {_path(inp)}",
-               *(c and f"{t} (masked) {_fmt(list(c.values())[0])} → {_fmt(list(c.values())[-1])}"
+    numbers = [inp and f"input {path(inp)}",
+               *(c and f"{t} (masked) {fmt(list(c.values())[0])} → {fmt(list(c.values())[-1])}"
                  for t, c in zip(("input", "output"), extra))]
     return finish(parts, numbers, crit)
 
@@ -272,7 +211,7 @@ def _change_stats(change: Rows | None, objective: str, crit: Criteria) -> Curves
 def claim_mt_identity(tables: Tables, crit: Criteria) -> Verdict:
     mi = tables.get("mi")
     parts = [ordered(f"MT input MI falls from the first layer to the last ({kind})",
-                     ends(mi_stats(mi, "mt", "input", crit, column), "layer", crit.mi_tolerance, False),
+                     ends(mi_stats(mi, "mt", "input", crit, column), crit.mi_tolerance, False),
                      "MT input MI not measured (metrics/mi.csv)") for kind, column in MI_KINDS]
     mt, lm = mi_stats(mi, "mt", "input", crit), mi_stats(mi, "lm", "input", crit)
     share = lambda c: c[list(c)[-1]] / c[list(c)[0]]  # noqa: E731  the top layer's share of the first layer's MI
@@ -280,23 +219,23 @@ def claim_mt_identity(tables: Tables, crit: Criteria) -> Verdict:
     parts.append(ordered(f"MT keeps more than {crit.mt_keep_share:.0%} of its input MI", kept,
                          "MT input MI not measured (metrics/mi.csv)"))
     parts.append(ordered("MT keeps a larger share of its input MI than LM",
-                         {s: Contrast("MT share − LM share", share(mt[s]) - share(lm[s])) for s in _common(mt, lm)
+                         {s: Contrast("MT share − LM share", share(mt[s]) - share(lm[s])) for s in common(mt, lm)
                           if len(mt[s]) > 1 and len(lm[s]) > 1},
                          "MT and LM input MI of one seed not measured (metrics/mi.csv)"))
     change = {o: _change_stats(tables.get("change"), o, crit) for o in ("mt", "lm", "mlm")}
     means = {o: {s: mean_of(list(c.values())) for s, c in curves.items()} for o, curves in change.items()}
     parts.append(every("MT's mean change over layers is below LM's and MLM's",
                        {s: [Contrast(f"{o.upper()} − MT mean change", means[o][s] - means["mt"][s]) for o in ("lm", "mlm")]
-                        for s in _common(*change.values())},
+                        for s in common(*change.values())},
                        "all-token change of MT, LM and MLM of one seed not measured (metrics/change.csv)"))
     numbers = []
     mt_c, lm_c = mi_curve(mi, "mt", "input", crit), mi_curve(mi, "lm", "input", crit)
     if len(mt_c) > 1 and len(lm_c) > 1 and list(mt_c.values())[0] > 0 and list(lm_c.values())[0] > 0:
         keep = {o: list(c.values())[-1] / list(c.values())[0] for o, c in (("MT", mt_c), ("LM", lm_c))}
         numbers.append(f"input MI kept at the top: MT {keep['MT']:.0%}, LM {keep['LM']:.0%}")
-    avg = {o: statistics.fmean(_seed_means(c).values()) for o, c in change.items() if c}
+    avg = {o: statistics.fmean(seed_means(c).values()) for o, c in change.items() if c}
     if len(avg) == 3:
-        numbers.append("mean change " + ", ".join(f"{o.upper()} {_fmt(v)}" for o, v in avg.items()))
+        numbers.append("mean change " + ", ".join(f"{o.upper()} {fmt(v)}" for o, v in avg.items()))
     return finish(parts, numbers, crit)
 
 
@@ -317,7 +256,7 @@ def claim_similarity(tables: Tables, crit: Criteria) -> Verdict:
     pair_of = lambda r: tuple(sorted((r["objective_a"], r["objective_b"])))  # noqa: E731
     cross = {p: by_seed([r for r in cross_task(rows) if pair_of(r) == p], "layer", "distance", seed="seed_a")
              for p in PAIRS}
-    seeds = _common(*cross.values())
+    seeds = common(*cross.values())
     if not seeds:
         return finish([Part("cross-task distances", missing=f"{crit.measure} between all of MT, LM and MLM of one "
                                                              "seed (the same initialisation) not measured")], [], crit)
@@ -341,44 +280,26 @@ def claim_similarity(tables: Tables, crit: Criteria) -> Verdict:
     closest = every("MT–MLM is closer than LM–MT and LM–MLM (mean over layers)",
                     {s: [Contrast(f"{p[0].upper()}–{p[1].upper()} − MT–MLM", means[p][s] - means[("mlm", "mt")][s])
                          for p in PAIRS[1:]] for s in seeds}, "")
-    numbers = [f"{a.upper()}–{b.upper()} {_path(_seed_means(cross[tuple(sorted((a, b)))]))}"
+    numbers = [f"{a.upper()}–{b.upper()} {path(seed_means(cross[tuple(sorted((a, b)))]))}"
                for a, b in (("mt", "mlm"), ("lm", "mt"), ("lm", "mlm"))]
     if baselines:
         values = [s.value for layer in baselines.values() for s in layer.values()]
-        numbers.append(f"seed baselines {_fmt(min(values))}–{_fmt(max(values))}")
+        numbers.append(f"seed baselines {fmt(min(values))}–{fmt(max(values))}")
     return finish([part, closest], numbers, crit)
 
 
 def claim_change(tables: Tables, crit: Criteria) -> Verdict:
     change = tables.get("change")
     mt, mlm = _change_stats(change, "mt", crit), _change_stats(change, "mlm", crit)
-    parts = [falls("MT's change falls with depth", mt, crit.change_tolerance, "change")]
+    parts = [falls("MT's change falls with depth", mt, crit.change_tolerance, "change", transition)]
     top = {}
     for seed, c in mlm.items():
         if len(c) > 1:
             last = list(c)[-1]
-            top[seed] = [Contrast(f"{last - 1}→{last} − {t - 1}→{t}", c[last] - c[t]) for t in list(c)[:-1]]
+            top[seed] = [Contrast(f"{transition(last)} − {transition(t)}", c[last] - c[t]) for t in list(c)[:-1]]
     parts.append(every("MLM's largest change is at the top transition", top,
                        "MLM's all-token change not measured (metrics/change.csv)"))
-    return finish(parts, [mt and f"MT {_path(_seed_means(mt))}", mlm and f"MLM {_path(_seed_means(mlm))}"], crit)
-
-
-def _bucket_start(bucket: str) -> float:
-    try:
-        return float(bucket.split("-")[0])
-    except ValueError:
-        return float("-inf")
-
-
-def influence_by_bucket(rows: Rows | None, objective: str, crit: Criteria) -> tuple[int | None, dict[str, float]]:
-    """(lowest measured layer, seed-mean influence per bucket there, frequent to rare)."""
-    mine = [r for r in rows or () if r["objective"] == objective and r["measure"] == crit.measure
-            and r["bucket"] != "all"]
-    if not mine:
-        return None, {}
-    layer = min(r["layer"] for r in mine)
-    means = mean_by(mine, "bucket", "distance", layer=layer)
-    return layer, dict(sorted(means.items(), key=lambda kv: _bucket_start(kv[0])))
+    return finish(parts, [mt and f"MT {path(seed_means(mt))}", mlm and f"MLM {path(seed_means(mlm))}"], crit)
 
 
 def _excess(*values):
@@ -398,8 +319,8 @@ def claim_influence(tables: Tables, crit: Criteria) -> Verdict:
                                     and r["bucket"] != "all"], "bucket", "distance", n="n_pairs", layer=layer)
         rarest = list(means)[-1]
         name = objective if "_" in objective else objective.upper()
-        numbers.append(f"{name} layer {layer}: rarest {rarest} {_fmt(means[rarest])} vs others "
-                       f"≤ {_fmt(max(list(means.values())[:-1]))}")
+        numbers.append(f"{name} layer {layer}: rarest {rarest} {fmt(means[rarest])} vs others "
+                       f"≤ {fmt(max(list(means.values())[:-1]))}")
     for objective in ("mt", "lm"):
         name = f"in {objective.upper()} the rarest bucket influences most"
         seeds = {}
@@ -410,7 +331,7 @@ def claim_influence(tables: Tables, crit: Criteria) -> Verdict:
                                         "(metrics/influence.csv)"))
         td = f"{objective}_td"
         td_name = f"{td} (token dropout) removes the rare-token excess"
-        both = _common(stats.get(objective, {}), stats.get(td, {}))
+        both = common(stats.get(objective, {}), stats.get(td, {}))
         excess = {o: {s: combine(_excess, *stats[o][s].values()) for s in both} for o in (objective, td) if both}
         parts.append(ordered(td_name, {s: Contrast(f"{crit.dropout_excess_factor:g} × {objective.upper()} excess − "
                                                    f"{td} excess", excess[objective][s].scaled(crit.dropout_excess_factor)
@@ -418,16 +339,6 @@ def claim_influence(tables: Tables, crit: Criteria) -> Verdict:
                              f"{td} (token dropout) influence of the same seed as {objective} not measured"))
         requires[td_name] = name
     return finish(parts, numbers, crit, requires)
-
-
-def neighbour_rows(rows: Sequence[dict], crit: Criteria) -> list[dict]:
-    """The neighbours rows of the configured (k, metric), or of the most common pair when the table
-    holds other settings only."""
-    if not rows:
-        return []
-    settings = Counter((r["k"], r["metric"]) for r in rows)
-    k, metric = (crit.k, crit.metric) if (crit.k, crit.metric) in settings else settings.most_common(1)[0][0]
-    return [r for r in rows if r["k"] == k and r["metric"] == metric]
 
 
 def claim_neighbours(tables: Tables, crit: Criteria) -> Verdict:
@@ -440,19 +351,19 @@ def claim_neighbours(tables: Tables, crit: Criteria) -> Verdict:
     parts = [every("MLM keeps identity best at the top layer",
                    {s: [Contrast(f"MLM − {o.upper()} identity at layer {max(ident['mlm'][s])}",
                                  top(ident["mlm"][s]) - top(ident[o][s])) for o in ("mt", "lm")]
-                    for s in _common(*ident.values())}, "identity of MT, LM and MLM of one seed not measured"),
+                    for s in common(*ident.values())}, "identity of MT, LM and MLM of one seed not measured"),
              every("MT keeps position best (mean distance over layers >= 1)",
                    {s: [Contrast(f"{o.upper()} − MT mean position distance",
                                  mean_of(list(pos[o][s].values())) - mean_of(list(pos["mt"][s].values())))
-                        for o in ("lm", "mlm")] for s in _common(*pos.values())},
+                        for o in ("lm", "mlm")] for s in common(*pos.values())},
                    "position of MT, LM and MLM of one seed not measured")]
     numbers = []
     if all(ident.values()):
         numbers.append("identity at the top " + ", ".join(
-            f"{o.upper()} {_fmt(list(_seed_means(c).values())[-1])}" for o, c in ident.items()))
+            f"{o.upper()} {fmt(list(seed_means(c).values())[-1])}" for o, c in ident.items()))
     if all(pos.values()):
         numbers.append("mean position distance " + ", ".join(
-            f"{o.upper()} {_fmt(statistics.fmean(_seed_means(c).values()))}" for o, c in pos.items()))
+            f"{o.upper()} {fmt(statistics.fmean(seed_means(c).values()))}" for o, c in pos.items()))
     return finish(parts, numbers, crit)
 
 

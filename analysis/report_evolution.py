@@ -19,7 +19,7 @@ import numpy as np
 from . import claims, figures
 from .claims import Criteria, Verdict
 from .gather import Experiment
-from .html import Section, details, esc, not_measured, para, table
+from .html import Section, details, not_measured, para, table
 from .tables import REPLICATES
 
 # The claims a step's rows can be checked for: those of MI (1, 2), MI and change (3), change (5) and

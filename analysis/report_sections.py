@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from pipeline.config import INIT
 
 from . import figures, reference
-from .claims import Criteria, influence_by_bucket, main_clusters, mean_by, neighbour_rows
+from .claims import Criteria
+from .estimates import influence_by_bucket, main_clusters, mean_by, neighbour_rows
 from .gather import Experiment, _read_json
 from .html import Section, details, esc, figure, note, not_measured, para, pre, table
 from .tables import DIFFERENT_INIT, INIT_PAIR, PRETRAINED_PAIR, SAME_INIT, SEED_BASELINE

@@ -251,8 +251,8 @@ def across_seeds(per_seed: Mapping[Any, tuple[str, str]]) -> tuple[str, str]:
     if held and failed:
         return INCONCLUSIVE, (f"the seeds disagree: holds in {', '.join(map(label, held))}, does not hold in "
                               f"{', '.join(map(label, failed))} ({'; '.join(per_seed[s][1] for s in failed)})")
-    undecided = [s for s, v in verdicts.items() if v == INCONCLUSIVE]
-    return INCONCLUSIVE, "; ".join(f"{label(s)}: {per_seed[s][1]}" for s in undecided)
+    return INCONCLUSIVE, "; ".join(f"{label(s)}: {'undecided, ' if v == INCONCLUSIVE else v + ': '}{per_seed[s][1]}"
+                                   for s, v in verdicts.items())
 
 
 def evaluate(parts: Sequence[Part], level: float, method: str) -> tuple[list[PartVerdict], list[Line], int, float]:

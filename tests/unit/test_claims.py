@@ -252,7 +252,7 @@ def test_a_rise_within_the_tolerance_does_not_break_a_fall():
                                                                   ("output", [1.8, 2.3]))}, Noise())
     assert claim_lm_mi({"mi": rows}, CRIT).verdict == HOLDS
     verdict = claim_lm_mi({"mi": rows}, Criteria(mi_tolerance=0.01))
-    assert verdict.verdict == FAILS and "rise 1→2" in verdict.reason
+    assert verdict.verdict == FAILS and "rise from layer 1 to layer 2" in verdict.reason
 
 
 def test_not_measured_without_the_data():
