@@ -67,8 +67,9 @@ def test_every_model_is_dumped_and_measured(run):
     similarity = read_table(results / "metrics" / "similarity.csv", "similarity")
     pairs = {(r["objective_a"], r["objective_b"]) for r in similarity}
     assert len(pairs) == 3 and {r["pair"] for r in similarity} == {"pretrained"}
-    record = json.loads((results / "metrics" / "similarity.json").read_text())
-    assert record["level"] == "word" and record["n_common"] > 10000
+    record = json.loads((results / "metrics" / "similarity.json").read_text())["levels"]
+    assert record["pretrained"]["level"] == "word" and record["pretrained"]["rows"] > 10000
+    assert "trained" not in record  # no model trained here: no token-level pairs
 
 
 def test_the_report_names_each_model_and_says_the_comparison_is_not_controlled(run):

@@ -103,7 +103,9 @@ def test_dump_setting_reruns_only_the_dumps(finished):
 
 
 def test_every_table_and_the_report(finished):
-    from analysis.tables import COLUMNS, read_table
+    import numpy as np
+
+    from analysis.tables import COLUMNS, REPLICATED, read_replicates, read_table
 
     metrics = finished / "results" / EXPERIMENT / "metrics"
     models = {(o, str(s)) for o, s in MODELS}
@@ -111,6 +113,18 @@ def test_every_table_and_the_report(finished):
         rows = read_table(metrics / f"{table}.csv", table)
         assert rows, table
         assert (metrics / f"{table}.json").is_file()
+        if table in REPLICATED:  # every row's replicates beside the table, one per resample of its plan
+            arrays = read_replicates(metrics / f"{table}.csv", table, len(rows))
+            assert set(arrays) == set(REPLICATED[table]), table
+            for column, array in arrays.items():
+                finite = np.isfinite(array).sum(1)
+                assert finite.max() == array.shape[1] and array.shape[1] in (20, 200), (table, column, array.shape)
+        if table == "claims":  # the report's verdicts, contrast by contrast
+            assert {r["claim"] for r in rows} == {str(n) for n in range(1, 8)}
+            judged = [r for r in rows if r["contrast"]]
+            assert judged and all(r["n"] and 0.95 <= float(r["level"]) < 1 for r in judged)
+            assert {r["verdict"] for r in rows} <= {"holds", "does not hold", "inconclusive", "not measured"}
+            continue
         if table == "similarity":
             pairs = {(r["objective_a"], r["seed_a"], r["objective_b"], r["seed_b"]): r["pair"] for r in rows}
             assert len(pairs) == len(MODELS) * (len(MODELS) - 1) // 2
