@@ -33,6 +33,15 @@ def verify(roots: list[Path]) -> list[tuple[Path, str | None, int, int]]:
     return found
 
 
+def _label(record_file: Path) -> Path:
+    """What a record stands for: its stage folder (stage.json), else its first output (a table's CSV, beside
+    its replicates; the report's page)."""
+    if record_file.name == "stage.json":
+        return record_file.parent
+    outputs = sorted((read_record(record_file) or {}).get("outputs") or {})
+    return record_file.parent / outputs[0] if outputs else record_file
+
+
 def run(cfg: DictConfig) -> None:
     roots = [Path(str(cfg.paths.results)), Path(str(cfg.paths.report))]
     started = time.perf_counter()
@@ -44,8 +53,7 @@ def run(cfg: DictConfig) -> None:
             command = (read_record(record_file) or {}).get("command") or "the stage that made it"
             print(f"DAMAGED {record_file.parent}: {problem}; repair: {command}")
         else:
-            print(f"ok      {record_file.parent if record_file.name == 'stage.json' else record_file.with_suffix('.csv')}"
-                  f" ({n} files, {size / 1e6:.1f} MB)")
+            print(f"ok      {_label(record_file)} ({n} files, {size / 1e6:.1f} MB)")
     print(f"{len(found)} records, {n_files} files, {n_bytes / 1e6:.1f} MB hashed in "
           f"{time.perf_counter() - started:.1f} s: {len(bad) or 'no'} problem{'s' if len(bad) != 1 else ''}")
     if not found:
