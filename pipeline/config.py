@@ -35,14 +35,21 @@ def to_plain(cfg: Any) -> Any:
 
 
 def data_config(cfg: DictConfig) -> dict:
-    """What the corpus split depends on (not the tokenizer)."""
+    """What the corpus split depends on (not the tokenizer): the data settings, and how the text is
+    normalised when it is read (a split made before, or otherwise, is stale)."""
+    from .corpus import NORMALISATION
+
     data = to_plain(cfg.data)
     data.pop("tokenizer", None)
-    return {"data": data}
+    return {"data": data, "normalize": NORMALISATION}
 
 
 def tokenizer_config(cfg: DictConfig) -> dict:
-    return {**data_config(cfg), "tokenizer": to_plain(cfg.data.tokenizer)}
+    """What the vocabulary and freq.tsv depend on: the data (data.max_len included: the counts leave
+    out the sentences training drops as too long), the tokenizer settings, and that counting rule."""
+    from .tokenizer import FREQ_COUNTS
+
+    return {**data_config(cfg), "tokenizer": to_plain(cfg.data.tokenizer), "freq_counts": FREQ_COUNTS}
 
 
 def max_minutes(cfg: DictConfig) -> float | None:

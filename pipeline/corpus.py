@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -58,8 +59,23 @@ def _check_controls(lines: list[str], label: str) -> None:
                                 f"U+{ord(found.group()):04X} in a sentence (a binary or damaged file?)")
 
 
+# Invisible characters that make one sentence two (a copy with a zero-width space lands in another
+# split, and the tokenizer learns the character as a piece): zero-width space, non-joiner and joiner,
+# word joiner, and the byte-order mark met inside a text (U+FEFF, zero-width no-break space).
+_ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
+# What `normalise` does, in the data stage's config (`data_config`): a split made otherwise is stale.
+NORMALISATION = "NFC; U+200B, U+200C, U+200D, U+2060, U+FEFF removed; whitespace collapsed"
+
+
 def normalise(text: str) -> str:
-    """Strip and collapse every run of (Unicode) whitespace to one space; change nothing else."""
+    """One sentence as every later stage sees it, whatever the corpus format: zero-width characters
+    and byte-order marks removed, then Unicode NFC (no case folding, no compatibility mapping), then
+    every run of (Unicode) whitespace collapsed to one space and the ends stripped.
+
+    Removing comes first, so that a mark that a zero-width character kept apart from its letter is
+    composed with it too.
+    """
+    text = unicodedata.normalize("NFC", _ZERO_WIDTH.sub("", text))
     return " ".join(text.split())
 
 
@@ -123,7 +139,8 @@ def read_archive(path: str | os.PathLike, member: str) -> list[Pair]:
         src, tgt = normalise(columns[0]), normalise(columns[1])
         for side, text in (("source", src), ("target", tgt)):
             if not text:
-                raise PipelineError(f"{label}, line {number}: empty {side} sentence")
+                raise PipelineError(f"{label}, line {number}: empty {side} sentence (once whitespace and "
+                                    "zero-width characters are removed)")
         pairs.append((src, tgt))
     return pairs
 
@@ -134,7 +151,8 @@ def _read_side(path: Path, key: str) -> list[str]:
     lines = [normalise(line) for line in _decoded_lines(path.read_bytes(), str(path))]
     for number, line in enumerate(lines, start=1):
         if not line:
-            raise PipelineError(f"{path}, line {number}: empty sentence")
+            raise PipelineError(f"{path}, line {number}: empty sentence (once whitespace and zero-width "
+                                "characters are removed)")
     return lines
 
 

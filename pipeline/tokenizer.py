@@ -35,6 +35,8 @@ N_BYTE_PIECES = 256
 _TRAIN_THREADS = 4
 # The max_train_sentences subsample draws from its own stream, apart from the corpus split's.
 _SUBSAMPLE_STREAM = 2
+# What freq.tsv counts, in the tokenizer stage's config (`tokenizer_config`): counts made otherwise are stale.
+FREQ_COUNTS = "train.mono sentences of at most data.max_len tokens (as training)"
 
 
 def _is_int(value: object) -> bool:
@@ -160,7 +162,7 @@ def train_model(sentences: Sequence[str], vocab_size: int, character_coverage: f
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences), model_writer=model, model_type="bpe",
             vocab_size=vocab_size, character_coverage=character_coverage, byte_fallback=True,
-            # identity: no NFKC, so decode(encode(s)) == s for whitespace-normalised text
+            # identity: no NFKC, so decode(encode(s)) == s for the corpus' normalised text (NFC)
             normalization_rule_name="identity",
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
             # A control symbol, not a user-defined one: the literal text "[MASK]" in a sentence
@@ -184,12 +186,21 @@ def frequency_ranks(counts: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def count_tokens(tokenizer: Tokenizer, sentences: Sequence[str]) -> np.ndarray:
-    """How often each id occurs in the encoded `sentences` (an int64 array of length vocab_size)."""
+def fits(ids: Sequence[int], max_len: int) -> bool:
+    """Whether an encoded sentence is within `data.max_len` tokens. Training leaves longer ones out
+    (an MT pair when either side is longer), and so does the frequency count: a sentence no model
+    ever trains on must not set the frequency ranks the analyses bin tokens by."""
+    return len(ids) <= max_len
+
+
+def count_tokens(tokenizer: Tokenizer, sentences: Sequence[str],
+                 max_len: int | None = None) -> tuple[np.ndarray, int]:
+    """How often each id occurs in the encoded `sentences` (an int64 array of length vocab_size),
+    leaving out those that do not `fit` in `max_len` tokens (None: none left out); and how many were."""
     encoded = tokenizer.encode_batch(sentences)
-    flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64,
-                       count=sum(map(len, encoded)))
-    return np.bincount(flat, minlength=tokenizer.vocab_size).astype(np.int64)
+    kept = encoded if max_len is None else [ids for ids in encoded if fits(ids, max_len)]
+    flat = np.fromiter(itertools.chain.from_iterable(kept), dtype=np.int64, count=sum(map(len, kept)))
+    return np.bincount(flat, minlength=tokenizer.vocab_size).astype(np.int64), len(encoded) - len(kept)
 
 
 def write_frequencies(path: Path, tokenizer: Tokenizer, counts: np.ndarray) -> None:
@@ -226,12 +237,14 @@ def _read_frequencies(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
 
 
 def load_frequency_ranks(folder: str | os.PathLike) -> np.ndarray:
-    """Frequency rank of each token id (1 = most frequent in train.mono), indexed by id."""
+    """Frequency rank of each token id (1 = most frequent in train.mono's sentences of at most
+    data.max_len tokens), indexed by id."""
     return _read_frequencies(folder)[1]
 
 
 def load_frequency_counts(folder: str | os.PathLike) -> np.ndarray:
-    """How often each token id occurs in train.mono, indexed by id."""
+    """How often each token id occurs in train.mono (its sentences of at most data.max_len tokens),
+    indexed by id."""
     return _read_frequencies(folder)[0]
 
 
@@ -261,6 +274,7 @@ def train_tokenizer(cfg: DictConfig) -> Path:
                        lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "must be in (0, 1]")
     limit = require(cfg, "data.tokenizer.max_train_sentences", lambda v: _is_int(v) and v > 0,
                     "must be a positive integer")
+    max_len = require(cfg, "data.max_len", lambda v: _is_int(v) and v > 0, "must be a positive integer")
 
     inputs = input_hashes(data_folder / name for name in ("train.src", "train.tgt", "train.mono"))
     sentences = _training_sentences(data_folder, limit, int(cfg.data.split_seed))
@@ -270,14 +284,17 @@ def train_tokenizer(cfg: DictConfig) -> Path:
         write_bytes(folder / MODEL_FILE, model)
         tokenizer = Tokenizer(model, source=str(folder / MODEL_FILE))
         mono = read_lines(data_folder / "train.mono")
-        counts = count_tokens(tokenizer, mono)
+        counts, left_out = count_tokens(tokenizer, mono, max_len)
         write_frequencies(folder / FREQ_FILE, tokenizer, counts)
     unseen = int((counts == 0).sum())
-    log.info("counted %d tokens in %d train.mono sentences; %d of %d ids never occur",
-             int(counts.sum()), len(mono), unseen, tokenizer.vocab_size)
+    why = f"longer than data.max_len={max_len} tokens, which training leaves out"
+    log.info("counted %d tokens in %d train.mono sentences (%d left out: %s); %d of %d ids never occur",
+             int(counts.sum()), len(mono) - left_out, left_out, why, unseen, tokenizer.vocab_size)
 
     write_stage_record(folder, "tokenizer", config, ledger=ledger, root=cfg.paths.results, inputs=inputs, command=prepare_command(),
                        vocab_size=tokenizer.vocab_size, train_sentences=len(sentences),
                        mono_tokens=int(counts.sum()), unseen_ids=unseen,
+                       frequency_counts={"sentences": len(mono) - left_out, "left_out": left_out,
+                                         "left_out_why": why},
                        model_sha256=ledger.files[MODEL_FILE]["sha256"])
     return folder

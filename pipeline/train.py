@@ -45,7 +45,7 @@ from .objectives import make_batches, make_objective, specials
 from .runtime import autocast, resolve_device, resolve_precision, setup_runtime
 from .store import (PipelineError, atomic_path, config_hash, input_hashes, read_json, read_record, recording,
                     require_upstream, stage_command, stage_problem, torch_save, write_json, write_stage_record)
-from .tokenizer import MODEL_FILE, Tokenizer, train_tokenizer
+from .tokenizer import MODEL_FILE, Tokenizer, fits, train_tokenizer
 
 log = logging.getLogger("pipeline.train")
 
@@ -76,7 +76,8 @@ def check_settings(cfg: DictConfig) -> None:
 # ---------------------------------------------------------------- data
 
 def load_examples(cfg: DictConfig, tok: Tokenizer) -> dict:
-    """Token ids of the training and dev examples of the objective (over-long ones dropped)."""
+    """Token ids of the training and dev examples of the objective (over-long ones dropped: the rule
+    `tokenizer.fits`, which the frequency counts of freq.tsv follow too)."""
     folder, max_len = Path(cfg.paths.data), int(cfg.data.max_len)
     rng = np.random.default_rng(0)
 
@@ -89,17 +90,17 @@ def load_examples(cfg: DictConfig, tok: Tokenizer) -> dict:
             return src, tgt, list(zip(tok.encode_batch(src), tok.encode_batch(tgt)))
 
         _, _, train = pairs("train")
-        train = [p for p in train if len(p[0]) <= max_len and len(p[1]) <= max_len]
+        train = [p for p in train if fits(p[0], max_len) and fits(p[1], max_len)]
         vsrc, vtgt, valid = pairs("valid")
         dev = [valid[i] for i in subset(len(valid), cfg.train.dev_sentences)]
         pick = subset(len(valid), cfg.train.bleu_sentences)
         bleu_set = ([valid[i][0] for i in pick], [vtgt[i] for i in pick])
     else:
-        train = [x for x in tok.encode_batch(read_lines(folder / "train.mono")) if 0 < len(x) <= max_len]
+        train = [x for x in tok.encode_batch(read_lines(folder / "train.mono")) if x and fits(x, max_len)]
         valid = tok.encode_batch(read_lines(folder / "valid.mono"))
         dev = [valid[i] for i in subset(len(valid), cfg.train.dev_sentences)]
         bleu_set = None
-    dev = [ex for ex in dev if (max(map(len, ex)) if isinstance(ex, tuple) else len(ex)) <= max_len]
+    dev = [ex for ex in dev if all(fits(side, max_len) for side in (ex if isinstance(ex, tuple) else (ex,)))]
     if not train:
         raise PipelineError(f"no training examples left in {folder} after data.max_len={max_len}")
     return {"train": train, "dev": dev, "bleu": bleu_set}

@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
+import unicodedata
 import urllib.error
 import zipfile
 from collections import Counter
@@ -54,10 +56,58 @@ def small_config(tmp_path: Path, archive: Path, *overrides: str):
 
 # --- reading -------------------------------------------------------------------------------------
 
-def test_normalise_collapses_whitespace_only() -> None:
+ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
+
+
+def spelt_apart(sentence: str) -> list[str]:
+    """One sentence as a corpus may hold it: composed, decomposed, with zero-width characters or a
+    byte-order mark inside; all of them are one sentence once normalised."""
+    nfc = unicodedata.normalize("NFC", sentence)
+    return [nfc, unicodedata.normalize("NFD", nfc), nfc.replace(" ", "\u200b ", 1), "\ufeff" + nfc,
+            nfc.replace(" ", " \u2060", 1), nfc[:2] + "\u200c\u200d" + nfc[2:],
+            unicodedata.normalize("NFD", nfc).replace(" ", "\u200b  ")]
+
+
+def test_normalise_nfc_zero_width_then_whitespace() -> None:
     assert normalise("  Grüß\u00a0\u00a0Gott!\t ") == "Grüß Gott!"
-    # no case folding, no Unicode normalisation: a decomposed é stays decomposed
-    assert normalise("Cafe\u0301  OK") == "Cafe\u0301 OK"
+    assert normalise("Cafe\u0301  OK") == "Caf\u00e9 OK"  # NFC: a decomposed é is composed
+    assert normalise("\ufeffa\u200bb\u200cc\u200dd\u2060e") == "abcde"
+    assert normalise("e\u200b\u0301 x \u200b y") == "\u00e9 x y"  # removed first, then composed and collapsed
+    # no case folding, no compatibility mapping (NFKC would change these)
+    assert normalise("ﬁne Ｆ ½") == "ﬁne Ｆ ½"
+    base = "Café über Öl, naïve Ærø."
+    assert {normalise(v) for v in spelt_apart(base)} == {base}
+    assert all(normalise(normalise(v)) == normalise(v) for v in spelt_apart(base))
+
+
+def test_every_corpus_format_is_normalised_alike(tmp_path: Path) -> None:
+    variants = spelt_apart("Grüße aus Köln.")
+    pairs = [(v, f"Grüße {i}, Café.".replace("é", "e\u0301")) for i, v in enumerate(variants)]
+    src, tgt = write_parallel(tmp_path, "".join(f"{s}\n" for s, _ in pairs).encode(),
+                              "".join(f"{t}\n" for _, t in pairs).encode())
+    expected = [("Grüße aus Köln.", f"Grüße {i}, Café.") for i in range(len(variants))]
+    assert read_parallel(src, tgt) == read_archive(pairs_zip(tmp_path / "c.zip", pairs), "deu.txt") == expected
+
+
+def test_split_sees_normalised_text(tmp_path: Path) -> None:
+    """Sentences equal up to NFC or zero-width characters are one source sentence: all in one split."""
+    bases = [f"Café {i} über Öl, naïve Ærø." for i in range(12)]
+    pairs = synthetic_pairs(100) + [(v, f"Kaffee {i}.{j}!") for i, base in enumerate(bases)
+                                    for j, v in enumerate(spelt_apart(base))]
+    folder = prepare_data(small_config(tmp_path, pairs_zip(tmp_path / "c.zip", sorted(pairs, key=len))))
+    files = {name: read_lines(folder / name) for name in ("train.src", "valid.src", "test.src", "probe.txt")}
+    n_forms = len(spelt_apart(bases[0]))
+    for base in bases:
+        holders = [name for name, lines in files.items() if base in lines]
+        assert len(holders) == 1, f"{base!r} is in {holders}"
+        if holders[0] != "probe.txt":  # all its translations went with it
+            assert files[holders[0]].count(base) == n_forms
+    for name in (*files, "train.tgt", "train.mono", "valid.mono"):
+        for line in read_lines(folder / name):
+            assert line == unicodedata.normalize("NFC", line) and not ZERO_WIDTH.search(line), (name, line)
+    record = json.loads((folder / "stage.json").read_text())
+    assert record["counts"]["sources_read"] == 100 + len(bases)
+    assert "NFC" in json.dumps(record["config"])  # the record says how text was read: older splits are stale
 
 
 def test_two_and_three_columns_parse_equal(tmp_path: Path) -> None:

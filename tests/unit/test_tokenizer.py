@@ -7,6 +7,7 @@ import random
 import zipfile
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from pipeline.store import PipelineError
 from pipeline.tokenizer import (Tokenizer, frequency_ranks, load_frequency_counts,
                                 load_frequency_ranks, train_tokenizer)
 
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff"
+
 REAL_ARCHIVE = Path(__file__).resolve().parents[3] / "shared/data/tatoeba-deu-eng/deu-eng.zip"
 EN = ("the a house dog cat sees big small red green runs sleeps quickly today we you they never "
       "always garden window yellow").split()
@@ -26,9 +29,10 @@ VOCAB = 400
 UNSEEN = "Ωμέγα 漢字 🙂 ǅ Ħ ‰ naïve Ærø"
 
 
-def synthetic_zip(path: Path, n_sources: int = 400, seed: int = 0) -> Path:
+def synthetic_zip(path: Path, n_sources: int = 400, seed: int = 0, extra: Sequence[str] = ()) -> Path:
+    """A zip of `n_sources` random sentences with 1-3 translations each, and the `extra` lines."""
     rng = random.Random(seed)
-    lines = []
+    lines = list(extra)
     for i in range(n_sources):
         src = " ".join(rng.choice(EN) for _ in range(rng.randint(2, 8))) + f" {i}."
         for _ in range(rng.randint(1, 3)):
@@ -39,11 +43,11 @@ def synthetic_zip(path: Path, n_sources: int = 400, seed: int = 0) -> Path:
     return path
 
 
-def synthetic_config(root: Path, *overrides: str):
+def synthetic_config(root: Path, *overrides: str, extra: Sequence[str] = ()):
     archive = root / "deu-eng.zip"
     if not archive.exists():
         root.mkdir(parents=True, exist_ok=True)
-        synthetic_zip(archive)
+        synthetic_zip(archive, extra=extra)
     return compose(["experiment=smoke", f"paths.results={root / 'results'}",
                     f"data.archive={archive}",
                     "data.max_pairs=null", "data.valid_size=20", "data.test_size=20",
@@ -120,6 +124,44 @@ def test_frequency_ranks(trained) -> None:
     assert counts[by_rank[0]] == counts.max() and ranks[tok.pad_id] > (counts > 0).sum()
     header, first = (folder / "freq.tsv").read_text(encoding="utf-8").split("\n")[:2]
     assert header == "id\tpiece\tcount\trank" and first.startswith("0\t<pad>\t0\t")
+
+
+def test_no_zero_width_pieces(tmp_path: Path) -> None:
+    """Zero-width characters and byte-order marks in the corpus are removed when it is read: the
+    vocabulary holds no piece made of them, and the sentences with them are the plain ones."""
+    extra = [f"the\u200b big\ufeff dog {i}\u2060 sees\u200c a\u200d cat.\tdas\u200b Haus\ufeff {i}!"
+             for i in range(60)]
+    cfg = synthetic_config(tmp_path, extra=extra)
+    prepare_data(cfg)
+    tok = Tokenizer.load(train_tokenizer(cfg))
+    assert not [tok.piece(i) for i in range(tok.vocab_size) if set(tok.piece(i)) & set(ZERO_WIDTH)]
+    mono = read_lines(Path(cfg.paths.data) / "train.mono")
+    assert sum(line.startswith("the big dog ") and line.endswith(" sees a cat.") for line in mono) > 30
+
+
+def test_frequencies_leave_out_what_training_drops(tmp_path: Path) -> None:
+    """A sentence longer than data.max_len tokens, which training leaves out, is not counted either:
+    freq.tsv counts the other sentences exactly, and the record says one sentence was left out."""
+    huge = " ".join(["quickly"] * 3000) + " 9999."
+    cfg = synthetic_config(tmp_path, extra=[f"{huge}\tSchnell!"])
+    prepare_data(cfg)
+    folder = train_tokenizer(cfg)
+    tok = Tokenizer.load(folder)
+    mono = read_lines(Path(cfg.paths.data) / "train.mono")
+    assert huge in mono and len(tok.encode(huge)) > cfg.data.max_len  # the line reaches the counting
+    expected = Counter(i for line in mono if line != huge for i in tok.encode(line))
+    assert load_frequency_counts(folder).tolist() == [expected.get(i, 0) for i in range(tok.vocab_size)]
+    counted = json.loads((folder / "stage.json").read_text())["frequency_counts"]
+    assert counted["sentences"] == len(mono) - 1 and counted["left_out"] == 1
+    assert f"data.max_len={cfg.data.max_len}" in counted["left_out_why"]
+    # the counts depend on data.max_len: raising it counts the line again
+    cfg = synthetic_config(tmp_path, "data.max_len=100000")
+    prepare_data(cfg)
+    folder = train_tokenizer(cfg)
+    tok = Tokenizer.load(folder)
+    assert json.loads((folder / "stage.json").read_text())["frequency_counts"]["left_out"] == 0
+    expected = Counter(i for line in mono for i in tok.encode(line))
+    assert load_frequency_counts(folder).tolist() == [expected.get(i, 0) for i in range(tok.vocab_size)]
 
 
 def test_frequency_ranks_break_ties_by_id() -> None:
