@@ -193,11 +193,15 @@ class LayerWriter:
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
                                                       "fortran_order": False, "shape": (n_rows, d_model)})
-        for path in self.paths:
-            raw = open(partial_path(path), "wb")
-            self._raw.append(raw)
-            self.files.append(HashingFile(raw))
-            self.files[-1].write(header.getvalue())
+        try:
+            for path in self.paths:
+                raw = open(partial_path(path), "wb")
+                self._raw.append(raw)
+                self.files.append(HashingFile(raw))
+                self.files[-1].write(header.getvalue())
+        except BaseException:  # a full disk at the first bytes: the files opened so far are closed
+            self.discard()
+            raise
 
     @property
     def row_bytes(self) -> int:
@@ -231,8 +235,13 @@ class LayerWriter:
         return [(f.size, f.sha256) for f in self.files]
 
     def discard(self) -> None:
+        """Close every file without keeping what is left in its buffer (on a full disk the flush of a
+        close fails: the file is closed all the same, and the next one must be too)."""
         for raw in self._raw:
-            raw.close()
+            try:
+                raw.close()
+            except OSError:
+                pass
         self._raw = []
 
 
@@ -315,11 +324,14 @@ def publish(out: Path, sets: Sequence[Any]):
 
 
 def discard(out: Path, sets: Sequence[Any]) -> None:
-    """A failed or killed dump leaves nothing behind, partial or final."""
-    for dset in sets:
-        if dset.writer is not None:
-            dset.writer.discard()
-    remove_outputs(out)
+    """A failed or killed dump leaves nothing behind, partial or final (the partial files are removed
+    even when closing them fails: on a full disk they hold the space the user must get back)."""
+    try:
+        for dset in sets:
+            if dset.writer is not None:
+                dset.writer.discard()
+    finally:
+        remove_outputs(out)
 
 
 # ---------------------------------------------------------------- running the model

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,11 +303,26 @@ def load(spec: HFSpec, folder: Path, role: str, device, dtype):
         model = auto.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
                                      use_safetensors=bool(weights) and weights[0].suffix == ".safetensors")
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (pickle.UnpicklingError, EOFError) as e:  # torch.load of a damaged, cut short or foreign weights file
+        raise PipelineError(_not_a_checkpoint(spec, weights, e)) from None
+    except RuntimeError as e:
+        if "PytorchStreamReader" not in str(e):  # a damaged zip of a PyTorch checkpoint; else not ours to name
+            raise
+        raise PipelineError(_not_a_checkpoint(spec, weights, e)) from None
     except (OSError, ValueError, KeyError) as e:
         raise PipelineError(f"{spec.name} ({folder}) does not load as a {role} model "
                             f"({type(e).__name__}: {e}); check {_setting(spec.label, 'role')}") from None
     model = model.to(device).eval()
     return model, analysed_stack(model, role), tokenizer
+
+
+def _not_a_checkpoint(spec: HFSpec, weights: list[Path], error: BaseException) -> str:
+    """One line naming the weight file(s) that do not load, and what to do."""
+    files = ", ".join(str(w) for w in weights) or "its weights"
+    again = ("replace it with the model's own weights" if spec.is_folder
+             else f"fetch the model again: {spec.fetch_command()} --force-download")
+    return (f"{files} is not a loadable checkpoint ({type(error).__name__}: it does not unpickle: damaged, cut "
+            f"short or not a PyTorch file): {again}")
 
 
 def analysed_stack(model, role: str):
