@@ -12,6 +12,7 @@ test trains anything.
 """
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -150,6 +151,23 @@ def test_bad_input_is_one_error_line_exit_2_and_leaves_no_folder(tmp_path, share
     assert line.startswith("error:"), refused.stderr[-3000:]
     assert f"setting {key}=" in line and "invalid" in line, line
     assert tree(tmp_path) == before, "the refused run left (or removed) something under the results folder"
+
+
+@pytest.mark.parametrize("name", ["../../outside", "", "/abs/name", "a/b"])
+def test_an_experiment_name_that_is_not_a_plain_name_is_refused_and_writes_nothing(tmp_path, shared_zip, name):
+    """results/<name>/ must stay inside results/: refused before any work (the CLI runs in a folder two
+    levels down, so that ../../outside would land in tmp_path). The workflow's check: test_workflow_dag."""
+    cwd = tmp_path / "a" / "b"
+    cwd.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    refused = subprocess.run([sys.executable, "-m", "pipeline.prepare", "experiment=smoke",
+                              f"experiment_name={name}", f"data.archive={shared_zip}"],
+                             cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    line = last_line(refused.stderr)
+    assert line.startswith("error: setting experiment_name=") and "plain name" in line, line
+    assert tree(tmp_path) == {"a", "a/b"}, "the refused run left a folder behind"
 
 
 # ---------------------------------------------------------------- 2: a NUL byte in a parallel corpus

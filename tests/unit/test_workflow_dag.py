@@ -134,6 +134,8 @@ def test_init_control_can_be_switched_off(tmp_path):
     ({"experiment": "paper"}, ["data.src_file"]),
     ({"experiment": "smoke", "gpus": 2}, ["gpus"]),
     ({"experiment": "smoke", "experimnet": "smoke"}, ["experimnet"]),
+    ({"experiment": "smoke", "overrides": ["experiment_name=../../outside"]}, ["experiment_name", "plain name"]),
+    ({"experiment": "smoke", "overrides": ["experiment_name="]}, ["experiment_name", "plain name"]),
     ({"experiment": "smoke", "overrides": ["+pretrained.models.mt={name: gpt2}"]}, ["pretrained.models.mt"]),
     ({"experiment": "pretrained", "overrides": ["pretrained.models.gpt2={name: no-such-org/no-such-model, role: null}"]},
      ["pretrained.models.gpt2.role", "hf download no-such-org/no-such-model"]),

@@ -28,8 +28,8 @@ _CHECKOUT = str(Path(workflow.basedir).parent)
 if sys.path[0] != _CHECKOUT:
     sys.path.insert(0, _CHECKOUT)
 
-from pipeline.config import (CONFIG_DIR, INIT, analysed_steps, check_model_settings, compose, data_config,  # noqa: E402
-                             snapshot_models,
+from pipeline.config import (CONFIG_DIR, INIT, analysed_steps, check_experiment_name, check_model_settings,  # noqa: E402
+                             compose, data_config, snapshot_models,
                              init_config, init_grid, max_minutes, to_plain, tokenizer_config, train_config)
 from pipeline.corpus import corpus_files  # noqa: E402
 from pipeline import hf  # noqa: E402  (light: transformers is imported by the dump job only)
@@ -143,6 +143,10 @@ def _same_path(actual, expected: str, key: str) -> None:
 
 
 BASE = _compose()
+try:
+    check_experiment_name(BASE)
+except PipelineError as _error:
+    _refuse(_error, f"experiment {EXPERIMENT}")
 
 RESULTS = os.path.normpath(str(BASE.paths.results))
 if not _PLAIN_PATH.match(RESULTS):
