@@ -410,6 +410,8 @@ def _load_checkpoint(cfg: DictConfig, path: Path) -> tuple[Model, dict]:
                             f"experiment={cfg.experiment_name} objective={cfg.objective.name} seed={cfg.seed}")
     try:
         model, ckpt = load_model(path, map_location="cpu")
+    except PipelineError:  # read_checkpoint's own line: code it would run, or no checkpoint at all
+        raise
     except Exception as e:  # a truncated or foreign file: name it rather than show a pickle trace
         raise PipelineError(f"{path} is not a model checkpoint of this pipeline ({type(e).__name__}: {e})") from None
     expected = config_hash(train_config(cfg))

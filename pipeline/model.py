@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .store import PipelineError
+
 KINDS = ("mt", "lm", "mlm")
 
 
@@ -248,9 +250,35 @@ def build_model(kind: str, args: ModelArgs, seed: int) -> Model:
     return Model(kind, args, seed)
 
 
+class UnsafeCheckpoint(PipelineError):
+    """A checkpoint that holds pickled objects (code to run on loading), not plain data."""
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """A checkpoint as plain data: tensors, numbers, strings, lists and dicts, loaded with
+    `weights_only=True`, so that a file planted in a results folder never runs code. A file that
+    holds anything else is refused (`UnsafeCheckpoint`), one that is no checkpoint at all is a
+    PipelineError; both name the file."""
+    import pickle
+
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        why = next((line.split("WeightsUnpickler error:", 1)[1].split(". Please")[0].strip()
+                    for line in str(error).splitlines() if "WeightsUnpickler error:" in line), "")
+        if why.startswith("Unsupported global"):
+            raise UnsafeCheckpoint(f"{path} holds pickled objects, not only tensors, numbers, strings, lists and "
+                                   f"dicts ({why}): it is not loaded, as loading would run its code; delete it "
+                                   "if you did not put it there") from None
+        raise PipelineError(f"{path} is not a readable checkpoint ({why or type(error).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise PipelineError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint (a dict)")
+    return ckpt
+
+
 def load_model(path, map_location="cpu") -> tuple[Model, dict]:
     """Rebuild a model from a checkpoint alone (its args + weights); returns (model in eval mode, checkpoint)."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = read_checkpoint(path, map_location)
     info = ckpt["model"]
     model = Model(info["kind"], ModelArgs(**info["args"]), seed=0)
     model.load_state_dict(ckpt["state_dict"])

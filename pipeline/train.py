@@ -40,7 +40,7 @@ from .distributed import close as close_world
 from .distributed import init as init_world
 from .corpus import prepare_command, prepare_data, read_lines
 from .evaluate import bleu, dev_metrics, to_device
-from .model import Model, ModelArgs, build_model
+from .model import Model, ModelArgs, UnsafeCheckpoint, build_model, read_checkpoint
 from .objectives import make_batches, make_objective, specials
 from .runtime import autocast, resolve_device, resolve_precision, setup_runtime
 from .store import (PipelineError, atomic_path, config_hash, input_hashes, read_json, read_record, recording,
@@ -226,10 +226,11 @@ def _restore(path: Path, expected_hash: str, inputs: dict, model, opt, sched, ge
              world: World = SINGLE) -> TrainState | None:
     """The state of the checkpoint at `path`, loaded into model, optimiser, schedule and generator;
     None (start afresh) when it was made with other settings or inputs. An unreadable one is set
-    aside under another name, with a warning naming both, and training starts afresh. Each rank of
+    aside under another name, with a warning naming both, and training starts afresh; one holding
+    pickled objects (code) is refused (UnsafeCheckpoint). Each rank of
     a multi-rank run takes its own random streams from it (where it was made with that many)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint(path)
         if ckpt.get("config_hash") != expected_hash:
             log.warning("%s was made with another config: starting afresh", path)
             return None
@@ -250,6 +251,8 @@ def _restore(path: Path, expected_hash: str, inputs: dict, model, opt, sched, ge
             log.warning("%s was made by %d rank(s): rank %d's random streams start from its seed", path,
                         len(streams), world.rank)
         return TrainState(**ckpt["train_state"])
+    except UnsafeCheckpoint:  # not ours: never loaded, never set aside as if it were a damaged one of ours
+        raise
     except Exception as error:  # truncated, garbage, or of another layout: never fatal, never lost
         if not world.main:  # rank 0 sets it aside and says so; every rank starts afresh
             return None

@@ -120,8 +120,8 @@ def test_cancelled_training_was_retried_from_its_checkpoint(slurm_run, finished)
     train_log = slurm_run["workdir"] / "logs" / EXPERIMENT / "train" / objective / f"seed{seed}.log"
     assert "resuming" in train_log.read_text(), train_log.read_text()[-2000:]
     model = f"results/{EXPERIMENT}/models/{objective}/seed{seed}/model.pt"
-    ours = torch.load(slurm_run["workdir"] / model, map_location="cpu", weights_only=False)
-    theirs = torch.load(finished / model, map_location="cpu", weights_only=False)
+    ours = torch.load(slurm_run["workdir"] / model, map_location="cpu", weights_only=True)
+    theirs = torch.load(finished / model, map_location="cpu", weights_only=True)
     assert ours["state_dict"].keys() == theirs["state_dict"].keys()
     assert all(torch.equal(ours["state_dict"][k], theirs["state_dict"][k]) for k in ours["state_dict"]), \
         "weights differ from the local run's"

@@ -63,7 +63,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return torch.load(folder / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(folder / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_two_ranks_train_the_weights_of_one_process(prepared, shared_zip, tmp_path):
@@ -102,7 +102,7 @@ def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_weights(prepared, sh
     subprocess.run(["pkill", "-KILL", "-f", f"paths.model={folder}"], check=False)
     out, _ = proc.communicate()
     assert (folder / "last.pt").exists() and not (folder / "model.pt").exists(), f"not killed mid-run: {out[-3000:]}"
-    step = torch.load(folder / "last.pt", weights_only=False)["train_state"]["step"]
+    step = torch.load(folder / "last.pt", weights_only=True)["train_state"]["step"]
     assert 10 <= step < 150
     _finish(_torchrun(_args(prepared, shared_zip, folder, *settings)))
     a, b = _weights(tmp_path / "straight"), _weights(folder)

@@ -152,7 +152,7 @@ def test_snapshots_survive_a_kill_and_resume(smoke_cfg, tmp_path):
     assert sorted(p.name for p in (tmp_path / "b" / "snapshots").iterdir()) == ["step0.pt", "step10.pt", "step5.pt"]
     train(cfg(tmp_path / "b"))
     for step in (0, 5, 10, 20, 30):
-        a, b = (torch.load(f / "snapshots" / f"step{step}.pt", weights_only=False) for f in (tmp_path / "a", tmp_path / "b"))
+        a, b = (torch.load(f / "snapshots" / f"step{step}.pt", weights_only=True) for f in (tmp_path / "a", tmp_path / "b"))
         assert a["step"] == b["step"] == step
         for name in a["state_dict"]:
             assert torch.equal(a["state_dict"][name], b["state_dict"][name]), (step, name)

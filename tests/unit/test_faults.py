@@ -321,3 +321,76 @@ def test_a_killed_report_reruns_to_the_same_bytes(base, shared_zip, tmp_path, ta
     assert temporaries(reports) == [], "the rerun left the killed run's temporary file"
     assert sorted(p.name for p in reports.iterdir()) == ["report.html", "report.json"]
     assert read_json(page.with_suffix(".json"))["outputs"]["report.html"]["sha256"] == sha256_file(page)
+
+
+# ---------------------------------------------------------------- 4: checkpoints run no code
+
+class Planted:
+    """An object whose unpickling runs code: it creates the file `marker` (open(marker, "w"))."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def planted_checkpoint(path: Path, marker: Path, like: Path | None = None) -> None:
+    """A checkpoint with code in it at `path`: `like`'s content (a real checkpoint) plus a planted object."""
+    import torch
+
+    content = torch.load(like, weights_only=True) if like is not None else {}
+    torch.save({**content, "extra": Planted(marker)}, path)
+
+
+def test_a_planted_last_checkpoint_is_refused_before_it_runs(base, shared_zip, tmp_path):
+    model, marker = tmp_path / "model", tmp_path / "ran"
+    model.mkdir()
+    planted_checkpoint(model / "last.pt", marker)
+    refused = run_cli("-m", "pipeline.train", *common(base, shared_zip), "objective=lm", "seed=1",
+                      f"paths.model={model}", f"hydra.run.dir={tmp_path}/hydra")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    line = last_line(refused.stderr)
+    assert line.startswith("error:") and str(model / "last.pt") in line and "pickled objects" in line, line
+    assert not marker.exists(), "loading the planted checkpoint ran its code"
+    assert (model / "last.pt").exists(), "the user's file was moved or deleted"
+
+
+def test_a_replaced_model_with_its_record_rewritten_is_refused_by_the_dump(base, shared_zip, tmp_path):
+    import shutil
+
+    from pipeline.store import STAGE_RECORD, write_json
+
+    results, marker = tmp_path / "results", tmp_path / "ran"
+    shutil.copytree(base, results)
+    folder = results / "models" / "lm" / "seed1"
+    model = folder / "model.pt"
+    planted_checkpoint(model, marker, like=base / "models" / "lm" / "seed1" / "model.pt")
+    if (folder / STAGE_RECORD).exists():  # a trained model's record, rewritten as anyone holding the folder can
+        record = read_json(folder / STAGE_RECORD)
+        record["outputs"]["model.pt"].update(size=model.stat().st_size, sha256=sha256_file(model),
+                                             mtime_ns=model.stat().st_mtime_ns)
+        write_json(folder / STAGE_RECORD, record)
+    refused = run_cli("-m", "pipeline.dump", *common(results, shared_zip), "objective=lm", "seed=1",
+                      f"paths.dump={tmp_path}/dump", f"hydra.run.dir={tmp_path}/hydra")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    line = last_line(refused.stderr)
+    assert line.startswith("error:") and str(model) in line and "pickled objects" in line, line
+    assert not marker.exists(), "loading the replaced model ran its code"
+
+
+def test_load_model_refuses_code_and_names_a_file_that_is_no_checkpoint(base, tmp_path):
+    from pipeline.model import UnsafeCheckpoint, load_model
+
+    real = base / "models" / "lm" / "seed1" / "model.pt"
+    load_model(real)  # the pipeline's own checkpoints are plain data
+    planted_checkpoint(tmp_path / "planted.pt", tmp_path / "ran", like=real)
+    with pytest.raises(UnsafeCheckpoint, match=r"planted\.pt holds pickled objects"):
+        load_model(tmp_path / "planted.pt")
+    assert not (tmp_path / "ran").exists()
+    (tmp_path / "garbage.pt").write_bytes(b"\x80\x04 not a checkpoint")
+    with pytest.raises(PipelineError, match=r"garbage\.pt is not a readable checkpoint"):
+        load_model(tmp_path / "garbage.pt")
+

@@ -153,7 +153,7 @@ def test_a_damaged_layer_file_is_named_by_the_analysis_and_redone_by_the_dump(sm
 def weights(path: Path) -> dict:
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def same_weights(a: dict, b: dict) -> bool:
