@@ -8,16 +8,40 @@ A run whose dev loss still falls at the end is *not* converged, whatever its sto
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
+
+from .store import PipelineError
+
+log = logging.getLogger(__name__)
 
 THRESHOLD = 0.01  # the last quarter must improve the best dev loss by less than this share
 
 
 def read_log(folder) -> list[dict]:
-    """The entries of a training run's log.jsonl (one per evaluation)."""
+    """The entries of a training run's log.jsonl (one per evaluation). A last line cut short (the
+    disk filled, the power went while it was appended) is dropped with a warning: the run's
+    checkpoint, written after it, is older than it, so a resumed run writes it again. A damaged line
+    before the last is an error naming the file and the line."""
     path = Path(folder) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or "step" not in entry:
+                raise ValueError("not an evaluation's entry (a JSON object with a step)")
+        except ValueError as error:
+            if number == len(lines):
+                log.warning("%s: line %d is cut short (%s); it is dropped", path, number, str(error)[:120])
+                break
+            raise PipelineError(f"{path}, line {number}: not a log entry ({str(error)[:120]}); the lines after it "
+                                "are whole, so it was not a cut-short write: look at the file") from None
+        entries.append(entry)
+    return entries
 
 
 def convergence(entries: list[dict], stop_reason: str | None = None, threshold: float = THRESHOLD) -> dict:

@@ -264,12 +264,12 @@ def _restore(path: Path, expected_hash: str, inputs: dict, model, opt, sched, ge
 
 
 def _rewrite_log(path: Path, upto_step: int) -> None:
-    """Keep the log lines of steps a resumed run will not redo."""
+    """Keep the log lines of steps a resumed run will not redo (a cut-short last line never)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= upto_step]
+    keep = [entry for entry in read_log(path.parent) if entry["step"] <= upto_step]
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(f"{line}\n" for line in keep))
+        tmp.write_text("".join(f"{json.dumps(entry)}\n" for entry in keep))
 
 
 # Rank r > 0 of a multi-rank run draws its dropout, masking and token dropout from seed + r x this.
@@ -365,7 +365,11 @@ def _train(cfg: DictConfig, on_step: Callable[[int], None] | None, world: World)
     started, elapsed0 = time.perf_counter(), state.elapsed_s
     run_loss, run_n, t_since = 0.0, 0, time.perf_counter()
     step, clip = make_step(model, objective, tcfg, device, amp, world), float(tcfg.clip_norm)
-    stop = None
+    # A resumed run starts where its last evaluation left off: the stop rules are asked again before
+    # any step, so a run killed after its final checkpoint (while model.pt or the record was written)
+    # finishes as it would have, not one step or one evaluation later.
+    stop = world.from_main(_stop_reason(state, out, tcfg, state.elapsed_s >= budget_s)
+                           if resumed and world.main else None)
     try:
         from tqdm.auto import tqdm
         bar = tqdm(total=int(tcfg.max_steps), initial=state.step, disable=not (tcfg.progress and world.main),
@@ -431,17 +435,22 @@ def _evaluate(cfg, model, objective, data, device, amp, state, sched, opt, strea
              " (best)" if improved else "")
     if bar is not None:
         bar.set_postfix(train=f"{entry['train_loss']:.3f}", dev=f"{dev['loss']:.3f}", refresh=False)
-    stop = None
-    if state.step >= int(tcfg.max_steps):
-        stop = "max_steps"
-    elif state.bad_evals >= int(tcfg.patience):
-        stop = "early_stopping"
-    elif _plateaued(out, tcfg):
-        stop = "plateau"
-    elif out_of_time:
-        stop = "max_minutes"
+    stop = _stop_reason(state, out, tcfg, out_of_time)
     _save_last(last, model, opt, sched, streams, state, cfg, chash, inputs)
     return stop
+
+
+def _stop_reason(state: TrainState, out: Path, tcfg: DictConfig, out_of_time: bool) -> str | None:
+    """Why training stops at `state` (an evaluation's), or None: the rules in the order they are told."""
+    if state.step >= int(tcfg.max_steps):
+        return "max_steps"
+    if state.bad_evals >= int(tcfg.patience):
+        return "early_stopping"
+    if _plateaued(out, tcfg):
+        return "plateau"
+    if out_of_time:
+        return "max_minutes"
+    return None
 
 
 def _plateaued(out: Path, tcfg: DictConfig) -> bool:

@@ -35,7 +35,7 @@ def test_loss_falls_for_every_objective(objective, smoke_cfg, shared_data, tmp_p
     assert summary["dev"]["loss"] == pytest.approx(min(e["dev_loss"] for e in log), rel=1e-6)
     quality = {"mt": "bleu", "lm": "perplexity", "mlm": "accuracy"}[cfg.objective.kind]
     assert quality in summary["dev"]
-    ckpt = torch.load(tmp_path / "model" / "model.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "model" / "model.pt", weights_only=True)
     assert ckpt["model"]["kind"] == cfg.objective.kind and ckpt["config"]["objective"]["name"] == objective
     assert not (tmp_path / "model" / "last.pt").exists()
 
@@ -67,8 +67,10 @@ def test_a_per_objective_time_cap_changes_only_its_objectives_models(smoke_cfg):
     assert cap_and_hash("mt", "{mt: 3, lm: 5}")[1] != cap_and_hash("mt", "{mt: 4, lm: 5}")[1]
 
 
-def test_killed_run_resumes_to_the_same_weights(smoke_cfg, shared_data, tmp_path):
-    """Uninterrupted vs killed after step 25 (last checkpoint: step 20) and started again."""
+@pytest.mark.parametrize("torn", [False, True], ids=["clean", "torn-log-line"])
+def test_killed_run_resumes_to_the_same_weights(smoke_cfg, shared_data, tmp_path, torn):
+    """Uninterrupted vs killed after step 23 (last checkpoint: step 20) and started again; `torn`: the
+    kill also cut the log's last line short (a disk full, a power loss): the resume drops it."""
     straight = cfg_for(smoke_cfg, shared_data, tmp_path / "a", "objective=mlm", "train.eval_every=5")
     train(straight)
 
@@ -84,14 +86,69 @@ def test_killed_run_resumes_to_the_same_weights(smoke_cfg, shared_data, tmp_path
         train(resumed, on_step=kill_at_23)
     folder = tmp_path / "b" / "model"
     assert (folder / "last.pt").exists() and not (folder / "model.pt").exists()
-    assert torch.load(folder / "last.pt", weights_only=False)["train_state"]["step"] == 20
+    assert torch.load(folder / "last.pt", weights_only=True)["train_state"]["step"] == 20
+    if torn:
+        with open(folder / "log.jsonl", "a") as f:
+            f.write('{"step": 25, "epoch": 0, "train_lo')
     train(resumed)  # redoes steps 21..23 from the checkpoint of step 20, then goes on
-    a = torch.load(tmp_path / "a" / "model" / "model.pt", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "b" / "model" / "model.pt", weights_only=False)["state_dict"]
+    a = torch.load(tmp_path / "a" / "model" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "model" / "model.pt", weights_only=True)["state_dict"]
     for name in a:
         assert torch.equal(a[name], b[name]), name
     strip = lambda log: [{k: v for k, v in e.items() if k not in ("elapsed_s", "tokens_per_s")} for e in log]  # noqa: E731
     assert strip(read_log(tmp_path / "a" / "model")) == strip(read_log(tmp_path / "b" / "model"))
+
+
+@pytest.mark.parametrize("rule,overrides,steps", [
+    ("max_steps", ["train.max_steps=10"], 10),
+    ("early_stopping", ["train.lr=1e-12", "train.patience=2", "train.max_steps=40"], 15),  # a flat dev loss
+])
+def test_a_run_killed_after_its_final_checkpoint_stops_where_it_would_have(smoke_cfg, shared_data, tmp_path,
+                                                                           monkeypatch, rule, overrides, steps):
+    """Killed while model.pt is written (after the last checkpoint, which already holds the stop):
+    the rerun asks the stop rules before its first step and ends at the uninterrupted run's step,
+    with its weights and log, not one step or one evaluation later."""
+    import pipeline.train as training
+
+    common = ["objective=lm", "train.eval_every=5", *overrides]
+    straight = train(cfg_for(smoke_cfg, shared_data, tmp_path / "a", *common))
+    assert (straight["stop_reason"], straight["steps"]) == (rule, steps)
+
+    class Killed(Exception):
+        pass
+
+    real = training.torch_save
+
+    def dies_on_the_model(obj, path):
+        if str(path).endswith("model.pt"):
+            raise Killed
+        real(obj, path)
+
+    resumed = cfg_for(smoke_cfg, shared_data, tmp_path / "b", *common)
+    monkeypatch.setattr(training, "torch_save", dies_on_the_model)
+    with pytest.raises(Killed):
+        train(resumed)
+    monkeypatch.setattr(training, "torch_save", real)
+    again = train(resumed)
+    assert (again["stop_reason"], again["steps"], again["best_step"]) == (rule, steps, straight["best_step"])
+    assert again["dev"]["loss"] == straight["dev"]["loss"]
+    a = torch.load(tmp_path / "a" / "model" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "model" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert [e["step"] for e in read_log(tmp_path / "b" / "model")] == [e["step"] for e in read_log(tmp_path / "a" / "model")]
+
+
+def test_a_damaged_log_line_before_the_last_is_named(tmp_path, caplog):
+    from pipeline.convergence import read_log as read_training_log
+
+    whole = '{"step": 10, "dev_loss": 5.0}\n{"step": 20, "dev_loss": 4.0}\n'
+    (tmp_path / "log.jsonl").write_text(whole + '{"step": 30, "dev_lo')
+    with caplog.at_level("WARNING", logger="pipeline.convergence"):
+        assert [e["step"] for e in read_training_log(tmp_path)] == [10, 20]
+    assert "line 3 is cut short" in caplog.text and "log.jsonl" in caplog.text
+    (tmp_path / "log.jsonl").write_text('{"step": 10, "dev_lo\n' + whole)
+    with pytest.raises(PipelineError, match=r"log\.jsonl, line 1: not a log entry"):
+        read_training_log(tmp_path)
 
 
 def test_finished_run_is_not_repeated_but_a_changed_setting_retrains(smoke_cfg, shared_data, tmp_path):
