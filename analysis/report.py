@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import INIT, RUNTIME_KEYS, cli, to_plain
 from pipeline.convergence import THRESHOLD as CONVERGED_BELOW
-from pipeline.store import (PipelineError, config_hash, inputs_read, make_record, recording, stage_command,
-                            versions, write_json, write_text)
+from pipeline.store import (PipelineError, config_hash, inputs_read, make_record, one_writer, recording,
+                            stage_command, versions, write_json, write_text)
 from .settings import SPECS, setting
 
 from . import claims, gather, verdicts
@@ -437,11 +437,12 @@ def run(cfg: DictConfig) -> Path:
     text = build(cfg, claims_out=table_path(cfg, "claims"))
     out = report_path(cfg)
     # its record beside it: the tables it read (their recorded hashes) and the page's size and sha256
-    with recording(out.parent) as ledger:
-        write_text(out, text)
-    write_json(out.with_suffix(".json"), make_record(
-        out.parent, {out.name: ledger.files[out.name]}, inputs_read(), None, stage="report",
-        config_hash=config_hash(report_config(cfg)), command=stage_command("analysis.report")))
+    with one_writer(out):
+        with recording(out.parent) as ledger:
+            write_text(out, text)
+        write_json(out.with_suffix(".json"), make_record(
+            out.parent, {out.name: ledger.files[out.name]}, inputs_read(), None, stage="report",
+            config_hash=config_hash(report_config(cfg)), command=stage_command("analysis.report")))
     log.info("wrote %s (%.0f kB) in %.1f s", out, len(text.encode()) / 1024,
              time.perf_counter() - started)
     return out

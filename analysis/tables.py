@@ -14,7 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import INIT, to_plain
-from pipeline.store import (PipelineError, checked_file, config_hash, inputs_read, make_record, note_input,
+from pipeline.store import (PipelineError, checked_file, config_hash, inputs_read, make_record, note_input, one_writer,
                             read_json, recording, hydra_overrides, stage_command, write_bytes, write_json, write_text)
 
 from .settings import setting
@@ -151,20 +151,22 @@ def write_table(path: str | Path, table: str, rows: Iterable[dict[str, Any]], se
     path = Path(path)
     rows = list(rows)
     text = to_csv(rows, COLUMNS[table])
-    with recording(path.parent) as ledger:
-        write_text(path, text)
-        if table in REPLICATED:
-            buffer = io.BytesIO()
-            np.savez_compressed(buffer, **replicate_arrays(rows, table))
-            write_bytes(replicates_path(path), buffer.getvalue())
-    outputs = dict(sorted(ledger.files.items()))
-    root = next((folder.parent for folder in path.parents if folder.name == "metrics"), None)  # <results>/metrics
-    record = make_record(path.parent, outputs, inputs_read(), root, table=table, rows=text.count("\n") - 1,
-                         settings=to_plain(settings), config_hash=config_hash(to_plain(settings)),
-                         command=command or _command(), **extra)
-    if started is not None:
-        record["wall_time_s"] = round(time.perf_counter() - started, 2)
-    write_json(path.with_suffix(".json"), record)
+    with one_writer(path):  # the CSV, its replicates and its record from one writer
+        with recording(path.parent) as ledger:
+            write_text(path, text)
+            if table in REPLICATED:
+                buffer = io.BytesIO()
+                np.savez_compressed(buffer, **replicate_arrays(rows, table))
+                write_bytes(replicates_path(path), buffer.getvalue())
+        outputs = dict(sorted(ledger.files.items()))
+        # the experiment's results folder: the one above metrics/
+        root = next((folder.parent for folder in path.parents if folder.name == "metrics"), None)
+        record = make_record(path.parent, outputs, inputs_read(), root, table=table, rows=text.count("\n") - 1,
+                             settings=to_plain(settings), config_hash=config_hash(to_plain(settings)),
+                             command=command or _command(), **extra)
+        if started is not None:
+            record["wall_time_s"] = round(time.perf_counter() - started, 2)
+        write_json(path.with_suffix(".json"), record)
     return path
 
 

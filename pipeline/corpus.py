@@ -24,7 +24,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from .config import data_config, require
-from .store import (PipelineError, STAGE_RECORD, atomic_path, checked_file, recording, sha256_file,
+from .store import (PipelineError, STAGE_RECORD, atomic_path, checked_file, one_writer, recording, sha256_file,
                     stage_command, stage_problem, write_stage_record, write_text)
 
 log = logging.getLogger("pipeline.corpus")
@@ -319,7 +319,13 @@ def prepare_command() -> str:
 
 def prepare_data(cfg: DictConfig) -> Path:
     """Read, check and split the corpus into cfg.paths.data; skipped when already done for this
-    data config and the same corpus files (their sha256 compared with the record). Returns the folder."""
+    data config and the same corpus files (their sha256 compared with the record). Returns the folder.
+    One writer at a time: a second is refused while the first runs."""
+    with one_writer(cfg.paths.data):
+        return _prepare_data(cfg)
+
+
+def _prepare_data(cfg: DictConfig) -> Path:
     folder = Path(str(cfg.paths.data))
     config = data_config(cfg)
     problem = stage_problem(folder, config)

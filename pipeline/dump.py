@@ -49,7 +49,7 @@ from .corpus import prepare_command, read_lines
 from .model import Model, ModelArgs, build_model, load_model
 from .objectives import Specials, mask_tokens, pad, specials
 from .runtime import resolve_device
-from .store import (STAGE_RECORD, HashingFile, PipelineError, config_hash, input_hashes, read_record,
+from .store import (STAGE_RECORD, HashingFile, PipelineError, config_hash, input_hashes, one_writer, read_record,
                     recorded_hash, recording, remove_stale_temporaries, require_upstream, stage_command,
                     stage_problem, torch_save, write_json, write_stage_record)
 from .tokenizer import FREQ_FILE, MODEL_FILE, Tokenizer, load_frequency_ranks
@@ -461,7 +461,15 @@ def _save_initial(cfg: DictConfig, tok: Tokenizer, path: Path) -> tuple[Model, d
 
 
 def dump(cfg: DictConfig) -> Path:
-    """Dump the layer states of `cfg.objective` / `cfg.seed` over the probe set into cfg.paths.dump."""
+    """Dump the layer states of `cfg.objective` / `cfg.seed` over the probe set into cfg.paths.dump
+    (a snapshot's: its own folder), one dump at a time per folder."""
+    check_dump_settings(cfg)
+    step = snapshot_step(cfg)
+    with one_writer(cfg.paths.dump if step is None or is_init(cfg) else snapshot_dump(cfg, step)):
+        return _dump(cfg)
+
+
+def _dump(cfg: DictConfig) -> Path:
     check_dump_settings(cfg)
     step = snapshot_step(cfg)
     initial = is_init(cfg)

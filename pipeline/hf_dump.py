@@ -46,8 +46,8 @@ from .corpus import prepare_command, read_lines
 from .dump import (CHUNK_BYTES, DTYPES, MASKED_DIR, TOKEN_COLUMNS, TOKENS_FILE, LayerWriter, chunks,
                    SentenceRows, discard, length_batches, partial_path, publish, remove_outputs, write_token_table)
 from .runtime import resolve_device
-from .store import (PipelineError, input_hashes, read_record, require_upstream, stage_command, stage_problem,
-                    write_stage_record)
+from .store import (PipelineError, input_hashes, one_writer, read_record, require_upstream, stage_command,
+                    stage_problem, write_stage_record)
 from .tokenizer import frequency_ranks
 
 log = logging.getLogger("pipeline.hf_dump")
@@ -322,7 +322,13 @@ def vocabulary_size(model, tokenizer) -> int:
 
 
 def dump(cfg: DictConfig) -> Path:
-    """Dump pretrained model `cfg.objective.name` over the probe set into cfg.paths.dump."""
+    """Dump pretrained model `cfg.objective.name` over the probe set into cfg.paths.dump, one dump at a
+    time per folder."""
+    with one_writer(cfg.paths.dump):
+        return _dump(cfg)
+
+
+def _dump(cfg: DictConfig) -> Path:
     check_dump_settings(cfg)
     label = str(cfg.objective.name)
     spec = hf.spec_of(cfg, label)

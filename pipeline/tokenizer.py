@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 
 from .config import data_config, require, tokenizer_config
 from .corpus import prepare_command, read_lines
-from .store import (PipelineError, STAGE_RECORD, checked_file, input_hashes, recording, require_upstream,
-                    stage_problem, write_bytes, write_stage_record, write_text)
+from .store import (PipelineError, STAGE_RECORD, checked_file, input_hashes, one_writer, recording,
+                    require_upstream, stage_problem, write_bytes, write_stage_record, write_text)
 
 log = logging.getLogger("pipeline.tokenizer")
 
@@ -250,7 +250,13 @@ def load_frequency_counts(folder: str | os.PathLike) -> np.ndarray:
 
 def train_tokenizer(cfg: DictConfig) -> Path:
     """Train the BPE model on the training split and count token frequencies, into
-    cfg.paths.tokenizer; skipped when already done for this config. Returns the folder."""
+    cfg.paths.tokenizer; skipped when already done for this config. Returns the folder. One writer
+    at a time: a second is refused while the first runs."""
+    with one_writer(cfg.paths.tokenizer):
+        return _train_tokenizer(cfg)
+
+
+def _train_tokenizer(cfg: DictConfig) -> Path:
     folder = Path(str(cfg.paths.tokenizer))
     config = tokenizer_config(cfg)
     data_folder = Path(str(cfg.paths.data))

@@ -20,6 +20,7 @@ every file above; the number of ranks is a runtime fact, not part of the config.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -43,8 +44,9 @@ from .evaluate import bleu, dev_metrics, to_device
 from .model import Model, ModelArgs, UnsafeCheckpoint, build_model, read_checkpoint
 from .objectives import make_batches, make_objective, specials
 from .runtime import autocast, resolve_device, resolve_precision, setup_runtime
-from .store import (PipelineError, atomic_path, config_hash, input_hashes, read_json, read_record, recording,
-                    require_upstream, stage_command, stage_problem, torch_save, write_json, write_stage_record)
+from .store import (PipelineError, atomic_path, config_hash, input_hashes, one_writer, read_json, read_record,
+                    recording, require_upstream, stage_command, stage_problem, torch_save, write_json,
+                    write_stage_record)
 from .tokenizer import MODEL_FILE, Tokenizer, fits, train_tokenizer
 
 log = logging.getLogger("pipeline.train")
@@ -283,11 +285,13 @@ def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict
     check_settings(cfg)
     world = world_from_env()
     if not world.distributed:
-        return _train(cfg, on_step, SINGLE)
+        with one_writer(cfg.paths.model):  # one training per model folder
+            return _train(cfg, on_step, SINGLE)
     if not world.main:  # one voice: rank 0 logs, the others warn only
         log.setLevel(logging.WARNING)
     try:
-        return _train(cfg, on_step, world)
+        with one_writer(cfg.paths.model) if world.main else contextlib.nullcontext():
+            return _train(cfg, on_step, world)
     finally:
         close_world(world)
 

@@ -394,3 +394,67 @@ def test_load_model_refuses_code_and_names_a_file_that_is_no_checkpoint(base, tm
     with pytest.raises(PipelineError, match=r"garbage\.pt is not a readable checkpoint"):
         load_model(tmp_path / "garbage.pt")
 
+
+# ---------------------------------------------------------------- 5: one writer per folder
+
+HOLDER = r"""
+import sys, time
+from pipeline.store import one_writer
+with one_writer(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def holder():
+    """Start a process that holds the writer's lock of a path (as a running stage would) until killed."""
+    started = []
+
+    def hold(path: Path) -> subprocess.Popen:
+        child = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        started.append(child)
+        assert child.stdout.readline().strip() == "held"
+        return child
+
+    yield hold
+    for child in started:
+        child.kill()
+        child.wait()
+
+
+def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_taken_over(tmp_path, holder):
+    from pipeline.store import one_writer
+
+    folder = tmp_path / "results" / "models" / "lm" / "seed1"
+    first = holder(folder)
+    with pytest.raises(PipelineError, match=rf"seed1 is being written by process {first.pid} on .*, since "):
+        with one_writer(folder):
+            pytest.fail("a second writer got the lock")
+    first.kill()  # SIGKILL: no cleanup ran, its lock file is still there
+    first.wait()
+    assert (folder.parent / ".seed1.lock").exists()
+    with one_writer(folder):
+        assert str(os.getpid()) in (folder.parent / ".seed1.lock").read_text()
+    assert not (folder.parent / ".seed1.lock").exists(), "the lock file outlived its writer"
+    with one_writer(tmp_path / "new" / "deeper" / "out"):  # folders it had to make for its lock go with it
+        pass
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("module,folder", [("pipeline.train", "models/lm/seed1"), ("pipeline.dump", "dumps/lm/seed1")])
+def test_a_stage_refuses_a_folder_another_process_writes(base, shared_zip, tmp_path, holder, module, folder):
+    """Two trainings or two dumps of one model: the second stops in one line before touching anything."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(base, results)
+    before = {p: p.read_bytes() for p in sorted((results / folder).rglob("*")) if p.is_file()}
+    first = holder(results / folder)
+    refused = run_cli("-m", module, *common(results, shared_zip), "objective=lm", "seed=1",
+                      f"hydra.run.dir={tmp_path}/hydra")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    line = last_line(refused.stderr)
+    assert line.startswith("error:") and f"is being written by process {first.pid}" in line, line
+    assert {p: p.read_bytes() for p in sorted((results / folder).rglob("*")) if p.is_file()} == before
