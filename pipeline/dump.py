@@ -488,7 +488,7 @@ def _dump(cfg: DictConfig) -> Path:
         if not require_upstream(folder, config, prepare_command()):
             raise PipelineError(f"{folder} holds no finished stage: run `{prepare_command()}` first")
     if not initial and ckpt_path.is_file():
-        require_upstream(model_folder, train_config(cfg), stage_command("pipeline.train"))
+        require_upstream(model_folder, train_config(cfg), stage_command("pipeline.train"), reader="pipeline.dump")
     if step is not None and not ckpt_path.is_file():
         summary = (read_record(model_folder) or {}).get("summary") or {}
         raise PipelineError(

@@ -484,15 +484,21 @@ def stage_is_current(folder: str | os.PathLike, config: Any) -> bool:
     return stage_problem(folder, config) is None
 
 
-def require_upstream(folder: str | os.PathLike, config: Any, command: str) -> bool:
+def require_upstream(folder: str | os.PathLike, config: Any, command: str, reader: str | None = None) -> bool:
     """For a stage about to read `folder`, made by another stage: False when nothing was made there
     yet; True when it holds a current stage of `config`; else one line naming what differs (the
-    setting and both values, or the damaged file) and the `command` that rebuilds it. Never rebuilds."""
-    if read_record(folder) is None:
+    setting and both values, or the damaged file) and the `command` that rebuilds it with this run's
+    settings, and, for the stage `reader` (its module), the command that reads it as it is. Never
+    rebuilds."""
+    record = read_record(folder)
+    if record is None:
         return False
     problem = stage_problem(folder, config)
     if problem:
-        raise PipelineError(f"{problem}; it is not rebuilt from here: rebuild it with `{command}`")
+        as_it_is = reader and record.get("config_hash") != config_hash(config) and rebased_command(
+            stage_command(reader), record.get("command"), record.get("config"))
+        alternative = f"; or read it as it is, with `{as_it_is}`" if as_it_is else ""
+        raise PipelineError(f"{problem}; it is not rebuilt from here: rebuild it with `{command}`{alternative}")
     return True
 
 
@@ -537,6 +543,33 @@ def stage_command(module: str, drop: Sequence[str] = (), add: Sequence[str] = ()
         return " ".join(["python -m", module, "<the same overrides>", *add])
     kept = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in drop]
     return " ".join(["python -m", module, *map(shlex.quote, [*kept, *add])])
+
+
+# Overrides that name which model or run a command is about, not how it is made: a command rebased on
+# another stage's keeps its own.
+_IDENTITY = ("experiment", "experiment_name", "objective", "objective.name", "seed", "snapshot")
+
+
+def rebased_command(own: str | None, source: str | None, source_config: Any) -> str | None:
+    """`own` (a stage's `python -m <module> <overrides>`) with the settings of `source_config` (the
+    settings a stage it reads was made with) taken from `source` (that stage's command): own's
+    override of such a setting is dropped and source's added; identity keys (objective, seed, ..) and
+    paths stay own's. The command that remakes a stage from its input as the input is now, or None
+    when a command is not a repeatable command line."""
+    import shlex
+
+    try:
+        mine, theirs = shlex.split(own or ""), shlex.split(source or "")
+    except ValueError:
+        return None
+    if mine[:2] != ["python", "-m"] or theirs[:2] != ["python", "-m"] or "<the same overrides>" in f"{own} {source}":
+        return None
+    held = set(_flatten(json.loads(json.dumps(source_config or {}, default=str))))
+    key = lambda o: o.lstrip("+~").split("=", 1)[0]  # noqa: E731
+    fixed = lambda k: k in _IDENTITY or k.startswith(("paths.", "hydra.", "hydra/"))  # noqa: E731
+    belongs = lambda k: not fixed(k) and (k in held or any(h.startswith(k + ".") for h in held))  # noqa: E731
+    words = [*mine[:3], *(o for o in mine[3:] if not belongs(key(o))), *(o for o in theirs[3:] if belongs(key(o)))]
+    return " ".join(words[:3] + [shlex.quote(w) for w in words[3:]])
 
 
 def make_record(folder: str | os.PathLike, outputs: dict[str, dict[str, Any]], inputs: dict[str, Any] | None,

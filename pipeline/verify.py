@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from .config import cli
-from .store import read_record, records_under, stage_problem
+from .store import input_path, owner_record, read_record, rebased_command, recorded_hash, records_under, stage_problem
 
 log = logging.getLogger("pipeline.verify")
 
@@ -31,6 +31,23 @@ def verify(roots: list[Path]) -> list[tuple[Path, str | None, int, int]]:
             found.append((record_file, stage_problem(target, full=True), len(outputs),
                           sum(int(e.get("size", 0)) for e in outputs.values())))
     return found
+
+
+def repair(record_file: Path) -> str:
+    """The command that repairs a damaged or stale record: its own command; for a stage whose input was
+    remade since (a model retrained with other settings, say), that command with the settings the
+    input was remade with, so that it reads the input as it is now instead of asking to remake it."""
+    record = read_record(record_file) or {}
+    own = record.get("command") or "the stage that made it"
+    for key, recorded in (record.get("inputs") or {}).items():
+        path = input_path(key, record_file.parent, record)
+        if recorded_hash(path) in (None, recorded):
+            continue
+        maker = read_record(path) if path.is_dir() else (owner_record(path) or (None, None, None))[1]
+        rebased = maker and rebased_command(own, maker.get("command"), maker.get("config"))
+        if rebased:
+            return rebased
+    return own
 
 
 def _label(record_file: Path) -> Path:
@@ -50,8 +67,7 @@ def run(cfg: DictConfig) -> None:
     n_files, n_bytes = sum(n for _, _, n, _ in found), sum(b for _, _, _, b in found)
     for record_file, problem, n, size in found:
         if problem:
-            command = (read_record(record_file) or {}).get("command") or "the stage that made it"
-            print(f"DAMAGED {record_file.parent}: {problem}; repair: {command}")
+            print(f"DAMAGED {record_file.parent}: {problem}; repair: {repair(record_file)}")
         else:
             print(f"ok      {_label(record_file)} ({n} files, {size / 1e6:.1f} MB)")
     print(f"{len(found)} records, {n_files} files, {n_bytes / 1e6:.1f} MB hashed in "

@@ -217,6 +217,40 @@ def test_verify_passes_a_clean_run_and_names_an_output_altered_in_place(results,
     assert "1 problem" in damaged.stdout
 
 
+def test_verify_repairs_a_stale_dump_with_a_command_that_reads_the_model_as_it_is(results, shared_zip):
+    """The model retrained with another setting after its dump: verify's repair is the dump's command
+    with the model's settings, which the dump accepts, and which leaves the newer model alone."""
+    import shlex
+
+    stage = ["experiment=smoke", f"paths.results={results}", f"data.archive={shared_zip}", "train.progress=false",
+             "objective=lm", "dump.device=cpu", *SHORT]
+    for step in (["-m", "pipeline.train", *stage, "train.lr=0.0015"], ["-m", "pipeline.dump", *stage, "train.lr=0.0015"],
+                 ["-m", "pipeline.train", *stage, "train.lr=0.0025"]):
+        done = run_cli(*step)
+        assert done.returncode == 0, done.stderr[-3000:]
+    model = sha256_file(results / "models/lm/seed1/model.pt")
+    args = ["-m", "pipeline.verify", "experiment=smoke", f"paths.results={results}", f"data.archive={shared_zip}",
+            f"paths.report={results}/no-report"]
+    stale = run_cli(*args)
+    assert stale.returncode == 1
+    line = next(line for line in stale.stdout.splitlines() if line.startswith("DAMAGED"))
+    assert "dumps/lm/seed1" in line and "model.pt" in line, line
+    command = line.split("; repair: ", 1)[1]
+    assert command.startswith("python -m pipeline.dump ") and "train.lr=0.0025" in command, command
+    assert "train.lr=0.0015" not in command, command
+    repaired = run_cli(*shlex.split(command)[1:])
+    assert repaired.returncode == 0, repaired.stderr[-3000:]
+    assert sha256_file(results / "models/lm/seed1/model.pt") == model, "the repair retrained the model"
+    again = run_cli(*args)
+    assert again.returncode == 0 and "no problem" in again.stdout, again.stdout[-2000:]
+    # the dump itself, given the older settings, names both ways out
+    refused = run_cli("-m", "pipeline.dump", *stage, "train.lr=0.0015")
+    assert refused.returncode == 2
+    message = refused.stderr.strip().splitlines()[-1]
+    assert "rebuild it with `python -m pipeline.train" in message and "train.lr=0.0015" in message, message
+    assert "or read it as it is, with `python -m pipeline.dump" in message and "train.lr=0.0025" in message, message
+
+
 def test_records_list_inputs_and_outputs_with_their_hashes(results):
     record = read_json(results / "dumps/lm/seed1/stage.json")
     outputs = record["outputs"]
