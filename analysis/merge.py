@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.faults import exit_on_machine_fault
 from pipeline.store import PipelineError
 
 from .tables import COLUMNS, merge_parts
@@ -25,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BaseException as e:  # a full or read-only disk, Ctrl-C: one line, as every stage's command line
+        exit_on_machine_fault(e)
+        raise
     print(f"wrote {out} from {len(args.parts)} parts")
     return 0
 

@@ -198,3 +198,23 @@ def test_ctrl_c_during_training_is_one_line_exit_130(prepared, shared_zip, tmp_p
     if model.exists():
         assert temporaries(model) == [], files(model)
     assert not (model / "stage.json").exists(), "an interrupted training has a record"
+
+
+def test_the_merge_command_line_ends_a_full_disk_in_one_line(monkeypatch, capsys, tmp_path):
+    """analysis.merge has its own argparse entry point (snakemake's merge rules call it): the same
+    one line and exit code 2 as the Hydra stages."""
+    import errno
+
+    from analysis import merge
+
+    out = tmp_path / "neighbours.csv"
+
+    def full(parts, path, table):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(merge, "merge_parts", full)
+    with pytest.raises(SystemExit) as stopped:
+        merge.main(["neighbours", str(out), str(tmp_path / "part.csv")])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no space left on device") and str(out) in err[0], err
