@@ -27,8 +27,9 @@ from pipeline.store import PipelineError, read_json, sha256_file
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run_cli(*args: str, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def tree(root: Path) -> set[str]:
@@ -48,8 +49,9 @@ def temporaries(folder: Path) -> list[str]:
 
 
 # A child that runs a stage's real CLI entry point (`<module>.main()`, as `python -m <module>`) with one
-# function replaced by one that SIGKILLs the process at its `nth` call (counting only calls with an
-# argument that ends with `match`, when given): argv = target nth match module overrides...
+# function replaced by one that SIGKILLs the process (or sends it the signal named in CHILD_SIGNAL:
+# SIGINT is Ctrl-C) at its `nth` call (counting only calls with an argument that ends with `match`,
+# when given): argv = target nth match module overrides...
 # `target` is `module:attr.path`; it is patched before the CLI's module is imported, so a name the
 # CLI's module imports from it is the patched one too.
 KILL_CHILD = r"""
@@ -65,7 +67,8 @@ def dying(*args, **kwargs):
     if not match or any(str(a).replace(os.sep, "/").endswith(match) for a in args):
         calls[0] += 1
         if calls[0] == nth:
-            os.kill(os.getpid(), signal.SIGKILL)  # no finally, no atexit: as the OOM killer would
+            # SIGKILL: no finally, no atexit, as the OOM killer would
+            os.kill(os.getpid(), getattr(signal, os.environ.get("CHILD_SIGNAL", "SIGKILL")))
     return real(*args, **kwargs)
 setattr(owner, name, dying)
 cli = importlib.import_module(module)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_faults import base_cfg, common, last_line, run_cli, temporaries
+from tests.unit.test_faults import KILL_CHILD, base_cfg, common, last_line, run_cli, temporaries
 
 MiB = 1 << 20
 
@@ -161,38 +161,16 @@ def test_a_pytorch_model_bin_that_does_not_unpickle_names_the_file(prepared, sha
 
 # ---------------------------------------------------------------- (d) Ctrl-C during training
 
-# The train CLI with one function replaced by one that sends this process SIGINT (as Ctrl-C does) at
-# its `nth` call: argv = target nth overrides... (`module:attr.path`, patched before the CLI is imported).
-INTERRUPT_CHILD = r"""
-import importlib, os, signal, sys
-target, nth = sys.argv[1], int(sys.argv[2])
-owner_name, _, attr = target.partition(":")
-owner = importlib.import_module(owner_name)
-*path, name = attr.split(".")
-for part in path:
-    owner = getattr(owner, part)
-real, calls = getattr(owner, name), [0]
-def interrupted(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == nth:
-        os.kill(os.getpid(), signal.SIGINT)
-    return real(*args, **kwargs)
-setattr(owner, name, interrupted)
-cli = importlib.import_module("pipeline.train")
-sys.argv = [cli.__file__, *sys.argv[3:]]
-cli.main()
-"""
-
-
 @pytest.mark.parametrize("target,nth", [
     ("torch.optim:AdamW.step", 3),                       # stepping
     ("torch:save", 1),                                   # writing a checkpoint under its temporary name
 ], ids=["stepping", "saving"])
 def test_ctrl_c_during_training_is_one_line_exit_130(prepared, shared_zip, tmp_path, target, nth):
     model = tmp_path / "model"
-    done = run_cli("-c", INTERRUPT_CHILD, target, str(nth), *common(prepared, shared_zip), "objective=lm", "seed=2",
-                   f"paths.model={model}", f"hydra.run.dir={tmp_path}/hydra", "train.max_steps=6",
-                   "train.eval_every=2", "train.dev_sentences=8", "train.bleu_sentences=4", "train.compile=false")
+    done = run_cli("-c", KILL_CHILD, target, str(nth), "", "pipeline.train", *common(prepared, shared_zip),
+                   "objective=lm", "seed=2", f"paths.model={model}", f"hydra.run.dir={tmp_path}/hydra",
+                   "train.max_steps=6", "train.eval_every=2", "train.dev_sentences=8", "train.bleu_sentences=4",
+                   "train.compile=false", env={"CHILD_SIGNAL": "SIGINT"})
     line = refused(done, 130)
     assert "interrupted" in line, line
     if model.exists():
