@@ -9,6 +9,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -17,6 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+
+log = logging.getLogger(__name__)
 
 
 class PipelineError(Exception):
@@ -107,6 +111,10 @@ def one_writer(path: str | os.PathLike) -> Iterator[None]:
             os.close(fd)
             raise PipelineError(f"{path} is being written by {holder}: one writer at a time; wait for it to end, "
                                 f"or stop it (its lock, {lock}, goes with the process)") from None
+        except OSError as error:  # a file system without locks (some cluster mounts): say so, go on
+            log.warning("%s: this file system does not lock (%s); nothing keeps a second writer out", lock,
+                        error.strerror)
+            break
         try:  # the holder may have removed the file between our open and our lock: lock the one there now
             current = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -116,9 +124,7 @@ def one_writer(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
     stale = _holder(fd) if os.fstat(fd).st_size else None
     if stale:
-        import logging
-
-        logging.getLogger(__name__).info("%s: taking over the lock of %s, which is gone", path, stale)
+        log.info("%s: taking over the lock of %s, which is gone", path, stale)
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     command = " ".join(sys.argv) if sys.argv and sys.argv[0] else "python"

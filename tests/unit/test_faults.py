@@ -445,6 +445,23 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_tak
     assert not (tmp_path / "new").exists()
 
 
+def test_on_a_file_system_without_locks_the_writer_is_warned_and_goes_on(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    from pipeline.store import one_writer
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ran = []
+    with caplog.at_level("WARNING", logger="pipeline.store"), one_writer(tmp_path / "out"):
+        ran.append(True)
+    assert ran and "does not lock (No locks available)" in caplog.text
+    assert not (tmp_path / ".out.lock").exists()
+
+
 @pytest.mark.parametrize("module,folder", [("pipeline.train", "models/lm/seed1"), ("pipeline.dump", "dumps/lm/seed1")])
 def test_a_stage_refuses_a_folder_another_process_writes(base, shared_zip, tmp_path, holder, module, folder):
     """Two trainings or two dumps of one model: the second stops in one line before touching anything."""
