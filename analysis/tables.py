@@ -14,8 +14,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import INIT, to_plain
-from pipeline.store import (PipelineError, checked_file, config_hash, inputs_read, make_record, note_input, one_writer,
-                            read_json, recording, hydra_overrides, stage_command, write_bytes, write_json, write_text)
+from pipeline.store import (PipelineError, checked_file, config_hash, inputs_read, make_record, note_input,
+                            one_writer, read_json, recording, hydra_overrides, stage_command, write_bytes, write_json,
+                            write_text)
 
 from .settings import setting
 

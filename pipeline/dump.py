@@ -470,7 +470,7 @@ def dump(cfg: DictConfig) -> Path:
 
 
 def _dump(cfg: DictConfig) -> Path:
-    check_dump_settings(cfg)
+    """`dump` once it holds its folder's lock (its settings checked)."""
     step = snapshot_step(cfg)
     initial = is_init(cfg)
     model_folder = Path(str(cfg.paths.model))
