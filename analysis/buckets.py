@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig
 
-from .settings import setting
+from analysis.settings import setting
 from pipeline.store import PipelineError
 
 log = logging.getLogger("analysis.buckets")

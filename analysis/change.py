@@ -32,11 +32,11 @@ from pipeline.config import cli
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
 
-from . import bootstrap
-from .buckets import FLOOR_KEY, BucketPlan, draw, plan_buckets, sample_floor, shuffle_seed
-from .dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, sample_rows
-from .measures import check_measure, distance, paired, replicates
-from .tables import part_path, section, write_table
+from analysis import bootstrap
+from analysis.buckets import FLOOR_KEY, BucketPlan, draw, plan_buckets, sample_floor, shuffle_seed
+from analysis.dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, sample_rows
+from analysis.measures import check_measure, distance, paired, replicates
+from analysis.tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.change")
 

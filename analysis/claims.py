@@ -51,11 +51,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from . import verdicts as rules
-from .estimates import (Curves, Rows, by_seed, common, fmt, influence_by_bucket, mi_curve, mi_stats, neighbour_rows,
+from analysis import verdicts as rules
+from analysis.estimates import (Curves, Rows, by_seed, common, fmt, influence_by_bucket, mi_curve, mi_stats, neighbour_rows,
                         path, seed_means)
-from .tables import SAME_INIT, SEED_BASELINE
-from .verdicts import FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Contrast, Line, Part, Rule, combine, mean_of, stat_of
+from analysis.tables import SAME_INIT, SEED_BASELINE
+from analysis.verdicts import FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Contrast, Line, Part, Rule, combine, mean_of, stat_of
 
 Tables = Mapping[str, "Rows | None"]
 VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED)

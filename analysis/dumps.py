@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from pipeline.config import model_grid
 from pipeline.dump import MASKED_DIR, META_FILE, layer_file, read_tokens
 from pipeline.store import STAGE_RECORD, PipelineError, checked_file, note_input, read_json
-from .settings import setting
+from analysis.settings import setting
 
 
 @dataclass(frozen=True)

@@ -43,15 +43,15 @@ from pipeline.dump import MASKED_DIR
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
 
-from . import bootstrap
-from .buckets import sample_floor, shuffle_seed
-from .dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
-from .kmeans import kmeans
-from .measures import check_measure, distance, paired, replicates
-from .mutual_info import RowSet, input_rows, masked_rows, mi_columns, mi_of_clusters, next_token_rows
-from .neighbours import layer_rows as neighbour_layer_rows
-from .settings import setting
-from .tables import evolution_part, evolution_settings, write_table
+from analysis import bootstrap
+from analysis.buckets import sample_floor, shuffle_seed
+from analysis.dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
+from analysis.kmeans import kmeans
+from analysis.measures import check_measure, distance, paired, replicates
+from analysis.mutual_info import RowSet, input_rows, masked_rows, mi_columns, mi_of_clusters, next_token_rows
+from analysis.neighbours import layer_rows as neighbour_layer_rows
+from analysis.settings import setting
+from analysis.tables import evolution_part, evolution_settings, write_table
 
 log = logging.getLogger("analysis.evolution")
 

@@ -23,10 +23,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pipeline.config import INIT  # noqa: E402
 
-from . import reference  # noqa: E402
-from .claims import cross_task  # noqa: E402
-from .reference import Curve, scaled_layers  # noqa: E402
-from .tables import DIFFERENT_INIT, INIT_PAIR, SEED_BASELINE  # noqa: E402
+from analysis import reference  # noqa: E402
+from analysis.claims import cross_task  # noqa: E402
+from analysis.reference import Curve, scaled_layers  # noqa: E402
+from analysis.tables import DIFFERENT_INIT, INIT_PAIR, SEED_BASELINE  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]]
 COLOURS = {"mt": "#1f6fb4", "mt_td": "#86b9e3", "lm": "#c8321e", "lm_td": "#f0a08f", "mlm": "#2f9a3c",

@@ -52,13 +52,13 @@ from pipeline.model import Block, Model, load_model
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError, sha256_file
 from pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from .settings import AFFECTED, setting
+from analysis.settings import AFFECTED, setting
 
-from . import bootstrap
-from .buckets import BucketPlan, plan_buckets, sample_floor, shuffle_seed
-from .dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, model_file
-from .measures import check_measure, distance, paired, replicates
-from .tables import part_path, section, write_table
+from analysis import bootstrap
+from analysis.buckets import BucketPlan, plan_buckets, sample_floor, shuffle_seed
+from analysis.dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, model_file
+from analysis.measures import check_measure, distance, paired, replicates
+from analysis.tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.influence")
 
@@ -237,7 +237,7 @@ class PretrainedStack:
     tokenizer's own input of each probe sentence, its rows at the non-special positions."""
 
     def __init__(self, stack, inputs: dict[int, tuple[np.ndarray, np.ndarray]], causal: bool, pad_id: int) -> None:
-        from .hf_influence import stack_blocks
+        from analysis.hf_influence import stack_blocks
 
         self.stack, self.sentence_inputs, self.causal, self.pad_id = stack, inputs, causal, pad_id
         self.n_layers = len(stack_blocks(stack))
@@ -263,7 +263,7 @@ class PretrainedStack:
 
     def removed(self, layer: int, states: list[torch.Tensor], tokens: torch.Tensor, owner: torch.Tensor,
                 removed: torch.Tensor) -> torch.Tensor:
-        from .hf_influence import removed_hidden_states
+        from analysis.hf_influence import removed_hidden_states
 
         return removed_hidden_states(self.stack, tokens[owner], self._attention[owner], layer, removed)
 
@@ -383,7 +383,7 @@ def pretrained_runner(cfg: DictConfig, dump: Dump, device: torch.device) -> tupl
     from pipeline import hf
     from pipeline.corpus import read_lines
     from pipeline.hf_dump import encode
-    from .hf_influence import removal_support
+    from analysis.hf_influence import removal_support
 
     spec = hf.spec_of(cfg, dump.objective)
     folder = hf.resolve(spec, cfg)

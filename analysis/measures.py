@@ -19,9 +19,9 @@ from omegaconf import DictConfig
 
 from pipeline.store import PipelineError
 
-from . import bootstrap
+from analysis import bootstrap
 
-from .similarity import MEASURES, Covariances, Spectrum, View, centre, distance_from_covariances
+from analysis.similarity import MEASURES, Covariances, Spectrum, View, centre, distance_from_covariances
 
 
 def check_measure(measure: str, key: str) -> str:

@@ -12,7 +12,7 @@ import sys
 from pipeline.faults import exit_on_machine_fault
 from pipeline.store import PipelineError
 
-from .tables import COLUMNS, merge_parts
+from analysis.tables import COLUMNS, merge_parts
 
 
 def main(argv: list[str] | None = None) -> int:

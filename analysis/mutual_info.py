@@ -40,12 +40,12 @@ from omegaconf import DictConfig
 from pipeline.config import cli
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
-from .settings import setting
+from analysis.settings import setting
 
-from . import bootstrap
-from .dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
-from .kmeans import kmeans
-from .tables import mi_cluster_counts, mi_settings, part_path, write_table
+from analysis import bootstrap
+from analysis.dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
+from analysis.kmeans import kmeans
+from analysis.tables import mi_cluster_counts, mi_settings, part_path, write_table
 
 log = logging.getLogger("analysis.mutual_info")
 

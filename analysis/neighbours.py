@@ -29,11 +29,11 @@ from omegaconf import DictConfig
 from pipeline.config import cli
 from pipeline.runtime import resolve_device
 from pipeline.store import PipelineError
-from .settings import METRICS, setting
+from analysis.settings import METRICS, setting
 
-from . import bootstrap
-from .dumps import dump_folder, load_dump, sample_rows
-from .tables import part_path, section, write_table
+from analysis import bootstrap
+from analysis.dumps import dump_folder, load_dump, sample_rows
+from analysis.tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.neighbours")
 

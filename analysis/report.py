@@ -22,12 +22,12 @@ from pipeline.config import INIT, RUNTIME_KEYS, cli, to_plain
 from pipeline.convergence import THRESHOLD as CONVERGED_BELOW
 from pipeline.store import (PipelineError, config_hash, inputs_read, make_record, one_writer, recording,
                             stage_command, versions, write_json, write_text)
-from .settings import SPECS, setting
+from analysis.settings import SPECS, setting
 
-from . import claims, gather, verdicts
-from .claims import Criteria, check_all
-from .tables import read_table, table_path, write_table
-from .html import (Section, details, esc, figure, key_values, not_measured, note, page, para, pre, table,
+from analysis import claims, gather, verdicts
+from analysis.claims import Criteria, check_all
+from analysis.tables import read_table, table_path, write_table
+from analysis.html import (Section, details, esc, figure, key_values, not_measured, note, page, para, pre, table,
                    verdict_cell)
 
 log = logging.getLogger("analysis.report")
@@ -62,7 +62,7 @@ def check_settings(cfg: DictConfig) -> None:
 # ---------------------------------------------------------------- setup
 
 def setup_section(exp: gather.Experiment, style) -> Section:
-    from .figures import training_curves
+    from analysis.figures import training_curves
 
     cfg = exp.cfg
     s = Section("setup", "Setup: corpus, models, training")
@@ -177,7 +177,7 @@ def pretrained_models(s: Section, exp: gather.Experiment) -> None:
 # ---------------------------------------------------------------- the claims
 
 def convergence_section(exp: gather.Experiment, style) -> Section:
-    from .figures import dev_loss_curves
+    from analysis.figures import dev_loss_curves
 
     s = Section("convergence", "Did training converge?")
     s.add(para("The study trained until the dev loss stopped improving. A run has converged when early "
@@ -406,14 +406,14 @@ def provenance_section(exp: gather.Experiment) -> Section:
 def build(cfg: DictConfig, probe_hardware: bool = True, claims_out: Path | None = None) -> str:
     """The report's HTML for `cfg`'s experiment; `claims_out`: where to write metrics/claims.csv, which the
     claim table is then read from (None: checked in memory)."""
-    from . import figures
-    from .report_sections import measurement_sections
+    from analysis import figures
+    from analysis.report_sections import measurement_sections
 
     check_settings(cfg)
     style = figures.Style(str(cfg.analysis.report.figure_format), int(cfg.analysis.report.dpi))
     exp = gather.collect(cfg, probe_hardware=probe_hardware)
     crit = Criteria.from_cfg(cfg)
-    from .report_evolution import evolution_section
+    from analysis.report_evolution import evolution_section
 
     rows = claim_table(cfg, exp, crit, claims_out)
     sections = [setup_section(exp, style), convergence_section(exp, style), claims_section(exp, crit, rows),

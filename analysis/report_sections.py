@@ -10,12 +10,12 @@ from omegaconf import OmegaConf
 
 from pipeline.config import INIT
 
-from . import figures, reference
-from .claims import Criteria
-from .estimates import influence_by_bucket, main_clusters, mean_by, neighbour_rows
-from .gather import Experiment, _read_json
-from .html import Section, details, esc, figure, note, not_measured, para, pre, table
-from .tables import DIFFERENT_INIT, INIT_PAIR, PRETRAINED_PAIR, SAME_INIT, SEED_BASELINE
+from analysis import figures, reference
+from analysis.claims import Criteria
+from analysis.estimates import influence_by_bucket, main_clusters, mean_by, neighbour_rows
+from analysis.gather import Experiment, _read_json
+from analysis.html import Section, details, esc, figure, note, not_measured, para, pre, table
+from analysis.tables import DIFFERENT_INIT, INIT_PAIR, PRETRAINED_PAIR, SAME_INIT, SEED_BASELINE
 
 BASE = ("mt", "lm", "mlm")
 TSNE_SETS = {"verbs": ("token", "occurrences of the four verbs, coloured by word (MLM input unmasked)"),

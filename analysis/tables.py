@@ -18,7 +18,7 @@ from pipeline.store import (PipelineError, checked_file, config_hash, inputs_rea
                             one_writer, read_json, recording, hydra_overrides, stage_command, write_bytes, write_json,
                             write_text)
 
-from .settings import setting
+from analysis.settings import setting
 
 # Columns of every table, in order (the report and the tests read them by name). `shuffled`: the same
 # distance with one view's rows permuted, at the same n (the no-correspondence level). `ci_low`,

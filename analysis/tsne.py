@@ -28,11 +28,11 @@ from omegaconf import DictConfig
 
 from pipeline.config import cli
 from pipeline.dump import MASKED_DIR
-from .settings import setting
+from analysis.settings import setting
 
-from .dumps import check_aligned, dump_folder, load_dump, sample_rows
-from .words import bare, occurrences
-from .tables import part_path, section, write_table
+from analysis.dumps import check_aligned, dump_folder, load_dump, sample_rows
+from analysis.words import bare, occurrences
+from analysis.tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.tsne")
 

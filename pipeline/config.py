@@ -11,8 +11,8 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .faults import exit_on_machine_fault, job_errors_reported_by_hydra, reporting_machine_faults
-from .store import PipelineError
+from pipeline.faults import exit_on_machine_fault, job_errors_reported_by_hydra, reporting_machine_faults
+from pipeline.store import PipelineError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("pipeline")
@@ -39,7 +39,7 @@ def to_plain(cfg: Any) -> Any:
 def data_config(cfg: DictConfig) -> dict:
     """What the corpus split depends on (not the tokenizer): the data settings, and how the text is
     normalised when it is read (a split made before, or otherwise, is stale)."""
-    from .corpus import NORMALISATION
+    from pipeline.corpus import NORMALISATION
 
     data = to_plain(cfg.data)
     data.pop("tokenizer", None)
@@ -49,7 +49,7 @@ def data_config(cfg: DictConfig) -> dict:
 def tokenizer_config(cfg: DictConfig) -> dict:
     """What the vocabulary and freq.tsv depend on: the data (data.max_len included: the counts leave
     out the sentences training drops as too long), the tokenizer settings, and that counting rule."""
-    from .tokenizer import FREQ_COUNTS
+    from pipeline.tokenizer import FREQ_COUNTS
 
     return {**data_config(cfg), "tokenizer": to_plain(cfg.data.tokenizer), "freq_counts": FREQ_COUNTS}
 
@@ -163,7 +163,7 @@ def init_grid(cfg: DictConfig) -> list[tuple[str, int]]:
 
 def pretrained_grid(cfg: DictConfig) -> list[tuple[str, int]]:
     """(label, 0) of every pretrained model of `pretrained.models` (pipeline/hf.py), in their order."""
-    from .hf import SEED, specs
+    from pipeline.hf import SEED, specs
 
     return [(label, SEED) for label in specs(cfg)]
 

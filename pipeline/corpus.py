@@ -23,8 +23,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from .config import data_config, require
-from .store import (PipelineError, STAGE_RECORD, atomic_path, checked_file, one_writer, recording, sha256_file,
+from pipeline.config import data_config, require
+from pipeline.store import (PipelineError, STAGE_RECORD, atomic_path, checked_file, one_writer, recording, sha256_file,
                     stage_command, stage_problem, write_stage_record, write_text)
 
 log = logging.getLogger("pipeline.corpus")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .store import PipelineError
+from pipeline.store import PipelineError
 
 
 @dataclass(frozen=True)

@@ -43,16 +43,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import (INIT, check_dump_settings, cli, data_config, init_config, snapshot_dump, snapshot_file,
+from pipeline.config import (INIT, check_dump_settings, cli, data_config, init_config, snapshot_dump, snapshot_file,
                      to_plain, tokenizer_config, train_config)
-from .corpus import prepare_command, read_lines
-from .model import Model, ModelArgs, build_model, load_model
-from .objectives import Specials, mask_tokens, pad, specials
-from .runtime import resolve_device
-from .store import (STAGE_RECORD, HashingFile, PipelineError, config_hash, input_hashes, one_writer, read_record,
+from pipeline.corpus import prepare_command, read_lines
+from pipeline.model import Model, ModelArgs, build_model, load_model
+from pipeline.objectives import Specials, mask_tokens, pad, specials
+from pipeline.runtime import resolve_device
+from pipeline.store import (STAGE_RECORD, HashingFile, PipelineError, config_hash, input_hashes, one_writer, read_record,
                     recorded_hash, recording, remove_stale_temporaries, require_upstream, stage_command,
                     stage_problem, torch_save, write_json, write_stage_record)
-from .tokenizer import FREQ_FILE, MODEL_FILE, Tokenizer, load_frequency_ranks
+from pipeline.tokenizer import FREQ_FILE, MODEL_FILE, Tokenizer, load_frequency_ranks
 
 log = logging.getLogger("pipeline.dump")
 

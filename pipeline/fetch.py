@@ -7,8 +7,8 @@ import logging
 
 from omegaconf import DictConfig
 
-from .config import check_data_settings, cli
-from .corpus import locate_archive
+from pipeline.config import check_data_settings, cli
+from pipeline.corpus import locate_archive
 
 log = logging.getLogger("pipeline.fetch")
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .store import PipelineError, sha256_file
+from pipeline.store import PipelineError, sha256_file
 
 ROLES = ("mlm", "lm", "mt")
 SEED = 0  # the seed every pretrained model is listed under
@@ -119,7 +119,7 @@ def specs(cfg: DictConfig) -> dict[str, HFSpec]:
 
 
 def _objective_names() -> set[str]:
-    from .config import CONFIG_DIR
+    from pipeline.config import CONFIG_DIR
 
     return {p.stem for p in (CONFIG_DIR / "objective").glob("*.yaml")}
 
@@ -143,7 +143,7 @@ def dump_config(cfg: DictConfig, label: str) -> dict:
     """What the dump of pretrained model `label` depends on: the data split (probe set and training
     source side), the model's settings, the dump settings but the device, and for an mlm its masking.
     Pure settings (no file is read): the workflow computes it while it parses."""
-    from .config import data_config, to_plain
+    from pipeline.config import data_config, to_plain
 
     spec = spec_of(cfg, label)
     mlm = (spec.role or OmegaConf.select(cfg, "objective.kind")) == "mlm"

@@ -40,15 +40,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import hf
-from .config import check_dump_settings, cli, data_config
-from .corpus import prepare_command, read_lines
-from .dump import (CHUNK_BYTES, DTYPES, MASKED_DIR, TOKEN_COLUMNS, TOKENS_FILE, LayerWriter, chunks,
+from pipeline import hf
+from pipeline.config import check_dump_settings, cli, data_config
+from pipeline.corpus import prepare_command, read_lines
+from pipeline.dump import (CHUNK_BYTES, DTYPES, MASKED_DIR, TOKEN_COLUMNS, TOKENS_FILE, LayerWriter, chunks,
                    SentenceRows, discard, length_batches, partial_path, publish, remove_outputs, write_token_table)
-from .runtime import resolve_device
-from .store import (PipelineError, input_hashes, one_writer, read_record, require_upstream, stage_command,
+from pipeline.runtime import resolve_device
+from pipeline.store import (PipelineError, input_hashes, one_writer, read_record, require_upstream, stage_command,
                     stage_problem, write_stage_record)
-from .tokenizer import frequency_ranks
+from pipeline.tokenizer import frequency_ranks
 
 log = logging.getLogger("pipeline.hf_dump")
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .store import PipelineError
+from pipeline.store import PipelineError
 
 KINDS = ("mt", "lm", "mlm")
 

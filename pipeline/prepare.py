@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from .config import cli
-from .corpus import prepare_data
-from .tokenizer import train_tokenizer
+from pipeline.config import cli
+from pipeline.corpus import prepare_data
+from pipeline.tokenizer import train_tokenizer
 
 
 def run(cfg: DictConfig) -> None:

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from .store import PipelineError
+from pipeline.store import PipelineError
 
 
 def has_fast_bf16() -> bool:

@@ -17,9 +17,9 @@ import numpy as np
 import sentencepiece as spm
 from omegaconf import DictConfig
 
-from .config import data_config, require, tokenizer_config
-from .corpus import prepare_command, read_lines
-from .store import (PipelineError, STAGE_RECORD, checked_file, input_hashes, one_writer, recording,
+from pipeline.config import data_config, require, tokenizer_config
+from pipeline.corpus import prepare_command, read_lines
+from pipeline.store import (PipelineError, STAGE_RECORD, checked_file, input_hashes, one_writer, recording,
                     require_upstream, stage_problem, write_bytes, write_stage_record, write_text)
 
 log = logging.getLogger("pipeline.tokenizer")

@@ -34,20 +34,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.profiler import record_function
 
-from .config import cli, data_config, kept_steps, max_minutes, snapshot_file, to_plain, tokenizer_config, train_config
-from .convergence import convergence, read_log
-from .distributed import SINGLE, World, world_from_env
-from .distributed import close as close_world
-from .distributed import init as init_world
-from .corpus import prepare_command, prepare_data, read_lines
-from .evaluate import bleu, dev_metrics, to_device
-from .model import Model, ModelArgs, UnsafeCheckpoint, build_model, read_checkpoint
-from .objectives import make_batches, make_objective, specials
-from .runtime import autocast, resolve_device, resolve_precision, setup_runtime
-from .store import (PipelineError, atomic_path, config_hash, input_hashes, one_writer, read_json, read_record,
+from pipeline.config import cli, data_config, kept_steps, max_minutes, snapshot_file, to_plain, tokenizer_config, train_config
+from pipeline.convergence import convergence, read_log
+from pipeline.distributed import SINGLE, World, world_from_env
+from pipeline.distributed import close as close_world
+from pipeline.distributed import init as init_world
+from pipeline.corpus import prepare_command, prepare_data, read_lines
+from pipeline.evaluate import bleu, dev_metrics, to_device
+from pipeline.model import Model, ModelArgs, UnsafeCheckpoint, build_model, read_checkpoint
+from pipeline.objectives import make_batches, make_objective, specials
+from pipeline.runtime import autocast, resolve_device, resolve_precision, setup_runtime
+from pipeline.store import (PipelineError, atomic_path, config_hash, input_hashes, one_writer, read_json, read_record,
                     recording, require_upstream, stage_command, stage_problem, torch_save, write_json,
                     write_stage_record)
-from .tokenizer import MODEL_FILE, Tokenizer, fits, train_tokenizer
+from pipeline.tokenizer import MODEL_FILE, Tokenizer, fits, train_tokenizer
 
 log = logging.getLogger("pipeline.train")
 
@@ -69,7 +69,7 @@ class TrainState:
 def check_settings(cfg: DictConfig) -> None:
     """Reject bad training settings before any work, naming the key (`pipeline.config`), and a
     device that is not there."""
-    from .config import check_train_settings
+    from pipeline.config import check_train_settings
 
     check_train_settings(cfg)
     resolve_device(str(cfg.train.device))

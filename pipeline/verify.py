@@ -14,8 +14,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .config import cli
-from .store import (input_path, owner_record, read_record, rebased_command, recorded_hash, records_under,
+from pipeline.config import cli
+from pipeline.store import (input_path, owner_record, read_record, rebased_command, recorded_hash, records_under,
                     stage_problem)
 
 log = logging.getLogger("pipeline.verify")
