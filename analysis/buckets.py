@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from analysis.settings import setting
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 
 log = logging.getLogger("analysis.buckets")
 

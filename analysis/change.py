@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 
 from pipeline.config import cli
 from pipeline.runtime import resolve_device
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 
 from analysis import bootstrap
 from analysis.buckets import FLOOR_KEY, BucketPlan, draw, plan_buckets, sample_floor, shuffle_seed

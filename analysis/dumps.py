@@ -16,7 +16,9 @@ from omegaconf import DictConfig
 
 from pipeline.config import model_grid
 from pipeline.dump import MASKED_DIR, META_FILE, layer_file, read_tokens
-from pipeline.store import STAGE_RECORD, PipelineError, checked_file, note_input, read_json
+from pipeline.records.stage import checked_file, note_input
+from pipeline.records.files import STAGE_RECORD, read_json
+from pipeline.errors import PipelineError
 from analysis.settings import setting
 
 

@@ -41,7 +41,7 @@ from omegaconf import DictConfig
 from pipeline.config import cli, snapshot_dump
 from pipeline.dump import MASKED_DIR
 from pipeline.runtime import resolve_device
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 
 from analysis import bootstrap
 from analysis.buckets import sample_floor, shuffle_seed

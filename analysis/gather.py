@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 
 from pipeline.config import INIT, model_grid, pretrained_grid
 from pipeline.convergence import convergence
-from pipeline.store import PipelineError, read_json
+from pipeline.records.files import read_json
+from pipeline.errors import PipelineError
 
 from analysis.tables import COLUMNS, read_record, read_replicates, read_table, replicates_path, table_path, with_replicates
 

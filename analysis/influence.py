@@ -50,7 +50,8 @@ from omegaconf import DictConfig
 from pipeline.config import cli
 from pipeline.model import Block, Model, load_model
 from pipeline.runtime import resolve_device
-from pipeline.store import PipelineError, sha256_file
+from pipeline.records.files import sha256_file
+from pipeline.errors import PipelineError
 from pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from analysis.settings import AFFECTED, setting
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 
 from analysis import bootstrap
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from pipeline.faults import exit_on_machine_fault
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 
 from analysis.tables import COLUMNS, merge_parts
 

@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 
 from pipeline.config import cli
 from pipeline.runtime import resolve_device
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 from analysis.settings import setting
 
 from analysis import bootstrap

@@ -20,8 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import INIT, RUNTIME_KEYS, cli, to_plain
 from pipeline.convergence import THRESHOLD as CONVERGED_BELOW
-from pipeline.store import (PipelineError, config_hash, inputs_read, make_record, one_writer, recording,
-                            stage_command, versions, write_json, write_text)
+from pipeline.records.stage import inputs_read, make_record
+from pipeline.records.provenance import stage_command, versions
+from pipeline.records.locks import one_writer
+from pipeline.records.files import config_hash, recording, write_json, write_text
+from pipeline.errors import PipelineError
 from analysis.settings import SPECS, setting
 
 from analysis import claims, gather, verdicts

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import is_int, number, positive_int, positive_int_or_none, require
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 
 MEASURES = ("pwcca", "svcca", "cka")  # the CCA-family distances (analysis.similarity)
 METRICS = ("cosine", "euclidean")  # nearest-neighbour metrics (analysis.neighbours)

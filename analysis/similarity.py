@@ -37,7 +37,7 @@ from analysis.tables import PRETRAINED_PAIR, pair_kind, section, table_path, wri
 from pipeline.config import cli
 from pipeline.hf import word_state
 from pipeline.runtime import resolve_device
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 from analysis.settings import MEASURES, setting
 
 log = logging.getLogger("analysis.similarity")

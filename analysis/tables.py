@@ -14,9 +14,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import INIT, to_plain
-from pipeline.store import (PipelineError, checked_file, config_hash, inputs_read, make_record, note_input,
-                            one_writer, read_json, recording, hydra_overrides, stage_command, write_bytes, write_json,
-                            write_text)
+from pipeline.records.stage import checked_file, inputs_read, make_record, note_input
+from pipeline.records.provenance import hydra_overrides, stage_command
+from pipeline.records.locks import one_writer
+from pipeline.records.files import config_hash, read_json, recording, write_bytes, write_json, write_text
+from pipeline.errors import PipelineError
 
 from analysis.settings import setting
 

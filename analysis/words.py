@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 from analysis.dumps import Dump
 
 WORD_START = "\u2581"

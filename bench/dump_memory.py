@@ -26,7 +26,7 @@ CHILD = """
 import resource, sys
 from pipeline.config import compose
 from pipeline.dump import dump
-from pipeline.store import read_json
+from pipeline.records.stage import read_json
 cfg = compose(sys.argv[1:])
 out = dump(cfg)
 meta = read_json(out / "meta.json")
@@ -57,7 +57,7 @@ def setup(root: Path, model: str, objective: str) -> None:
     from pipeline.config import compose, to_plain, train_config
     from pipeline.corpus import prepare_data
     from pipeline.model import ModelArgs, build_model
-    from pipeline.store import config_hash, torch_save
+    from pipeline.records.files import config_hash, torch_save
     from pipeline.tokenizer import Tokenizer, train_tokenizer
 
     cfg = compose(overrides(root, model, objective))

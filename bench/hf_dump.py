@@ -85,7 +85,7 @@ def main() -> None:
     from pipeline.corpus import read_lines
     from pipeline.hf_dump import dump
     from pipeline.prepare import run as prepare
-    from pipeline.store import read_json
+    from pipeline.records.files import read_json
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -4,7 +4,7 @@
 
 On the records the stages left under the results folder, times:
 - hashing while writing: the experiment's largest outputs (the layer files) written again to a
-  temporary folder, plainly and through `pipeline.store.HashingFile` (sha256 as the bytes go out),
+  temporary folder, plainly and through `pipeline.records.files.HashingFile` (sha256 as the bytes go out),
   in the same run; the ratio, and the extra seconds extrapolated to every byte the stages wrote;
 - the workflow's start-up check (`damaged_outputs`: one stat per recorded output);
 - every stage's own currency check, as each does before its work (`stage_problem`: settings,
@@ -23,8 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.store import (HashingFile, STAGE_RECORD, damaged_outputs, read_record, records_under,  # noqa: E402
-                            stage_problem)
+from pipeline.records.stage import damaged_outputs, read_record, records_under, stage_problem
+from pipeline.records.files import HashingFile, STAGE_RECORD
 from pipeline.verify import verify  # noqa: E402
 
 

@@ -12,7 +12,7 @@ import logging
 import math
 from pathlib import Path
 
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from pipeline.config import data_config, require
-from pipeline.store import (PipelineError, STAGE_RECORD, atomic_path, checked_file, one_writer, recording, sha256_file,
-                    stage_command, stage_problem, write_stage_record, write_text)
+from pipeline.records.stage import checked_file, stage_problem, write_stage_record
+from pipeline.records.provenance import stage_command
+from pipeline.records.locks import one_writer
+from pipeline.records.files import STAGE_RECORD, atomic_path, recording, sha256_file, write_text
+from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline.corpus")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 
 
 @dataclass(frozen=True)

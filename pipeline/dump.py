@@ -49,9 +49,13 @@ from pipeline.corpus import prepare_command, read_lines
 from pipeline.model import Model, ModelArgs, build_model, load_model
 from pipeline.objectives import Specials, mask_tokens, pad, specials
 from pipeline.runtime import resolve_device
-from pipeline.store import (STAGE_RECORD, HashingFile, PipelineError, config_hash, input_hashes, one_writer, read_record,
-                    recorded_hash, recording, remove_stale_temporaries, require_upstream, stage_command,
-                    stage_problem, torch_save, write_json, write_stage_record)
+from pipeline.records.stage import (input_hashes, read_record, recorded_hash, require_upstream,
+                                    stage_problem, write_stage_record)
+from pipeline.records.provenance import stage_command
+from pipeline.records.locks import one_writer
+from pipeline.records.files import (STAGE_RECORD, HashingFile, config_hash, recording,
+                                    remove_stale_temporaries, torch_save, write_json)
+from pipeline.errors import PipelineError
 from pipeline.tokenizer import FREQ_FILE, MODEL_FILE, Tokenizer, load_frequency_ranks
 
 log = logging.getLogger("pipeline.dump")

@@ -57,7 +57,7 @@ def _file_of(error: BaseException) -> str | None:
     import io
     import re
 
-    from pipeline.store import HashingFile
+    from pipeline.records.files import HashingFile
 
     name = getattr(error, "filename", None)
     if name is None:

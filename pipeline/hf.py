@@ -34,7 +34,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.store import PipelineError, sha256_file
+from pipeline.records.files import sha256_file
+from pipeline.errors import PipelineError
 
 ROLES = ("mlm", "lm", "mt")
 SEED = 0  # the seed every pretrained model is listed under

@@ -46,8 +46,11 @@ from pipeline.corpus import prepare_command, read_lines
 from pipeline.dump import (CHUNK_BYTES, DTYPES, MASKED_DIR, TOKEN_COLUMNS, TOKENS_FILE, LayerWriter, chunks,
                    SentenceRows, discard, length_batches, partial_path, publish, remove_outputs, write_token_table)
 from pipeline.runtime import resolve_device
-from pipeline.store import (PipelineError, input_hashes, one_writer, read_record, require_upstream, stage_command,
-                    stage_problem, write_stage_record)
+from pipeline.records.stage import (input_hashes, read_record, require_upstream, stage_problem,
+                                    write_stage_record)
+from pipeline.records.provenance import stage_command
+from pipeline.records.locks import one_writer
+from pipeline.errors import PipelineError
 from pipeline.tokenizer import frequency_ranks
 
 log = logging.getLogger("pipeline.hf_dump")

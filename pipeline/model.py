@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 
 KINDS = ("mt", "lm", "mlm")
 

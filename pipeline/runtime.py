@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 
 
 def has_fast_bf16() -> bool:

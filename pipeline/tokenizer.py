@@ -19,8 +19,11 @@ from omegaconf import DictConfig
 
 from pipeline.config import data_config, require, tokenizer_config
 from pipeline.corpus import prepare_command, read_lines
-from pipeline.store import (PipelineError, STAGE_RECORD, checked_file, input_hashes, one_writer, recording,
-                    require_upstream, stage_problem, write_bytes, write_stage_record, write_text)
+from pipeline.records.stage import (checked_file, input_hashes, require_upstream, stage_problem,
+                                    write_stage_record)
+from pipeline.records.locks import one_writer
+from pipeline.records.files import STAGE_RECORD, recording, write_bytes, write_text
+from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline.tokenizer")
 

@@ -44,9 +44,12 @@ from pipeline.evaluate import bleu, dev_metrics, to_device
 from pipeline.model import Model, ModelArgs, UnsafeCheckpoint, build_model, read_checkpoint
 from pipeline.objectives import make_batches, make_objective, specials
 from pipeline.runtime import autocast, resolve_device, resolve_precision, setup_runtime
-from pipeline.store import (PipelineError, atomic_path, config_hash, input_hashes, one_writer, read_json, read_record,
-                    recording, require_upstream, stage_command, stage_problem, torch_save, write_json,
-                    write_stage_record)
+from pipeline.records.stage import (input_hashes, read_record, require_upstream, stage_problem,
+                                    write_stage_record)
+from pipeline.records.provenance import stage_command
+from pipeline.records.locks import one_writer
+from pipeline.records.files import atomic_path, config_hash, read_json, recording, torch_save, write_json
+from pipeline.errors import PipelineError
 from pipeline.tokenizer import MODEL_FILE, Tokenizer, fits, train_tokenizer
 
 log = logging.getLogger("pipeline.train")

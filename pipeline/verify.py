@@ -15,8 +15,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline.config import cli
-from pipeline.store import (input_path, owner_record, read_record, rebased_command, recorded_hash, records_under,
-                    stage_problem)
+from pipeline.records.stage import (input_path, owner_record, read_record, recorded_hash, records_under,
+                                    stage_problem)
+from pipeline.records.provenance import rebased_command
 
 log = logging.getLogger("pipeline.verify")
 

@@ -13,8 +13,8 @@ from pipeline.config import to_plain, train_config
 from pipeline.convergence import read_log  # noqa: F401  (the tests read training logs through it)
 from pipeline.dump import MASKED_COLUMNS, MASKED_DIR, TOKEN_COLUMNS, layer_file, write_token_table
 from pipeline.model import ModelArgs, build_model
-from pipeline.store import (config_hash, outputs_digest, owner_record, recording, torch_save, write_json,
-                            write_stage_record, write_text)
+from pipeline.records.stage import outputs_digest, owner_record, write_stage_record
+from pipeline.records.files import config_hash, recording, torch_save, write_json, write_text
 
 
 # Overrides that make a smoke-config training short enough for a unit test (4 dev evaluations).

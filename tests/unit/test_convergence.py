@@ -6,7 +6,7 @@ import json
 import pytest
 
 from pipeline.convergence import THRESHOLD, convergence, model_convergence
-from pipeline.store import write_json
+from pipeline.records.files import write_json
 
 
 def curve(losses, every: int = 100) -> list[dict]:

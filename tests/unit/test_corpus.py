@@ -17,7 +17,7 @@ from pipeline import corpus
 from pipeline.config import compose
 from pipeline.corpus import (PipelineError, locate_archive, normalise, prepare_data, read_archive,
                              read_lines, read_parallel, split_pairs)
-from pipeline.store import sha256_file
+from pipeline.records.files import sha256_file
 
 REAL_ARCHIVE = Path(__file__).resolve().parents[3] / "shared/data/tatoeba-deu-eng/deu-eng.zip"
 EN = "the a house dog cat sees big small red green runs sleeps quickly today we you they".split()

@@ -12,7 +12,7 @@ import torch
 
 from analysis.gather import load_table
 from analysis.tables import REPLICATES
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 from tests.synthetic import FAST_TRAINING
 
 KEEP = "snapshots.keep=[0,10,30]"

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import compose
-from pipeline.store import PipelineError, read_json, sha256_file
+from pipeline.records.files import read_json, sha256_file
+from pipeline.errors import PipelineError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -363,7 +364,7 @@ def test_a_planted_last_checkpoint_is_refused_before_it_runs(base, shared_zip, t
 def test_a_replaced_model_with_its_record_rewritten_is_refused_by_the_dump(base, shared_zip, tmp_path):
     import shutil
 
-    from pipeline.store import STAGE_RECORD, write_json
+    from pipeline.records.files import STAGE_RECORD, write_json
 
     results, marker = tmp_path / "results", tmp_path / "ran"
     shutil.copytree(base, results)
@@ -402,7 +403,7 @@ def test_load_model_refuses_code_and_names_a_file_that_is_no_checkpoint(base, tm
 
 HOLDER = r"""
 import sys, time
-from pipeline.store import one_writer
+from pipeline.records.locks import one_writer
 with one_writer(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -427,7 +428,7 @@ def holder():
 
 
 def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_taken_over(tmp_path, holder):
-    from pipeline.store import one_writer
+    from pipeline.records.locks import one_writer
 
     folder = tmp_path / "results" / "models" / "lm" / "seed1"
     first = holder(folder)
@@ -449,14 +450,14 @@ def test_on_a_file_system_without_locks_the_writer_is_warned_and_goes_on(tmp_pat
     import errno
     import fcntl
 
-    from pipeline.store import one_writer
+    from pipeline.records.locks import one_writer
 
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     ran = []
-    with caplog.at_level("WARNING", logger="pipeline.store"), one_writer(tmp_path / "out"):
+    with caplog.at_level("WARNING", logger="pipeline.records.locks"), one_writer(tmp_path / "out"):
         ran.append(True)
     assert ran and "does not lock (No locks available)" in caplog.text
     assert not (tmp_path / ".out.lock").exists()

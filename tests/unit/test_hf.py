@@ -17,7 +17,8 @@ from analysis.dumps import load_dump  # noqa: E402
 from pipeline import hf  # noqa: E402
 from pipeline.config import compose, model_grid  # noqa: E402
 from pipeline.corpus import read_lines  # noqa: E402
-from pipeline.store import PipelineError, read_record  # noqa: E402
+from pipeline.records.stage import read_record  # noqa: E402
+from pipeline.errors import PipelineError
 from tests.hf_models import ROLES, build_all  # noqa: E402
 
 LABELS = {"bert": "bert", "gpt2": "gpt2", "marian": "marian"}  # label -> kind of tests/hf_models.py
@@ -136,7 +137,7 @@ def test_mlm_masked_run_uses_the_models_mask_token_and_its_head(exp):
 
 def test_a_second_dump_reuses_the_first_and_new_weights_redo_it(exp, caplog):
     from pipeline import hf_dump
-    from pipeline.store import stage_problem
+    from pipeline.records.stage import stage_problem
     from tests.hf_models import build
 
     folder = exp["root"] / "results" / "dumps" / "gpt2" / "seed0"

@@ -17,7 +17,7 @@ from pipeline.config import compose
 from pipeline.corpus import prepare_data, read_lines
 from pipeline.dump import dump
 from pipeline.model import ModelArgs, build_model
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 from pipeline.tokenizer import Tokenizer, train_tokenizer
 from tests.synthetic import replace_output, save_untrained
 

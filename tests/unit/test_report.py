@@ -19,7 +19,8 @@ import pytest
 from analysis.report import build, report_config, run
 from analysis.tables import REPLICATED, REPLICATES, pair_kind, write_table
 from pipeline.config import compose
-from pipeline.store import PipelineError, write_json
+from pipeline.records.files import write_json
+from pipeline.errors import PipelineError
 
 REPO = Path(__file__).resolve().parents[2]
 L = 3  # layers of the smoke experiment's tiny model

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import compose
 from pipeline.corpus import prepare_data, read_lines
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 from pipeline.tokenizer import (Tokenizer, frequency_ranks, load_frequency_counts,
                                 load_frequency_ranks, train_tokenizer)
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from pipeline.store import PipelineError
+from pipeline.errors import PipelineError
 from pipeline.train import train
 from tests.synthetic import FAST_TRAINING, read_log
 
@@ -53,7 +53,7 @@ def test_plateau_stop_ends_a_flat_run_and_never_a_falling_one(smoke_cfg, shared_
 
 def test_a_per_objective_time_cap_changes_only_its_objectives_models(smoke_cfg):
     from pipeline.config import max_minutes, train_config
-    from pipeline.store import config_hash
+    from pipeline.records.files import config_hash
 
     def cap_and_hash(objective, caps):
         cfg = smoke_cfg(f"objective={objective}", f"train.max_minutes={caps}")

@@ -338,7 +338,8 @@ DAMAGED_LM2 = {**NOTHING, "measure": 4, "merge": 4, "similarity": 1, "report": 1
     ("data", "probe.txt", GRID),
 ])
 def test_a_damaged_output_reruns_its_stage_and_what_depends_on_it(finished_copy, folder, damaged, expected):
-    from pipeline.store import outputs_digest, write_json
+    from pipeline.records.stage import outputs_digest
+    from pipeline.records.files import write_json
 
     stage = finished_copy / "results/smoke" / folder
     if damaged is None:

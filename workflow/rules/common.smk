@@ -33,7 +33,9 @@ from pipeline.config import (CONFIG_DIR, INIT, analysed_steps, check_experiment_
                              init_config, init_grid, max_minutes, to_plain, tokenizer_config, train_config)
 from pipeline.corpus import corpus_files  # noqa: E402
 from pipeline import hf  # noqa: E402  (light: transformers is imported by the dump job only)
-from pipeline.store import PipelineError, config_hash, damaged_outputs  # noqa: E402
+from pipeline.records.stage import damaged_outputs  # noqa: E402
+from pipeline.records.files import config_hash
+from pipeline.errors import PipelineError
 from analysis.settings import check_analysis_settings  # noqa: E402
 from analysis.tables import evolution_settings, mi_settings, section as analysis_section  # noqa: E402
 
