@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from analysis.kmeans import assign, kmeans
 from analysis.mutual_info import mi_of_clusters, plugin_mi
-from pipeline.runtime import resolve_device
+from pipeline.machine.runtime import resolve_device
 from bench.machine import cpu_model
 
 

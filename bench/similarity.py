@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere: the packages are
 
 from analysis.similarity import pwcca_distance
 from bench.machine import cpu_model
-from pipeline.runtime import resolve_device
+from pipeline.machine.runtime import resolve_device
 from tests import reference_similarity as reference
 
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from pipeline.faults import exit_on_machine_fault, job_errors_reported_by_hydra, reporting_machine_faults
+from pipeline.machine.faults import exit_on_machine_fault, job_errors_reported_by_hydra, reporting_machine_faults
 from pipeline.errors import PipelineError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"

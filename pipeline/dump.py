@@ -48,7 +48,7 @@ from pipeline.config import (INIT, check_dump_settings, cli, data_config, init_c
 from pipeline.corpus import prepare_command, read_lines
 from pipeline.model import Model, ModelArgs, build_model, load_model
 from pipeline.objectives import Specials, mask_tokens, pad, specials
-from pipeline.runtime import resolve_device
+from pipeline.machine.runtime import resolve_device
 from pipeline.records.stage import (input_hashes, read_record, recorded_hash, require_upstream,
                                     stage_problem, write_stage_record)
 from pipeline.records.provenance import stage_command

@@ -45,7 +45,7 @@ from pipeline.config import check_dump_settings, cli, data_config
 from pipeline.corpus import prepare_command, read_lines
 from pipeline.dump import (CHUNK_BYTES, DTYPES, MASKED_DIR, TOKEN_COLUMNS, TOKENS_FILE, LayerWriter, chunks,
                    SentenceRows, discard, length_batches, partial_path, publish, remove_outputs, write_token_table)
-from pipeline.runtime import resolve_device
+from pipeline.machine.runtime import resolve_device
 from pipeline.records.stage import (input_hashes, read_record, require_upstream, stage_problem,
                                     write_stage_record)
 from pipeline.records.provenance import stage_command

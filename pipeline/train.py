@@ -15,7 +15,7 @@ Writes to `paths.model` (results/<experiment>/models/<objective>/seed<seed>/):
 - `stage.json`: written last; a finished model with the same config is not trained again.
 
 Started by `torchrun --nproc-per-node N -m pipeline.train ...`, N ranks train the one model
-data-parallel (pipeline/distributed.py): the global batch split across them, rank 0 writing
+data-parallel (pipeline/machine/distributed.py): the global batch split across them, rank 0 writing
 every file above; the number of ranks is a runtime fact, not part of the config.
 """
 from __future__ import annotations
@@ -36,14 +36,14 @@ from torch.profiler import record_function
 
 from pipeline.config import cli, data_config, kept_steps, max_minutes, snapshot_file, to_plain, tokenizer_config, train_config
 from pipeline.convergence import convergence, read_log
-from pipeline.distributed import SINGLE, World, world_from_env
-from pipeline.distributed import close as close_world
-from pipeline.distributed import init as init_world
+from pipeline.machine.distributed import SINGLE, World, world_from_env
+from pipeline.machine.distributed import close as close_world
+from pipeline.machine.distributed import init as init_world
 from pipeline.corpus import prepare_command, prepare_data, read_lines
 from pipeline.evaluate import bleu, dev_metrics, to_device
 from pipeline.model import Model, ModelArgs, UnsafeCheckpoint, build_model, read_checkpoint
 from pipeline.objectives import make_batches, make_objective, specials
-from pipeline.runtime import autocast, resolve_device, resolve_precision, setup_runtime
+from pipeline.machine.runtime import autocast, resolve_device, resolve_precision, setup_runtime
 from pipeline.records.stage import (input_hashes, read_record, require_upstream, stage_problem,
                                     write_stage_record)
 from pipeline.records.provenance import stage_command
@@ -284,7 +284,7 @@ RANK_SEED_STRIDE = 1_000_003
 def train(cfg: DictConfig, on_step: Callable[[int], None] | None = None) -> dict:
     """Train `cfg.objective` with `cfg.seed`; returns the summary. `on_step(step)` is called after
     every optimiser step (and its checkpoint), e.g. to stop a run in tests. Under torchrun, every
-    rank calls this (see pipeline/distributed.py)."""
+    rank calls this (see pipeline/machine/distributed.py)."""
     check_settings(cfg)
     world = world_from_env()
     if not world.distributed:

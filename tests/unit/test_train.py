@@ -196,7 +196,7 @@ def _first_losses(cfg, n_steps=2):
     from pipeline.evaluate import to_device
     from pipeline.model import ModelArgs, build_model
     from pipeline.objectives import make_batches, make_objective, specials
-    from pipeline.runtime import resolve_precision
+    from pipeline.machine.runtime import resolve_precision
     from pipeline.tokenizer import Tokenizer, train_tokenizer
     from pipeline.train import load_examples, make_optimizer, make_step
 

@@ -69,7 +69,7 @@ for _override in OVERRIDES:
 
 GPUS = int(config["gpus"])
 # GPUs of one train job (null: `gpus`); above 1 the job starts that many ranks of one training
-# with torchrun (pipeline/distributed.py), each on its own GPU.
+# with torchrun (pipeline/machine/distributed.py), each on its own GPU.
 TRAIN_GPUS = GPUS if config.get("train_gpus") is None else int(config["train_gpus"])
 TRAIN_LAUNCHER = ([PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={TRAIN_GPUS}"]
                   if TRAIN_GPUS > 1 else [PYTHON])

@@ -1,0 +1,1 @@
+"""The machine a stage runs on: devices and precision, several GPUs, and faults of the machine itself."""
