@@ -28,8 +28,8 @@ import time
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline.config import cli
-from pipeline.runtime import resolve_device
+from pipeline.config.cli import cli
+from pipeline.machine.runtime import resolve_device
 from pipeline.errors import PipelineError
 
 from analysis import bootstrap

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline.config import model_grid
+from pipeline.config.grid import model_grid
 from pipeline.dump import MASKED_DIR, META_FILE, layer_file, read_tokens
 from pipeline.records.stage import checked_file, note_input
 from pipeline.records.files import STAGE_RECORD, read_json

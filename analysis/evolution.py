@@ -38,9 +38,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config import cli, snapshot_dump
+from pipeline.config.cli import cli
+from pipeline.config.grid import snapshot_dump
 from pipeline.dump import MASKED_DIR
-from pipeline.runtime import resolve_device
+from pipeline.machine.runtime import resolve_device
 from pipeline.errors import PipelineError
 
 from analysis import bootstrap

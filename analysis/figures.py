@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from pipeline.config import INIT  # noqa: E402
+from pipeline.config.grid import INIT  # noqa: E402
 
 from analysis import reference  # noqa: E402
 from analysis.claims import cross_task  # noqa: E402

@@ -19,7 +19,8 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
-from pipeline.config import INIT, model_grid, pretrained_grid
+from pipeline.config.grid import model_grid, pretrained_grid
+from pipeline.config.grid import INIT
 from pipeline.convergence import convergence
 from pipeline.records.files import read_json
 from pipeline.errors import PipelineError

@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config import cli
+from pipeline.config.cli import cli
 from pipeline.model import Block, Model, load_model
-from pipeline.runtime import resolve_device
+from pipeline.machine.runtime import resolve_device
 from pipeline.records.files import sha256_file
 from pipeline.errors import PipelineError
 from pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -382,11 +382,12 @@ def pretrained_runner(cfg: DictConfig, dump: Dump, device: torch.device) -> tupl
     """The runner of a pretrained model's dump (its weights checked against the dump's), or None and
     the reason the removal cannot be done for its architecture (analysis/hf_influence.py)."""
     from pipeline import hf
+    from pipeline.config import pretrained
     from pipeline.corpus import read_lines
     from pipeline.hf_dump import encode
     from analysis.hf_influence import removal_support
 
-    spec = hf.spec_of(cfg, dump.objective)
+    spec = pretrained.spec_of(cfg, dump.objective)
     folder = hf.resolve(spec, cfg)
     recorded = dump.meta.get("checkpoint_sha256")
     now = ",".join(w["sha256"] for w in hf.describe(spec, folder, dump.kind, hf.read_config(folder))["weights"])

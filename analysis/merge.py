@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.faults import exit_on_machine_fault
+from pipeline.machine.faults import exit_on_machine_fault
 from pipeline.errors import PipelineError
 
 from analysis.tables import COLUMNS, merge_parts

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config import cli
-from pipeline.runtime import resolve_device
+from pipeline.config.cli import cli
+from pipeline.machine.runtime import resolve_device
 from pipeline.errors import PipelineError
 from analysis.settings import METRICS, setting
 

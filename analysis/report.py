@@ -18,7 +18,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import INIT, RUNTIME_KEYS, cli, to_plain
+from pipeline.config.compose import RUNTIME_KEYS, to_plain
+from pipeline.config.cli import cli
+from pipeline.config.grid import INIT
 from pipeline.convergence import THRESHOLD as CONVERGED_BELOW
 from pipeline.records.stage import inputs_read, make_record
 from pipeline.records.provenance import stage_command, versions

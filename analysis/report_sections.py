@@ -8,7 +8,7 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from pipeline.config import INIT
+from pipeline.config.grid import INIT
 
 from analysis import figures, reference
 from analysis.claims import Criteria

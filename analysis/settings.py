@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import is_int, number, positive_int, positive_int_or_none, require
+from pipeline.config.checks import is_int, number, positive_int, positive_int_or_none, require
 from pipeline.errors import PipelineError
 
 MEASURES = ("pwcca", "svcca", "cka")  # the CCA-family distances (analysis.similarity)

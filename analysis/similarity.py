@@ -34,9 +34,9 @@ from analysis.buckets import FLOOR_KEY, sample_floor, shuffle_seed
 from analysis import words
 from analysis.dumps import check_aligned, load_grid, sample_rows
 from analysis.tables import PRETRAINED_PAIR, pair_kind, section, table_path, write_table
-from pipeline.config import cli
-from pipeline.hf import word_state
-from pipeline.runtime import resolve_device
+from pipeline.config.cli import cli
+from pipeline.config.pretrained import word_state
+from pipeline.machine.runtime import resolve_device
 from pipeline.errors import PipelineError
 from analysis.settings import MEASURES, setting
 

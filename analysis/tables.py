@@ -13,7 +13,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import INIT, to_plain
+from pipeline.config.compose import to_plain
+from pipeline.config.grid import INIT
 from pipeline.records.stage import checked_file, inputs_read, make_record, note_input
 from pipeline.records.provenance import hydra_overrides, stage_command
 from pipeline.records.locks import one_writer

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config import cli
+from pipeline.config.cli import cli
 from pipeline.dump import MASKED_DIR
 from analysis.settings import setting
 

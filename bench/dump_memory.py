@@ -24,7 +24,7 @@ from tests.synthetic import replace_output  # noqa: E402  (rewrites probe.txt an
 # Run in a child so that each measurement starts from a clean process; prints "n_tokens peak_kib".
 CHILD = """
 import resource, sys
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from pipeline.dump import dump
 from pipeline.records.stage import read_json
 cfg = compose(sys.argv[1:])
@@ -36,7 +36,7 @@ print(meta["n_tokens"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 # The same child without the dump: what importing torch and loading the model costs alone.
 BASELINE = """
 import resource, sys
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from pipeline.dump import _load_checkpoint
 from pathlib import Path
 cfg = compose(sys.argv[1:])
@@ -54,7 +54,8 @@ def setup(root: Path, model: str, objective: str) -> None:
     """Data, tokenizer and an untrained model.pt in the format train.py writes."""
     from omegaconf import OmegaConf
 
-    from pipeline.config import compose, to_plain, train_config
+    from pipeline.config.compose import compose, to_plain
+    from pipeline.config.stages import train_config
     from pipeline.corpus import prepare_data
     from pipeline.model import ModelArgs, build_model
     from pipeline.records.files import config_hash, torch_save

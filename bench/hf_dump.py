@@ -60,8 +60,9 @@ def reference(folder: Path, kind: str, lines: list[str]) -> tuple[int, float]:
     import torch
 
     from pipeline import hf
+    from pipeline.config import pretrained
 
-    _, stack, tok = hf.load(hf.HFSpec(kind, str(folder)), folder, ROLES[kind], torch.device("cpu"), torch.float32)
+    _, stack, tok = hf.load(pretrained.HFSpec(kind, str(folder)), folder, ROLES[kind], torch.device("cpu"), torch.float32)
     n, started = 0, time.perf_counter()
     with torch.inference_mode():
         for line in lines:
@@ -81,7 +82,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from pipeline.config import compose
+    from pipeline.config.compose import compose
     from pipeline.corpus import read_lines
     from pipeline.hf_dump import dump
     from pipeline.prepare import run as prepare

@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import describe  # noqa: E402
-from pipeline.config import compose, to_plain  # noqa: E402
+from pipeline.config.compose import compose, to_plain  # noqa: E402
 from pipeline.evaluate import bleu, dev_metrics, to_device  # noqa: E402
 from pipeline.model import Attention, ModelArgs, OutputHead, build_model  # noqa: E402
 from pipeline.objectives import make_batches, make_objective, specials  # noqa: E402

@@ -33,7 +33,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import describe  # noqa: E402
-from pipeline.config import compose, to_plain  # noqa: E402
+from pipeline.config.compose import compose, to_plain  # noqa: E402
 from pipeline.evaluate import to_device  # noqa: E402
 from pipeline.model import ModelArgs, build_model, sinusoids  # noqa: E402
 from pipeline.objectives import IGNORE, make_batches, make_objective, specials  # noqa: E402

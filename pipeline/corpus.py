@@ -23,12 +23,13 @@ from typing import Iterable, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline.config import data_config, require
-from pipeline.records.stage import checked_file, stage_problem, write_stage_record
-from pipeline.records.provenance import stage_command
-from pipeline.records.locks import one_writer
-from pipeline.records.files import STAGE_RECORD, atomic_path, recording, sha256_file, write_text
+from pipeline.config.checks import require
+from pipeline.config.stages import data_config
 from pipeline.errors import PipelineError
+from pipeline.records.files import STAGE_RECORD, atomic_path, recording, sha256_file, write_text
+from pipeline.records.locks import one_writer
+from pipeline.records.provenance import stage_command
+from pipeline.records.stage import checked_file, stage_problem, write_stage_record
 
 log = logging.getLogger("pipeline.corpus")
 
@@ -66,8 +67,6 @@ def _check_controls(lines: list[str], label: str) -> None:
 # split, and the tokenizer learns the character as a piece): zero-width space, non-joiner and joiner,
 # word joiner, and the byte-order mark met inside a text (U+FEFF, zero-width no-break space).
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
-# What `normalise` does, in the data stage's config (`data_config`): a split made otherwise is stale.
-NORMALISATION = "NFC; U+200B, U+200C, U+200D, U+2060, U+FEFF removed; whitespace collapsed"
 
 
 def normalise(text: str) -> str:

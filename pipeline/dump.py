@@ -43,8 +43,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import (INIT, check_dump_settings, cli, data_config, init_config, snapshot_dump, snapshot_file,
-                     to_plain, tokenizer_config, train_config)
+from pipeline.config.compose import to_plain
+from pipeline.config.cli import cli
+from pipeline.config.grid import snapshot_dump, snapshot_file
+from pipeline.config.stages import data_config, init_config, tokenizer_config, train_config
+from pipeline.config.grid import INIT
+from pipeline.config.checks import check_dump_settings
 from pipeline.corpus import prepare_command, read_lines
 from pipeline.model import Model, ModelArgs, build_model, load_model
 from pipeline.objectives import Specials, mask_tokens, pad, specials

@@ -7,7 +7,8 @@ import logging
 
 from omegaconf import DictConfig
 
-from pipeline.config import check_data_settings, cli
+from pipeline.config.cli import cli
+from pipeline.config.checks import check_data_settings
 from pipeline.corpus import locate_archive
 
 log = logging.getLogger("pipeline.fetch")

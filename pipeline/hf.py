@@ -27,21 +27,15 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.records.files import sha256_file
+from pipeline.config.pretrained import HFSpec, _setting
 from pipeline.errors import PipelineError
+from pipeline.records.files import sha256_file
 
-ROLES = ("mlm", "lm", "mt")
-SEED = 0  # the seed every pretrained model is listed under
-DTYPES = ("float32", "float16", "bfloat16")
-WORD_STATES = ("first", "mean")
-_LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 # model_type of config.json -> role, for configs whose `architectures` say nothing usable
 _TYPE_ROLE = {**dict.fromkeys(("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta",
                                "deberta-v2", "camembert", "albert", "modernbert"), "mlm"),
@@ -52,117 +46,6 @@ _TYPE_ROLE = {**dict.fromkeys(("bert", "roberta", "xlm-roberta", "distilbert", "
 
 class ModelNotAvailable(PipelineError):
     """A named model is neither a local folder nor in the local Hugging Face cache."""
-
-
-@dataclass(frozen=True)
-class HFSpec:
-    """One pretrained model of an experiment, as its settings give it."""
-
-    label: str
-    name: str
-    role: str | None = None       # None: inferred from config.json
-    revision: str | None = None   # a branch, tag or commit of the hub repository (None: what is cached)
-    dtype: str | None = None      # the dtype the model runs in (None: its config's torch_dtype, else float32)
-
-    @property
-    def is_folder(self) -> bool:
-        return Path(self.name).expanduser().is_dir()
-
-    def fetch_command(self) -> str:
-        revision = f" --revision {self.revision}" if self.revision else ""
-        return f"hf download {self.name}{revision}"
-
-
-def _setting(label: str, key: str) -> str:
-    return f"pretrained.models.{label}.{key}"
-
-
-def specs(cfg: DictConfig) -> dict[str, HFSpec]:
-    """The pretrained models of `cfg` by label, checked (label, name, role, revision, dtype)."""
-    models = OmegaConf.select(cfg, "pretrained.models", default=None)
-    if models is None:
-        return {}
-    models = OmegaConf.to_container(models, resolve=True) if OmegaConf.is_config(models) else models
-    if not isinstance(models, dict):
-        raise PipelineError(f"setting pretrained.models={models!r}: expected a mapping label -> "
-                            "{name: <hub name or folder>, role: mlm|lm|mt}")
-    objectives = _objective_names()
-    out = {}
-    for label, entry in models.items():
-        label = str(label)
-        if not _LABEL.match(label):
-            raise PipelineError(f"setting pretrained.models.{label}: a label is letters, digits and _ . - "
-                                "(starting with a letter); it names the model's folders and table rows")
-        if label in objectives:
-            raise PipelineError(f"setting pretrained.models.{label}: {label!r} is an objective's name "
-                                f"(conf/objective/{label}.yaml); give the pretrained model another label")
-        if entry is None:
-            continue  # `pretrained.models.<label>=null` drops a model an experiment names
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
-            raise PipelineError(f"setting {_setting(label, 'name')}={entry!r}: expected a hub name "
-                                "(e.g. bert-base-cased) or a local folder")
-        unknown = sorted(set(entry) - {"name", "role", "revision", "dtype"})
-        if unknown:
-            raise PipelineError(f"setting pretrained.models.{label}: unknown keys {unknown} "
-                                "(known: name, role, revision, dtype)")
-        role, dtype, revision = entry.get("role"), entry.get("dtype"), entry.get("revision")
-        if role is not None and role not in ROLES:
-            raise PipelineError(f"setting {_setting(label, 'role')}={role!r}: expected one of {', '.join(ROLES)} "
-                                "or null (inferred from the model's config)")
-        if dtype is not None and dtype not in DTYPES:
-            raise PipelineError(f"setting {_setting(label, 'dtype')}={dtype!r}: expected one of "
-                                f"{', '.join(DTYPES)} or null (the model's own)")
-        if revision is not None and not isinstance(revision, str):
-            raise PipelineError(f"setting {_setting(label, 'revision')}={revision!r}: expected a branch, "
-                                "tag or commit hash")
-        out[label] = HFSpec(label, str(entry["name"]), role, revision, dtype)
-    return out
-
-
-def _objective_names() -> set[str]:
-    from pipeline.config import CONFIG_DIR
-
-    return {p.stem for p in (CONFIG_DIR / "objective").glob("*.yaml")}
-
-
-def spec_of(cfg: DictConfig, label: str) -> HFSpec:
-    models = specs(cfg)
-    if label not in models:
-        raise PipelineError(f"{label!r} is not a pretrained model of experiment {cfg.experiment_name} "
-                            f"(pretrained.models: {', '.join(models) or 'none'})")
-    return models[label]
-
-
-def word_state(cfg: DictConfig) -> str:
-    value = OmegaConf.select(cfg, "pretrained.word_state", default="first")
-    if value not in WORD_STATES:
-        raise PipelineError(f"setting pretrained.word_state={value!r}: expected first or mean")
-    return str(value)
-
-
-def dump_config(cfg: DictConfig, label: str) -> dict:
-    """What the dump of pretrained model `label` depends on: the data split (probe set and training
-    source side), the model's settings, the dump settings but the device, and for an mlm its masking.
-    Pure settings (no file is read): the workflow computes it while it parses."""
-    from pipeline.config import data_config, to_plain
-
-    spec = spec_of(cfg, label)
-    mlm = (spec.role or OmegaConf.select(cfg, "objective.kind")) == "mlm"
-    # the masked run's settings matter to an mlm only
-    settings = {k: v for k, v in to_plain(cfg.dump).items()
-                if k != "device" and (mlm or k not in ("mlm_masked", "mask_seed", "mlm_maskings"))}
-    out = {**data_config(cfg), "pretrained": {"name": spec.name, "role": spec.role, "revision": spec.revision,
-                                              "dtype": spec.dtype},
-           "batch_tokens": int(OmegaConf.select(cfg, "pretrained.batch_tokens", default=2048)), "dump": settings}
-    if mlm:
-        out["masking"] = _masking(cfg)
-    return out
-
-
-def _masking(cfg: DictConfig) -> dict[str, float]:
-    objective = cfg.objective
-    return {key: float(objective.get(key, default)) for key, default in
-            (("mask_prob", 0.15), ("mask_token_prob", 0.8), ("random_token_prob", 0.1))}
 
 
 # ---------------------------------------------------------------- finding the files

@@ -41,7 +41,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import hf
-from pipeline.config import check_dump_settings, cli, data_config
+from pipeline.config import pretrained
+from pipeline.config.cli import cli
+from pipeline.config.stages import data_config, pretrained_dump_config
+from pipeline.config.checks import check_dump_settings
 from pipeline.corpus import prepare_command, read_lines
 from pipeline.dump import (CHUNK_BYTES, DTYPES, MASKED_DIR, TOKEN_COLUMNS, TOKENS_FILE, LayerWriter, chunks,
                    SentenceRows, discard, length_batches, partial_path, publish, remove_outputs, write_token_table)
@@ -334,9 +337,9 @@ def dump(cfg: DictConfig) -> Path:
 def _dump(cfg: DictConfig) -> Path:
     check_dump_settings(cfg)
     label = str(cfg.objective.name)
-    spec = hf.spec_of(cfg, label)
-    if int(cfg.seed) != hf.SEED:
-        raise PipelineError(f"setting seed={cfg.seed}: a pretrained model is listed as seed {hf.SEED}")
+    spec = pretrained.spec_of(cfg, label)
+    if int(cfg.seed) != pretrained.SEED:
+        raise PipelineError(f"setting seed={cfg.seed}: a pretrained model is listed as seed {pretrained.SEED}")
     batch_tokens = OmegaConf.select(cfg, "pretrained.batch_tokens", default=2048)
     if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens < 1:
         raise PipelineError(f"setting pretrained.batch_tokens={batch_tokens!r}: expected a positive integer")
@@ -350,7 +353,7 @@ def _dump(cfg: DictConfig) -> Path:
     if str(cfg.objective.kind) != role:
         raise PipelineError(f"{label} plays role {role}: run with objective={role} objective.name={label} "
                             f"(the setting objective={cfg.objective.kind} picks the masking config of another role)")
-    stage_cfg = hf.dump_config(cfg, label)
+    stage_cfg = pretrained_dump_config(cfg, label)
     probe_path, source_path = data / "probe.txt", data / FREQ_SOURCE
     weights = hf.weight_files(folder)
     problem = stage_problem(out, stage_cfg)
@@ -384,7 +387,7 @@ def _dump(cfg: DictConfig) -> Path:
             "n_skipped_too_long": probe.n_too_long, "n_skipped_empty": probe.n_empty,
             "max_input_length": max_length, "n_layers": n_layers, "n_layer_files": n_layers + 1, "d_model": d_model,
             "dtype": dtype, "model_dtype": str(run_dtype).replace("torch.", ""), "objective": label, "kind": role,
-            "seed": hf.SEED, "pretrained": record, "checkpoint": str(folder),
+            "seed": pretrained.SEED, "pretrained": record, "checkpoint": str(folder),
             "checkpoint_sha256": ",".join(w["sha256"] for w in record["weights"]), "summary": None, "step": None,
             "input": "the tokenizer's own input (special tokens included); rows are its non-special tokens",
             "masked": False, "columns": list(HF_COLUMNS), "vocab_size": vocab,

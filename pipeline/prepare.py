@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipeline.config import cli
+from pipeline.config.cli import cli
 from pipeline.corpus import prepare_data
 from pipeline.tokenizer import train_tokenizer
 

@@ -17,13 +17,13 @@ import numpy as np
 import sentencepiece as spm
 from omegaconf import DictConfig
 
-from pipeline.config import data_config, require, tokenizer_config
+from pipeline.config.checks import require
+from pipeline.config.stages import data_config, tokenizer_config
 from pipeline.corpus import prepare_command, read_lines
-from pipeline.records.stage import (checked_file, input_hashes, require_upstream, stage_problem,
-                                    write_stage_record)
-from pipeline.records.locks import one_writer
-from pipeline.records.files import STAGE_RECORD, recording, write_bytes, write_text
 from pipeline.errors import PipelineError
+from pipeline.records.files import STAGE_RECORD, recording, write_bytes, write_text
+from pipeline.records.locks import one_writer
+from pipeline.records.stage import checked_file, input_hashes, require_upstream, stage_problem, write_stage_record
 
 log = logging.getLogger("pipeline.tokenizer")
 
@@ -38,8 +38,6 @@ N_BYTE_PIECES = 256
 _TRAIN_THREADS = 4
 # The max_train_sentences subsample draws from its own stream, apart from the corpus split's.
 _SUBSAMPLE_STREAM = 2
-# What freq.tsv counts, in the tokenizer stage's config (`tokenizer_config`): counts made otherwise are stale.
-FREQ_COUNTS = "train.mono sentences of at most data.max_len tokens (as training)"
 
 
 def _is_int(value: object) -> bool:

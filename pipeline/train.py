@@ -34,7 +34,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.profiler import record_function
 
-from pipeline.config import cli, data_config, kept_steps, max_minutes, snapshot_file, to_plain, tokenizer_config, train_config
+from pipeline.config.compose import to_plain
+from pipeline.config.cli import cli
+from pipeline.config.grid import kept_steps, snapshot_file
+from pipeline.config.stages import data_config, max_minutes, tokenizer_config, train_config
 from pipeline.convergence import convergence, read_log
 from pipeline.machine.distributed import SINGLE, World, world_from_env
 from pipeline.machine.distributed import close as close_world
@@ -72,7 +75,7 @@ class TrainState:
 def check_settings(cfg: DictConfig) -> None:
     """Reject bad training settings before any work, naming the key (`pipeline.config`), and a
     device that is not there."""
-    from pipeline.config import check_train_settings
+    from pipeline.config.checks import check_train_settings
 
     check_train_settings(cfg)
     resolve_device(str(cfg.train.device))

@@ -19,7 +19,7 @@ def shared_zip() -> Path:
 @pytest.fixture
 def smoke_cfg(tmp_path, shared_zip):
     """compose(*overrides) -> the smoke experiment writing under tmp_path, reading the shared corpus."""
-    from pipeline.config import compose
+    from pipeline.config.compose import compose
 
     def make(*overrides: str, results: Path | None = None):
         return compose(["experiment=smoke", f"paths.results={results or tmp_path}",

@@ -9,7 +9,8 @@ import numpy as np
 
 from omegaconf import OmegaConf
 
-from pipeline.config import to_plain, train_config
+from pipeline.config.compose import to_plain
+from pipeline.config.stages import train_config
 from pipeline.convergence import read_log  # noqa: F401  (the tests read training logs through it)
 from pipeline.dump import MASKED_COLUMNS, MASKED_DIR, TOKEN_COLUMNS, layer_file, write_token_table
 from pipeline.model import ModelArgs, build_model

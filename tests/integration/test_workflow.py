@@ -55,7 +55,7 @@ def _read_tokens(path: Path) -> list[list[str]]:
 
 
 def test_dumps_have_one_row_per_token_and_layer(finished):
-    from pipeline.config import compose
+    from pipeline.config.compose import compose
 
     cfg = compose([f"experiment={EXPERIMENT}"])
     n_files, d_model = int(cfg.model.n_layers) + 1, int(cfg.model.d_model)

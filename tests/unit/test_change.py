@@ -9,7 +9,7 @@ from analysis.change import run, token_groups
 from analysis.dumps import load_dump
 from analysis.similarity import pwcca_distance
 from analysis.tables import merge_parts, read_record, read_table
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from pipeline.errors import PipelineError
 from tests.synthetic import token_columns, write_fake_dump
 

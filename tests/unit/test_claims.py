@@ -14,7 +14,7 @@ from analysis.claims import (CLAIMS, FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, C
                              claim_rows, claim_similarity)
 from analysis.gather import load_table
 from analysis.tables import COLUMNS, INIT_PAIR, REPLICATES, SAME_INIT, SEED_BASELINE, pair_kind, write_table
-from pipeline.config import compose
+from pipeline.config.compose import compose
 
 CRIT = Criteria(n_clusters=500, k=50, metric="cosine")
 SEEDS = (1, 2)

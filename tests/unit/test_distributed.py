@@ -34,7 +34,7 @@ NO_RANDOMNESS = ["objective=lm", "model.dropout=0", "train.max_steps=20", "train
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, shared_zip):
     """The smoke data and tokenizer, made once; every run of this module trains from them."""
-    from pipeline.config import compose
+    from pipeline.config.compose import compose
     from pipeline.corpus import prepare_data
     from pipeline.tokenizer import train_tokenizer
 
@@ -69,7 +69,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_two_ranks_train_the_weights_of_one_process(prepared, shared_zip, tmp_path):
     import json
 
-    from pipeline.config import compose
+    from pipeline.config.compose import compose
 
     single = [a for a in _args(prepared, shared_zip, tmp_path / "single", *NO_RANDOMNESS) if not a.startswith("hydra.")]
     one = train(compose(single))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pipeline import dump as dump_mod
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from pipeline.corpus import prepare_data, read_lines
 from pipeline.dump import MASKED_COLUMNS, TOKEN_COLUMNS, dump, layer_file, read_tokens
 from pipeline.model import load_model
@@ -210,7 +210,7 @@ def test_killed_dump_leaves_nothing_and_a_rerun_completes(root, dumps, tmp_path,
 SIGKILL_CHILD = """
 import os, signal, sys
 import pipeline.dump as d
-from pipeline.config import compose
+from pipeline.config.compose import compose
 real, calls = d.LayerWriter.write, [0]
 def write(self, *args):
     calls[0] += 1
@@ -290,7 +290,7 @@ def init_dumps(root) -> dict[int, Path]:
 
 
 def test_init_dump_is_a_forward_pass_of_a_freshly_built_stack(root, init_dumps, dumps, tok):
-    from pipeline.config import to_plain
+    from pipeline.config.compose import to_plain
     from pipeline.model import ModelArgs, build_model
 
     folder = init_dumps[1]

@@ -24,7 +24,7 @@ def run(tmp_path_factory, shared_zip):
     measured (the finished model too), and the step-0 control dumped."""
     from analysis.evolution import run as evolution
     from analysis.merge import main as merge
-    from pipeline.config import compose
+    from pipeline.config.compose import compose
     from pipeline.dump import dump
     from pipeline.train import train
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from pipeline.records.files import read_json, sha256_file
 from pipeline.errors import PipelineError
 

@@ -153,10 +153,11 @@ def test_a_pytorch_model_bin_that_does_not_unpickle_names_the_file(prepared, sha
     assert str(bad) in line and "not a loadable checkpoint" in line, line
     assert not out.exists() or files(out) == [], files(out)
     from pipeline import hf  # where it is caught: hf.load names the file
+    from pipeline.config import pretrained
     from pipeline.errors import PipelineError
 
     with pytest.raises(PipelineError, match=f"^{re.escape(str(bad))} is not a loadable checkpoint"):
-        hf.load(hf.HFSpec("bert", str(folder)), folder, "mlm", "cpu", None)
+        hf.load(pretrained.HFSpec("bert", str(folder)), folder, "mlm", "cpu", None)
 
 
 # ---------------------------------------------------------------- (d) Ctrl-C during training

@@ -15,7 +15,10 @@ import torch  # noqa: E402
 from analysis import words  # noqa: E402
 from analysis.dumps import load_dump  # noqa: E402
 from pipeline import hf  # noqa: E402
-from pipeline.config import compose, model_grid  # noqa: E402
+from pipeline.config import pretrained  # noqa: E402
+from pipeline.config.stages import pretrained_dump_config  # noqa: E402
+from pipeline.config.compose import compose  # noqa: E402
+from pipeline.config.grid import model_grid
 from pipeline.corpus import read_lines  # noqa: E402
 from pipeline.records.stage import read_record  # noqa: E402
 from pipeline.errors import PipelineError
@@ -62,7 +65,7 @@ def _dump(exp, label):
 
 def _load(exp, label):
     kind = LABELS[label]
-    spec = hf.HFSpec(label, str(exp["folders"][kind]))
+    spec = pretrained.HFSpec(label, str(exp["folders"][kind]))
     return hf.load(spec, exp["folders"][kind], ROLES[kind], torch.device("cpu"), torch.float32)
 
 
@@ -152,9 +155,9 @@ def test_a_second_dump_reuses_the_first_and_new_weights_redo_it(exp, caplog):
     cfg = exp["cfg_of"]("gpt2", f"pretrained.models.gpt2.name={model_folder}", f"paths.dump={out}")
     hf_dump.dump(cfg)
     first = read_record(out)["checkpoint_sha256"]
-    assert stage_problem(out, hf.dump_config(cfg, "gpt2")) is None
+    assert stage_problem(out, pretrained_dump_config(cfg, "gpt2")) is None
     build("gpt2", model_folder, sentences, seed=2)
-    assert "another" in stage_problem(out, hf.dump_config(cfg, "gpt2"))
+    assert "another" in stage_problem(out, pretrained_dump_config(cfg, "gpt2"))
     caplog.clear()
     with caplog.at_level("INFO", logger="pipeline.hf_dump"):
         hf_dump.dump(cfg)
@@ -248,7 +251,7 @@ def test_a_slow_sentencepiece_tokenizer_as_opus_mt_ships_it(exp):
     d = load_dump(hf_dump.dump(cfg))
     assert d.meta["unaligned_sentences"] == 0
     w = words.word_column(d)
-    _, stack, loaded = hf.load(hf.HFSpec("spm", str(folder)), folder, "mt", torch.device("cpu"), torch.float32)
+    _, stack, loaded = hf.load(pretrained.HFSpec("spm", str(folder)), folder, "mt", torch.device("cpu"), torch.float32)
     assert type(loaded).__name__ == "MarianTokenizer"
     for sid in np.unique(d.tokens["sentence_id"])[:20]:
         rows = np.flatnonzero(d.tokens["sentence_id"] == sid)
@@ -370,11 +373,11 @@ def test_influence_runs_on_a_pretrained_model(exp, label):
 def test_a_model_not_in_the_cache_names_the_command_that_fetches_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
-    spec = hf.HFSpec("bert", "bert-base-cased")
+    spec = pretrained.HFSpec("bert", "bert-base-cased")
     with pytest.raises(hf.ModelNotAvailable, match=re.escape("hf download bert-base-cased")) as error:
         hf.resolve(spec, compose(["experiment=pretrained", "pretrained.download=true"]))
     assert "pretrained.models.bert.name" in str(error.value)
-    assert hf.role_without_loading(hf.HFSpec("x", "gpt2")) is None  # nothing cached to read a role from
+    assert hf.role_without_loading(pretrained.HFSpec("x", "gpt2")) is None  # nothing cached to read a role from
 
 
 def test_roles_are_inferred_from_the_config():
@@ -384,8 +387,8 @@ def test_roles_are_inferred_from_the_config():
     assert hf.infer_role({"model_type": "t5"}) == "mt"
     assert hf.infer_role({"model_type": "something"}) is None
     with pytest.raises(PipelineError, match="pretrained.models.x.role"):
-        hf.choose_role(hf.HFSpec("x", "y"), {"model_type": "something"})
-    assert hf.choose_role(hf.HFSpec("x", "y", role="lm"), {"architectures": ["BertForMaskedLM"]}) == "lm"
+        hf.choose_role(pretrained.HFSpec("x", "y"), {"model_type": "something"})
+    assert hf.choose_role(pretrained.HFSpec("x", "y", role="lm"), {"architectures": ["BertForMaskedLM"]}) == "lm"
 
 
 @pytest.mark.parametrize("override,named", [
@@ -397,20 +400,20 @@ def test_roles_are_inferred_from_the_config():
 ])
 def test_bad_settings_name_the_key(override, named):
     with pytest.raises(PipelineError, match=re.escape(named)):
-        hf.specs(compose(["experiment=smoke", override]))
+        pretrained.specs(compose(["experiment=smoke", override]))
 
 
 def test_the_pretrained_experiment_names_the_three_models():
     cfg = compose(["experiment=pretrained"])
-    specs = hf.specs(cfg)
+    specs = pretrained.specs(cfg)
     assert {(s.name, s.role) for s in specs.values()} == {("bert-base-cased", "mlm"), ("gpt2", "lm"),
                                                          ("Helsinki-NLP/opus-mt-en-de", "mt")}
     assert model_grid(cfg) == [(label, 0) for label in specs]
     # the same probe sentences as the default experiment: the same data split settings
-    from pipeline.config import data_config
+    from pipeline.config.stages import data_config, pretrained_dump_config
 
     assert data_config(cfg) == data_config(compose(["experiment=default"]))
-    json.dumps(hf.dump_config(cfg.copy(), "bert"))  # plain settings (hashable by the workflow)
+    json.dumps(pretrained_dump_config(cfg.copy(), "bert"))  # plain settings (hashable by the workflow)
 
 
 def test_every_measure_and_the_report_run_on_pretrained_and_trained_models_together(exp):

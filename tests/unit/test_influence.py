@@ -13,7 +13,7 @@ from analysis.influence import (affected_positions, choose_influencers, collect_
                                 removed_states_direct, resolve_affected, run)
 from analysis.dumps import bucket_edges, bucket_index, bucket_labels, load_dump
 from analysis.tables import read_record, read_table
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from pipeline.corpus import prepare_data, read_lines
 from pipeline.dump import dump
 from pipeline.model import ModelArgs, build_model

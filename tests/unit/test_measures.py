@@ -9,7 +9,7 @@ from analysis.buckets import plan_buckets, sample_floor
 from analysis.measures import Moments, check_measure, distance, paired
 from pipeline.errors import PipelineError
 from analysis.similarity import covariances, pwcca_distance
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from tests import reference_similarity as ref
 
 

@@ -15,7 +15,7 @@ from analysis.kmeans import assign, kmeans
 from analysis.mutual_info import (entropy, masked_rows, mi_of_clusters, mutual_information, next_token_rows,
                                   plugin_mi, row_sets, run)
 from analysis.tables import part_path, read_table
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from tests.synthetic import token_columns, write_fake_dump
 
 

@@ -9,7 +9,7 @@ from analysis import neighbours as nb
 from analysis.dumps import dump_folder
 from analysis.neighbours import NO_TOKEN, context_tokens, nearest_neighbours, neighbour_properties, run
 from analysis.tables import read_table
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from tests.synthetic import token_columns, write_fake_dump
 
 

@@ -48,7 +48,7 @@ def parallel_files(tmp_path_factory, shared_zip) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shared_zip) -> Path:
     """The smoke experiment's data, tokenizer, a 10-step LM and its dump, made once (copied per test)."""
-    from pipeline.config import compose
+    from pipeline.config.compose import compose
 
     root = tmp_path_factory.mktemp("trained")
     cfg = compose(["experiment=smoke", f"paths.results={root}", f"data.archive={shared_zip}", "train.progress=false",

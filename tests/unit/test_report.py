@@ -18,7 +18,7 @@ import pytest
 
 from analysis.report import build, report_config, run
 from analysis.tables import REPLICATED, REPLICATES, pair_kind, write_table
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from pipeline.records.files import write_json
 from pipeline.errors import PipelineError
 

@@ -11,7 +11,7 @@ from analysis import similarity as sim
 from analysis.buckets import shuffle_seed
 from analysis.dumps import sample_rows
 from analysis.tables import DIFFERENT_INIT, INIT_PAIR, SAME_INIT, SEED_BASELINE, pair_kind, read_record, read_table
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from pipeline.errors import PipelineError
 from tests import reference_similarity as ref
 from tests.synthetic import token_columns, write_fake_dump

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pytest
 
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from pipeline.corpus import prepare_data, read_lines
 from pipeline.errors import PipelineError
 from pipeline.tokenizer import (Tokenizer, frequency_ranks, load_frequency_counts,

@@ -52,7 +52,7 @@ def test_plateau_stop_ends_a_flat_run_and_never_a_falling_one(smoke_cfg, shared_
 
 
 def test_a_per_objective_time_cap_changes_only_its_objectives_models(smoke_cfg):
-    from pipeline.config import max_minutes, train_config
+    from pipeline.config.stages import max_minutes, train_config
     from pipeline.records.files import config_hash
 
     def cap_and_hash(objective, caps):
@@ -191,7 +191,7 @@ def _first_losses(cfg, n_steps=2):
     """Losses of the first `n_steps` training steps of `cfg` on the smoke data (prepared once)."""
     import numpy as np
 
-    from pipeline.config import to_plain
+    from pipeline.config.compose import to_plain
     from pipeline.corpus import prepare_data
     from pipeline.evaluate import to_device
     from pipeline.model import ModelArgs, build_model

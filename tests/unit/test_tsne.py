@@ -12,7 +12,7 @@ from analysis.dumps import dump_folder
 from analysis.tables import COLUMNS, read_table
 from analysis.tsne import split_forms, word_rows
 from analysis.tsne import run as run_tsne
-from pipeline.config import compose
+from pipeline.config.compose import compose
 from tests.synthetic import token_columns, write_fake_dump
 
 PIECES = ["▁the", "▁is", "▁are", "▁was", "▁we", "re", "▁it", "▁dog", "s", "▁"]

@@ -28,11 +28,14 @@ _CHECKOUT = str(Path(workflow.basedir).parent)
 if sys.path[0] != _CHECKOUT:
     sys.path.insert(0, _CHECKOUT)
 
-from pipeline.config import (CONFIG_DIR, INIT, analysed_steps, check_experiment_name, check_model_settings,  # noqa: E402
-                             compose, data_config, snapshot_models,
-                             init_config, init_grid, max_minutes, to_plain, tokenizer_config, train_config)
+from pipeline.config.compose import CONFIG_DIR, compose, to_plain
+from pipeline.config.grid import analysed_steps, snapshot_models, init_grid
+from pipeline.config.stages import data_config, init_config, max_minutes, tokenizer_config, train_config, pretrained_dump_config
+from pipeline.config.grid import INIT
+from pipeline.config.checks import check_experiment_name, check_model_settings
 from pipeline.corpus import corpus_files  # noqa: E402
 from pipeline import hf  # noqa: E402  (light: transformers is imported by the dump job only)
+from pipeline.config import pretrained  # noqa: E402
 from pipeline.records.stage import damaged_outputs  # noqa: E402
 from pipeline.records.files import config_hash
 from pipeline.errors import PipelineError
@@ -210,7 +213,7 @@ def _grid(cfg, pretrained: bool) -> list[tuple[str, int]]:
 
 
 try:  # the pretrained models (pipeline/hf.py): label -> spec
-    PRETRAINED = hf.specs(BASE)
+    PRETRAINED = pretrained.specs(BASE)
 except PipelineError as error:
     fail(str(error))
 GRID = _grid(BASE, bool(PRETRAINED))  # (objective, seed) of every trained model, in the order of workflow.objectives
@@ -218,7 +221,7 @@ if not isinstance(OmegaConf.select(BASE, "workflow.init"), bool):
     fail(f"setting workflow.init={OmegaConf.select(BASE, 'workflow.init')!r}: expected true or false")
 # The step-0 control: the untrained stack of every seed in use (rule dump_init), measured like a model.
 INIT_GRID = init_grid(BASE)
-PRETRAINED_GRID = [(label, hf.SEED) for label in PRETRAINED]  # each dumped by rule hf_dump, never trained
+PRETRAINED_GRID = [(label, pretrained.SEED) for label in PRETRAINED]  # each dumped by rule hf_dump, never trained
 MODELS = [*GRID, *INIT_GRID, *PRETRAINED_GRID]  # every model the measurements run on
 # The objectives rules train and dump from a checkpoint match (rule-level wildcard_constraints).
 TRAINED = "|".join(re.escape(o) for o in _choices("objective") if o != INIT)
@@ -324,7 +327,7 @@ def init_dump_hash(wildcards) -> str:
 
 def hf_dump_hash(wildcards) -> str:
     """pipeline.hf_dump.hf_dump_config: the data split, the model's settings, the dump settings."""
-    return config_hash(hf.dump_config(job_config(wildcards.objective, hf.SEED), wildcards.objective))
+    return config_hash(pretrained_dump_config(job_config(wildcards.objective, pretrained.SEED), wildcards.objective))
 
 
 # ---------------------------------------------------------------- the measurements

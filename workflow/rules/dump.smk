@@ -59,7 +59,7 @@ rule dump_init:
 rule hf_dump:
     wildcard_constraints:
         objective=PRETRAINED_LABELS,
-        seed=str(hf.SEED),
+        seed=str(pretrained.SEED),
     input:
         data=rules.prepare.output.data,
     output:
