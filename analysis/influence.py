@@ -52,7 +52,7 @@ from pipeline.model import Block, Model, load_model
 from pipeline.machine.runtime import resolve_device
 from pipeline.records.files import sha256_file
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from pipeline.prepare.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from analysis.settings import AFFECTED, setting
 
 from analysis import bootstrap
@@ -383,7 +383,7 @@ def pretrained_runner(cfg: DictConfig, dump: Dump, device: torch.device) -> tupl
     the reason the removal cannot be done for its architecture (analysis/hf_influence.py)."""
     from pipeline import hf
     from pipeline.config import pretrained
-    from pipeline.corpus import read_lines
+    from pipeline.prepare.corpus import read_lines
     from pipeline.hf_dump import encode
     from analysis.hf_influence import removal_support
 

@@ -56,10 +56,10 @@ def setup(root: Path, model: str, objective: str) -> None:
 
     from pipeline.config.compose import compose, to_plain
     from pipeline.config.stages import train_config
-    from pipeline.corpus import prepare_data
+    from pipeline.prepare.corpus import prepare_data
     from pipeline.model import ModelArgs, build_model
     from pipeline.records.files import config_hash, torch_save
-    from pipeline.tokenizer import Tokenizer, train_tokenizer
+    from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
 
     cfg = compose(overrides(root, model, objective))
     prepare_data(cfg)

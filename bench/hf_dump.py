@@ -83,9 +83,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from pipeline.config.compose import compose
-    from pipeline.corpus import read_lines
+    from pipeline.prepare.corpus import read_lines
     from pipeline.hf_dump import dump
-    from pipeline.prepare import run as prepare
+    from pipeline.prepare.stage import run as prepare
     from pipeline.records.files import read_json
 
     with tempfile.TemporaryDirectory() as tmp:

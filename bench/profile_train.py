@@ -31,7 +31,7 @@ from pipeline.model import Attention, ModelArgs, OutputHead, build_model  # noqa
 from pipeline.objectives import make_batches, make_objective, specials  # noqa: E402
 from pipeline.machine.runtime import autocast, resolve_device, resolve_precision, setup_runtime  # noqa: E402
 from pipeline.records.files import torch_save  # noqa: E402
-from pipeline.tokenizer import Tokenizer  # noqa: E402
+from pipeline.prepare.tokenizer import Tokenizer  # noqa: E402
 from pipeline.train import load_examples, make_step, make_optimizer  # noqa: E402
 
 LABELS = ("collate", "forward", "attention", "output+loss", "backward", "optimizer")

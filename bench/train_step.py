@@ -37,7 +37,7 @@ from pipeline.config.compose import compose, to_plain  # noqa: E402
 from pipeline.evaluate import to_device  # noqa: E402
 from pipeline.model import ModelArgs, build_model, sinusoids  # noqa: E402
 from pipeline.objectives import IGNORE, make_batches, make_objective, specials  # noqa: E402
-from pipeline.tokenizer import Tokenizer  # noqa: E402
+from pipeline.prepare.tokenizer import Tokenizer  # noqa: E402
 from pipeline.train import load_examples, make_optimizer, make_step, train  # noqa: E402
 
 

@@ -49,7 +49,7 @@ from pipeline.config.grid import snapshot_dump, snapshot_file
 from pipeline.config.stages import data_config, init_config, tokenizer_config, train_config
 from pipeline.config.grid import INIT
 from pipeline.config.checks import check_dump_settings
-from pipeline.corpus import prepare_command, read_lines
+from pipeline.prepare.corpus import prepare_command, read_lines
 from pipeline.model import Model, ModelArgs, build_model, load_model
 from pipeline.objectives import Specials, mask_tokens, pad, specials
 from pipeline.machine.runtime import resolve_device
@@ -60,7 +60,7 @@ from pipeline.records.locks import one_writer
 from pipeline.records.files import (STAGE_RECORD, HashingFile, config_hash, recording,
                                     remove_stale_temporaries, torch_save, write_json)
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import FREQ_FILE, MODEL_FILE, Tokenizer, load_frequency_ranks
+from pipeline.prepare.tokenizer import FREQ_FILE, MODEL_FILE, Tokenizer, load_frequency_ranks
 
 log = logging.getLogger("pipeline.dump")
 

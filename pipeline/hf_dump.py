@@ -45,7 +45,7 @@ from pipeline.config import pretrained
 from pipeline.config.cli import cli
 from pipeline.config.stages import data_config, pretrained_dump_config
 from pipeline.config.checks import check_dump_settings
-from pipeline.corpus import prepare_command, read_lines
+from pipeline.prepare.corpus import prepare_command, read_lines
 from pipeline.dump import (CHUNK_BYTES, DTYPES, MASKED_DIR, TOKEN_COLUMNS, TOKENS_FILE, LayerWriter, chunks,
                    SentenceRows, discard, length_batches, partial_path, publish, remove_outputs, write_token_table)
 from pipeline.machine.runtime import resolve_device
@@ -54,7 +54,7 @@ from pipeline.records.stage import (input_hashes, read_record, require_upstream,
 from pipeline.records.provenance import stage_command
 from pipeline.records.locks import one_writer
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import frequency_ranks
+from pipeline.prepare.tokenizer import frequency_ranks
 
 log = logging.getLogger("pipeline.hf_dump")
 

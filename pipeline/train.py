@@ -42,7 +42,7 @@ from pipeline.convergence import convergence, read_log
 from pipeline.machine.distributed import SINGLE, World, world_from_env
 from pipeline.machine.distributed import close as close_world
 from pipeline.machine.distributed import init as init_world
-from pipeline.corpus import prepare_command, prepare_data, read_lines
+from pipeline.prepare.corpus import prepare_command, prepare_data, read_lines
 from pipeline.evaluate import bleu, dev_metrics, to_device
 from pipeline.model import Model, ModelArgs, UnsafeCheckpoint, build_model, read_checkpoint
 from pipeline.objectives import make_batches, make_objective, specials
@@ -53,7 +53,7 @@ from pipeline.records.provenance import stage_command
 from pipeline.records.locks import one_writer
 from pipeline.records.files import atomic_path, config_hash, read_json, recording, torch_save, write_json
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import MODEL_FILE, Tokenizer, fits, train_tokenizer
+from pipeline.prepare.tokenizer import MODEL_FILE, Tokenizer, fits, train_tokenizer
 
 log = logging.getLogger("pipeline.train")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import corpus
+from pipeline.prepare import corpus
 from pipeline.config.compose import compose
-from pipeline.corpus import (PipelineError, locate_archive, normalise, prepare_data, read_archive,
+from pipeline.prepare.corpus import (PipelineError, locate_archive, normalise, prepare_data, read_archive,
                              read_lines, read_parallel, split_pairs)
 from pipeline.records.files import sha256_file
 

@@ -35,8 +35,8 @@ NO_RANDOMNESS = ["objective=lm", "model.dropout=0", "train.max_steps=20", "train
 def prepared(tmp_path_factory, shared_zip):
     """The smoke data and tokenizer, made once; every run of this module trains from them."""
     from pipeline.config.compose import compose
-    from pipeline.corpus import prepare_data
-    from pipeline.tokenizer import train_tokenizer
+    from pipeline.prepare.corpus import prepare_data
+    from pipeline.prepare.tokenizer import train_tokenizer
 
     folder = tmp_path_factory.mktemp("prepared")
     cfg = compose(["experiment=smoke", f"paths.results={folder}", f"data.archive={shared_zip}"])

@@ -17,12 +17,12 @@ import torch
 
 from pipeline import dump as dump_mod
 from pipeline.config.compose import compose
-from pipeline.corpus import prepare_data, read_lines
+from pipeline.prepare.corpus import prepare_data, read_lines
 from pipeline.dump import MASKED_COLUMNS, TOKEN_COLUMNS, dump, layer_file, read_tokens
 from pipeline.model import load_model
 from pipeline.records.files import read_json
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import Tokenizer, load_frequency_ranks, train_tokenizer
+from pipeline.prepare.tokenizer import Tokenizer, load_frequency_ranks, train_tokenizer
 from tests.synthetic import replace_output, save_untrained
 
 REPO = Path(__file__).resolve().parents[2]

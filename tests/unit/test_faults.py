@@ -95,9 +95,9 @@ def base(tmp_path_factory, shared_zip) -> Path:
     Read-only for the tests."""
     from analysis import neighbours
     from analysis.tables import merge_parts, part_path, table_path
-    from pipeline.corpus import prepare_data, read_lines
+    from pipeline.prepare.corpus import prepare_data, read_lines
     from pipeline.dump import dump
-    from pipeline.tokenizer import Tokenizer, train_tokenizer
+    from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
     from tests.synthetic import replace_output, save_untrained
 
     root = tmp_path_factory.mktemp("faults") / "results"
@@ -199,7 +199,7 @@ SMALL_SPLIT = ["data.valid_size=20", "data.test_size=20", "data.probe_size=20"]
 
 @pytest.mark.parametrize("side,line,column", [("src", 42, 4), ("tgt", 300, 1)])
 def test_a_nul_byte_in_a_sentence_names_the_file_and_line(tmp_path, smoke_cfg, side, line, column):
-    from pipeline.corpus import prepare_data
+    from pipeline.prepare.corpus import prepare_data
 
     src, tgt = parallel_corpus(tmp_path / "corpus")
     data = ["data.format=parallel", f"data.src_file={src}", f"data.tgt_file={tgt}", *SMALL_SPLIT]

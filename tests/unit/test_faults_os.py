@@ -30,8 +30,8 @@ MiB = 1 << 20
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, shared_zip) -> Path:
     """A results folder: the smoke split and tokenizer (80 probe sentences) and an untrained lm (seed 1)."""
-    from pipeline.corpus import prepare_data, read_lines
-    from pipeline.tokenizer import Tokenizer, train_tokenizer
+    from pipeline.prepare.corpus import prepare_data, read_lines
+    from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
     from tests.synthetic import replace_output, save_untrained
 
     root = tmp_path_factory.mktemp("faults-os") / "results"
@@ -136,7 +136,7 @@ def test_a_full_disk_during_training_is_one_line(prepared, shared_zip, tmp_path)
 
 def test_a_pytorch_model_bin_that_does_not_unpickle_names_the_file(prepared, shared_zip, tmp_path):
     pytest.importorskip("transformers")
-    from pipeline.corpus import read_lines
+    from pipeline.prepare.corpus import read_lines
     from tests.hf_models import build
 
     folder = tmp_path / "bert"

@@ -19,7 +19,7 @@ from pipeline.config import pretrained  # noqa: E402
 from pipeline.config.stages import pretrained_dump_config  # noqa: E402
 from pipeline.config.compose import compose  # noqa: E402
 from pipeline.config.grid import model_grid
-from pipeline.corpus import read_lines  # noqa: E402
+from pipeline.prepare.corpus import read_lines  # noqa: E402
 from pipeline.records.stage import read_record  # noqa: E402
 from pipeline.errors import PipelineError
 from tests.hf_models import ROLES, build_all  # noqa: E402
@@ -32,8 +32,8 @@ def exp(tmp_path_factory, shared_zip):
     """The smoke data split, three tiny pretrained models dumped (float32, to compare exactly), a
     copy of the BERT under a second label, and one of our own (untrained) MLMs dumped beside them."""
     from pipeline import dump as own_dump, hf_dump
-    from pipeline.prepare import run as prepare
-    from pipeline.tokenizer import Tokenizer
+    from pipeline.prepare.stage import run as prepare
+    from pipeline.prepare.tokenizer import Tokenizer
     from tests.synthetic import save_untrained
 
     root = tmp_path_factory.mktemp("hf")
@@ -304,7 +304,7 @@ def test_trained_pairs_are_untouched_by_a_pretrained_model(exp):
     same experiment without them, bit for bit; only pairs with a pretrained model compare words."""
     from analysis import similarity
     from analysis.tables import PRETRAINED_PAIR, read_record as table_record, read_table, replicates_path
-    from pipeline.tokenizer import Tokenizer
+    from pipeline.prepare.tokenizer import Tokenizer
     from tests.synthetic import save_untrained
 
     second = compose([*exp["overrides"], "objective=mlm", "seed=2"])

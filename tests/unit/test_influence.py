@@ -14,11 +14,11 @@ from analysis.influence import (affected_positions, choose_influencers, collect_
 from analysis.dumps import bucket_edges, bucket_index, bucket_labels, load_dump
 from analysis.tables import read_record, read_table
 from pipeline.config.compose import compose
-from pipeline.corpus import prepare_data, read_lines
+from pipeline.prepare.corpus import prepare_data, read_lines
 from pipeline.dump import dump
 from pipeline.model import ModelArgs, build_model
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import Tokenizer, train_tokenizer
+from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
 from tests.synthetic import replace_output, save_untrained
 
 ARGS = ModelArgs(d_vocab=60, pad_id=0, n_layers=3, n_dec_layers=1, d_model=32, n_heads=4, d_mlp=64,

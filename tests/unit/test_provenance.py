@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from analysis.dumps import load_dump
-from pipeline.corpus import prepare_data, read_archive
+from pipeline.prepare.corpus import prepare_data, read_archive
 from pipeline.dump import dump
 from pipeline.records.files import read_json, sha256_file
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import train_tokenizer
+from pipeline.prepare.tokenizer import train_tokenizer
 from pipeline.train import train
 from tests.synthetic import FAST_TRAINING
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from pipeline.config.compose import compose
-from pipeline.corpus import prepare_data, read_lines
+from pipeline.prepare.corpus import prepare_data, read_lines
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import (Tokenizer, frequency_ranks, load_frequency_counts,
+from pipeline.prepare.tokenizer import (Tokenizer, frequency_ranks, load_frequency_counts,
                                 load_frequency_ranks, train_tokenizer)
 
 ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff"

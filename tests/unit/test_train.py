@@ -192,12 +192,12 @@ def _first_losses(cfg, n_steps=2):
     import numpy as np
 
     from pipeline.config.compose import to_plain
-    from pipeline.corpus import prepare_data
+    from pipeline.prepare.corpus import prepare_data
     from pipeline.evaluate import to_device
     from pipeline.model import ModelArgs, build_model
     from pipeline.objectives import make_batches, make_objective, specials
     from pipeline.machine.runtime import resolve_precision
-    from pipeline.tokenizer import Tokenizer, train_tokenizer
+    from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
     from pipeline.train import load_examples, make_optimizer, make_step
 
     prepare_data(cfg)

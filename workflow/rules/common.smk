@@ -33,7 +33,7 @@ from pipeline.config.grid import analysed_steps, snapshot_models, init_grid
 from pipeline.config.stages import data_config, init_config, max_minutes, tokenizer_config, train_config, pretrained_dump_config
 from pipeline.config.grid import INIT
 from pipeline.config.checks import check_experiment_name, check_model_settings
-from pipeline.corpus import corpus_files  # noqa: E402
+from pipeline.prepare.corpus import corpus_files  # noqa: E402
 from pipeline import hf  # noqa: E402  (light: transformers is imported by the dump job only)
 from pipeline.config import pretrained  # noqa: E402
 from pipeline.records.stage import damaged_outputs  # noqa: E402

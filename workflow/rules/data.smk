@@ -14,7 +14,7 @@ if DEFAULT_ARCHIVE is not None:
         log:
             logs("download.log"),
         shell:
-            "{PYTHON:q} -m pipeline.fetch {HYDRA_ARGS:q} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
+            "{PYTHON:q} -m pipeline.prepare.fetch {HYDRA_ARGS:q} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
 
     localrules:
         download,

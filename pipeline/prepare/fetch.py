@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline.fetch [hydra overrides]` puts the corpus archive in place: it
+"""Command line: `python -m pipeline.prepare.fetch [hydra overrides]` puts the corpus archive in place: it
 downloads data.url to data.resources_dir when it is not there yet and checks the zip (the workflow's
 rule download; `pipeline.prepare` does the same by itself when run by hand)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from pipeline.config.cli import cli
 from pipeline.config.checks import check_data_settings
-from pipeline.corpus import locate_archive
+from pipeline.prepare.corpus import locate_archive
 
 log = logging.getLogger("pipeline.fetch")
 

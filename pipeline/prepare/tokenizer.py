@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from pipeline.config.checks import require
 from pipeline.config.stages import data_config, tokenizer_config
-from pipeline.corpus import prepare_command, read_lines
+from pipeline.prepare.corpus import prepare_command, read_lines
 from pipeline.errors import PipelineError
 from pipeline.records.files import STAGE_RECORD, recording, write_bytes, write_text
 from pipeline.records.locks import one_writer

@@ -8,8 +8,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from pipeline.config.cli import cli
-from pipeline.corpus import prepare_data
-from pipeline.tokenizer import train_tokenizer
+from pipeline.prepare.corpus import prepare_data
+from pipeline.prepare.tokenizer import train_tokenizer
 
 
 def run(cfg: DictConfig) -> None:

@@ -1,0 +1,3 @@
+from pipeline.prepare.stage import main
+
+main()
