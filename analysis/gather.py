@@ -89,7 +89,7 @@ class Experiment:
     dumps: dict[tuple[str, int], dict]
     benchmarks: list[BenchmarkJob]
     hardware: dict[str, Any]
-    # the pretrained models (pipeline/hf.py): label -> their dump's meta.json (with its `pretrained` record)
+    # the pretrained models (pipeline/model/hf.py): label -> their dump's meta.json (with its `pretrained` record)
     pretrained: dict[str, dict] = field(default_factory=dict)
 
     def rows(self, name: str) -> list[dict[str, Any]] | None:

@@ -48,7 +48,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.config.cli import cli
-from pipeline.model import Block, Model, load_model
+from pipeline.model.transformer import Block, Model, load_model
 from pipeline.machine.runtime import resolve_device
 from pipeline.records.files import sha256_file
 from pipeline.errors import PipelineError
@@ -381,7 +381,7 @@ def load_matching_model(cfg: DictConfig, dump: Dump, device: torch.device) -> Mo
 def pretrained_runner(cfg: DictConfig, dump: Dump, device: torch.device) -> tuple[PretrainedStack | None, str | None]:
     """The runner of a pretrained model's dump (its weights checked against the dump's), or None and
     the reason the removal cannot be done for its architecture (analysis/hf_influence.py)."""
-    from pipeline import hf
+    from pipeline.model import hf
     from pipeline.config import pretrained
     from pipeline.prepare.corpus import read_lines
     from pipeline.hf_dump import encode

@@ -17,7 +17,7 @@ Targets (rows = occurrences; "top types" = freq_rank <= analysis.mi.top_types):
   `output` (label = the original token, label_id) and `input_masked` (label = what the model was fed,
   input_id). Both targets share these rows and so one clustering per layer.
 The main `n_clusters` is measured for every model; the `sweep` only for the first seed of each
-objective in `workflow.seeds` and for every pretrained model (pipeline/hf.py). Rows at the main `n_clusters` carry bootstrap intervals over probe
+objective in `workflow.seeds` and for every pretrained model (pipeline/model/hf.py). Rows at the main `n_clusters` carry bootstrap intervals over probe
 sentences of mi and mi_corrected (the clustering fixed; analysis.bootstrap); the sweep's rows
 carry none (nan), to keep the cost down. At the main count the clustering is restarted
 `analysis.mi.restarts` times (k-means seeds seed, seed + 1, ...): mi, mi_shuffled and mi_corrected

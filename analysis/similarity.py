@@ -479,7 +479,7 @@ def run(cfg: DictConfig) -> Path:
     objective of two seeds (seed_baseline: the "init." baseline), or the step-0 control (init).
     `ci_low`, `ci_high`: the bootstrap interval over the sampled tokens' sentences (the shared plan
     of analysis.bootstrap), whose replicates go to similarity.npz beside the table.
-    A pretrained model (pipeline/hf.py; pair `pretrained`) has its own tokenizer: its pairs compare the
+    A pretrained model (pipeline/model/hf.py; pair `pretrained`) has its own tokenizer: its pairs compare the
     probe words every model holds (`WordViews`), at the same relative depth (`layer` is the step 1..L_min,
     `layer_a` / `layer_b` each one's layer). The pairs of two trained models stay what they are without
     it: token occurrences, layer by layer (`TokenViews`), row for row the same numbers."""

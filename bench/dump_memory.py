@@ -57,7 +57,7 @@ def setup(root: Path, model: str, objective: str) -> None:
     from pipeline.config.compose import compose, to_plain
     from pipeline.config.stages import train_config
     from pipeline.prepare.corpus import prepare_data
-    from pipeline.model import ModelArgs, build_model
+    from pipeline.model.transformer import ModelArgs, build_model
     from pipeline.records.files import config_hash, torch_save
     from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
 

@@ -59,7 +59,7 @@ def reference(folder: Path, kind: str, lines: list[str]) -> tuple[int, float]:
     """(tokens, seconds) of one forward pass per sentence, states copied out."""
     import torch
 
-    from pipeline import hf
+    from pipeline.model import hf
     from pipeline.config import pretrained
 
     _, stack, tok = hf.load(pretrained.HFSpec(kind, str(folder)), folder, ROLES[kind], torch.device("cpu"), torch.float32)

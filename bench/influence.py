@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from bench.machine import describe  # noqa: E402
 from analysis.influence import removed_states, removed_states_direct, sentence_batches  # noqa: E402
-from pipeline.model import ModelArgs, build_model  # noqa: E402
+from pipeline.model.transformer import ModelArgs, build_model  # noqa: E402
 
 
 def sentences(n: int, d_vocab: int, seed: int = 0) -> list[torch.Tensor]:

@@ -50,8 +50,8 @@ from pipeline.config.stages import data_config, init_config, tokenizer_config, t
 from pipeline.config.grid import INIT
 from pipeline.config.checks import check_dump_settings
 from pipeline.prepare.corpus import prepare_command, read_lines
-from pipeline.model import Model, ModelArgs, build_model, load_model
-from pipeline.objectives import Specials, mask_tokens, pad, specials
+from pipeline.model.transformer import Model, ModelArgs, build_model, load_model
+from pipeline.model.objectives import Specials, mask_tokens, pad, specials
 from pipeline.machine.runtime import resolve_device
 from pipeline.records.stage import (input_hashes, read_record, recorded_hash, require_upstream,
                                     stage_problem, write_stage_record)

@@ -3,7 +3,7 @@
 
     python -m pipeline.hf_dump experiment=pretrained objective=mlm objective.name=bert seed=0
 
-`objective.name` is the model's label in `pretrained.models` (pipeline/hf.py) and `objective` its
+`objective.name` is the model's label in `pretrained.models` (pipeline/model/hf.py) and `objective` its
 role (mlm | lm | mt: the objective config whose masking probabilities the MLM's masked run uses);
 seed is 0. Reads `<paths.data>/probe.txt` and, for the frequency ranks, `<paths.data>/train.src` (the
 training source side), both tokenised with the model's own tokenizer; writes to
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import hf
+from pipeline.model import hf
 from pipeline.config import pretrained
 from pipeline.config.cli import cli
 from pipeline.config.stages import data_config, pretrained_dump_config

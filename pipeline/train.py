@@ -44,8 +44,8 @@ from pipeline.machine.distributed import close as close_world
 from pipeline.machine.distributed import init as init_world
 from pipeline.prepare.corpus import prepare_command, prepare_data, read_lines
 from pipeline.evaluate import bleu, dev_metrics, to_device
-from pipeline.model import Model, ModelArgs, UnsafeCheckpoint, build_model, read_checkpoint
-from pipeline.objectives import make_batches, make_objective, specials
+from pipeline.model.transformer import Model, ModelArgs, UnsafeCheckpoint, build_model, read_checkpoint
+from pipeline.model.objectives import make_batches, make_objective, specials
 from pipeline.machine.runtime import autocast, resolve_device, resolve_precision, setup_runtime
 from pipeline.records.stage import (input_hashes, read_record, require_upstream, stage_problem,
                                     write_stage_record)

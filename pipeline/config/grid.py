@@ -58,7 +58,7 @@ def init_grid(cfg: DictConfig) -> list[tuple[str, int]]:
 
 
 def pretrained_grid(cfg: DictConfig) -> list[tuple[str, int]]:
-    """(label, 0) of every pretrained model of `pretrained.models` (pipeline/hf.py), in their order."""
+    """(label, 0) of every pretrained model of `pretrained.models` (pipeline/model/hf.py), in their order."""
     return [(label, SEED) for label in specs(cfg)]
 
 

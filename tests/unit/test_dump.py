@@ -19,7 +19,7 @@ from pipeline import dump as dump_mod
 from pipeline.config.compose import compose
 from pipeline.prepare.corpus import prepare_data, read_lines
 from pipeline.dump import MASKED_COLUMNS, TOKEN_COLUMNS, dump, layer_file, read_tokens
-from pipeline.model import load_model
+from pipeline.model.transformer import load_model
 from pipeline.records.files import read_json
 from pipeline.errors import PipelineError
 from pipeline.prepare.tokenizer import Tokenizer, load_frequency_ranks, train_tokenizer
@@ -291,7 +291,7 @@ def init_dumps(root) -> dict[int, Path]:
 
 def test_init_dump_is_a_forward_pass_of_a_freshly_built_stack(root, init_dumps, dumps, tok):
     from pipeline.config.compose import to_plain
-    from pipeline.model import ModelArgs, build_model
+    from pipeline.model.transformer import ModelArgs, build_model
 
     folder = init_dumps[1]
     meta = read_json(folder / "meta.json")

@@ -386,7 +386,7 @@ def test_a_replaced_model_with_its_record_rewritten_is_refused_by_the_dump(base,
 
 
 def test_load_model_refuses_code_and_names_a_file_that_is_no_checkpoint(base, tmp_path):
-    from pipeline.model import UnsafeCheckpoint, load_model
+    from pipeline.model.transformer import UnsafeCheckpoint, load_model
 
     real = base / "models" / "lm" / "seed1" / "model.pt"
     load_model(real)  # the pipeline's own checkpoints are plain data

@@ -152,7 +152,7 @@ def test_a_pytorch_model_bin_that_does_not_unpickle_names_the_file(prepared, sha
     line = refused(done)
     assert str(bad) in line and "not a loadable checkpoint" in line, line
     assert not out.exists() or files(out) == [], files(out)
-    from pipeline import hf  # where it is caught: hf.load names the file
+    from pipeline.model import hf  # where it is caught: hf.load names the file
     from pipeline.config import pretrained
     from pipeline.errors import PipelineError
 

@@ -14,7 +14,7 @@ from analysis.mutual_info import mi_of_clusters
 from analysis.neighbours import nearest_neighbours
 from pipeline.prepare.corpus import prepare_data
 from pipeline.dump import dump, read_tokens
-from pipeline.model import ModelArgs, build_model, load_model
+from pipeline.model.transformer import ModelArgs, build_model, load_model
 from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
 from pipeline.train import train
 from tests.synthetic import FAST_TRAINING, read_log, save_untrained

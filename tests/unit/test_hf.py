@@ -1,4 +1,4 @@
-"""Pretrained Hugging Face models through the same dumps and analyses (pipeline/hf.py, pipeline/hf_dump.py,
+"""Pretrained Hugging Face models through the same dumps and analyses (pipeline/model/hf.py, pipeline/hf_dump.py,
 analysis/words.py), on tiny random models built from configs (tests/hf_models.py): no network, no hub."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 from analysis import words  # noqa: E402
 from analysis.dumps import load_dump  # noqa: E402
-from pipeline import hf  # noqa: E402
+from pipeline.model import hf  # noqa: E402
 from pipeline.config import pretrained  # noqa: E402
 from pipeline.config.stages import pretrained_dump_config  # noqa: E402
 from pipeline.config.compose import compose  # noqa: E402

@@ -16,7 +16,7 @@ from analysis.tables import read_record, read_table
 from pipeline.config.compose import compose
 from pipeline.prepare.corpus import prepare_data, read_lines
 from pipeline.dump import dump
-from pipeline.model import ModelArgs, build_model
+from pipeline.model.transformer import ModelArgs, build_model
 from pipeline.errors import PipelineError
 from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
 from tests.synthetic import replace_output, save_untrained

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.model import ModelArgs, attention_mask, build_model, load_model
+from pipeline.model.transformer import ModelArgs, attention_mask, build_model, load_model
 
 ARGS = ModelArgs(d_vocab=50, pad_id=0, n_layers=3, n_dec_layers=2, d_model=32, n_heads=4, d_mlp=64,
                  dropout=0.0, n_ctx=40)
@@ -102,7 +102,7 @@ def test_explicit_attention_equals_torch_sdpa(causal):
     """The CPU bf16 attention path computes what scaled_dot_product_attention computes."""
     import torch.nn.functional as F
 
-    from pipeline.model import attention_mask, explicit_attention
+    from pipeline.model.transformer import attention_mask, explicit_attention
 
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(3, 50, (4, 9), generator=g)

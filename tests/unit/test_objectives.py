@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from pipeline.objectives import IGNORE, Specials, make_batches, mask_tokens, token_dropout
+from pipeline.model.objectives import IGNORE, Specials, make_batches, mask_tokens, token_dropout
 
 SP = Specials(pad=0, bos=2, eos=3, mask=4, n_special=5, d_vocab=1000)
 

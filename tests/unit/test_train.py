@@ -194,8 +194,8 @@ def _first_losses(cfg, n_steps=2):
     from pipeline.config.compose import to_plain
     from pipeline.prepare.corpus import prepare_data
     from pipeline.evaluate import to_device
-    from pipeline.model import ModelArgs, build_model
-    from pipeline.objectives import make_batches, make_objective, specials
+    from pipeline.model.transformer import ModelArgs, build_model
+    from pipeline.model.objectives import make_batches, make_objective, specials
     from pipeline.machine.runtime import resolve_precision
     from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
     from pipeline.train import load_examples, make_optimizer, make_step
@@ -248,8 +248,8 @@ def test_mlm_loss_on_chosen_positions_equals_the_full_vocabulary_loss():
     import torch.nn.functional as F
     from omegaconf import OmegaConf
 
-    from pipeline.model import ModelArgs, build_model
-    from pipeline.objectives import IGNORE, Specials, make_objective
+    from pipeline.model.transformer import ModelArgs, build_model
+    from pipeline.model.objectives import IGNORE, Specials, make_objective
 
     sp = Specials(pad=0, bos=1, eos=2, mask=3, n_special=4, d_vocab=50)
     obj = make_objective(OmegaConf.create({"kind": "mlm", "label_smoothing": 0.1, "mask_prob": 0.3,

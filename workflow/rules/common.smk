@@ -34,7 +34,7 @@ from pipeline.config.stages import data_config, init_config, max_minutes, tokeni
 from pipeline.config.grid import INIT
 from pipeline.config.checks import check_experiment_name, check_model_settings
 from pipeline.prepare.corpus import corpus_files  # noqa: E402
-from pipeline import hf  # noqa: E402  (light: transformers is imported by the dump job only)
+from pipeline.model import hf  # noqa: E402  (light: transformers is imported by the dump job only)
 from pipeline.config import pretrained  # noqa: E402
 from pipeline.records.stage import damaged_outputs  # noqa: E402
 from pipeline.records.files import config_hash
@@ -212,7 +212,7 @@ def _grid(cfg, pretrained: bool) -> list[tuple[str, int]]:
     return grid
 
 
-try:  # the pretrained models (pipeline/hf.py): label -> spec
+try:  # the pretrained models (pipeline/model/hf.py): label -> spec
     PRETRAINED = pretrained.specs(BASE)
 except PipelineError as error:
     fail(str(error))

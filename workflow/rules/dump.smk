@@ -53,7 +53,7 @@ rule dump_init:
         " objective=init seed={wildcards.seed} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
 
 
-# A pretrained Hugging Face model (pretrained.models, pipeline/hf.py) over the same probe sentences:
+# A pretrained Hugging Face model (pretrained.models, pipeline/model/hf.py) over the same probe sentences:
 # no train job; its files come from a local folder or the Hugging Face cache, which snakemake does not
 # track (the dump's record holds the sha256 of its weights, and a rerun compares them).
 rule hf_dump:

@@ -1,12 +1,6 @@
-"""Pretrained Hugging Face models as a model source: which models an experiment names, where their
-files are, what role each plays, and loading them (`transformers`, the optional group `.[hf]`).
-
-An experiment names its models under `pretrained.models`, one entry per label:
-
-    pretrained:
-      models:
-        bert: {name: bert-base-cased, role: mlm}
-        gpt2: {name: gpt2}                      # role inferred from its config.json: lm
+"""Pretrained Hugging Face models as a model source: where their files are, what role each plays, and
+loading them (`transformers`, the optional group `.[hf]`). Which models an experiment names, and
+their settings, is pipeline.config.pretrained's.
 
 `name` is a hub name looked up in the local Hugging Face cache (`HF_HOME`, `HF_HUB_CACHE`) or a local
 folder holding config.json, the weights and the tokenizer files. Offline first: nothing is downloaded
@@ -17,10 +11,7 @@ stops with `ModelNotAvailable`, which names the model and the command that fetch
 - `lm`: a decoder-only causal LM (GPT-2, Pythia); the analysed stack is its base decoder;
 - `mt`: an encoder-decoder (Marian, T5, BART); the analysed stack is its encoder.
 
-The label is the model's name everywhere downstream: its dump is `dumps/<label>/seed0/` (every
-pretrained model is "seed 0": there is one of it), its rows of every table carry objective=<label>.
-Nothing here imports torch or transformers at import time: the workflow reads the settings while it
-parses.
+Nothing here imports torch or transformers at import time: the workflow reads roles while it parses.
 """
 from __future__ import annotations
 
