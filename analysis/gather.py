@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from pipeline.config.grid import model_grid, pretrained_grid
 from pipeline.config.grid import INIT
-from pipeline.convergence import convergence
+from pipeline.train.convergence import convergence
 from pipeline.records.files import read_json
 from pipeline.errors import PipelineError
 

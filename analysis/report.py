@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.compose import RUNTIME_KEYS, to_plain
 from pipeline.config.cli import cli
 from pipeline.config.grid import INIT
-from pipeline.convergence import THRESHOLD as CONVERGED_BELOW
+from pipeline.train.convergence import THRESHOLD as CONVERGED_BELOW
 from pipeline.records.stage import inputs_read, make_record
 from pipeline.records.provenance import stage_command, versions
 from pipeline.records.locks import one_writer
@@ -187,7 +187,7 @@ def convergence_section(exp: gather.Experiment, style) -> Section:
     s = Section("convergence", "Did training converge?")
     s.add(para("The study trained until the dev loss stopped improving. A run has converged when early "
                "stopping ended it, or when the last quarter of its steps improved the best dev loss by less "
-               f"than {100 * CONVERGED_BELOW:g}% (pipeline/convergence.py). A finding read from a model that "
+               f"than {100 * CONVERGED_BELOW:g}% (pipeline/train/convergence.py). A finding read from a model that "
                "has not converged may still change with more training: the claim table flags it."))
     runs = [run for run in exp.models if run.convergence is not None]
     if not runs:

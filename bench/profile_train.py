@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import describe  # noqa: E402
 from pipeline.config.compose import compose, to_plain  # noqa: E402
-from pipeline.evaluate import bleu, dev_metrics, to_device  # noqa: E402
+from pipeline.train.evaluate import bleu, dev_metrics, to_device  # noqa: E402
 from pipeline.model.transformer import Attention, ModelArgs, OutputHead, build_model  # noqa: E402
 from pipeline.model.objectives import make_batches, make_objective, specials  # noqa: E402
 from pipeline.machine.runtime import autocast, resolve_device, resolve_precision, setup_runtime  # noqa: E402
 from pipeline.records.files import torch_save  # noqa: E402
 from pipeline.prepare.tokenizer import Tokenizer  # noqa: E402
-from pipeline.train import load_examples, make_step, make_optimizer  # noqa: E402
+from pipeline.train.steps import load_examples, make_step, make_optimizer  # noqa: E402
 
 LABELS = ("collate", "forward", "attention", "output+loss", "backward", "optimizer")
 

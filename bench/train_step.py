@@ -34,11 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import describe  # noqa: E402
 from pipeline.config.compose import compose, to_plain  # noqa: E402
-from pipeline.evaluate import to_device  # noqa: E402
+from pipeline.train.evaluate import to_device  # noqa: E402
 from pipeline.model.transformer import ModelArgs, build_model, sinusoids  # noqa: E402
 from pipeline.model.objectives import IGNORE, make_batches, make_objective, specials  # noqa: E402
 from pipeline.prepare.tokenizer import Tokenizer  # noqa: E402
-from pipeline.train import load_examples, make_optimizer, make_step, train  # noqa: E402
+from pipeline.train.stage import train  # noqa: E402
+from pipeline.train.steps import load_examples, make_optimizer, make_step
 
 
 class Reference(nn.Module):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipeline.convergence import THRESHOLD, convergence, model_convergence
+from pipeline.train.convergence import THRESHOLD, convergence, model_convergence
 from pipeline.records.files import write_json
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.train import train
+from pipeline.train.stage import train
 
 # Measured on the 2-core development machine (fp32, torch 2.13.0 CPU, LM, 20 steps): the largest
 # absolute difference of any weight from the single process's was 1.1e-4 (after 1 step: 7.8e-7; the

@@ -324,7 +324,7 @@ def test_init_dump_is_a_forward_pass_of_a_freshly_built_stack(root, init_dumps, 
 
 def test_init_stack_equals_the_step0_weights_train_starts_from(root, smoke_cfg, tmp_path, monkeypatch):
     """pipeline.train's own model at step 0 (captured as it is built) has the init checkpoint's stack."""
-    import pipeline.train as train_mod
+    import pipeline.train.stage as train_mod
 
     built = {}
 

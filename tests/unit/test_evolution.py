@@ -26,7 +26,7 @@ def run(tmp_path_factory, shared_zip):
     from analysis.merge import main as merge
     from pipeline.config.compose import compose
     from pipeline.dump import dump
-    from pipeline.train import train
+    from pipeline.train.stage import train
 
     results = tmp_path_factory.mktemp("evolution")
 
@@ -64,7 +64,7 @@ def test_training_keeps_the_steps_it_reaches_and_records_them(run):
         assert {"snapshots/step0.pt", "snapshots/step10.pt", "snapshots/step30.pt"} <= set(record["outputs"])
         assert record["summary"]["snapshots"] == [0, 10, 30]
     # a model no setting names keeps none
-    from pipeline.train import train
+    from pipeline.train.stage import train
 
     summary = train(run["cfg"]("objective=lm", "seed=2", "train.max_steps=10"))
     assert summary["snapshots"] == [] and not (results / "models" / "lm" / "seed2" / "snapshots").exists()
@@ -132,7 +132,7 @@ def test_a_step_that_was_not_kept_is_refused_naming_what_was(run):
 def test_snapshots_survive_a_kill_and_resume(smoke_cfg, tmp_path):
     """Killed at step 15 (last checkpoint: step 10, snapshot 10 written before it) and started again:
     the same snapshots as an uninterrupted run, bit for bit."""
-    from pipeline.train import train
+    from pipeline.train.stage import train
 
     def cfg(folder):
         return smoke_cfg("objective=lm", f"paths.model={folder}", *FAST_TRAINING, "train.max_steps=30",

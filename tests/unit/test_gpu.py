@@ -16,7 +16,7 @@ from pipeline.prepare.corpus import prepare_data
 from pipeline.dump import dump, read_tokens
 from pipeline.model.transformer import ModelArgs, build_model, load_model
 from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
-from pipeline.train import train
+from pipeline.train.stage import train
 from tests.synthetic import FAST_TRAINING, read_log, save_untrained
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -23,7 +23,7 @@ from pipeline.dump import dump
 from pipeline.records.files import read_json, sha256_file
 from pipeline.errors import PipelineError
 from pipeline.prepare.tokenizer import train_tokenizer
-from pipeline.train import train
+from pipeline.train.stage import train
 from tests.synthetic import FAST_TRAINING
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.train import train
+from pipeline.train.stage import train
 from tests.synthetic import FAST_TRAINING, read_log
 
 
@@ -108,7 +108,7 @@ def test_a_run_killed_after_its_final_checkpoint_stops_where_it_would_have(smoke
     """Killed while model.pt is written (after the last checkpoint, which already holds the stop):
     the rerun asks the stop rules before its first step and ends at the uninterrupted run's step,
     with its weights and log, not one step or one evaluation later."""
-    import pipeline.train as training
+    import pipeline.train.stage as training
 
     common = ["objective=lm", "train.eval_every=5", *overrides]
     straight = train(cfg_for(smoke_cfg, shared_data, tmp_path / "a", *common))
@@ -139,11 +139,11 @@ def test_a_run_killed_after_its_final_checkpoint_stops_where_it_would_have(smoke
 
 
 def test_a_damaged_log_line_before_the_last_is_named(tmp_path, caplog):
-    from pipeline.convergence import read_log as read_training_log
+    from pipeline.train.convergence import read_log as read_training_log
 
     whole = '{"step": 10, "dev_loss": 5.0}\n{"step": 20, "dev_loss": 4.0}\n'
     (tmp_path / "log.jsonl").write_text(whole + '{"step": 30, "dev_lo')
-    with caplog.at_level("WARNING", logger="pipeline.convergence"):
+    with caplog.at_level("WARNING", logger="pipeline.train.convergence"):
         assert [e["step"] for e in read_training_log(tmp_path)] == [10, 20]
     assert "line 3 is cut short" in caplog.text and "log.jsonl" in caplog.text
     (tmp_path / "log.jsonl").write_text('{"step": 10, "dev_lo\n' + whole)
@@ -193,12 +193,12 @@ def _first_losses(cfg, n_steps=2):
 
     from pipeline.config.compose import to_plain
     from pipeline.prepare.corpus import prepare_data
-    from pipeline.evaluate import to_device
+    from pipeline.train.evaluate import to_device
     from pipeline.model.transformer import ModelArgs, build_model
     from pipeline.model.objectives import make_batches, make_objective, specials
     from pipeline.machine.runtime import resolve_precision
     from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
-    from pipeline.train import load_examples, make_optimizer, make_step
+    from pipeline.train.steps import load_examples, make_optimizer, make_step
 
     prepare_data(cfg)
     train_tokenizer(cfg)

@@ -11,8 +11,14 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # type names only: reading a log imports neither torch nor omegaconf
+    from omegaconf import DictConfig
+
+    from pipeline.train.steps import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +90,27 @@ def model_convergence(folder, threshold: float = THRESHOLD) -> dict:
     summary_path = folder / "summary.json"
     stop = json.loads(summary_path.read_text()).get("stop_reason") if summary_path.exists() else None
     return convergence(read_log(folder), stop, threshold)
+
+
+def stop_reason(state: TrainState, out: Path, tcfg: DictConfig, out_of_time: bool) -> str | None:
+    """Why training stops at `state` (an evaluation's), or None: the rules in the order they are told."""
+    if state.step >= int(tcfg.max_steps):
+        return "max_steps"
+    if state.bad_evals >= int(tcfg.patience):
+        return "early_stopping"
+    if plateaued(out, tcfg):
+        return "plateau"
+    if out_of_time:
+        return "max_minutes"
+    return None
+
+
+def plateaued(out: Path, tcfg: DictConfig) -> bool:
+    """The dev loss has plateaued by `pipeline.convergence`'s rule (its last quarter improved it by
+    less than 1%), checked once the log holds `train.plateau_min_evals` evaluations (null: never),
+    so that a flat stretch early in training does not end it."""
+    least = tcfg.get("plateau_min_evals")
+    if least is None:
+        return False
+    entries = read_log(out)
+    return len(entries) >= int(least) and bool(convergence(entries)["converged"])

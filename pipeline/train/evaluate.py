@@ -7,8 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.model.objectives import IGNORE, Objective, Specials, make_batches, pad
 from pipeline.machine.runtime import autocast
+from pipeline.model.objectives import IGNORE, Objective, Specials, make_batches, pad
 
 EVAL_SEED = 20190901  # fixed MLM masks on the dev set, so that evaluations are comparable
 
