@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 
 from pipeline.config.cli import cli
 from pipeline.config.grid import snapshot_dump
-from pipeline.dump import MASKED_DIR
+from pipeline.dump.format import MASKED_DIR
 from pipeline.machine.runtime import resolve_device
 from pipeline.errors import PipelineError
 

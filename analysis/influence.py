@@ -384,7 +384,7 @@ def pretrained_runner(cfg: DictConfig, dump: Dump, device: torch.device) -> tupl
     from pipeline.model import hf
     from pipeline.config import pretrained
     from pipeline.prepare.corpus import read_lines
-    from pipeline.hf_dump import encode
+    from pipeline.dump.pretrained_probe import encode
     from analysis.hf_influence import removal_support
 
     spec = pretrained.spec_of(cfg, dump.objective)

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.config.cli import cli
-from pipeline.dump import MASKED_DIR
+from pipeline.dump.format import MASKED_DIR
 from analysis.settings import setting
 
 from analysis.dumps import check_aligned, dump_folder, load_dump, sample_rows

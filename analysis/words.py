@@ -2,7 +2,7 @@
 
 A word is a whitespace-separated word of a probe line (its 0-based index in the line), the unit every
 tokenizer agrees on. A pretrained model's dump says which word each subword row belongs to (column
-`word`, pipeline/hf_dump.py); our own dumps' sentencepiece pieces say it by their "▁" (a piece that
+`word`, pipeline/dump/pretrained.py); our own dumps' sentencepiece pieces say it by their "▁" (a piece that
 begins with it begins a word). A word's state at a layer is its first subword's state or the mean of
 its subwords' states (`pretrained.word_state`: first | mean).
 

@@ -25,7 +25,7 @@ from tests.synthetic import replace_output  # noqa: E402  (rewrites probe.txt an
 CHILD = """
 import resource, sys
 from pipeline.config.compose import compose
-from pipeline.dump import dump
+from pipeline.dump.stage import dump
 from pipeline.records.stage import read_json
 cfg = compose(sys.argv[1:])
 out = dump(cfg)
@@ -37,7 +37,7 @@ print(meta["n_tokens"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 BASELINE = """
 import resource, sys
 from pipeline.config.compose import compose
-from pipeline.dump import _load_checkpoint
+from pipeline.dump.stage import _load_checkpoint
 from pathlib import Path
 cfg = compose(sys.argv[1:])
 _load_checkpoint(cfg, Path(cfg.paths.model) / "model.pt")

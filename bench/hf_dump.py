@@ -84,7 +84,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from pipeline.config.compose import compose
     from pipeline.prepare.corpus import read_lines
-    from pipeline.hf_dump import dump
+    from pipeline.dump.pretrained import dump
     from pipeline.prepare.stage import run as prepare
     from pipeline.records.files import read_json
 

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from pipeline.config.compose import to_plain
 from pipeline.config.stages import train_config
 from pipeline.train.convergence import read_log  # noqa: F401  (the tests read training logs through it)
-from pipeline.dump import MASKED_COLUMNS, MASKED_DIR, TOKEN_COLUMNS, layer_file, write_token_table
+from pipeline.dump.writer import write_token_table
+from pipeline.dump.format import MASKED_COLUMNS, MASKED_DIR, TOKEN_COLUMNS, layer_file
 from pipeline.model.transformer import ModelArgs, build_model
 from pipeline.records.stage import outputs_digest, owner_record, write_stage_record
 from pipeline.records.files import config_hash, recording, torch_save, write_json, write_text

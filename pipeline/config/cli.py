@@ -48,6 +48,9 @@ def cli(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
 
     @functools.wraps(main)
     def entry() -> None:
+        # Hydra names the run's log after the command (<stage>.log), not after the module stage.py.
+        if not any(arg.lstrip("+").startswith("hydra.job.name=") for arg in sys.argv[1:]):
+            sys.argv.append(f"hydra.job.name={job_name(fn.__module__)}")
         # Hydra makes its run folder, named after experiment_name, before `main` runs: a name given on
         # the command line is checked first, so that a refused one (../x: outside results/) makes none.
         for arg in sys.argv[1:]:
@@ -61,6 +64,13 @@ def cli(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         main()
 
     return entry
+
+
+def job_name(module: str) -> str:
+    """The name of a command's Hydra job: `pipeline.train.stage` -> train, `analysis.measures.change` ->
+    change (the stage's folder for its stage.py, else the module)."""
+    parts = module.split(".")
+    return parts[-2] if parts[-1] in ("stage", "__main__") and len(parts) > 1 else parts[-1]
 
 
 def _folders_made_by_hydra(cfg: DictConfig) -> list[Path]:

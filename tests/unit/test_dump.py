@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import dump as dump_mod
+from pipeline.dump import stage as dump_mod
 from pipeline.config.compose import compose
 from pipeline.prepare.corpus import prepare_data, read_lines
-from pipeline.dump import MASKED_COLUMNS, TOKEN_COLUMNS, dump, layer_file, read_tokens
+from pipeline.dump.stage import dump
+from pipeline.dump.format import MASKED_COLUMNS, TOKEN_COLUMNS, layer_file, read_tokens
 from pipeline.model.transformer import load_model
 from pipeline.records.files import read_json
 from pipeline.errors import PipelineError
@@ -209,7 +210,7 @@ def test_killed_dump_leaves_nothing_and_a_rerun_completes(root, dumps, tmp_path,
 
 SIGKILL_CHILD = """
 import os, signal, sys
-import pipeline.dump as d
+import pipeline.dump.stage as d
 from pipeline.config.compose import compose
 real, calls = d.LayerWriter.write, [0]
 def write(self, *args):

@@ -25,7 +25,7 @@ def run(tmp_path_factory, shared_zip):
     from analysis.evolution import run as evolution
     from analysis.merge import main as merge
     from pipeline.config.compose import compose
-    from pipeline.dump import dump
+    from pipeline.dump.stage import dump
     from pipeline.train.stage import train
 
     results = tmp_path_factory.mktemp("evolution")
@@ -121,7 +121,7 @@ def test_an_mlm_snapshot_is_measured_on_the_first_maskings_of_the_final_dump(run
 
 
 def test_a_step_that_was_not_kept_is_refused_naming_what_was(run):
-    from pipeline.dump import dump
+    from pipeline.dump.stage import dump
 
     with pytest.raises(PipelineError, match=r"kept no snapshot of step 20 \(kept: \[0, 10, 30\]"):
         dump(run["cfg"]("objective=mt", "snapshot=20"))

@@ -96,7 +96,7 @@ def base(tmp_path_factory, shared_zip) -> Path:
     from analysis import neighbours
     from analysis.tables import merge_parts, part_path, table_path
     from pipeline.prepare.corpus import prepare_data, read_lines
-    from pipeline.dump import dump
+    from pipeline.dump.stage import dump
     from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
     from tests.synthetic import replace_output, save_untrained
 

@@ -13,7 +13,8 @@ from analysis.kmeans import kmeans
 from analysis.mutual_info import mi_of_clusters
 from analysis.neighbours import nearest_neighbours
 from pipeline.prepare.corpus import prepare_data
-from pipeline.dump import dump, read_tokens
+from pipeline.dump.stage import dump
+from pipeline.dump.format import read_tokens
 from pipeline.model.transformer import ModelArgs, build_model, load_model
 from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
 from pipeline.train.stage import train

@@ -1,4 +1,4 @@
-"""Pretrained Hugging Face models through the same dumps and analyses (pipeline/model/hf.py, pipeline/hf_dump.py,
+"""Pretrained Hugging Face models through the same dumps and analyses (pipeline/model/hf.py, pipeline/dump/pretrained.py,
 analysis/words.py), on tiny random models built from configs (tests/hf_models.py): no network, no hub."""
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ LABELS = {"bert": "bert", "gpt2": "gpt2", "marian": "marian"}  # label -> kind o
 def exp(tmp_path_factory, shared_zip):
     """The smoke data split, three tiny pretrained models dumped (float32, to compare exactly), a
     copy of the BERT under a second label, and one of our own (untrained) MLMs dumped beside them."""
-    from pipeline import dump as own_dump, hf_dump
+    from pipeline.dump import pretrained as hf_dump
+    from pipeline.dump import stage as own_dump
     from pipeline.prepare.stage import run as prepare
     from pipeline.prepare.tokenizer import Tokenizer
     from tests.synthetic import save_untrained
@@ -139,7 +140,7 @@ def test_mlm_masked_run_uses_the_models_mask_token_and_its_head(exp):
 
 
 def test_a_second_dump_reuses_the_first_and_new_weights_redo_it(exp, caplog):
-    from pipeline import hf_dump
+    from pipeline.dump import pretrained as hf_dump
     from pipeline.records.stage import stage_problem
     from tests.hf_models import build
 
@@ -165,7 +166,7 @@ def test_a_second_dump_reuses_the_first_and_new_weights_redo_it(exp, caplog):
 
 
 def test_a_failed_dump_leaves_nothing_behind(exp, monkeypatch):
-    from pipeline import hf_dump
+    from pipeline.dump import pretrained as hf_dump
 
     def broken(*args, **kwargs):
         raise RuntimeError("killed")
@@ -180,7 +181,7 @@ def test_a_failed_dump_leaves_nothing_behind(exp, monkeypatch):
 
 
 def test_role_must_match_the_objective_config(exp):
-    from pipeline import hf_dump
+    from pipeline.dump import pretrained as hf_dump
 
     with pytest.raises(PipelineError, match="objective=lm objective.name=gpt2"):
         hf_dump.dump(compose([*exp["overrides"], "objective=mt", "objective.name=gpt2", "seed=0"]))
@@ -224,7 +225,7 @@ def test_word_states_first_and_mean(exp):
 
 
 def test_words_from_pieces_and_offsets():
-    from pipeline.hf_dump import words_from_offsets, words_from_pieces
+    from pipeline.dump.pretrained_probe import words_from_offsets, words_from_pieces
 
     assert words_from_pieces(["▁I", "▁wo", "ke", "▁up", "."]) == [0, 1, 1, 2, 2]
     assert words_from_pieces(["I", "▁am"]) == [0, 1]
@@ -236,13 +237,13 @@ def test_words_from_pieces_and_offsets():
 def test_a_slow_sentencepiece_tokenizer_as_opus_mt_ships_it(exp):
     """transformers' MarianTokenizer (no character offsets): words from the pieces' "▁"; the dump
     still equals a direct forward pass."""
-    from pipeline import hf_dump
+    from pipeline.dump.pretrained_probe import encode
     from tests.hf_models import marian_spm
 
     folder = exp["root"] / "marian-spm"
     _, tok = marian_spm(folder, read_lines(exp["root"] / "results" / "data" / "train.src"))
     assert not tok.is_fast
-    ids, special, word = hf_dump.encode(tok, ["I woke  up."])[0]
+    ids, special, word = encode(tok, ["I woke  up."])[0]
     content = [w for w, s in zip(word, special) if not s]
     assert special[-1] and not any(special[:-1])  # </s> closes the input
     assert content[0] == 0 and content[-1] == 2 and sorted(content) == content  # three words, in order
@@ -309,7 +310,7 @@ def test_trained_pairs_are_untouched_by_a_pretrained_model(exp):
 
     second = compose([*exp["overrides"], "objective=mlm", "seed=2"])
     save_untrained(second, Tokenizer.load(second.paths.tokenizer))
-    from pipeline import dump as own_dump
+    from pipeline.dump import stage as own_dump
 
     own_dump.dump(second)
     seeds = ["workflow.seeds={mlm: [1, 2]}", "analysis.similarity.max_tokens=1500"]

@@ -15,7 +15,7 @@ from analysis.dumps import bucket_edges, bucket_index, bucket_labels, load_dump
 from analysis.tables import read_record, read_table
 from pipeline.config.compose import compose
 from pipeline.prepare.corpus import prepare_data, read_lines
-from pipeline.dump import dump
+from pipeline.dump.stage import dump
 from pipeline.model.transformer import ModelArgs, build_model
 from pipeline.errors import PipelineError
 from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer

@@ -19,7 +19,7 @@ import pytest
 
 from analysis.dumps import load_dump
 from pipeline.prepare.corpus import prepare_data, read_archive
-from pipeline.dump import dump
+from pipeline.dump.stage import dump
 from pipeline.records.files import read_json, sha256_file
 from pipeline.errors import PipelineError
 from pipeline.prepare.tokenizer import train_tokenizer

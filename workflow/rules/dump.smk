@@ -77,5 +77,5 @@ rule hf_dump:
     resources:
         **needs("dump", GPUS),
     shell:
-        "OMP_NUM_THREADS={threads} {PYTHON:q} -m pipeline.hf_dump {HYDRA_ARGS:q}"
+        "OMP_NUM_THREADS={threads} {PYTHON:q} -m pipeline.dump.pretrained {HYDRA_ARGS:q}"
         " {params.objective} seed={wildcards.seed} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"

@@ -32,9 +32,7 @@ so every model of an experiment keeps the same sentences and the rows line up ac
 """
 from __future__ import annotations
 
-import io
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,47 +41,58 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.compose import to_plain
-from pipeline.config.cli import cli
-from pipeline.config.grid import snapshot_dump, snapshot_file
-from pipeline.config.stages import data_config, init_config, tokenizer_config, train_config
-from pipeline.config.grid import INIT
 from pipeline.config.checks import check_dump_settings
-from pipeline.prepare.corpus import prepare_command, read_lines
-from pipeline.model.transformer import Model, ModelArgs, build_model, load_model
-from pipeline.model.objectives import Specials, mask_tokens, pad, specials
-from pipeline.machine.runtime import resolve_device
-from pipeline.records.stage import (input_hashes, read_record, recorded_hash, require_upstream,
-                                    stage_problem, write_stage_record)
-from pipeline.records.provenance import stage_command
-from pipeline.records.locks import one_writer
-from pipeline.records.files import (STAGE_RECORD, HashingFile, config_hash, recording,
-                                    remove_stale_temporaries, torch_save, write_json)
+from pipeline.config.cli import cli
+from pipeline.config.compose import to_plain
+from pipeline.config.grid import INIT, snapshot_dump, snapshot_file
+from pipeline.config.stages import data_config, init_config, tokenizer_config, train_config
+from pipeline.dump.format import (
+    DTYPES,
+    MASKED_COLUMNS,
+    MASKED_DIR,
+    TOKEN_COLUMNS,
+    TOKENS_FILE,
+    partial_path,
+)
+from pipeline.dump.probe import Probe, token_columns, mask_probe, select_probe
+from pipeline.dump.writer import (
+    _TORCH_DTYPES,
+    CHUNK_BYTES,
+    LayerWriter,
+    chunks,
+    discard,
+    length_batches,
+    publish,
+    remove_outputs,
+    write_token_table,
+)
 from pipeline.errors import PipelineError
+from pipeline.machine.runtime import resolve_device
+from pipeline.model.objectives import Specials, pad, specials
+from pipeline.model.transformer import Model, ModelArgs, build_model, load_model
+from pipeline.prepare.corpus import prepare_command, read_lines
 from pipeline.prepare.tokenizer import FREQ_FILE, MODEL_FILE, Tokenizer, load_frequency_ranks
+from pipeline.records.files import (
+    STAGE_RECORD,
+    config_hash,
+    recording,
+    torch_save,
+)
+from pipeline.records.locks import one_writer
+from pipeline.records.provenance import stage_command
+from pipeline.records.stage import (
+    input_hashes,
+    read_record,
+    recorded_hash,
+    require_upstream,
+    stage_problem,
+    write_stage_record,
+)
 
 log = logging.getLogger("pipeline.dump")
 
-TOKENS_FILE = "tokens.tsv"
-META_FILE = "meta.json"
-MASKED_DIR = "masked"
 # The step-0 control is the stack as this objective kind builds it: bidirectional attention.
 INIT_BUILT_AS = "mlm"
-PARTIAL = ".partial"  # suffix of files being written; never read, removed or overwritten by a rerun
-TOKEN_COLUMNS = ("sentence_id", "position", "token_id", "token", "sentence_length", "freq_rank")
-MASKED_COLUMNS = (*TOKEN_COLUMNS, "masked", "input_id", "label_id", "masking")
-DTYPES = {"float16": np.float16, "float32": np.float32}
-_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-
-
-def layer_file(layer: int) -> str:
-    return f"layer_{layer:02d}.npy"
-
-
-def partial_path(path: Path) -> Path:
-    """The name `path` is written under until the whole dump is complete (hidden, so that no glob
-    for `layer_*.npy` ever picks it up)."""
-    return path.with_name(f".{path.name}{PARTIAL}")
 
 
 def is_init(cfg: DictConfig) -> bool:
@@ -110,236 +119,8 @@ def dump_config(cfg: DictConfig) -> dict:
 
 # ---------------------------------------------------------------- the probe set
 
-class SentenceRows:
-    """The rows of the kept probe sentences in the layer files: sentence i at offsets[i]:offsets[i + 1]."""
-
-    offsets: np.ndarray
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.offsets[-1])
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-
-@dataclass(frozen=True)
-class Probe(SentenceRows):
-    """The probe sentences that fit the model, as token ids, with their rows in the layer files."""
-
-    sentence_ids: np.ndarray  # (k,) 0-based line numbers in probe.txt of the kept sentences
-    tokens: list[np.ndarray]  # k arrays of token ids (no bos/eos)
-    offsets: np.ndarray  # (k + 1,) first row of each kept sentence; offsets[-1] = n_tokens
-    n_lines: int
-    n_too_long: int
-    n_empty: int
-
-
-def select_probe(lines: Sequence[str], tok: Tokenizer, n_ctx: int) -> Probe:
-    """Tokenise the probe lines and keep those with 1 .. n_ctx - 2 tokens (bos and eos need room)."""
-    encoded = tok.encode_batch(lines)
-    fits = [i for i, ids in enumerate(encoded) if 0 < len(ids) <= n_ctx - 2]
-    n_empty = sum(1 for ids in encoded if not ids)
-    tokens = [np.asarray(encoded[i], dtype=np.int64) for i in fits]
-    offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens], dtype=np.int64)]).astype(np.int64)
-    return Probe(np.asarray(fits, dtype=np.int64), tokens, offsets, len(lines),
-                 len(lines) - len(fits) - n_empty, n_empty)
-
-
-def length_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
-    """Indices sorted by length, cut so that rows x (longest + 2) <= batch_tokens (a sentence longer
-    than that goes alone). Sorting keeps padding small; it is deterministic and, since padding never
-    reaches a real token, what a sentence's states are does not depend on the batching."""
-    order = np.argsort(lengths, kind="stable")
-    batches, start = [], 0
-    while start < len(order):
-        end = start + 1
-        while end < len(order) and (lengths[order[end]] + 2) * (end + 1 - start) <= batch_tokens:
-            end += 1
-        batches.append(order[start:end])
-        start = end
-    return batches
-
-
-def mask_probe(probe: Probe, sp: Specials, seed: int, objective: dict) -> tuple[list[np.ndarray], np.ndarray]:
-    """MLM inputs of the probe set masked as in training, with the objective's probabilities.
-
-    The whole probe set is masked at once, in probe order, from one generator: the masks depend on
-    `seed` and the kept sentences only — not on the batching, nor on the model's seed.
-    Returns (input ids per sentence, masking kind per row: 0 untouched, 1 [MASK], 2 random, 3 kept).
-    """
-    flat = torch.from_numpy(np.concatenate(probe.tokens))[None]  # (1, n_tokens)
-    gen = torch.Generator().manual_seed(seed)
-    inputs, _, kind = mask_tokens(flat, sp, gen, float(objective.get("mask_prob", 0.15)),
-                                  float(objective.get("mask_token_prob", 0.8)),
-                                  float(objective.get("random_token_prob", 0.1)))
-    inputs = inputs[0].numpy()
-    return np.split(inputs, probe.offsets[1:-1]), kind[0].numpy().astype(np.int64)
-
 
 # ---------------------------------------------------------------- files
-
-class LayerWriter:
-    """The layer files of one dump, written front to back under partial names, one chunk of rows at a
-    time, and hashed (sha256) as they are written: the record needs no second pass over them.
-
-    `write` puts one block of rows into the chunk under way (in any order: batches are sorted by
-    length); `end_chunk` appends the chunk to every file. At most one chunk of every layer is in
-    memory, whatever the size of the probe set.
-    """
-
-    def __init__(self, folder: Path, n_layers: int, n_rows: int, d_model: int, dtype: np.dtype) -> None:
-        self.paths = [folder / layer_file(l) for l in range(n_layers)]
-        self.dtype, self.d_model, self.n_rows = np.dtype(dtype), d_model, n_rows
-        self.files: list[HashingFile] = []
-        self._raw: list[Any] = []
-        self.written = 0  # rows appended so far to every file
-        self.chunk: tuple[int, int] | None = None
-        self.buffers: list[np.ndarray] = []
-        folder.mkdir(parents=True, exist_ok=True)
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                      "fortran_order": False, "shape": (n_rows, d_model)})
-        try:
-            for path in self.paths:
-                raw = open(partial_path(path), "wb")
-                self._raw.append(raw)
-                self.files.append(HashingFile(raw))
-                self.files[-1].write(header.getvalue())
-        except BaseException:  # a full disk at the first bytes: the files opened so far are closed
-            self.discard()
-            raise
-
-    @property
-    def row_bytes(self) -> int:
-        return self.dtype.itemsize * self.d_model
-
-    def begin_chunk(self, start: int, stop: int) -> None:
-        """The next rows to fill: [start, stop), which must follow the rows already written."""
-        assert start == self.written and stop <= self.n_rows, (start, stop, self.written)
-        self.chunk = (start, stop)
-        self.buffers = [np.empty((stop - start, self.d_model), dtype=self.dtype) for _ in self.paths]
-
-    def write(self, layer: int, row: int, values: np.ndarray) -> None:
-        """Put `values` (rows x d_model) at `row` of `layer` (a row of the chunk under way)."""
-        start = self.chunk[0]
-        self.buffers[layer][row - start:row - start + len(values)] = values
-
-    def end_chunk(self) -> None:
-        for f, buffer in zip(self.files, self.buffers):
-            f.write(memoryview(np.ascontiguousarray(buffer)).cast("B"))
-        self.written, self.chunk, self.buffers = self.chunk[1], None, []
-
-    def close(self) -> list[tuple[int, str]]:
-        """Flush to disk (a renamed file must hold its data even if the machine stops right after);
-        returns (size, sha256) of each file."""
-        assert self.written == self.n_rows, (self.written, self.n_rows)
-        for raw in self._raw:
-            raw.flush()
-            os.fsync(raw.fileno())
-            raw.close()
-        self._raw = []
-        return [(f.size, f.sha256) for f in self.files]
-
-    def discard(self) -> None:
-        """Close every file without keeping what is left in its buffer (on a full disk the flush of a
-        close fails: the file is closed all the same, and the next one must be too)."""
-        for raw in self._raw:
-            try:
-                raw.close()
-            except OSError:
-                pass
-        self._raw = []
-
-
-# Rows per chunk of a dump: this many bytes over all layer files together, the memory the chunk takes
-# (bench/dump_memory.py: a chunk adds its size to the peak). At d_model 128, float16 and 7 layer files
-# that is ~18,700 tokens, ~1,500 probe sentences, batched by length within the chunk.
-CHUNK_BYTES = 32 << 20
-
-
-def chunks(offsets: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
-    """Consecutive sentence ranges [a, b) of at most `max_rows` tokens each (a longer sentence alone)."""
-    out, a, n = [], 0, len(offsets) - 1
-    while a < n:
-        b = a + 1
-        while b < n and offsets[b + 1] - offsets[a] <= max_rows:
-            b += 1
-        out.append((a, b))
-        a = b
-    return out
-
-
-def write_token_table(path: Path, columns: dict[str, Sequence[Any]]) -> tuple[int, str]:
-    """A TSV with a header; no escaping: a value (e.g. a sentencepiece piece) holds no tab or newline.
-    Returns its size and sha256 (hashed while written)."""
-    names = list(columns)
-    values = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns.values()]  # python ints print faster
-    with open(path, "wb") as raw:
-        f = HashingFile(raw)
-        f.write(("\t".join(names) + "\n").encode("utf-8"))
-        block: list[str] = []
-        for row in zip(*values):
-            block.append("\t".join(map(str, row)) + "\n")
-            if len(block) == 4096:
-                f.write("".join(block).encode("utf-8"))
-                block = []
-        f.write("".join(block).encode("utf-8"))
-    return f.size, f.sha256
-
-
-def read_tokens(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The columns of `<folder>/tokens.tsv`: int64 arrays, and `token` as an array of str."""
-    path = Path(folder) / TOKENS_FILE
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: run `python -m pipeline.dump` first")
-    with open(path, encoding="utf-8", newline="") as f:
-        # split on "\n" only: a piece may hold characters str.splitlines breaks at (U+2028, \x1c ..)
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    names = lines[0].split("\t")
-    values = list(zip(*(line.split("\t") for line in lines[1:]))) or [()] * len(names)
-    return {name: np.asarray(col, dtype=str) if name == "token" else np.asarray(col, dtype=np.int64)
-            for name, col in zip(names, values)}
-
-
-def remove_outputs(folder: Path) -> None:
-    """Delete what a previous (finished, stale or killed) dump left in `folder` and `folder/masked`."""
-    (folder / STAGE_RECORD).unlink(missing_ok=True)  # first: nothing below may be trusted any more
-    for sub in (folder, folder / MASKED_DIR):
-        if not sub.is_dir():
-            continue
-        for path in [*sub.glob("layer_*.npy"), *sub.glob(f".*{PARTIAL}"), sub / TOKENS_FILE, sub / META_FILE]:
-            path.unlink(missing_ok=True)
-        remove_stale_temporaries(sub / META_FILE)  # what a writer of meta.json killed before its rename left
-    if (folder / MASKED_DIR).is_dir() and not any((folder / MASKED_DIR).iterdir()):
-        (folder / MASKED_DIR).rmdir()
-
-
-def publish(out: Path, sets: Sequence[Any]):
-    """Only now, with every file of every set complete (`set.written`: the size and sha256 of its layer
-    files, then its token table), do the outputs get their final names, and each set its meta.json;
-    returns the ledger of them all for the stage record."""
-    with recording(out) as ledger:
-        for dset in sets:
-            for path, (size, sha) in zip([*dset.writer.paths, dset.folder / TOKENS_FILE], dset.written):
-                os.replace(partial_path(path), path)
-                ledger.add(path, size, sha)
-            write_json(dset.folder / META_FILE, dset.meta)
-    return ledger
-
-
-def discard(out: Path, sets: Sequence[Any]) -> None:
-    """A failed or killed dump leaves nothing behind, partial or final (the partial files are removed
-    even when closing them fails: on a full disk they hold the space the user must get back)."""
-    try:
-        for dset in sets:
-            if dset.writer is not None:
-                dset.writer.discard()
-    finally:
-        remove_outputs(out)
 
 
 # ---------------------------------------------------------------- running the model
@@ -396,20 +177,6 @@ def _write_batch(model: Model, dset: DumpSet, idx: np.ndarray, offsets: np.ndarr
             # rows 1 .. n of the padded input: x_1 .. x_n without bos, eos and padding
             dset.writer.write(layer, int(offsets[i]), block[r, 1:1 + int(lengths[i])])
     del states, block
-
-
-def _token_columns(probe: Probe, tok: Tokenizer, ranks: np.ndarray) -> dict[str, Sequence[Any]]:
-    flat = np.concatenate(probe.tokens)
-    lengths = probe.lengths
-    pieces = [tok.piece(i) for i in range(tok.vocab_size)]
-    bad = [p for p in pieces if "\t" in p or "\n" in p or "\r" in p]
-    assert not bad, f"pieces with a tab or newline cannot go unescaped into {TOKENS_FILE}: {bad[:3]}"
-    return {"sentence_id": np.repeat(probe.sentence_ids, lengths),
-            "position": np.concatenate([np.arange(n) for n in lengths]),
-            "token_id": flat,
-            "token": [pieces[i] for i in flat],
-            "sentence_length": np.repeat(lengths, lengths),
-            "freq_rank": ranks[flat]}
 
 
 def _load_checkpoint(cfg: DictConfig, path: Path) -> tuple[Model, dict]:
@@ -545,7 +312,7 @@ def _dump(cfg: DictConfig) -> Path:
             "checkpoint_sha256": checkpoint_sha, "config_hash": ckpt.get("config_hash"),
             "summary": ckpt.get("summary"), "step": ckpt.get("step"), "input": "[bos] x_1 .. x_n [eos]; rows are x_1 .. x_n",
             "masked": False, "columns": list(TOKEN_COLUMNS)}
-    columns = _token_columns(probe, tok, ranks)
+    columns = token_columns(probe, tok, ranks)
     sets = [DumpSet(out, probe.tokens, columns, meta)]
     if model_kind == "mlm" and bool(cfg.dump.mlm_masked):
         # `maskings` independent maskings (seeds mask_seed, mask_seed + 1, ..), one copy of the probe

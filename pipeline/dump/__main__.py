@@ -1,0 +1,3 @@
+from pipeline.dump.stage import main
+
+main()

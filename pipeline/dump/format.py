@@ -1,0 +1,55 @@
+"""The dump format: what a dump folder holds, and reading its token table. The analyses read dumps
+through this module alone (never through the writers, which import torch).
+
+    layer_00.npy .. layer_LL.npy  one (n_tokens, d) array per layer (0 = embeddings), rows in probe order
+    tokens.tsv                    one line per row: TOKEN_COLUMNS (a pretrained model's: HF_COLUMNS)
+    meta.json                     sizes, dtype, model, seed, the checkpoint's sha256
+    masked/                       an MLM's states with the input masked as in training (MASKED_COLUMNS)
+    stage.json                    written last: the folder is finished
+
+A file being written is named `.<name>.partial` (partial_path): never read, removed by a rerun.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+TOKENS_FILE = "tokens.tsv"
+META_FILE = "meta.json"
+MASKED_DIR = "masked"
+PARTIAL = ".partial"  # suffix of files being written; never read, removed or overwritten by a rerun
+TOKEN_COLUMNS = ("sentence_id", "position", "token_id", "token", "sentence_length", "freq_rank")
+MASKED_COLUMNS = (*TOKEN_COLUMNS, "masked", "input_id", "label_id", "masking")
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def layer_file(layer: int) -> str:
+    return f"layer_{layer:02d}.npy"
+
+
+def partial_path(path: Path) -> Path:
+    """The name `path` is written under until the whole dump is complete (hidden, so that no glob
+    for `layer_*.npy` ever picks it up)."""
+    return path.with_name(f".{path.name}{PARTIAL}")
+
+
+def read_tokens(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The columns of `<folder>/tokens.tsv`: int64 arrays, and `token` as an array of str."""
+    path = Path(folder) / TOKENS_FILE
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run `python -m pipeline.dump` first")
+    with open(path, encoding="utf-8", newline="") as f:
+        # split on "\n" only: a piece may hold characters str.splitlines breaks at (U+2028, \x1c ..)
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    names = lines[0].split("\t")
+    values = list(zip(*(line.split("\t") for line in lines[1:]))) or [()] * len(names)
+    return {name: np.asarray(col, dtype=str) if name == "token" else np.asarray(col, dtype=np.int64)
+            for name, col in zip(names, values)}
+HF_COLUMNS = (*TOKEN_COLUMNS, "word")
+HF_MASKED_COLUMNS = (*HF_COLUMNS, "masked", "input_id", "label_id", "masking", "predicted_id")
