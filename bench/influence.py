@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from bench.machine import describe  # noqa: E402
-from analysis.influence import removed_states, removed_states_direct, sentence_batches  # noqa: E402
+from analysis.measures.influence import removed_states, removed_states_direct, sentence_batches  # noqa: E402
 from pipeline.model.transformer import ModelArgs, build_model  # noqa: E402
 
 

@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from analysis.kmeans import assign, kmeans
-from analysis.mutual_info import mi_of_clusters, plugin_mi
+from analysis.stats.kmeans import assign, kmeans
+from analysis.measures.mutual_info import mi_of_clusters, plugin_mi
 from pipeline.machine.runtime import resolve_device
 from bench.machine import cpu_model
 

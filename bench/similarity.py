@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: the packages are not installed here
 
-from analysis.similarity import pwcca_distance
+from analysis.stats.cca import pwcca_distance
 from bench.machine import cpu_model
 from pipeline.machine.runtime import resolve_device
 from tests import reference_similarity as reference

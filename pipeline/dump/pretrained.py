@@ -25,7 +25,7 @@ training source side), both tokenised with the model's own tokenizer; writes to
 
 Sentences whose input (special tokens included) exceeds the model's position table are skipped and
 counted in meta.json; different tokenizers keep different sentences, which the word-level comparisons
-(analysis/words.py) align by (sentence, word).
+(analysis/io/words.py) align by (sentence, word).
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def run(tmp_path_factory):
 
 
 def test_every_model_is_dumped_and_measured(run):
-    from analysis.tables import read_table
+    from analysis.io.tables import read_table
 
     results = run["workdir"] / "results" / EXPERIMENT
     assert not (results / "models").exists(), "nothing is trained"

@@ -105,7 +105,7 @@ def test_dump_setting_reruns_only_the_dumps(finished):
 def test_every_table_and_the_report(finished):
     import numpy as np
 
-    from analysis.tables import COLUMNS, REPLICATED, read_replicates, read_table
+    from analysis.io.tables import COLUMNS, REPLICATED, read_replicates, read_table
 
     metrics = finished / "results" / EXPERIMENT / "metrics"
     models = {(o, str(s)) for o, s in MODELS}

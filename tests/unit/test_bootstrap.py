@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.bootstrap import (Plan, Resampled, draws, interval, resampled_covariances, resampled_mi, unit_of,
+from analysis.stats.bootstrap import (Plan, Resampled, draws, interval, resampled_covariances, resampled_mi, unit_of,
                                 weighted_means)
-from analysis.mutual_info import plugin_mi
-from analysis.similarity import covariances, distance_from_covariances
-from analysis.verdicts import Contrast, Stat, judge
+from analysis.measures.mutual_info import plugin_mi
+from analysis.stats.cca import covariances, distance_from_covariances
+from analysis.stats.verdicts import Contrast, Stat, judge
 
 GROUPS = 200
 

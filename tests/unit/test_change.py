@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.buckets import shuffle_seed
-from analysis.change import run, token_groups
-from analysis.dumps import load_dump
-from analysis.similarity import pwcca_distance
-from analysis.tables import merge_parts, read_record, read_table
+from analysis.stats.buckets import shuffle_seed
+from analysis.measures.change import run, token_groups
+from analysis.io.dumps import load_dump
+from analysis.stats.cca import pwcca_distance
+from analysis.io.tables import merge_parts, read_record, read_table
 from pipeline.config.compose import compose
 from pipeline.errors import PipelineError
 from tests.synthetic import token_columns, write_fake_dump

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.gather import load_table
-from analysis.tables import REPLICATES
+from analysis.report.gather import load_table
+from analysis.io.tables import REPLICATES
 from pipeline.errors import PipelineError
 from tests.synthetic import FAST_TRAINING
 
@@ -22,8 +22,8 @@ KEEP = "snapshots.keep=[0,10,30]"
 def run(tmp_path_factory, shared_zip):
     """MT, LM and MLM seed 1 trained 30 steps keeping steps 0, 10 and 30, every point dumped and
     measured (the finished model too), and the step-0 control dumped."""
-    from analysis.evolution import run as evolution
-    from analysis.merge import main as merge
+    from analysis.measures.evolution import run as evolution
+    from analysis.measures.merge import main as merge
     from pipeline.config.compose import compose
     from pipeline.dump.stage import dump
     from pipeline.train.stage import train
@@ -161,8 +161,8 @@ def test_snapshots_survive_a_kill_and_resume(smoke_cfg, tmp_path):
 def test_the_heat_map_rows_and_columns_match_the_table(run):
     import matplotlib.pyplot as plt
 
-    from analysis import figures
-    from analysis.report_evolution import FINAL, grid
+    from analysis.report import figures
+    from analysis.report.evolution import FINAL, grid
 
     rows = run["rows"]
     for objective in ("mt", "lm", "mlm"):
@@ -180,8 +180,8 @@ def test_the_heat_map_rows_and_columns_match_the_table(run):
 
 
 def test_settled_and_first_holding_are_the_first_points_from_which_it_stays_so():
-    from analysis.claims import FAILS, HOLDS, Verdict
-    from analysis.report_evolution import FINAL, Grid, first_holding, settled
+    from analysis.report.claims import FAILS, HOLDS, Verdict
+    from analysis.report.evolution import FINAL, Grid, first_holding, settled
 
     g = Grid("mt", 1, "pwcca", [0, 10, 30, FINAL], [0, 10, 30, 40], [0, 1],
              np.array([[0.3, 0.04, 0.06, 0.0], [0.5, 0.2, 0.03, 0.0]]))
@@ -197,8 +197,8 @@ def test_settled_and_first_holding_are_the_first_points_from_which_it_stays_so()
 def test_the_claims_per_step_read_the_rows_as_the_tables_hold_them(run):
     """At the final point the per-step claim tables carry the evolution rows' numbers in the mi,
     change and neighbours shapes, and every per-step claim gets a verdict at every point."""
-    from analysis.claims import Criteria
-    from analysis.report_evolution import FINAL, PER_STEP_CLAIMS, claim_tables, rows_at, verdicts_over_training
+    from analysis.report.claims import Criteria
+    from analysis.report.evolution import FINAL, PER_STEP_CLAIMS, claim_tables, rows_at, verdicts_over_training
 
     crit = Criteria.from_cfg(run["cfg"]())
     final, ended = rows_at(run["rows"], FINAL)
@@ -241,8 +241,8 @@ def test_snapshots_after_the_best_step_come_after_the_finished_model():
     """Training went on past its best step (20) to a kept step (30) before early stopping: the heat map
     shows 30 after the finished model, a layer that settled at step 10 reads as settling at 10, and the
     claims over training have no column at or after the last best step."""
-    from analysis.report_evolution import FINAL, grid, points_of, rows_at, settled, verdicts_over_training
-    from analysis.claims import Criteria
+    from analysis.report.evolution import FINAL, grid, points_of, rows_at, settled, verdicts_over_training
+    from analysis.report.claims import Criteria
 
     rows = _step_rows(20, [0, 10, 30])
     assert points_of(rows, "mt", 1) == ([0, 10, FINAL, 30], [0, 10, 20, 30], 1)
@@ -258,7 +258,7 @@ def test_snapshots_after_the_best_step_come_after_the_finished_model():
 
 
 def test_the_report_shows_the_evolution_section(run):
-    from analysis.report import build
+    from analysis.report.stage import build
 
     html = build(run["cfg"](), probe_hardware=False)
     assert "Evolution over training" in html and "When each finding appears" in html

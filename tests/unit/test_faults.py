@@ -93,8 +93,8 @@ def base(tmp_path_factory, shared_zip) -> Path:
     (seed 1) checkpoints, the lm dump, the mlm dump with MLM_DUMP (many small batches: a kill lands
     mid-way), the lm model's neighbours part and the merged neighbours table (for the report).
     Read-only for the tests."""
-    from analysis import neighbours
-    from analysis.tables import merge_parts, part_path, table_path
+    from analysis.measures import neighbours
+    from analysis.io.tables import merge_parts, part_path, table_path
     from pipeline.prepare.corpus import prepare_data, read_lines
     from pipeline.dump.stage import dump
     from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
@@ -236,7 +236,7 @@ def dump_files(folder: Path) -> dict[str, bytes]:
     ("os:replace", 1, "masked/meta.json"),                # the last output, complete under its temporary name
 ], ids=["mid-way", "during-the-renames", "before-the-last-rename"])
 def test_a_killed_dump_reruns_to_the_same_bytes(base, shared_zip, tmp_path, target, nth, match):
-    from analysis.dumps import load_dump
+    from analysis.io.dumps import load_dump
 
     reference = base / "dumps" / "mlm" / "seed1"  # the uninterrupted dump of the same config
     out = tmp_path / "dump"
@@ -264,9 +264,9 @@ def test_a_killed_dump_reruns_to_the_same_bytes(base, shared_zip, tmp_path, targ
 
 @pytest.fixture(scope="module")
 def neighbours_reference(base, shared_zip, tmp_path_factory) -> bytes:
-    """The lm model's neighbours part made by an uninterrupted `python -m analysis.neighbours`."""
+    """The lm model's neighbours part made by an uninterrupted `python -m analysis.measures.neighbours`."""
     folder = tmp_path_factory.mktemp("neighbours-reference")
-    done = run_cli("-m", "analysis.neighbours", *common(base, shared_zip), "objective=lm", "seed=1",
+    done = run_cli("-m", "analysis.measures.neighbours", *common(base, shared_zip), "objective=lm", "seed=1",
                    f"paths.metrics={folder}/metrics", f"hydra.run.dir={folder}/hydra")
     assert done.returncode == 0, done.stderr[-3000:]
     return (folder / "metrics" / "neighbours" / "lm" / "seed1.csv").read_bytes()
@@ -282,11 +282,11 @@ def test_a_killed_analysis_reruns_to_the_same_bytes(base, shared_zip, neighbours
     metrics = tmp_path / "metrics"
     overrides = [*common(base, shared_zip), "objective=lm", "seed=1", f"paths.metrics={metrics}",
                  f"hydra.run.dir={tmp_path}/hydra"]
-    run_killed(target, nth, match, "analysis.neighbours", overrides)
+    run_killed(target, nth, match, "analysis.measures.neighbours", overrides)
     part = metrics / "neighbours" / "lm" / "seed1.csv"
     if match.endswith(".csv") or not match:
         assert not part.exists(), "a killed analysis left its table under the final name"
-    again = run_cli("-m", "analysis.neighbours", *overrides)
+    again = run_cli("-m", "analysis.measures.neighbours", *overrides)
     assert again.returncode == 0, again.stderr[-3000:]
     assert part.read_bytes() == neighbours_reference, "the rerun's table differs from an uninterrupted run's"
     assert temporaries(metrics) == [], "the rerun left the killed run's temporary file"

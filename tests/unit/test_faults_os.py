@@ -184,7 +184,7 @@ def test_the_merge_command_line_ends_a_full_disk_in_one_line(monkeypatch, capsys
     one line and exit code 2 as the Hydra stages."""
     import errno
 
-    from analysis import merge
+    from analysis.measures import merge
 
     out = tmp_path / "neighbours.csv"
 

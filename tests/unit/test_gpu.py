@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.influence import removed_states
-from analysis.kmeans import kmeans
-from analysis.mutual_info import mi_of_clusters
-from analysis.neighbours import nearest_neighbours
+from analysis.measures.influence import removed_states
+from analysis.stats.kmeans import kmeans
+from analysis.measures.mutual_info import mi_of_clusters
+from analysis.measures.neighbours import nearest_neighbours
 from pipeline.prepare.corpus import prepare_data
 from pipeline.dump.stage import dump
 from pipeline.dump.format import read_tokens

@@ -1,5 +1,5 @@
 """Pretrained Hugging Face models through the same dumps and analyses (pipeline/model/hf.py, pipeline/dump/pretrained.py,
-analysis/words.py), on tiny random models built from configs (tests/hf_models.py): no network, no hub."""
+analysis/io/words.py), on tiny random models built from configs (tests/hf_models.py): no network, no hub."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ import pytest
 transformers = pytest.importorskip("transformers")
 import torch  # noqa: E402
 
-from analysis import words  # noqa: E402
-from analysis.dumps import load_dump  # noqa: E402
+from analysis.io import words  # noqa: E402
+from analysis.io.dumps import load_dump  # noqa: E402
 from pipeline.model import hf  # noqa: E402
 from pipeline.config import pretrained  # noqa: E402
 from pipeline.config.stages import pretrained_dump_config  # noqa: E402
@@ -280,8 +280,8 @@ def test_tsne_finds_a_word_as_a_subword_of_its_own():
 # ---------------------------------------------------------------- analyses across vocabularies
 
 def test_similarity_compares_words_across_vocabularies(exp):
-    from analysis import similarity
-    from analysis.tables import PRETRAINED_PAIR, read_record as table_record, read_table
+    from analysis.measures import similarity
+    from analysis.io.tables import PRETRAINED_PAIR, read_record as table_record, read_table
 
     cfg = compose([*exp["overrides"], "analysis.similarity.max_tokens=null"])
     assert ("bert", 0) in model_grid(cfg) and ("mlm", 1) in model_grid(cfg)
@@ -303,8 +303,8 @@ def test_trained_pairs_are_untouched_by_a_pretrained_model(exp):
     """The pairs of two models trained here compare their tokens layer by layer whatever else the
     experiment holds: with the pretrained models beside them, their rows and replicates equal those of the
     same experiment without them, bit for bit; only pairs with a pretrained model compare words."""
-    from analysis import similarity
-    from analysis.tables import PRETRAINED_PAIR, read_record as table_record, read_table, replicates_path
+    from analysis.measures import similarity
+    from analysis.io.tables import PRETRAINED_PAIR, read_record as table_record, read_table, replicates_path
     from pipeline.prepare.tokenizer import Tokenizer
     from tests.synthetic import save_untrained
 
@@ -333,7 +333,7 @@ def test_trained_pairs_are_untouched_by_a_pretrained_model(exp):
 
 
 def test_relative_depth():
-    from analysis.similarity import relative_layer
+    from analysis.measures.similarity import relative_layer
 
     assert [relative_layer(step, 12, 6) for step in range(1, 7)] == [2, 4, 6, 8, 10, 12]
     assert [relative_layer(step, 6, 6) for step in range(1, 7)] == [1, 2, 3, 4, 5, 6]
@@ -343,7 +343,7 @@ def test_relative_depth():
 @pytest.mark.parametrize("label", ["bert", "gpt2"])
 def test_influence_runs_on_a_pretrained_model(exp, label):
     """The rerun states without removal are the dump's; each removal changes only what it may."""
-    from analysis.influence import collect_pairs, influence_rows, pretrained_runner
+    from analysis.measures.influence import collect_pairs, influence_rows, pretrained_runner
 
     cfg = exp["cfg_of"](label)
     d = _dump(exp, label)
@@ -420,8 +420,13 @@ def test_the_pretrained_experiment_names_the_three_models():
 def test_every_measure_and_the_report_run_on_pretrained_and_trained_models_together(exp):
     """Our (untrained) MLM beside the pretrained models: every per-model measure, the distances by
     words, the merged tables and the report, which names each pretrained model with its source."""
-    from analysis import change, influence, mutual_info, neighbours, report, tsne
-    from analysis.tables import merge_parts, part_path, table_path
+    from analysis.report import stage as report
+    from analysis.measures import tsne
+    from analysis.measures import neighbours
+    from analysis.measures import mutual_info
+    from analysis.measures import influence
+    from analysis.measures import change
+    from analysis.io.tables import merge_parts, part_path, table_path
 
     small = ["analysis.min_samples_per_dim=2", "analysis.influence.min_influencers=5",
              "analysis.influence.max_sentences=60", "analysis.mi.restarts=1"]
@@ -432,7 +437,7 @@ def test_every_measure_and_the_report_run_on_pretrained_and_trained_models_toget
         for cfg in cfgs:
             module.run(cfg)
         merge_parts([str(part_path(cfg, name)) for cfg in cfgs], str(table_path(cfgs[0], name)), name)
-    from analysis.tables import read_table
+    from analysis.io.tables import read_table
 
     for name in modules:
         objectives = {r["objective"] for r in read_table(table_path(cfgs[0], name), name)}

@@ -11,7 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from analysis.hf_influence import (block_is_causal, removal_support, removed_hidden_states,  # noqa: E402
+from analysis.measures.hf_influence import (block_is_causal, removal_support, removed_hidden_states,  # noqa: E402
                                    stack_blocks)
 
 VOCAB, T, LAYERS = 50, 7, 3

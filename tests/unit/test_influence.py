@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.influence import (affected_positions, choose_influencers, collect_pairs, exact_subset,
+from analysis.measures.influence import (affected_positions, choose_influencers, collect_pairs, exact_subset,
                                 load_matching_model, pairs_per_influencer, removal_mask, removed_states,
                                 removed_states_direct, resolve_affected, run)
-from analysis.dumps import bucket_edges, bucket_index, bucket_labels, load_dump
-from analysis.tables import read_record, read_table
+from analysis.io.dumps import bucket_edges, bucket_index, bucket_labels, load_dump
+from analysis.io.tables import read_record, read_table
 from pipeline.config.compose import compose
 from pipeline.prepare.corpus import prepare_data, read_lines
 from pipeline.dump.stage import dump

@@ -5,10 +5,10 @@ import torch
 
 import pytest
 
-from analysis.buckets import plan_buckets, sample_floor
-from analysis.measures import Moments, check_measure, distance, paired
+from analysis.stats.buckets import plan_buckets, sample_floor
+from analysis.stats.distances import Moments, check_measure, distance, paired
 from pipeline.errors import PipelineError
-from analysis.similarity import covariances, pwcca_distance
+from analysis.stats.cca import covariances, pwcca_distance
 from pipeline.config.compose import compose
 from tests import reference_similarity as ref
 

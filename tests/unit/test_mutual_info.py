@@ -9,12 +9,12 @@ import pytest
 import torch
 from sklearn.metrics import mutual_info_score
 
-from analysis import kmeans as kmeans_mod
-from analysis.dumps import dump_folder, load_dump
-from analysis.kmeans import assign, kmeans
-from analysis.mutual_info import (entropy, masked_rows, mi_of_clusters, mutual_information, next_token_rows,
+from analysis.stats import kmeans as kmeans_mod
+from analysis.io.dumps import dump_folder, load_dump
+from analysis.stats.kmeans import assign, kmeans
+from analysis.measures.mutual_info import (entropy, masked_rows, mi_of_clusters, mutual_information, next_token_rows,
                                   plugin_mi, row_sets, run)
-from analysis.tables import part_path, read_table
+from analysis.io.tables import part_path, read_table
 from pipeline.config.compose import compose
 from tests.synthetic import token_columns, write_fake_dump
 

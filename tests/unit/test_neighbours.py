@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis import neighbours as nb
-from analysis.dumps import dump_folder
-from analysis.neighbours import NO_TOKEN, context_tokens, nearest_neighbours, neighbour_properties, run
-from analysis.tables import read_table
+from analysis.measures import neighbours as nb
+from analysis.io.dumps import dump_folder
+from analysis.measures.neighbours import NO_TOKEN, context_tokens, nearest_neighbours, neighbour_properties, run
+from analysis.io.tables import read_table
 from pipeline.config.compose import compose
 from tests.synthetic import token_columns, write_fake_dump
 
@@ -142,7 +142,7 @@ def test_sentence_edges_never_match_each_other():
 def test_weighted_neighbours_with_unit_weights_are_the_plain_ones():
     """Under a resample that draws every group once, the resampled values equal the plain estimate; a
     resample that leaves a query's nearest group out takes its next neighbours instead."""
-    from analysis.bootstrap import unit_of
+    from analysis.stats.bootstrap import unit_of
 
     rng = np.random.default_rng(5)
     cols = columns([5] * 40, rng.integers(1, 6, 200))
@@ -185,7 +185,7 @@ def test_the_neighbours_interval_covers_at_about_the_nominal_rate_when_it_resamp
     """Coverage measured on data drawn afresh 150 times: the interval that resamples the pool with the
     queries covers the mean identity share (the estimand at this sample size) at about the nominal
     rate; the interval over the queries alone, which treats the pool as fixed, is narrower."""
-    from analysis.bootstrap import draws, interval, unit_of, weighted_means
+    from analysis.stats.bootstrap import draws, interval, unit_of, weighted_means
 
     rng = np.random.default_rng(11)
     k, estimates, full, queries_only = 10, [], [], []

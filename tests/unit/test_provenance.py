@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.dumps import load_dump
+from analysis.io.dumps import load_dump
 from pipeline.prepare.corpus import prepare_data, read_archive
 from pipeline.dump.stage import dump
 from pipeline.records.files import read_json, sha256_file
@@ -188,7 +188,7 @@ def test_an_unreadable_last_checkpoint_is_set_aside_and_training_restarts(smoke_
 
 
 def test_a_damaged_table_is_named_by_its_reader(tmp_path):
-    from analysis.tables import read_table, write_table
+    from analysis.io.tables import read_table, write_table
 
     path = write_table(tmp_path / "mi.csv", "tsne", [], {"x": 1})
     path.write_text(path.read_text() + "lm,1,0,0,0.5,0.5\n")
@@ -293,7 +293,7 @@ def killed_then_rerun(module: str, target: str, overrides: list[str]) -> None:
 
 
 # (tests/unit/test_faults.py kills the dump, neighbours and the report at more points)
-@pytest.mark.parametrize("module,table", [("analysis.change", "change")])
+@pytest.mark.parametrize("module,table", [("analysis.measures.change", "change")])
 def test_a_killed_analysis_reruns_to_the_same_bytes(results, shared_zip, module, table):
     overrides = ["experiment=smoke", f"paths.results={results}", f"data.archive={shared_zip}", "objective=lm",
                  "seed=1", "analysis.device=cpu", *SHORT, f"hydra.run.dir={results}/hydra-{table}"]
@@ -317,7 +317,7 @@ def test_a_killed_analysis_reruns_to_the_same_bytes(results, shared_zip, module,
     ("pipeline.train", "seed=-1", "setting seed=-1 is invalid"),
     ("pipeline.dump", "seed=-1", "setting seed=-1 is invalid"),
     ("pipeline.train", "train.max_steps=abc", "setting train.max_steps='abc' is invalid"),
-    ("analysis.neighbours", "analysis.neighbours.k=0", "setting analysis.neighbours.k=0 is invalid"),
+    ("analysis.measures.neighbours", "analysis.neighbours.k=0", "setting analysis.neighbours.k=0 is invalid"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_no_folder(tmp_path, shared_zip, stage, override, named):
     results = tmp_path / "results"

@@ -7,10 +7,11 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from analysis import similarity as sim
-from analysis.buckets import shuffle_seed
-from analysis.dumps import sample_rows
-from analysis.tables import DIFFERENT_INIT, INIT_PAIR, SAME_INIT, SEED_BASELINE, pair_kind, read_record, read_table
+from analysis.measures import similarity
+from analysis.stats import cca as sim
+from analysis.stats.buckets import shuffle_seed
+from analysis.io.dumps import sample_rows
+from analysis.io.tables import DIFFERENT_INIT, INIT_PAIR, SAME_INIT, SEED_BASELINE, pair_kind, read_record, read_table
 from pipeline.config.compose import compose
 from pipeline.errors import PipelineError
 from tests import reference_similarity as ref
@@ -307,7 +308,7 @@ IDENTICAL = {("lm", "1", "lm", "2"), ("lm", "1", "init", "1"), ("lm", "2", "init
 
 def test_the_table_holds_every_pair_layer_and_measure(tmp_path):
     cfg, n = fake_experiment(tmp_path, "analysis.similarity.max_tokens=500")
-    path = sim.run(cfg)
+    path = similarity.run(cfg)
     assert path == tmp_path / "metrics" / "similarity.csv"
     rows = read_table(path, "similarity")  # checks the columns
     assert len(rows) == 10 * 3 * 3  # pairs of 5 models x layers 1..3 x measures
@@ -348,9 +349,9 @@ def test_the_table_refuses_a_sample_below_the_floor(tmp_path):
     cfg, _ = fake_experiment(tmp_path, "analysis.similarity.max_tokens=119", "analysis.min_samples_per_dim=10")
     with pytest.raises(PipelineError, match=r"analysis.similarity.max_tokens=119 / analysis.min_samples_per_dim=10: "
                                             r"119 tokens for views of 12 features, fewer than the 120"):
-        sim.run(cfg)
+        similarity.run(cfg)
     cfg, _ = fake_experiment(tmp_path, "analysis.similarity.max_tokens=120", "analysis.min_samples_per_dim=10")
-    assert {r["n_tokens"] for r in read_table(sim.run(cfg), "similarity")} == {"120"}
+    assert {r["n_tokens"] for r in read_table(similarity.run(cfg), "similarity")} == {"120"}
 
 
 def test_pair_kinds():
@@ -371,4 +372,4 @@ def test_pair_kinds():
 def test_the_table_refuses_bad_settings(tmp_path, override, message):
     cfg, _ = fake_experiment(tmp_path, override)
     with pytest.raises(PipelineError, match=message):
-        sim.run(cfg)
+        similarity.run(cfg)

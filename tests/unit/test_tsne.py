@@ -8,10 +8,10 @@ import logging
 
 import numpy as np
 
-from analysis.dumps import dump_folder
-from analysis.tables import COLUMNS, read_table
-from analysis.tsne import split_forms, word_rows
-from analysis.tsne import run as run_tsne
+from analysis.io.dumps import dump_folder
+from analysis.io.tables import COLUMNS, read_table
+from analysis.measures.tsne import split_forms, word_rows
+from analysis.measures.tsne import run as run_tsne
 from pipeline.config.compose import compose
 from tests.synthetic import token_columns, write_fake_dump
 

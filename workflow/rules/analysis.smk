@@ -1,5 +1,5 @@
 # The measurements on the dumps. Per-model measures write one part table per (objective, seed), with
-# its bootstrap replicates beside it (<part>.npz: analysis/tables.py); a merge job concatenates the parts
+# its bootstrap replicates beside it (<part>.npz: analysis/io/tables.py); a merge job concatenates the parts
 # into results/<experiment>/metrics/<table>.csv and .npz, which the report reads. The task distances compare every pair of models, so they are one job. Each rule's params
 # carry the hash of its analysis settings: changing analysis.<measure>.* reruns that measure only.
 
@@ -21,7 +21,7 @@ rule similarity:
     resources:
         **needs("similarity", GPUS),
     shell:
-        "OMP_NUM_THREADS={threads} {PYTHON:q} -m analysis.similarity {HYDRA_ARGS:q}"
+        "OMP_NUM_THREADS={threads} {PYTHON:q} -m analysis.measures.similarity {HYDRA_ARGS:q}"
         " hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
 
 
@@ -60,4 +60,4 @@ rule merge:
     benchmark:
         results("benchmarks/merge_{measure}.tsv")
     shell:
-        "{PYTHON:q} -m analysis.merge {wildcards.measure:q} {output.table:q} {input.parts:q} > {log:q} 2>&1"
+        "{PYTHON:q} -m analysis.measures.merge {wildcards.measure:q} {output.table:q} {input.parts:q} > {log:q} 2>&1"

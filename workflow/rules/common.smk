@@ -39,8 +39,8 @@ from pipeline.config import pretrained  # noqa: E402
 from pipeline.records.stage import damaged_outputs  # noqa: E402
 from pipeline.records.files import config_hash
 from pipeline.errors import PipelineError
-from analysis.settings import check_analysis_settings  # noqa: E402
-from analysis.tables import evolution_settings, mi_settings, section as analysis_section  # noqa: E402
+from analysis.io.settings import check_analysis_settings  # noqa: E402
+from analysis.io.tables import evolution_settings, mi_settings, section as analysis_section  # noqa: E402
 
 # The interpreter running snakemake has the pipeline's dependencies (it just imported them).
 PYTHON = sys.executable
@@ -334,8 +334,8 @@ def hf_dump_hash(wildcards) -> str:
 
 # Per-model measurements: the module each runs, and the models it runs on, the step-0 control
 # included (t-SNE pictures: the first seed of each objective; everything else: every model).
-MEASURE_MODULES = {"change": "analysis.change", "influence": "analysis.influence", "mi": "analysis.mutual_info",
-                   "neighbours": "analysis.neighbours", "tsne": "analysis.tsne"}
+MEASURE_MODULES = {"change": "analysis.measures.change", "influence": "analysis.measures.influence", "mi": "analysis.measures.mutual_info",
+                   "neighbours": "analysis.measures.neighbours", "tsne": "analysis.measures.tsne"}
 FIRST_SEEDS = [(o, s) for i, (o, s) in enumerate(MODELS) if all(o != p for p, _ in MODELS[:i])]
 MEASURE_MODELS = {name: FIRST_SEEDS if name == "tsne" else MODELS for name in MEASURE_MODULES}
 # Hash of each measurement's settings (its analysis section and the shared analysis keys).

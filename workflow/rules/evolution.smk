@@ -1,4 +1,4 @@
-# Evolution over training (analysis/evolution.py). The models of snapshots.models keep their weights at
+# Evolution over training (analysis/measures/evolution.py). The models of snapshots.models keep their weights at
 # the steps of snapshots.keep while they train (models/<objective>/seed<n>/snapshots/step<N>.pt); once a
 # model is trained (rule train is a checkpoint), each analysed kept step is dumped on the probe set by
 # the dump stage (rule dump_snapshot) and measured against the finished model (rule evolution), and a
@@ -51,7 +51,7 @@ rule evolution:
     resources:
         **needs("evolution", GPUS),
     shell:
-        "OMP_NUM_THREADS={threads} {PYTHON:q} -m analysis.evolution {HYDRA_ARGS:q} objective={wildcards.objective}"
+        "OMP_NUM_THREADS={threads} {PYTHON:q} -m analysis.measures.evolution {HYDRA_ARGS:q} objective={wildcards.objective}"
         " seed={wildcards.seed} snapshot={params.snapshot} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
 
 
@@ -67,4 +67,4 @@ rule merge_evolution:
     benchmark:
         results("benchmarks/merge_evolution.tsv")
     shell:
-        "{PYTHON:q} -m analysis.merge evolution {output.table:q} {input.parts:q} > {log:q} 2>&1"
+        "{PYTHON:q} -m analysis.measures.merge evolution {output.table:q} {input.parts:q} > {log:q} 2>&1"

@@ -1,6 +1,6 @@
 """Amount of change: how far a group of tokens' states move from one layer to the next.
 
-    python -m analysis.change experiment=default objective=mt seed=1 [overrides]
+    python -m analysis.measures.change experiment=default objective=mt seed=1 [overrides]
 
 METHODS.md §5 (Voita, Sennrich and Titov 2019, §5.1): for the token occurrences of a group (all
 tokens, or one frequency-rank bucket), the distance between their states at layers l and l+1,
@@ -32,11 +32,11 @@ from pipeline.config.cli import cli
 from pipeline.machine.runtime import resolve_device
 from pipeline.errors import PipelineError
 
-from analysis import bootstrap
-from analysis.buckets import FLOOR_KEY, BucketPlan, draw, plan_buckets, sample_floor, shuffle_seed
-from analysis.dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, sample_rows
-from analysis.measures import check_measure, distance, paired, replicates
-from analysis.tables import part_path, section, write_table
+from analysis.stats import bootstrap
+from analysis.stats.buckets import FLOOR_KEY, BucketPlan, draw, plan_buckets, sample_floor, shuffle_seed
+from analysis.io.dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, sample_rows
+from analysis.stats.distances import check_measure, distance, paired, replicates
+from analysis.io.tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.change")
 

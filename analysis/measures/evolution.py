@@ -1,7 +1,7 @@
 """Evolution over training: one kept training step of a model measured against its finished state.
 
-    python -m analysis.evolution experiment=default objective=mt seed=1 snapshot=200 [overrides]
-    python -m analysis.evolution experiment=default objective=mt seed=1              # the finished model
+    python -m analysis.measures.evolution experiment=default objective=mt seed=1 snapshot=200 [overrides]
+    python -m analysis.measures.evolution experiment=default objective=mt seed=1              # the finished model
 
 The models of `snapshots.models` keep their weights at the steps of `snapshots.keep` while they train
 (pipeline.train); `python -m pipeline.dump ... snapshot=N` dumps such a snapshot on the probe set.
@@ -44,15 +44,15 @@ from pipeline.dump.format import MASKED_DIR
 from pipeline.machine.runtime import resolve_device
 from pipeline.errors import PipelineError
 
-from analysis import bootstrap
-from analysis.buckets import sample_floor, shuffle_seed
-from analysis.dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
-from analysis.kmeans import kmeans
-from analysis.measures import check_measure, distance, paired, replicates
-from analysis.mutual_info import RowSet, input_rows, masked_rows, mi_columns, mi_of_clusters, next_token_rows
-from analysis.neighbours import layer_rows as neighbour_layer_rows
-from analysis.settings import setting
-from analysis.tables import evolution_part, evolution_settings, write_table
+from analysis.stats import bootstrap
+from analysis.stats.buckets import sample_floor, shuffle_seed
+from analysis.io.dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
+from analysis.stats.kmeans import kmeans
+from analysis.stats.distances import check_measure, distance, paired, replicates
+from analysis.measures.mutual_info import RowSet, input_rows, masked_rows, mi_columns, mi_of_clusters, next_token_rows
+from analysis.measures.neighbours import layer_rows as neighbour_layer_rows
+from analysis.io.settings import setting
+from analysis.io.tables import evolution_part, evolution_settings, write_table
 
 log = logging.getLogger("analysis.evolution")
 

@@ -17,11 +17,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from analysis.io.settings import MEASURES
+from analysis.stats import bootstrap
+from analysis.stats.cca import Covariances, Spectrum, View, centre, distance_from_covariances
 from pipeline.errors import PipelineError
-
-from analysis import bootstrap
-
-from analysis.similarity import MEASURES, Covariances, Spectrum, View, centre, distance_from_covariances
 
 
 def check_measure(measure: str, key: str) -> str:

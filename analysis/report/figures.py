@@ -23,10 +23,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pipeline.config.grid import INIT  # noqa: E402
 
-from analysis import reference  # noqa: E402
-from analysis.claims import cross_task  # noqa: E402
-from analysis.reference import Curve, scaled_layers  # noqa: E402
-from analysis.tables import DIFFERENT_INIT, INIT_PAIR, SEED_BASELINE  # noqa: E402
+from analysis.report import reference  # noqa: E402
+from analysis.report.claims import cross_task  # noqa: E402
+from analysis.report.reference import Curve, scaled_layers  # noqa: E402
+from analysis.io.tables import DIFFERENT_INIT, INIT_PAIR, SEED_BASELINE  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]]
 COLOURS = {"mt": "#1f6fb4", "mt_td": "#86b9e3", "lm": "#c8321e", "lm_td": "#f0a08f", "mlm": "#2f9a3c",
@@ -85,7 +85,7 @@ def panels(n: int, ncols: int, width: float = 3.4, height: float = 2.6, sharey: 
     return fig, flat[:n]
 
 
-# The bootstrap interval columns of each value column (analysis/tables.py).
+# The bootstrap interval columns of each value column (analysis/io/tables.py).
 INTERVALS = {"mi": ("ci_low", "ci_high"), "mi_corrected": ("corrected_ci_low", "corrected_ci_high"),
              "distance": ("ci_low", "ci_high"), "value": ("ci_low", "ci_high")}
 SEED_COLUMNS = ("seed", "seed_a", "seed_b")

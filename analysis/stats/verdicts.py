@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from analysis.bootstrap import interval as bootstrap_interval
+from analysis.stats.bootstrap import interval as bootstrap_interval
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED = "holds", "does not hold", "inconclusive", "not measured"
 ABOVE, BELOW, WITHIN, MISSING = "above", "below", "within", "no interval"

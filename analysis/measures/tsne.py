@@ -1,6 +1,6 @@
 """Pictures of a few words' occurrences: t-SNE per layer (METHODS.md §8).
 
-    python -m analysis.tsne experiment=default objective=mlm seed=1 [overrides]
+    python -m analysis.measures.tsne experiment=default objective=mlm seed=1 [overrides]
 
 Sets of rows (occurrences), each embedded in 2-d separately at every layer 0..L by t-SNE (van der
 Maaten and Hinton 2008) with openTSNE (Poličar, Stražar and Zupan 2024; Barnes-Hut gradients, PCA
@@ -10,7 +10,7 @@ initialisation, seeded):
   `masked/` run); the `masked` column tells which were masked (1), replaced (2) or chosen but kept (3);
 - the position word's set, named after it (`it`): its occurrences, coloured by position.
 A word is matched as one whole-word sentencepiece piece, "▁" + word (in a pretrained model's dump: as
-one subword of its own, whatever its tokenizer's marks, analysis/words.py). A word the tokenizer splits
+one subword of its own, whatever its tokenizer's marks, analysis/io/words.py). A word the tokenizer splits
 into several pieces, or that does not occur in the probe set, gets no rows and a logged message
 saying which. At most `max_per_word` occurrences per word (a seeded subset, the same for every model).
 Writes `<paths.metrics>/tsne/<objective>/seed<n>.csv`.
@@ -28,11 +28,11 @@ from omegaconf import DictConfig
 
 from pipeline.config.cli import cli
 from pipeline.dump.format import MASKED_DIR
-from analysis.settings import setting
+from analysis.io.settings import setting
 
-from analysis.dumps import check_aligned, dump_folder, load_dump, sample_rows
-from analysis.words import bare, occurrences
-from analysis.tables import part_path, section, write_table
+from analysis.io.dumps import check_aligned, dump_folder, load_dump, sample_rows
+from analysis.io.words import bare, occurrences
+from analysis.io.tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.tsne")
 

@@ -51,11 +51,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from analysis import verdicts as rules
-from analysis.estimates import (Curves, Rows, by_seed, common, fmt, influence_by_bucket, mi_curve, mi_stats, neighbour_rows,
+from analysis.stats import verdicts as rules
+from analysis.report.estimates import (Curves, Rows, by_seed, common, fmt, influence_by_bucket, mi_curve, mi_stats, neighbour_rows,
                         path, seed_means)
-from analysis.tables import SAME_INIT, SEED_BASELINE
-from analysis.verdicts import FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Contrast, Line, Part, Rule, combine, mean_of, stat_of
+from analysis.io.tables import SAME_INIT, SEED_BASELINE
+from analysis.stats.verdicts import FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Contrast, Line, Part, Rule, combine, mean_of, stat_of
 
 Tables = Mapping[str, "Rows | None"]
 VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED)

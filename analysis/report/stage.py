@@ -27,12 +27,14 @@ from pipeline.records.provenance import stage_command, versions
 from pipeline.records.locks import one_writer
 from pipeline.records.files import config_hash, recording, write_json, write_text
 from pipeline.errors import PipelineError
-from analysis.settings import SPECS, setting
+from analysis.io.settings import SPECS, setting
 
-from analysis import claims, gather, verdicts
-from analysis.claims import Criteria, check_all
-from analysis.tables import read_table, table_path, write_table
-from analysis.html import (Section, details, esc, figure, key_values, not_measured, note, page, para, pre, table,
+from analysis.report import gather
+from analysis.report import claims
+from analysis.stats import verdicts
+from analysis.report.claims import Criteria, check_all
+from analysis.io.tables import read_table, table_path, write_table
+from analysis.report.html import (Section, details, esc, figure, key_values, not_measured, note, page, para, pre, table,
                    verdict_cell)
 
 log = logging.getLogger("analysis.report")
@@ -67,7 +69,7 @@ def check_settings(cfg: DictConfig) -> None:
 # ---------------------------------------------------------------- setup
 
 def setup_section(exp: gather.Experiment, style) -> Section:
-    from analysis.figures import training_curves
+    from analysis.report.figures import training_curves
 
     cfg = exp.cfg
     s = Section("setup", "Setup: corpus, models, training")
@@ -182,7 +184,7 @@ def pretrained_models(s: Section, exp: gather.Experiment) -> None:
 # ---------------------------------------------------------------- the claims
 
 def convergence_section(exp: gather.Experiment, style) -> Section:
-    from analysis.figures import dev_loss_curves
+    from analysis.report.figures import dev_loss_curves
 
     s = Section("convergence", "Did training converge?")
     s.add(para("The study trained until the dev loss stopped improving. A run has converged when early "
@@ -237,7 +239,7 @@ def claims_section(exp: gather.Experiment, crit: Criteria, rows: list[dict[str, 
         by_claim[int(row["claim"])].append(row)
     tally = {v: sum(group[0]["verdict"] == v for group in by_claim.values()) for v in claims.VERDICTS}
     s.add(para(f"The study's conclusions, each checked against this run's tables by fixed rules "
-               f"(analysis/claims.py, analysis/verdicts.py; every contrast in metrics/claims.csv): "
+               f"(analysis/report/claims.py, analysis/stats/verdicts.py; every contrast in metrics/claims.csv): "
                f"{tally['holds']} hold, {tally['does not hold']} do not hold, {tally['inconclusive']} inconclusive, "
                f"{tally['not measured']} not measured. Every part of a claim is a set of contrasts (two layers of one "
                "model, two models of one seed at one layer, two buckets), each decided by the interval of the "
@@ -411,14 +413,14 @@ def provenance_section(exp: gather.Experiment) -> Section:
 def build(cfg: DictConfig, probe_hardware: bool = True, claims_out: Path | None = None) -> str:
     """The report's HTML for `cfg`'s experiment; `claims_out`: where to write metrics/claims.csv, which the
     claim table is then read from (None: checked in memory)."""
-    from analysis import figures
-    from analysis.report_sections import measurement_sections
+    from analysis.report import figures
+    from analysis.report.sections import measurement_sections
 
     check_settings(cfg)
     style = figures.Style(str(cfg.analysis.report.figure_format), int(cfg.analysis.report.dpi))
     exp = gather.collect(cfg, probe_hardware=probe_hardware)
     crit = Criteria.from_cfg(cfg)
-    from analysis.report_evolution import evolution_section
+    from analysis.report.evolution import evolution_section
 
     rows = claim_table(cfg, exp, crit, claims_out)
     sections = [setup_section(exp, style), convergence_section(exp, style), claims_section(exp, crit, rows),

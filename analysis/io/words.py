@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import PipelineError
-from analysis.dumps import Dump
+from analysis.io.dumps import Dump
 
 WORD_START = "\u2581"
 _STRIDE = np.int64(1 << 20)  # words per sentence a key leaves room for

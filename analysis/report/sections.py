@@ -10,12 +10,13 @@ from omegaconf import OmegaConf
 
 from pipeline.config.grid import INIT
 
-from analysis import figures, reference
-from analysis.claims import Criteria
-from analysis.estimates import influence_by_bucket, main_clusters, mean_by, neighbour_rows
-from analysis.gather import Experiment, _read_json
-from analysis.html import Section, details, esc, figure, note, not_measured, para, pre, table
-from analysis.tables import DIFFERENT_INIT, INIT_PAIR, PRETRAINED_PAIR, SAME_INIT, SEED_BASELINE
+from analysis.report import reference
+from analysis.report import figures
+from analysis.report.claims import Criteria
+from analysis.report.estimates import influence_by_bucket, main_clusters, mean_by, neighbour_rows
+from analysis.report.gather import Experiment, _read_json
+from analysis.report.html import Section, details, esc, figure, note, not_measured, para, pre, table
+from analysis.io.tables import DIFFERENT_INIT, INIT_PAIR, PRETRAINED_PAIR, SAME_INIT, SEED_BASELINE
 
 BASE = ("mt", "lm", "mlm")
 TSNE_SETS = {"verbs": ("token", "occurrences of the four verbs, coloured by word (MLM input unmasked)"),

@@ -1,6 +1,6 @@
 """Concatenate per-model part tables into one (the workflow's merge rule).
 
-    python -m analysis.merge <table> <out.csv> <part.csv> [<part.csv> ...]
+    python -m analysis.measures.merge <table> <out.csv> <part.csv> [<part.csv> ...]
 
 <table> is one of the names in analysis.tables.COLUMNS; every part must have its columns.
 """
@@ -12,11 +12,11 @@ import sys
 from pipeline.machine.faults import exit_on_machine_fault
 from pipeline.errors import PipelineError
 
-from analysis.tables import COLUMNS, merge_parts
+from analysis.io.tables import COLUMNS, merge_parts
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.merge", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m analysis.measures.merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("table", choices=sorted(COLUMNS))
     parser.add_argument("out")
     parser.add_argument("parts", nargs="+")

@@ -21,7 +21,7 @@ from pipeline.records.locks import one_writer
 from pipeline.records.files import config_hash, read_json, recording, write_bytes, write_json, write_text
 from pipeline.errors import PipelineError
 
-from analysis.settings import setting
+from analysis.io.settings import setting
 
 # Columns of every table, in order (the report and the tests read them by name). `shuffled`: the same
 # distance with one view's rows permuted, at the same n (the no-correspondence level). `ci_low`,
@@ -120,7 +120,8 @@ def _command() -> str:
     import shlex
     import sys
 
-    module = ".".join(Path(sys.argv[0]).with_suffix("").parts[-2:])
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # run as `python -m <module>`
+    module = spec.name.removesuffix(".__main__") if spec is not None else Path(sys.argv[0]).stem
     if hydra_overrides() is not None:
         return stage_command(module)
     return " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])

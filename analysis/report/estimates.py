@@ -8,7 +8,7 @@ import statistics
 from collections import Counter, defaultdict
 from typing import Any, Callable, Mapping, Sequence
 
-from analysis.verdicts import Stat, stat_of
+from analysis.stats.verdicts import Stat, stat_of
 
 Rows = Sequence[Mapping[str, Any]]
 Curves = dict[Any, dict[Any, Stat]]  # seed -> key (a layer, a bucket) -> estimate with replicates

@@ -1,4 +1,4 @@
-"""The report's section on evolution over training (analysis/evolution.py's table `evolution`).
+"""The report's section on evolution over training (analysis/measures/evolution.py's table `evolution`).
 
 Per model of `snapshots.models`: a layer x training-step heat map of each layer's distance to the
 finished model, the MI, neighbour and distance curves over training with the dev loss on the same step
@@ -16,11 +16,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from analysis import claims, figures
-from analysis.claims import Criteria, Verdict
-from analysis.gather import Experiment
-from analysis.html import Section, details, not_measured, para, table
-from analysis.tables import REPLICATES
+from analysis.report import claims
+from analysis.report import figures
+from analysis.report.claims import Criteria, Verdict
+from analysis.report.gather import Experiment
+from analysis.report.html import Section, details, not_measured, para, table
+from analysis.io.tables import REPLICATES
 
 # The claims a step's rows can be checked for: those of MI (1, 2), MI and change (3), change (5) and
 # neighbours (7). Task distances (4) need two seeds of every objective and influence (6) reruns the
@@ -208,7 +209,7 @@ def evolution_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
     n = sorted({r["n_tokens"] for r in rows if r["quantity"] == "to_final"})
     figures_ = figures.evolution_heatmaps(grids, style)
     if figures_ is not None:
-        from analysis.html import figure
+        from analysis.report.html import figure
         s.add(figure(figures_[0], figures_[1], "distance to the finished model per layer and step",
                      f"{main.upper()} distance of each layer to the same layer of the finished model "
                      f"(0: the same representation up to a linear map); {', '.join(map(str, n))} tokens."))
@@ -233,7 +234,7 @@ def evolution_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
     s.add(table(("model", *(f"layer {layer}" for layer in layers)), body))
     curves = figures.evolution_curves(rows, models, logs, main, style)
     if curves is not None:
-        from analysis.html import figure
+        from analysis.report.html import figure
         s.add(figure(curves[0], curves[1], "measures over training",
                      "Per model (columns), against the training step (symmetric log scale; the finished model at "
                      "its best step, a hollow marker): distance of each layer to the finished model, corrected MI "

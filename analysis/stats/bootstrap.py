@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from analysis.settings import METHODS, setting
+from analysis.io.settings import METHODS, setting
 
-from analysis.similarity import Covariances, Spectrum
+from analysis.stats.cca import Covariances, Spectrum
 
 TABLES = ("similarity", "change", "influence", "mi", "neighbours")
 NO_INTERVAL = (float("nan"), float("nan"))

@@ -19,7 +19,7 @@ from pipeline.dump.format import MASKED_DIR, META_FILE, layer_file, read_tokens
 from pipeline.records.stage import checked_file, note_input
 from pipeline.records.files import STAGE_RECORD, read_json
 from pipeline.errors import PipelineError
-from analysis.settings import setting
+from analysis.io.settings import setting
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def model_file(cfg: DictConfig, objective: str, seed: int) -> Path:
 
 def load_grid(cfg: DictConfig, aligned: bool = True) -> dict[tuple[str, int], Dump]:
     """Every model's dump, checked (`aligned`) to cover the same token occurrences in the same order;
-    unchecked, models with other tokenizers (pretrained ones) compare by words (analysis/words.py)."""
+    unchecked, models with other tokenizers (pretrained ones) compare by words (analysis/io/words.py)."""
     dumps = {key: load_dump(dump_folder(cfg, *key)) for key in grid(cfg)}
     if aligned:
         check_aligned(list(dumps.values()))

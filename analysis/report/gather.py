@@ -25,7 +25,7 @@ from pipeline.train.convergence import convergence
 from pipeline.records.files import read_json
 from pipeline.errors import PipelineError
 
-from analysis.tables import COLUMNS, read_record, read_replicates, read_table, replicates_path, table_path, with_replicates
+from analysis.io.tables import COLUMNS, read_record, read_replicates, read_table, replicates_path, table_path, with_replicates
 
 TABLES = tuple(t for t in COLUMNS if t != "claims")  # similarity, change, influence, mi, neighbours, tsne, evolution
 _INT = {"seed", "seed_a", "seed_b", "layer", "layer_a", "layer_b", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_influencers",

@@ -1,6 +1,6 @@
 """What a layer keeps, seen through nearest neighbours (METHODS.md §7).
 
-    python -m analysis.neighbours experiment=default objective=lm seed=1 [overrides]
+    python -m analysis.measures.neighbours experiment=default objective=lm seed=1 [overrides]
 
 Per layer 0..L: for a seeded subset of `max_queries` occurrences, the k exact nearest neighbours
 among every probe token of the layer (the query itself excluded), by cosine similarity (default) or
@@ -29,11 +29,11 @@ from omegaconf import DictConfig
 from pipeline.config.cli import cli
 from pipeline.machine.runtime import resolve_device
 from pipeline.errors import PipelineError
-from analysis.settings import METRICS, setting
+from analysis.io.settings import METRICS, setting
 
-from analysis import bootstrap
-from analysis.dumps import dump_folder, load_dump, sample_rows
-from analysis.tables import part_path, section, write_table
+from analysis.stats import bootstrap
+from analysis.io.dumps import dump_folder, load_dump, sample_rows
+from analysis.io.tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.neighbours")
 

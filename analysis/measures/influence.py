@@ -1,6 +1,6 @@
 """Amount of influence: how much removing one token from attention changes the other tokens.
 
-    python -m analysis.influence experiment=default objective=mt seed=1 [overrides]
+    python -m analysis.measures.influence experiment=default objective=mt seed=1 [overrides]
 
 METHODS.md §6 (Voita, Sennrich and Titov 2019, §5.2). For an influencing token j and a layer n:
 layers 1..n-1 run as usual; at layer n, j is no key for any other token (that layer only); the
@@ -53,13 +53,13 @@ from pipeline.machine.runtime import resolve_device
 from pipeline.records.files import sha256_file
 from pipeline.errors import PipelineError
 from pipeline.prepare.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from analysis.settings import AFFECTED, setting
+from analysis.io.settings import AFFECTED, setting
 
-from analysis import bootstrap
-from analysis.buckets import BucketPlan, plan_buckets, sample_floor, shuffle_seed
-from analysis.dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, model_file
-from analysis.measures import check_measure, distance, paired, replicates
-from analysis.tables import part_path, section, write_table
+from analysis.stats import bootstrap
+from analysis.stats.buckets import BucketPlan, plan_buckets, sample_floor, shuffle_seed
+from analysis.io.dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, model_file
+from analysis.stats.distances import check_measure, distance, paired, replicates
+from analysis.io.tables import part_path, section, write_table
 
 log = logging.getLogger("analysis.influence")
 
@@ -234,11 +234,11 @@ class OwnStack:
 
 
 class PretrainedStack:
-    """How `collect_pairs` runs a pretrained Hugging Face model (analysis/hf_influence.py): the
+    """How `collect_pairs` runs a pretrained Hugging Face model (analysis/measures/hf_influence.py): the
     tokenizer's own input of each probe sentence, its rows at the non-special positions."""
 
     def __init__(self, stack, inputs: dict[int, tuple[np.ndarray, np.ndarray]], causal: bool, pad_id: int) -> None:
-        from analysis.hf_influence import stack_blocks
+        from analysis.measures.hf_influence import stack_blocks
 
         self.stack, self.sentence_inputs, self.causal, self.pad_id = stack, inputs, causal, pad_id
         self.n_layers = len(stack_blocks(stack))
@@ -264,7 +264,7 @@ class PretrainedStack:
 
     def removed(self, layer: int, states: list[torch.Tensor], tokens: torch.Tensor, owner: torch.Tensor,
                 removed: torch.Tensor) -> torch.Tensor:
-        from analysis.hf_influence import removed_hidden_states
+        from analysis.measures.hf_influence import removed_hidden_states
 
         return removed_hidden_states(self.stack, tokens[owner], self._attention[owner], layer, removed)
 
@@ -380,12 +380,12 @@ def load_matching_model(cfg: DictConfig, dump: Dump, device: torch.device) -> Mo
 
 def pretrained_runner(cfg: DictConfig, dump: Dump, device: torch.device) -> tuple[PretrainedStack | None, str | None]:
     """The runner of a pretrained model's dump (its weights checked against the dump's), or None and
-    the reason the removal cannot be done for its architecture (analysis/hf_influence.py)."""
+    the reason the removal cannot be done for its architecture (analysis/measures/hf_influence.py)."""
     from pipeline.model import hf
     from pipeline.config import pretrained
     from pipeline.prepare.corpus import read_lines
     from pipeline.dump.pretrained_probe import encode
-    from analysis.hf_influence import removal_support
+    from analysis.measures.hf_influence import removal_support
 
     spec = pretrained.spec_of(cfg, dump.objective)
     folder = hf.resolve(spec, cfg)

@@ -1,6 +1,6 @@
 """Mutual information between a layer's states and a token label (METHODS.md §3).
 
-    python -m analysis.mutual_info experiment=default objective=lm seed=1 [overrides]
+    python -m analysis.measures.mutual_info experiment=default objective=lm seed=1 [overrides]
 
 Per layer 0..L: discretise the states of the chosen occurrences with k-means (`analysis.kmeans`), then
 take the plug-in MI (nats) of the contingency table label x cluster. The plug-in estimate is biased
@@ -40,12 +40,12 @@ from omegaconf import DictConfig
 from pipeline.config.cli import cli
 from pipeline.machine.runtime import resolve_device
 from pipeline.errors import PipelineError
-from analysis.settings import setting
+from analysis.io.settings import setting
 
-from analysis import bootstrap
-from analysis.dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
-from analysis.kmeans import kmeans
-from analysis.tables import mi_cluster_counts, mi_settings, part_path, write_table
+from analysis.stats import bootstrap
+from analysis.io.dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
+from analysis.stats.kmeans import kmeans
+from analysis.io.tables import mi_cluster_counts, mi_settings, part_path, write_table
 
 log = logging.getLogger("analysis.mutual_info")
 

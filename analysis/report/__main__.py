@@ -1,0 +1,3 @@
+from analysis.report.stage import main
+
+main()
