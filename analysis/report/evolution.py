@@ -16,12 +16,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from analysis.report import claims
-from analysis.report import figures
-from analysis.report.claims import Criteria, Verdict
+from analysis.io.tables import REPLICATES
+from analysis.report import claims, plotting
+from analysis.report.criteria import Criteria, Verdict
 from analysis.report.gather import Experiment
 from analysis.report.html import Section, details, not_measured, para, table
-from analysis.io.tables import REPLICATES
+from analysis.report.plotting import Rows, Style, colour, legend, panels, plt, render
 
 # The claims a step's rows can be checked for: those of MI (1, 2), MI and change (3), change (5) and
 # neighbours (7). Task distances (4) need two seeds of every objective and influence (6) reruns the
@@ -185,7 +185,7 @@ def _models(rows) -> list[tuple[str, int]]:
     return sorted({(r["objective"], r["seed"]) for r in rows}, key=lambda m: (order.get(m[0], 9), m[0], m[1]))
 
 
-def evolution_section(exp: Experiment, style: figures.Style, crit: Criteria) -> Section:
+def evolution_section(exp: Experiment, style: plotting.Style, crit: Criteria) -> Section:
     s = Section("evolution", "Evolution over training")
     s.add(para("The models of <code>snapshots.models</code> kept their weights at the steps of "
                "<code>snapshots.keep</code> while they trained; each kept step was dumped on the probe set and "
@@ -207,7 +207,7 @@ def evolution_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
     logs = {(m.objective, m.seed): m.log for m in exp.models}
     grids = [grid(rows, o, sd, "to_final", main) for o, sd in models]
     n = sorted({r["n_tokens"] for r in rows if r["quantity"] == "to_final"})
-    figures_ = figures.evolution_heatmaps(grids, style)
+    figures_ = evolution_heatmaps(grids, style)
     if figures_ is not None:
         from analysis.report.html import figure
         s.add(figure(figures_[0], figures_[1], "distance to the finished model per layer and step",
@@ -232,7 +232,7 @@ def evolution_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
                "the finished model, marked “after best”, and left out of the settle steps and of the claims "
                "below."))
     s.add(table(("model", *(f"layer {layer}" for layer in layers)), body))
-    curves = figures.evolution_curves(rows, models, logs, main, style)
+    curves = evolution_curves(rows, models, logs, main, style)
     if curves is not None:
         from analysis.report.html import figure
         s.add(figure(curves[0], curves[1], "measures over training",
@@ -268,3 +268,76 @@ def evolution_section(exp: Experiment, style: figures.Style, crit: Criteria) -> 
 
 def _num(value: float) -> str:
     return "—" if not math.isfinite(value) else f"{value:.3f}"
+
+
+def evolution_heatmaps(grids: Sequence[Any], style: Style) -> tuple[bytes, str] | None:
+    """One panel per model: its `report_evolution.Grid` as a layer (rows, 0 at the bottom) x point
+    (columns: the kept steps, then the finished model) heat map of the distance to the finished model."""
+    grids = [g for g in grids if g.values.size]
+    if not grids:
+        return None
+    fig, axes = panels(len(grids), 3, width=3.6, height=2.6)
+    for ax, g in zip(axes, grids):
+        image = heatmap(ax, g)
+        ax.set_title(f"{g.objective} seed {g.seed}")
+        fig.colorbar(image, ax=ax, shrink=0.85, label=f"{g.measure} distance to final")
+    return render(fig, style)
+
+
+def heatmap(ax, g: Any):
+    """Draw `g` on `ax` (row i of the image is layer g.layers[i], column j point g.points[j])."""
+    image = ax.imshow(g.values, origin="lower", aspect="auto", cmap="viridis", vmin=0.0,
+                      vmax=max(float(np.nanmax(g.values)) if np.isfinite(g.values).any() else 1.0, 1e-9))
+    ax.set_xticks(range(len(g.points)), g.labels(), rotation=60, fontsize=7)
+    ax.set_yticks(range(len(g.layers)), [str(layer) for layer in g.layers])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("layer")
+    return image
+
+
+def evolution_curves(rows: Rows, models: Sequence[tuple[str, int]], logs: Mapping[tuple[str, int], list[dict]],
+                     measure: str, style: Style) -> tuple[bytes, str] | None:
+    """Columns: models; rows: distance to final, corrected MI with the input, with the output, identity
+    share of the neighbours (a line per layer, light to dark with depth), and the dev loss, all against
+    the training step on one symmetric-log axis per column."""
+    if not models:
+        return None
+    quantities = [("to_final", measure, "final", f"{measure} distance to final"),
+                  ("mi", "corrected", "input", "corrected MI, input (nats)"),
+                  ("mi", "corrected", "output", "corrected MI, output (nats)"),
+                  ("neighbours", "identity", "", "neighbours: same token")]
+    fig, axes = plt.subplots(len(quantities) + 1, len(models), figsize=(3.2 * len(models), 2.0 * (len(quantities) + 1)),
+                             squeeze=False, sharex="col", layout="constrained")
+    for col, (objective, seed) in enumerate(models):
+        mine = [r for r in rows if r["objective"] == objective and r["seed"] == seed]
+        layers = sorted({r["layer"] for r in mine if r["quantity"] == "to_final"})
+        cmap = plt.get_cmap("Blues" if objective.startswith("mt") else "Reds" if objective.startswith("lm")
+                            else "Greens" if objective.startswith("mlm") else "Greys")
+        for row, (quantity, m, target, label) in enumerate(quantities):
+            ax = axes[row][col]
+            picked = [r for r in mine if r["quantity"] == quantity and r["measure"] == m and r["target"] == target]
+            if not picked:
+                ax.text(0.5, 0.5, "no such label" if quantity == "mi" else "not measured", ha="center", va="center", transform=ax.transAxes, color="#888888")
+            for layer in layers:
+                shade = cmap(0.3 + 0.7 * layer / max(layers[-1], 1))
+                snaps = sorted((r["step"], r["value"]) for r in picked if r["layer"] == layer and not r["final"])
+                final = [(r["step"], r["value"]) for r in picked if r["layer"] == layer and r["final"]]
+                if snaps:
+                    ax.plot(*zip(*snaps), color=shade, lw=1.2, marker="o", ms=2, label=f"layer {layer}")
+                if final:
+                    ax.plot(*zip(*final), color=shade, ls="none", marker="o", ms=4, mfc="none")
+            ax.set_xscale("symlog", linthresh=10)
+            if col == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if row == 0:
+                ax.set_title(f"{objective} seed {seed}")
+        ax = axes[len(quantities)][col]
+        points = [(e["step"], e["dev_loss"]) for e in logs.get((objective, seed), []) if "dev_loss" in e]
+        if points:
+            ax.plot(*zip(*points), color=colour(objective), marker="o", ms=2, lw=1.2)
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlabel("training step")
+        if col == 0:
+            ax.set_ylabel("dev loss", fontsize=8)
+    legend(axes[0][0], fontsize=6, ncol=2)
+    return render(fig, style)

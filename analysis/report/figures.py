@@ -7,11 +7,7 @@ run's stack has another number of layers than the study's six.
 """
 from __future__ import annotations
 
-import io
-import math
-import statistics
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import matplotlib
@@ -19,21 +15,29 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from pipeline.config.grid import INIT  # noqa: E402
-
+from analysis.io.tables import DIFFERENT_INIT, INIT_PAIR, SEED_BASELINE  # noqa: E402
 from analysis.report import reference  # noqa: E402
 from analysis.report.claims import cross_task  # noqa: E402
-from analysis.report.reference import Curve, scaled_layers  # noqa: E402
-from analysis.io.tables import DIFFERENT_INIT, INIT_PAIR, SEED_BASELINE  # noqa: E402
+from analysis.report.plotting import (
+    INIT_LS,
+    PAIR_COLOURS,
+    SHUFFLED_STYLE,
+    Rows,
+    Style,
+    colour,
+    draw_reference,
+    draw_shuffled,
+    draw_spread,
+    layer_axis,
+    legend,
+    panels,
+    render,
+    shuffled_legend,
+    spread,
+)
+from pipeline.config.grid import INIT  # noqa: E402
 
-Rows = Sequence[Mapping[str, Any]]
-COLOURS = {"mt": "#1f6fb4", "mt_td": "#86b9e3", "lm": "#c8321e", "lm_td": "#f0a08f", "mlm": "#2f9a3c",
-           "init": "#7f7f7f"}
-INIT_LS = "--"  # the step-0 control `init`: drawn grey dashed, as a reference, wherever objectives are curves
-_EXTRA = ["#8e5bb5", "#a66a1e", "#4d4d4d", "#d4a017", "#17a2b8"]
-PAIR_COLOURS = {("mlm", "mt"): "#6a3d9a", ("lm", "mt"): "#e08214", ("lm", "mlm"): "#1b9e9e"}
 PROPERTIES = ("identity", "position", "left_token", "right_token")
 PROPERTY_TITLES = {"identity": "same token (share)", "position": "|Δ position| (same type)",
                    "left_token": "same left token (share)", "right_token": "same right token (share)"}
@@ -41,131 +45,6 @@ PROPERTY_TITLES = {"identity": "same token (share)", "position": "|Δ position| 
 plt.rcParams.update({"svg.hashsalt": "bottom-up-evolution", "font.size": 9, "axes.titlesize": 10,
                      "axes.spines.top": False, "axes.spines.right": False, "legend.fontsize": 8,
                      "legend.frameon": False})
-
-
-@dataclass(frozen=True)
-class Style:
-    """How figures are stored: svg (vector; scatter points rasterised at `dpi`) or png."""
-
-    fmt: str = "svg"
-    dpi: int = 110
-
-    def __post_init__(self) -> None:
-        if self.fmt not in ("svg", "png"):
-            raise ValueError(f"setting analysis.report.figure_format={self.fmt!r}: expected svg or png")
-
-
-def colour(objective: str) -> str:
-    if objective not in COLOURS:
-        COLOURS[objective] = _EXTRA[(len(COLOURS) - 5) % len(_EXTRA)]
-    return COLOURS[objective]
-
-
-def render(fig, style: Style) -> tuple[bytes, str]:
-    """(bytes, MIME type) of `fig`, closed afterwards."""
-    buf = io.BytesIO()
-    try:
-        if style.fmt == "png":
-            fig.savefig(buf, format="png", dpi=style.dpi, bbox_inches="tight", metadata={"Software": None})
-            return buf.getvalue(), "image/png"
-        fig.savefig(buf, format="svg", dpi=style.dpi, bbox_inches="tight", metadata={"Date": None})
-        return buf.getvalue(), "image/svg+xml"
-    finally:
-        plt.close(fig)
-
-
-def panels(n: int, ncols: int, width: float = 3.4, height: float = 2.6, sharey: bool = False):
-    ncols = max(1, min(ncols, n))
-    nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
-                             sharey=sharey, layout="constrained")
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
-
-# The bootstrap interval columns of each value column (analysis/io/tables.py).
-INTERVALS = {"mi": ("ci_low", "ci_high"), "mi_corrected": ("corrected_ci_low", "corrected_ci_high"),
-             "distance": ("ci_low", "ci_high"), "value": ("ci_low", "ci_high")}
-SEED_COLUMNS = ("seed", "seed_a", "seed_b")
-
-
-def _bounds(row: Mapping[str, Any], value: str) -> tuple[float, float]:
-    """The row's bootstrap interval of `value`, or the value itself where it has none."""
-    v = float(row[value])
-    low, high = (float(row.get(c) if row.get(c) is not None else math.nan) for c in INTERVALS.get(value, ("", "")))
-    return (low, high) if math.isfinite(low) and math.isfinite(high) else (v, v)
-
-
-def spread(rows: Rows, x: str, value: str, **where: Any) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, int]:
-    """(xs, mean, low, high, most values at one x) of `value` over the rows matching `where`: the
-    mean over the seeds, and a band from the lowest to the highest of the seeds' values and their
-    bootstrap intervals (so it shows both the seeds' spread and each estimate's noise)."""
-    groups: dict[Any, list[tuple[float, float, float]]] = defaultdict(list)
-    for row in rows:
-        if all(row.get(k) == v for k, v in where.items()) and not np.isnan(float(row[value])):
-            groups[row[x]].append((float(row[value]), *_bounds(row, value)))
-    xs = sorted(groups)
-    vals = [groups[k] for k in xs]
-    return (xs, np.array([statistics.fmean(v for v, _, _ in g) for g in vals]),
-            np.array([min(min(v, lo) for v, lo, _ in g) for g in vals]),
-            np.array([max(max(v, hi) for v, _, hi in g) for g in vals]), max((len(g) for g in vals), default=0))
-
-
-def draw_spread(ax, rows: Rows, x: str, value: str, colour_: str, label: str, lw: float = 1.6,
-                ls: str = "-", **where: Any) -> bool:
-    """The seed mean of `value` per `x` over the rows matching `where`, every seed's own curve thin
-    beside it, and a band over the seeds' values and their bootstrap intervals (`spread`); the
-    step-0 control's solid curves are drawn dashed and thinner, as a reference."""
-    xs, mean, lo, hi, n = spread(rows, x, value, **where)
-    if not xs:
-        return False
-    if where.get("objective") == INIT and ls == "-":
-        ls, lw = INIT_LS, min(lw, 1.2)
-    ax.plot(xs, mean, color=colour_, lw=lw, ls=ls, marker="o", ms=2.5, label=label)
-    if n > 1:
-        mine = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
-        for key in sorted({tuple(r.get(c) for c in SEED_COLUMNS) for r in mine}, key=str):
-            sx, sm, _, _, _ = spread([r for r in mine if tuple(r.get(c) for c in SEED_COLUMNS) == key], x, value)
-            ax.plot(sx, sm, color=colour_, lw=0.6, ls=ls, alpha=0.55, label="_")
-    if np.any(hi > lo):
-        ax.fill_between(xs, lo, hi, color=colour_, alpha=0.18, lw=0)
-    return True
-
-
-SHUFFLED_STYLE = {"ls": ":", "lw": 0.9, "marker": "x", "ms": 3}
-
-
-def draw_shuffled(ax, rows: Rows, x: str, colour_: str, **where: Any) -> bool:
-    """The no-correspondence level of the rows matching `where` (column `shuffled`, the same distance
-    with one view's rows permuted, at the same n): dotted with crosses, in the curve's colour."""
-    xs, mean, _, _, _ = spread([r for r in rows if r.get("shuffled") is not None], x, "shuffled", **where)
-    if xs:
-        ax.plot(xs, mean, color=colour_, label="_", **SHUFFLED_STYLE)
-    return bool(xs)
-
-
-def shuffled_legend(ax) -> None:
-    """One legend entry for the shuffled levels drawn in `ax`."""
-    ax.plot([], [], color="#555555", label="rows shuffled (same n)", **SHUFFLED_STYLE)
-
-
-def draw_reference(ax, curve: Curve | None, n_layers: int, colour_: str = "black", label: str | None = None) -> None:
-    if curve is not None:
-        ax.plot(scaled_layers(curve, n_layers), curve.values, ls="--", lw=1.1,
-                color=colour_, alpha=0.75, label=label)
-
-
-def legend(ax, **kwargs) -> None:
-    """A legend when something labelled was drawn (matplotlib warns otherwise)."""
-    if any(not label.startswith("_") for label in ax.get_legend_handles_labels()[1]):
-        ax.legend(**kwargs)
-
-
-def layer_axis(ax, label: str = "layer") -> None:
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(label)
 
 
 # ---------------------------------------------------------------- setup
@@ -466,74 +345,4 @@ def tsne_grid(rows: Rows, objectives: Sequence[str], layers: Sequence[int], colo
 
 # ---------------------------------------------------------------- evolution over training
 
-def evolution_heatmaps(grids: Sequence[Any], style: Style) -> tuple[bytes, str] | None:
-    """One panel per model: its `report_evolution.Grid` as a layer (rows, 0 at the bottom) x point
-    (columns: the kept steps, then the finished model) heat map of the distance to the finished model."""
-    grids = [g for g in grids if g.values.size]
-    if not grids:
-        return None
-    fig, axes = panels(len(grids), 3, width=3.6, height=2.6)
-    for ax, g in zip(axes, grids):
-        image = heatmap(ax, g)
-        ax.set_title(f"{g.objective} seed {g.seed}")
-        fig.colorbar(image, ax=ax, shrink=0.85, label=f"{g.measure} distance to final")
-    return render(fig, style)
 
-
-def heatmap(ax, g: Any):
-    """Draw `g` on `ax` (row i of the image is layer g.layers[i], column j point g.points[j])."""
-    image = ax.imshow(g.values, origin="lower", aspect="auto", cmap="viridis", vmin=0.0,
-                      vmax=max(float(np.nanmax(g.values)) if np.isfinite(g.values).any() else 1.0, 1e-9))
-    ax.set_xticks(range(len(g.points)), g.labels(), rotation=60, fontsize=7)
-    ax.set_yticks(range(len(g.layers)), [str(layer) for layer in g.layers])
-    ax.set_xlabel("training step")
-    ax.set_ylabel("layer")
-    return image
-
-
-def evolution_curves(rows: Rows, models: Sequence[tuple[str, int]], logs: Mapping[tuple[str, int], list[dict]],
-                     measure: str, style: Style) -> tuple[bytes, str] | None:
-    """Columns: models; rows: distance to final, corrected MI with the input, with the output, identity
-    share of the neighbours (a line per layer, light to dark with depth), and the dev loss, all against
-    the training step on one symmetric-log axis per column."""
-    if not models:
-        return None
-    quantities = [("to_final", measure, "final", f"{measure} distance to final"),
-                  ("mi", "corrected", "input", "corrected MI, input (nats)"),
-                  ("mi", "corrected", "output", "corrected MI, output (nats)"),
-                  ("neighbours", "identity", "", "neighbours: same token")]
-    fig, axes = plt.subplots(len(quantities) + 1, len(models), figsize=(3.2 * len(models), 2.0 * (len(quantities) + 1)),
-                             squeeze=False, sharex="col", layout="constrained")
-    for col, (objective, seed) in enumerate(models):
-        mine = [r for r in rows if r["objective"] == objective and r["seed"] == seed]
-        layers = sorted({r["layer"] for r in mine if r["quantity"] == "to_final"})
-        cmap = plt.get_cmap("Blues" if objective.startswith("mt") else "Reds" if objective.startswith("lm")
-                            else "Greens" if objective.startswith("mlm") else "Greys")
-        for row, (quantity, m, target, label) in enumerate(quantities):
-            ax = axes[row][col]
-            picked = [r for r in mine if r["quantity"] == quantity and r["measure"] == m and r["target"] == target]
-            if not picked:
-                ax.text(0.5, 0.5, "no such label" if quantity == "mi" else "not measured", ha="center", va="center", transform=ax.transAxes, color="#888888")
-            for layer in layers:
-                shade = cmap(0.3 + 0.7 * layer / max(layers[-1], 1))
-                snaps = sorted((r["step"], r["value"]) for r in picked if r["layer"] == layer and not r["final"])
-                final = [(r["step"], r["value"]) for r in picked if r["layer"] == layer and r["final"]]
-                if snaps:
-                    ax.plot(*zip(*snaps), color=shade, lw=1.2, marker="o", ms=2, label=f"layer {layer}")
-                if final:
-                    ax.plot(*zip(*final), color=shade, ls="none", marker="o", ms=4, mfc="none")
-            ax.set_xscale("symlog", linthresh=10)
-            if col == 0:
-                ax.set_ylabel(label, fontsize=8)
-            if row == 0:
-                ax.set_title(f"{objective} seed {seed}")
-        ax = axes[len(quantities)][col]
-        points = [(e["step"], e["dev_loss"]) for e in logs.get((objective, seed), []) if "dev_loss" in e]
-        if points:
-            ax.plot(*zip(*points), color=colour(objective), marker="o", ms=2, lw=1.2)
-        ax.set_xscale("symlog", linthresh=10)
-        ax.set_xlabel("training step")
-        if col == 0:
-            ax.set_ylabel("dev loss", fontsize=8)
-    legend(axes[0][0], fontsize=6, ncol=2)
-    return render(fig, style)

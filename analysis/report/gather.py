@@ -19,13 +19,19 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
-from pipeline.config.grid import model_grid, pretrained_grid
-from pipeline.config.grid import INIT
-from pipeline.train.convergence import convergence
-from pipeline.records.files import read_json
+from analysis.io.tables import (
+    COLUMNS,
+    read_record,
+    read_replicates,
+    read_table,
+    replicates_path,
+    table_path,
+    with_replicates,
+)
+from pipeline.config.grid import INIT, model_grid, pretrained_grid
 from pipeline.errors import PipelineError
-
-from analysis.io.tables import COLUMNS, read_record, read_replicates, read_table, replicates_path, table_path, with_replicates
+from pipeline.records.files import read_json
+from pipeline.train.convergence import convergence
 
 TABLES = tuple(t for t in COLUMNS if t != "claims")  # similarity, change, influence, mi, neighbours, tsne, evolution
 _INT = {"seed", "seed_a", "seed_b", "layer", "layer_a", "layer_b", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_influencers",

@@ -16,26 +16,39 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pipeline.config.compose import RUNTIME_KEYS, to_plain
-from pipeline.config.cli import cli
-from pipeline.config.grid import INIT
-from pipeline.train.convergence import THRESHOLD as CONVERGED_BELOW
-from pipeline.records.stage import inputs_read, make_record
-from pipeline.records.provenance import stage_command, versions
-from pipeline.records.locks import one_writer
-from pipeline.records.files import config_hash, recording, write_json, write_text
-from pipeline.errors import PipelineError
 from analysis.io.settings import SPECS, setting
-
-from analysis.report import gather
-from analysis.report import claims
-from analysis.stats import verdicts
-from analysis.report.claims import Criteria, check_all
 from analysis.io.tables import read_table, table_path, write_table
-from analysis.report.html import (Section, details, esc, figure, key_values, not_measured, note, page, para, pre, table,
-                   verdict_cell)
+from analysis.report import claims, gather
+from analysis.report.claims import check_all
+from analysis.report.criteria import Criteria
+from analysis.report.html import (
+    Section,
+    details,
+    esc,
+    figure,
+    key_values,
+    not_measured,
+    note,
+    page,
+    para,
+    pre,
+    table,
+    verdict_cell,
+)
+from analysis.report.provenance import provenance_section
+from analysis.stats import verdicts
+from pipeline.config.cli import cli
+from pipeline.config.compose import to_plain
+from pipeline.config.grid import INIT
+from pipeline.config.stages import report_config
+from pipeline.errors import PipelineError
+from pipeline.records.files import config_hash, recording, write_json, write_text
+from pipeline.records.locks import one_writer
+from pipeline.records.provenance import stage_command
+from pipeline.records.stage import inputs_read, make_record
+from pipeline.train.convergence import THRESHOLD as CONVERGED_BELOW
 
 log = logging.getLogger("analysis.report")
 REPORT_FILE = "report.html"
@@ -44,19 +57,6 @@ QUALITY = {"mt": ("BLEU", "bleu"), "lm": ("perplexity", "perplexity"), "mlm": ("
 
 def report_path(cfg: DictConfig) -> Path:
     return Path(str(cfg.paths.report)) / REPORT_FILE
-
-
-def report_config(cfg: DictConfig) -> dict:
-    """What the report depends on besides its input files: the resolved config it shows, without
-    Hydra's own keys and the settings that change how stages run but not what they compute."""
-    def strip(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if k not in RUNTIME_KEYS}
-        return node
-
-    plain = to_plain(cfg)
-    plain.pop("hydra", None)
-    return strip(plain)
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -315,116 +315,26 @@ def claim_table(cfg: DictConfig, exp: gather.Experiment, crit: Criteria, out: Pa
 
 # ---------------------------------------------------------------- provenance
 
-_STAGE_ORDER = ("prepare", "train", "dump", "similarity", "change", "influence", "mi", "neighbours", "tsne")
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    whole = int(round(seconds))
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
-
-
-def _wall_times(exp: gather.Experiment) -> list[tuple]:
-    """Per stage (rule): jobs, summed wall time (s and h:m:s), longest job, peak RSS (MB)."""
-    stages: dict[str, list[gather.BenchmarkJob]] = defaultdict(list)
-    for job in exp.benchmarks:
-        if job.stage != "report":  # an earlier run's of this page: it would make each rerun differ
-            stages[job.stage].append(job)
-    rank = {name: i for i, name in enumerate(_STAGE_ORDER)}
-    other, rank["report"] = len(_STAGE_ORDER), len(_STAGE_ORDER) + 1  # merge_<table> etc. sort by name before it
-    rows = []
-    for stage in sorted(stages, key=lambda name: (rank.get(name, other), name)):
-        secs = [j.seconds for j in stages[stage] if j.seconds is not None]
-        rss = [j.max_rss_mb for j in stages[stage] if j.max_rss_mb is not None]
-        total = sum(secs) if secs else None
-        rows.append((stage, len(stages[stage]), total, _clock(total), max(secs) if secs else None,
-                     max(rss) if rss else None))
-    return rows
-
-
-def _settings_hashes(record: dict) -> str | None:
-    """The settings hash of a table: its own, or for a merged table those of its per-model parts."""
-    if record.get("parts"):
-        return ", ".join(sorted({str(p.get("config_hash")) for p in record["parts"]}))
-    return record.get("config_hash")
-
-
-def provenance_section(exp: gather.Experiment) -> Section:
-    import matplotlib
-
-    s = Section("provenance", "Provenance")
-    found = versions()
-    found["matplotlib"] = matplotlib.__version__
-    s.add("<h3>Code and environment</h3>")
-    s.add(key_values([("git commit", found.pop("git_commit", None) or "unknown (not a git checkout)"),
-                      *sorted(found.items())]))
-    commits = defaultdict(list)
-    records = [("data", exp.data_stage), ("tokenizer", exp.tokenizer_stage),
-               *((f"metrics/{t.name}.csv", t.record) for t in exp.tables.values())]
-    for name, record in records:
-        if record and (record.get("versions") or {}).get("git_commit"):
-            commits[record["versions"]["git_commit"]].append(name)
-    if len(commits) > 1:
-        s.add(note("The inputs were made at different commits: "
-                   + "; ".join(f"{c[:10]}: {', '.join(n)}" for c, n in commits.items())))
-    s.add("<h3>Hardware</h3>")
-    hw = exp.hardware
-    s.add(key_values([("CPU (this report's machine)", hw.get("cpu")), ("cores", hw.get("cores")),
-                      ("RAM (GiB)", hw.get("ram_gib")), ("GPU", hw.get("gpu")), ("platform", hw.get("platform")),
-                      ("training devices", ", ".join(sorted({str(r.summary.get("device")) for r in exp.models
-                                                             if r.summary})) or "—")]))
-    s.add("<h3>Wall time</h3>")
-    stages = _wall_times(exp)
-    if stages:
-        total = sum(r[2] or 0 for r in stages)
-        s.add(table(("stage (rule)", "jobs", "wall time (s)", "h:m:s", "longest job (s)", "peak RSS (MB)"),
-                    [*stages, ("total", sum(r[1] for r in stages), total, _clock(total), None, None)]))
-        s.add(para(f"Total: {total / 3600:.2f} h of job wall time (the sum over jobs; jobs that ran in parallel "
-                   "overlap). From Snakemake's benchmark files under benchmarks/."))
-    else:
-        s.add(not_measured("wall time per stage", f"no benchmark files under {exp.results / 'benchmarks'}"))
-    made = [(f"metrics/{t.name}.csv", len(t.rows or ()), (t.record or {}).get("finished"),
-             _settings_hashes(t.record or {}), (t.record or {}).get("wall_time_s"))
-            for t in exp.tables.values() if t.rows is not None]
-    if made:
-        s.add(table(("metric table", "rows", "finished", "settings hash", "wall time in its record (s)"), made))
-    recorded = [(f"train {r.objective} seed {r.seed}", r.summary.get("wall_time_s")) for r in exp.models if r.summary]
-    for t in exp.tables.values():
-        times = [p.get("wall_time_s") for p in (t.record or {}).get("parts") or [] if p.get("wall_time_s") is not None]
-        if times:
-            recorded.append((f"{t.name}: its {len(times)} per-model parts", sum(times)))
-    if recorded:
-        total = sum(seconds or 0 for _, seconds in recorded)
-        s.add(para(f"Training and measurement time the stages recorded themselves: {_clock(total)} "
-                   f"({total:,.0f} s; without data preparation, dumps and Snakemake's overhead)."))
-    s.add(details("Wall times the stages recorded themselves (s)", table(("what", "wall time (s)"), recorded)))
-    missing = [f"metrics/{t.name}.csv: {t.missing}" for t in exp.tables.values() if t.missing]
-    if missing:
-        s.add(details(f"Inputs not found ({len(missing)})", pre("\n".join(missing))))
-    s.add("<h3>Resolved configuration</h3>")
-    s.add(para(f"config hash {config_hash(report_config(exp.cfg))}"))
-    s.add(details("config.yaml (resolved)", pre(OmegaConf.to_yaml(exp.cfg, resolve=True))))
-    return s
-
 
 # ---------------------------------------------------------------- the page
 
 def build(cfg: DictConfig, probe_hardware: bool = True, claims_out: Path | None = None) -> str:
     """The report's HTML for `cfg`'s experiment; `claims_out`: where to write metrics/claims.csv, which the
     claim table is then read from (None: checked in memory)."""
-    from analysis.report import figures
-    from analysis.report.sections import measurement_sections
+    from analysis.report import plotting
+    from analysis.report.evolution import evolution_section
+    from analysis.report.sections import mi_section, similarity_section
+    from analysis.report.sections_tokens import change_section, influence_section, neighbours_section, tsne_section
 
     check_settings(cfg)
-    style = figures.Style(str(cfg.analysis.report.figure_format), int(cfg.analysis.report.dpi))
+    style = plotting.Style(str(cfg.analysis.report.figure_format), int(cfg.analysis.report.dpi))
     exp = gather.collect(cfg, probe_hardware=probe_hardware)
     crit = Criteria.from_cfg(cfg)
-    from analysis.report.evolution import evolution_section
-
     rows = claim_table(cfg, exp, crit, claims_out)
     sections = [setup_section(exp, style), convergence_section(exp, style), claims_section(exp, crit, rows),
-                *measurement_sections(exp, style, crit), evolution_section(exp, style, crit)]
+                mi_section(exp, style, crit), similarity_section(exp, style, crit), change_section(exp, style, crit),
+                influence_section(exp, style, crit), neighbours_section(exp, style, crit), tsne_section(exp, style),
+                evolution_section(exp, style, crit)]
     sections.append(provenance_section(exp))
     measured = sum(t.rows is not None for t in exp.tables.values())
     # The page is a function of its inputs (a rerun writes the same bytes): dated by its newest input.

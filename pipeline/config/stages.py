@@ -2,6 +2,8 @@
 setting reruns exactly the stages it affects."""
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config.compose import RUNTIME_KEYS, to_plain
@@ -86,3 +88,16 @@ def _masking(cfg: DictConfig) -> dict[str, float]:
     objective = cfg.objective
     return {key: float(objective.get(key, default)) for key, default in
             (("mask_prob", 0.15), ("mask_token_prob", 0.8), ("random_token_prob", 0.1))}
+
+
+def report_config(cfg: DictConfig) -> dict:
+    """What the report depends on besides its input files: the resolved config it shows, without
+    Hydra's own keys and the settings that change how stages run but not what they compute."""
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in RUNTIME_KEYS}
+        return node
+
+    plain = to_plain(cfg)
+    plain.pop("hydra", None)
+    return strip(plain)

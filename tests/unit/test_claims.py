@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from analysis.report import claims
-from analysis.report.claims import (CLAIMS, FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Criteria, check_all, claim_change,
-                             claim_influence, claim_lm_mi, claim_mlm_mi, claim_mt_identity, claim_neighbours,
-                             claim_rows, claim_similarity)
+from analysis.report.claims import (CLAIMS, FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, check_all,
+                                    claim_change, claim_influence, claim_lm_mi, claim_mlm_mi,
+                                    claim_mt_identity, claim_neighbours, claim_rows, claim_similarity)
+from analysis.report.criteria import Criteria
 from analysis.report.gather import load_table
 from analysis.io.tables import COLUMNS, INIT_PAIR, REPLICATES, SAME_INIT, SEED_BASELINE, pair_kind, write_table
 from pipeline.config.compose import compose

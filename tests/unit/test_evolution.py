@@ -161,8 +161,7 @@ def test_snapshots_survive_a_kill_and_resume(smoke_cfg, tmp_path):
 def test_the_heat_map_rows_and_columns_match_the_table(run):
     import matplotlib.pyplot as plt
 
-    from analysis.report import figures
-    from analysis.report.evolution import FINAL, grid
+    from analysis.report.evolution import FINAL, grid, heatmap
 
     rows = run["rows"]
     for objective in ("mt", "lm", "mlm"):
@@ -172,7 +171,7 @@ def test_the_heat_map_rows_and_columns_match_the_table(run):
             if r["objective"] == objective and r["quantity"] == "to_final" and r["measure"] == "pwcca":
                 assert g.values[g.layers.index(r["layer"]), g.points.index(FINAL if r["final"] else r["step"])] == r["value"]
         fig, ax = plt.subplots()
-        image = figures.heatmap(ax, g)
+        image = heatmap(ax, g)
         assert np.array_equal(np.asarray(image.get_array()), g.values)
         assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "10", "30", "final (30)"]
         assert [t.get_text() for t in ax.get_yticklabels()] == [str(layer) for layer in g.layers]
@@ -180,7 +179,8 @@ def test_the_heat_map_rows_and_columns_match_the_table(run):
 
 
 def test_settled_and_first_holding_are_the_first_points_from_which_it_stays_so():
-    from analysis.report.claims import FAILS, HOLDS, Verdict
+    from analysis.report.claims import FAILS, HOLDS
+    from analysis.report.criteria import Verdict
     from analysis.report.evolution import FINAL, Grid, first_holding, settled
 
     g = Grid("mt", 1, "pwcca", [0, 10, 30, FINAL], [0, 10, 30, 40], [0, 1],
@@ -197,7 +197,7 @@ def test_settled_and_first_holding_are_the_first_points_from_which_it_stays_so()
 def test_the_claims_per_step_read_the_rows_as_the_tables_hold_them(run):
     """At the final point the per-step claim tables carry the evolution rows' numbers in the mi,
     change and neighbours shapes, and every per-step claim gets a verdict at every point."""
-    from analysis.report.claims import Criteria
+    from analysis.report.criteria import Criteria
     from analysis.report.evolution import FINAL, PER_STEP_CLAIMS, claim_tables, rows_at, verdicts_over_training
 
     crit = Criteria.from_cfg(run["cfg"]())
@@ -242,7 +242,7 @@ def test_snapshots_after_the_best_step_come_after_the_finished_model():
     shows 30 after the finished model, a layer that settled at step 10 reads as settling at 10, and the
     claims over training have no column at or after the last best step."""
     from analysis.report.evolution import FINAL, grid, points_of, rows_at, settled, verdicts_over_training
-    from analysis.report.claims import Criteria
+    from analysis.report.criteria import Criteria
 
     rows = _step_rows(20, [0, 10, 30])
     assert points_of(rows, "mt", 1) == ([0, 10, FINAL, 30], [0, 10, 20, 30], 1)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.measures.influence import (affected_positions, choose_influencers, collect_pairs, exact_subset,
-                                load_matching_model, pairs_per_influencer, removal_mask, removed_states,
-                                removed_states_direct, resolve_affected, run)
+from analysis.measures.influence import (collect_pairs, load_matching_model, removal_mask, removed_states,
+                                         removed_states_direct, run)
+from analysis.measures.influencers import (affected_positions, choose_influencers, exact_subset,
+                                           pairs_per_influencer, resolve_affected)
 from analysis.io.dumps import bucket_edges, bucket_index, bucket_labels, load_dump
 from analysis.io.tables import read_record, read_table
 from pipeline.config.compose import compose

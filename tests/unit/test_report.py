@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.report.stage import build, report_config, run
+from analysis.report.stage import build, run
+from pipeline.config.stages import report_config
 from analysis.io.tables import REPLICATED, REPLICATES, pair_kind, write_table
 from pipeline.config.compose import compose
 from pipeline.records.files import write_json

@@ -2,7 +2,7 @@
 # checks and provenance in one self-contained file at <paths.report>/report.html, also flagged for
 # `snakemake --report`; the claims' verdicts, contrast by contrast, in results/<experiment>/metrics/claims.csv. Besides the six merged tables it reads the model summaries and logs, the
 # stage records and the benchmark files, all finished before the tables are.
-from analysis.report.stage import report_config  # noqa: E402  (light: no torch, no matplotlib)
+from pipeline.config.stages import report_config  # noqa: E402  (light: no torch, no matplotlib)
 
 REPORT_DIR = os.path.normpath(str(BASE.paths.report))
 if not _PLAIN_PATH.match(REPORT_DIR):
