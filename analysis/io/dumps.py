@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from pipeline.config.analysis import setting
 from pipeline.config.grid import model_grid
 from pipeline.dump.format import MASKED_DIR, META_FILE, layer_file, read_tokens
-from pipeline.records.stage import checked_file, note_input
-from pipeline.records.files import STAGE_RECORD, read_json
 from pipeline.errors import PipelineError
-from analysis.io.settings import setting
+from pipeline.records.files import STAGE_RECORD, read_json
+from pipeline.records.stage import checked_file, note_input
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,15 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pipeline.config.compose import to_plain
 from pipeline.config.grid import INIT
-from pipeline.records.stage import checked_file, inputs_read, make_record, note_input
-from pipeline.records.provenance import hydra_overrides, stage_command
-from pipeline.records.locks import one_writer
-from pipeline.records.files import config_hash, read_json, recording, write_bytes, write_json, write_text
 from pipeline.errors import PipelineError
-
-from analysis.io.settings import setting
+from pipeline.records.files import config_hash, read_json, recording, write_bytes, write_json, write_text
+from pipeline.records.locks import one_writer
+from pipeline.records.provenance import hydra_overrides, stage_command
+from pipeline.records.stage import checked_file, inputs_read, make_record, note_input
 
 # Columns of every table, in order (the report and the tests read them by name). `shuffled`: the same
 # distance with one view's rows permuted, at the same n (the no-correspondence level). `ci_low`,
@@ -228,46 +226,6 @@ def read_record(path: str | Path) -> dict:
     return read_json(Path(path).with_suffix(".json"))
 
 
-# The shared analysis keys each measurement reads besides its own section.
-_SHARED_KEYS = {"similarity": ("min_samples_per_dim", "sample_seed", "bootstrap"),
-                "change": ("buckets", "min_samples_per_dim", "sample_seed", "bootstrap"),
-                "influence": ("buckets", "min_samples_per_dim", "sample_seed", "bootstrap"),
-                "mi": ("sample_seed", "bootstrap"), "neighbours": ("sample_seed", "bootstrap")}
-
-
-def section(cfg: DictConfig, name: str) -> dict:
-    """The settings a measurement depends on: its own section plus the shared analysis keys it reads
-    (so that, e.g., new bucket edges rerun change and influence but not the task distances)."""
-    a = cfg.analysis
-    shared = _SHARED_KEYS.get(name, ("sample_seed",))
-    out = {"measure": name, **{key: to_plain(a[key]) for key in shared}, name: to_plain(a[name])}
-    if name in ("change", "influence"):  # their distances are computed as analysis.similarity says
-        out["estimator"] = {key: to_plain(a.similarity[key]) for key in ("ridge", "svcca_variance")}
-    if name == "similarity" and OmegaConf.select(cfg, "pretrained.models"):
-        # with a pretrained model the distances compare words: what a word's state is matters too
-        out["word_state"] = OmegaConf.select(cfg, "pretrained.word_state")
-    return out
-
-
-def mi_cluster_counts(cfg: DictConfig) -> list[int]:
-    """The cluster counts MI is measured with for cfg's model: analysis.mi.n_clusters, then the sweep
-    when cfg.seed is the first seed of its objective in workflow.seeds, and for every pretrained model
-    (the sweep is the costly part; one seed per objective shows the trend)."""
-    main = int(setting(cfg, "analysis.mi.n_clusters"))
-    sweep = setting(cfg, "analysis.mi.sweep") or []
-    seeds = OmegaConf.select(cfg, f"workflow.seeds.{cfg.objective.name}")
-    first = seeds is not None and len(seeds) > 0 and int(seeds[0]) == int(cfg.seed)
-    # a pretrained model is the one model of its label
-    first = first or OmegaConf.select(cfg, f"pretrained.models.{cfg.objective.name}") is not None
-    return [main] + ([int(c) for c in sweep if int(c) != main] if first else [])
-
-
-def mi_settings(cfg: DictConfig) -> dict:
-    """What one model's MI part depends on: the MI section, the shared keys, and its cluster counts
-    (reordering workflow.seeds moves the sweep to another model, which must rerun)."""
-    return {**section(cfg, "mi"), "clusters": mi_cluster_counts(cfg)}
-
-
 # ---------------------------------------------------------------- per-model parts of a table
 
 def part_path(cfg: DictConfig, table: str, objective: str | None = None, seed: int | None = None) -> Path:
@@ -283,16 +241,6 @@ def evolution_part(cfg: DictConfig, step: int | None) -> Path:
     (the finished model: final.csv)."""
     name = "final" if step is None else f"step{int(step)}"
     return Path(str(cfg.paths.metrics)) / "evolution" / str(cfg.objective.name) / f"seed{int(cfg.seed)}" / f"{name}.csv"
-
-
-def evolution_settings(cfg: DictConfig) -> dict:
-    """What a step's evolution rows depend on: the evolution section, the MI, neighbours, similarity
-    and change settings it reads, the shared keys, and the maskings of an MLM's masked rows."""
-    a = cfg.analysis
-    return {"measure": "evolution", **{key: to_plain(a[key]) for key in ("min_samples_per_dim", "sample_seed",
-                                                                          "bootstrap")},
-            **{name: to_plain(a[name]) for name in ("evolution", "mi", "neighbours", "similarity", "change")},
-            "mlm_maskings": int(cfg.snapshots.mlm_maskings)}
 
 
 def table_path(cfg: DictConfig, table: str) -> Path:

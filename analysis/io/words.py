@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import PipelineError
 from analysis.io.dumps import Dump
+from pipeline.errors import PipelineError
 
 WORD_START = "\u2581"
 _STRIDE = np.int64(1 << 20)  # words per sentence a key leaves room for

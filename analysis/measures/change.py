@@ -36,7 +36,8 @@ from analysis.stats import bootstrap
 from analysis.stats.buckets import FLOOR_KEY, BucketPlan, draw, plan_buckets, sample_floor, shuffle_seed
 from analysis.io.dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, sample_rows
 from analysis.stats.distances import check_measure, distance, paired, replicates
-from analysis.io.tables import part_path, section, write_table
+from analysis.io.tables import part_path, write_table
+from pipeline.config.stages import section
 
 log = logging.getLogger("analysis.change")
 

@@ -51,8 +51,9 @@ from analysis.stats.kmeans import kmeans
 from analysis.stats.distances import check_measure, distance, paired, replicates
 from analysis.measures.mutual_info import RowSet, input_rows, masked_rows, mi_columns, mi_of_clusters, next_token_rows
 from analysis.measures.neighbours import layer_rows as neighbour_layer_rows
-from analysis.io.settings import setting
-from analysis.io.tables import evolution_part, evolution_settings, write_table
+from pipeline.config.analysis import setting
+from analysis.io.tables import evolution_part, write_table
+from pipeline.config.stages import evolution_settings
 
 log = logging.getLogger("analysis.evolution")
 

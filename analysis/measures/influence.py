@@ -48,8 +48,9 @@ import torch
 from omegaconf import DictConfig
 
 from analysis.io.dumps import Dump, bucket_edges, bucket_labels, dump_folder, load_dump, model_file
-from analysis.io.settings import setting
-from analysis.io.tables import part_path, section, write_table
+from pipeline.config.analysis import setting
+from analysis.io.tables import part_path, write_table
+from pipeline.config.stages import section
 from analysis.measures.influencers import affected_positions, choose_influencers, exact_subset, resolve_affected
 from analysis.stats import bootstrap
 from analysis.stats.buckets import BucketPlan, shuffle_seed

@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from analysis.io.dumps import Dump, bucket_edges, bucket_index, bucket_labels
-from analysis.io.settings import AFFECTED, setting
+from pipeline.config.analysis import AFFECTED, setting
 from analysis.stats.buckets import BucketPlan, plan_buckets, sample_floor
 from pipeline.errors import PipelineError
 

@@ -40,12 +40,13 @@ from omegaconf import DictConfig
 from pipeline.config.cli import cli
 from pipeline.machine.runtime import resolve_device
 from pipeline.errors import PipelineError
-from analysis.io.settings import setting
+from pipeline.config.analysis import setting
 
 from analysis.stats import bootstrap
 from analysis.io.dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
 from analysis.stats.kmeans import kmeans
-from analysis.io.tables import mi_cluster_counts, mi_settings, part_path, write_table
+from analysis.io.tables import part_path, write_table
+from pipeline.config.stages import mi_cluster_counts, mi_settings
 
 log = logging.getLogger("analysis.mutual_info")
 

@@ -29,11 +29,12 @@ from omegaconf import DictConfig
 from pipeline.config.cli import cli
 from pipeline.machine.runtime import resolve_device
 from pipeline.errors import PipelineError
-from analysis.io.settings import METRICS, setting
+from pipeline.config.analysis import METRICS, setting
 
 from analysis.stats import bootstrap
 from analysis.io.dumps import dump_folder, load_dump, sample_rows
-from analysis.io.tables import part_path, section, write_table
+from analysis.io.tables import part_path, write_table
+from pipeline.config.stages import section
 
 log = logging.getLogger("analysis.neighbours")
 

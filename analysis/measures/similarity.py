@@ -18,8 +18,9 @@ from omegaconf import DictConfig
 
 from analysis.io import words
 from analysis.io.dumps import check_aligned, load_grid, sample_rows
-from analysis.io.settings import setting
-from analysis.io.tables import PRETRAINED_PAIR, pair_kind, section, table_path, write_table
+from pipeline.config.analysis import setting
+from analysis.io.tables import PRETRAINED_PAIR, pair_kind, table_path, write_table
+from pipeline.config.stages import section
 from analysis.stats import bootstrap
 from analysis.stats.buckets import FLOOR_KEY, sample_floor, shuffle_seed
 from analysis.stats.cca import Covariances, Spectrum, centre, distance_from_covariances

@@ -28,11 +28,12 @@ from omegaconf import DictConfig
 
 from pipeline.config.cli import cli
 from pipeline.dump.format import MASKED_DIR
-from analysis.io.settings import setting
+from pipeline.config.analysis import setting
 
 from analysis.io.dumps import check_aligned, dump_folder, load_dump, sample_rows
 from analysis.io.words import bare, occurrences
-from analysis.io.tables import part_path, section, write_table
+from analysis.io.tables import part_path, write_table
+from pipeline.config.stages import section
 
 log = logging.getLogger("analysis.tsne")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from analysis.io.settings import SPECS, setting
+from pipeline.config.analysis import SPECS, setting
 from analysis.io.tables import read_table, table_path, write_table
 from analysis.report import claims, gather
 from analysis.report.claims import check_all

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from analysis.io.settings import METHODS, setting
+from pipeline.config.analysis import METHODS, setting
 
 from analysis.stats.cca import Covariances, Spectrum
 

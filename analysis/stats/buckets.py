@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig
 
-from analysis.io.settings import setting
+from pipeline.config.analysis import setting
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("analysis.buckets")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from analysis.io.settings import MEASURES
+from pipeline.config.analysis import MEASURES
 
 RIDGE = 0.0            # default ridge, relative to the mean variance (setting analysis.similarity.ridge)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from analysis.io.settings import MEASURES
+from pipeline.config.analysis import MEASURES
 from analysis.stats import bootstrap
 from analysis.stats.cca import Covariances, Spectrum, View, centre, distance_from_covariances
 from pipeline.errors import PipelineError

@@ -6,6 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config.analysis import setting
 from pipeline.config.compose import RUNTIME_KEYS, to_plain
 from pipeline.config.grid import INIT, kept_steps
 from pipeline.config.pretrained import spec_of
@@ -101,3 +102,75 @@ def report_config(cfg: DictConfig) -> dict:
     plain = to_plain(cfg)
     plain.pop("hydra", None)
     return strip(plain)
+
+
+# The shared analysis keys each measurement reads besides its own section.
+_SHARED_KEYS = {"similarity": ("min_samples_per_dim", "sample_seed", "bootstrap"),
+                "change": ("buckets", "min_samples_per_dim", "sample_seed", "bootstrap"),
+                "influence": ("buckets", "min_samples_per_dim", "sample_seed", "bootstrap"),
+                "mi": ("sample_seed", "bootstrap"), "neighbours": ("sample_seed", "bootstrap")}
+
+
+def section(cfg: DictConfig, name: str) -> dict:
+    """The settings a measurement depends on: its own section plus the shared analysis keys it reads
+    (so that, e.g., new bucket edges rerun change and influence but not the task distances)."""
+    a = cfg.analysis
+    shared = _SHARED_KEYS.get(name, ("sample_seed",))
+    out = {"measure": name, **{key: to_plain(a[key]) for key in shared}, name: to_plain(a[name])}
+    if name in ("change", "influence"):  # their distances are computed as analysis.similarity says
+        out["estimator"] = {key: to_plain(a.similarity[key]) for key in ("ridge", "svcca_variance")}
+    if name == "similarity" and OmegaConf.select(cfg, "pretrained.models"):
+        # with a pretrained model the distances compare words: what a word's state is matters too
+        out["word_state"] = OmegaConf.select(cfg, "pretrained.word_state")
+    return out
+
+
+def mi_cluster_counts(cfg: DictConfig) -> list[int]:
+    """The cluster counts MI is measured with for cfg's model: analysis.mi.n_clusters, then the sweep
+    when cfg.seed is the first seed of its objective in workflow.seeds, and for every pretrained model
+    (the sweep is the costly part; one seed per objective shows the trend)."""
+    main = int(setting(cfg, "analysis.mi.n_clusters"))
+    sweep = setting(cfg, "analysis.mi.sweep") or []
+    seeds = OmegaConf.select(cfg, f"workflow.seeds.{cfg.objective.name}")
+    first = seeds is not None and len(seeds) > 0 and int(seeds[0]) == int(cfg.seed)
+    # a pretrained model is the one model of its label
+    first = first or OmegaConf.select(cfg, f"pretrained.models.{cfg.objective.name}") is not None
+    return [main] + ([int(c) for c in sweep if int(c) != main] if first else [])
+
+
+def mi_settings(cfg: DictConfig) -> dict:
+    """What one model's MI part depends on: the MI section, the shared keys, and its cluster counts
+    (reordering workflow.seeds moves the sweep to another model, which must rerun)."""
+    return {**section(cfg, "mi"), "clusters": mi_cluster_counts(cfg)}
+
+
+def evolution_settings(cfg: DictConfig) -> dict:
+    """What a step's evolution rows depend on: the evolution section, the MI, neighbours, similarity
+    and change settings it reads, the shared keys, and the maskings of an MLM's masked rows."""
+    a = cfg.analysis
+    return {"measure": "evolution", **{key: to_plain(a[key]) for key in ("min_samples_per_dim", "sample_seed",
+                                                                          "bootstrap")},
+            **{name: to_plain(a[name]) for name in ("evolution", "mi", "neighbours", "similarity", "change")},
+            "mlm_maskings": int(cfg.snapshots.mlm_maskings)}
+
+
+def is_init(cfg: DictConfig) -> bool:
+    """True for the step-0 control (objective.kind init), which is built, not trained."""
+    return str(cfg.objective.kind) == INIT
+
+
+def snapshot_step(cfg: DictConfig) -> int | None:
+    """The kept training step this run dumps (`snapshot`), or None for the finished model."""
+    step = OmegaConf.select(cfg, "snapshot", default=None)
+    return None if step is None else int(step)
+
+
+def dump_config(cfg: DictConfig) -> dict:
+    """What a dump depends on: the trained model's config (the step-0 control: `init_config`) and the
+    dump settings (not the device); a snapshot's also its step and its maskings."""
+    settings = {k: v for k, v in to_plain(cfg.dump).items() if k != "device"}
+    step = snapshot_step(cfg)
+    if step is None:
+        return {**(init_config(cfg) if is_init(cfg) else train_config(cfg)), "dump": settings}
+    settings["mlm_maskings"] = int(cfg.snapshots.mlm_maskings)
+    return {**train_config(cfg), "dump": settings, "snapshot": step}

@@ -45,7 +45,15 @@ from pipeline.config.checks import check_dump_settings
 from pipeline.config.cli import cli
 from pipeline.config.compose import to_plain
 from pipeline.config.grid import INIT, snapshot_dump, snapshot_file
-from pipeline.config.stages import data_config, init_config, tokenizer_config, train_config
+from pipeline.config.stages import (
+    data_config,
+    dump_config,
+    init_config,
+    is_init,
+    snapshot_step,
+    tokenizer_config,
+    train_config,
+)
 from pipeline.dump.format import (
     DTYPES,
     MASKED_COLUMNS,
@@ -54,7 +62,7 @@ from pipeline.dump.format import (
     TOKENS_FILE,
     partial_path,
 )
-from pipeline.dump.probe import Probe, token_columns, mask_probe, select_probe
+from pipeline.dump.probe import Probe, mask_probe, select_probe, token_columns
 from pipeline.dump.writer import (
     _TORCH_DTYPES,
     CHUNK_BYTES,
@@ -93,28 +101,6 @@ log = logging.getLogger("pipeline.dump")
 
 # The step-0 control is the stack as this objective kind builds it: bidirectional attention.
 INIT_BUILT_AS = "mlm"
-
-
-def is_init(cfg: DictConfig) -> bool:
-    """True for the step-0 control (objective.kind init), which is built, not trained."""
-    return str(cfg.objective.kind) == INIT
-
-
-def snapshot_step(cfg: DictConfig) -> int | None:
-    """The kept training step this run dumps (`snapshot`), or None for the finished model."""
-    step = OmegaConf.select(cfg, "snapshot", default=None)
-    return None if step is None else int(step)
-
-
-def dump_config(cfg: DictConfig) -> dict:
-    """What a dump depends on: the trained model's config (the step-0 control: `init_config`) and the
-    dump settings (not the device); a snapshot's also its step and its maskings."""
-    settings = {k: v for k, v in to_plain(cfg.dump).items() if k != "device"}
-    step = snapshot_step(cfg)
-    if step is None:
-        return {**(init_config(cfg) if is_init(cfg) else train_config(cfg)), "dump": settings}
-    settings["mlm_maskings"] = int(cfg.snapshots.mlm_maskings)
-    return {**train_config(cfg), "dump": settings, "snapshot": step}
 
 
 # ---------------------------------------------------------------- the probe set

@@ -39,8 +39,8 @@ from pipeline.config import pretrained  # noqa: E402
 from pipeline.records.stage import damaged_outputs  # noqa: E402
 from pipeline.records.files import config_hash
 from pipeline.errors import PipelineError
-from analysis.io.settings import check_analysis_settings  # noqa: E402
-from analysis.io.tables import evolution_settings, mi_settings, section as analysis_section  # noqa: E402
+from pipeline.config.analysis import check_analysis_settings  # noqa: E402
+from pipeline.config.stages import evolution_settings, mi_settings, section as analysis_section  # noqa: E402
 
 # The interpreter running snakemake has the pipeline's dependencies (it just imported them).
 PYTHON = sys.executable
