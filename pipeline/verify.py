@@ -15,9 +15,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline.config.cli import cli
-from pipeline.records.stage import (input_path, owner_record, read_record, recorded_hash, records_under,
-                                    stage_problem)
 from pipeline.records.provenance import rebased_command
+from pipeline.records.stage import input_path, owner_record, read_record, recorded_hash, records_under, stage_problem
 
 log = logging.getLogger("pipeline.verify")
 

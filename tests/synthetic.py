@@ -2,7 +2,6 @@
 tests of the analyses; untrained checkpoints; the short training settings the training tests share."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

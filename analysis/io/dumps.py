@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from pipeline.config.analysis import setting
 from pipeline.config.grid import model_grid
+from pipeline.config.layout import dump_folder
 from pipeline.dump.format import MASKED_DIR, META_FILE, layer_file, read_tokens
 from pipeline.errors import PipelineError
 from pipeline.records.files import STAGE_RECORD, read_json
@@ -105,16 +106,6 @@ def grid(cfg: DictConfig) -> list[tuple[str, int]]:
     """(objective, seed) of every model of the experiment: workflow.objectives x workflow.seeds, then
     the step-0 control `init` of every seed in use (`pipeline.config.model_grid`)."""
     return model_grid(cfg)
-
-
-def dump_folder(cfg: DictConfig, objective: str, seed: int) -> Path:
-    """Where the workflow puts the dump of (objective, seed): <paths.results>/dumps/<objective>/seed<n>."""
-    return Path(str(cfg.paths.results)) / "dumps" / objective / f"seed{seed}"
-
-
-def model_file(cfg: DictConfig, objective: str, seed: int) -> Path:
-    """The trained checkpoint of (objective, seed): <paths.results>/models/<objective>/seed<n>/model.pt."""
-    return Path(str(cfg.paths.results)) / "models" / objective / f"seed{seed}" / "model.pt"
 
 
 def load_grid(cfg: DictConfig, aligned: bool = True) -> dict[tuple[str, int], Dump]:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from omegaconf import DictConfig
 
 from pipeline.config.compose import to_plain
 from pipeline.config.grid import INIT
@@ -227,25 +226,6 @@ def read_record(path: str | Path) -> dict:
 
 
 # ---------------------------------------------------------------- per-model parts of a table
-
-def part_path(cfg: DictConfig, table: str, objective: str | None = None, seed: int | None = None) -> Path:
-    """Where one model's rows of `table` go: <paths.metrics>/<table>/<objective>/seed<n>.csv
-    (objective and seed default to cfg.objective.name and cfg.seed)."""
-    objective = str(cfg.objective.name) if objective is None else objective
-    seed = int(cfg.seed) if seed is None else int(seed)
-    return Path(str(cfg.paths.metrics)) / table / objective / f"seed{seed}.csv"
-
-
-def evolution_part(cfg: DictConfig, step: int | None) -> Path:
-    """One kept step's part of the evolution table: <paths.metrics>/evolution/<objective>/seed<n>/step<N>.csv
-    (the finished model: final.csv)."""
-    name = "final" if step is None else f"step{int(step)}"
-    return Path(str(cfg.paths.metrics)) / "evolution" / str(cfg.objective.name) / f"seed{int(cfg.seed)}" / f"{name}.csv"
-
-
-def table_path(cfg: DictConfig, table: str) -> Path:
-    """The whole table: <paths.metrics>/<table>.csv."""
-    return Path(str(cfg.paths.metrics)) / f"{table}.csv"
 
 
 def merge_parts(parts: Sequence[str | Path], out: str | Path, table: str) -> Path:

@@ -28,16 +28,16 @@ import time
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline.config.cli import cli
-from pipeline.machine.runtime import resolve_device
-from pipeline.errors import PipelineError
-
+from analysis.io.dumps import Dump, bucket_edges, bucket_index, bucket_labels, load_dump, sample_rows
+from analysis.io.tables import write_table
 from analysis.stats import bootstrap
 from analysis.stats.buckets import FLOOR_KEY, BucketPlan, draw, plan_buckets, sample_floor, shuffle_seed
-from analysis.io.dumps import Dump, bucket_edges, bucket_index, bucket_labels, dump_folder, load_dump, sample_rows
 from analysis.stats.distances import check_measure, distance, paired, replicates
-from analysis.io.tables import part_path, write_table
+from pipeline.config.cli import cli
+from pipeline.config.layout import dump_folder, part_path
 from pipeline.config.stages import section
+from pipeline.errors import PipelineError
+from pipeline.machine.runtime import resolve_device
 
 log = logging.getLogger("analysis.change")
 

@@ -38,22 +38,21 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config.cli import cli
-from pipeline.config.grid import snapshot_dump
-from pipeline.dump.format import MASKED_DIR
-from pipeline.machine.runtime import resolve_device
-from pipeline.errors import PipelineError
-
-from analysis.stats import bootstrap
-from analysis.stats.buckets import sample_floor, shuffle_seed
-from analysis.io.dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
-from analysis.stats.kmeans import kmeans
-from analysis.stats.distances import check_measure, distance, paired, replicates
+from analysis.io.dumps import Dump, check_aligned, load_dump, sample_rows
+from analysis.io.tables import write_table
 from analysis.measures.mutual_info import RowSet, input_rows, masked_rows, mi_columns, mi_of_clusters, next_token_rows
 from analysis.measures.neighbours import layer_rows as neighbour_layer_rows
+from analysis.stats import bootstrap
+from analysis.stats.buckets import sample_floor, shuffle_seed
+from analysis.stats.distances import check_measure, distance, paired, replicates
+from analysis.stats.kmeans import kmeans
 from pipeline.config.analysis import setting
-from analysis.io.tables import evolution_part, write_table
+from pipeline.config.cli import cli
+from pipeline.config.layout import dump_folder, evolution_part, point_name, snapshot_dump
 from pipeline.config.stages import evolution_settings
+from pipeline.dump.format import MASKED_DIR
+from pipeline.errors import PipelineError
+from pipeline.machine.runtime import resolve_device
 
 log = logging.getLogger("analysis.evolution")
 
@@ -198,7 +197,7 @@ def evolution_rows(cfg: DictConfig) -> list[dict]:
 def run(cfg: DictConfig) -> Path:
     started = time.perf_counter()
     rows = evolution_rows(cfg)
-    path = write_table(evolution_part(cfg, snapshot_of(cfg)), "evolution", rows, evolution_settings(cfg), started,
+    path = write_table(evolution_part(cfg, point_name(snapshot_of(cfg))), "evolution", rows, evolution_settings(cfg), started,
                        model=f"{cfg.objective.name}/seed{cfg.seed}", snapshot=snapshot_of(cfg))
     log.info("wrote %s (%d rows) in %.1f s", path, len(rows), time.perf_counter() - started)
     return path

@@ -47,15 +47,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from analysis.io.dumps import Dump, bucket_edges, bucket_labels, dump_folder, load_dump, model_file
-from pipeline.config.analysis import setting
-from analysis.io.tables import part_path, write_table
-from pipeline.config.stages import section
+from analysis.io.dumps import Dump, bucket_edges, bucket_labels, load_dump
+from analysis.io.tables import write_table
 from analysis.measures.influencers import affected_positions, choose_influencers, exact_subset, resolve_affected
 from analysis.stats import bootstrap
 from analysis.stats.buckets import BucketPlan, shuffle_seed
 from analysis.stats.distances import check_measure, distance, paired, replicates
+from pipeline.config.analysis import setting
 from pipeline.config.cli import cli
+from pipeline.config.layout import dump_folder, model_file, part_path
+from pipeline.config.stages import section
 from pipeline.errors import PipelineError
 from pipeline.machine.runtime import resolve_device
 from pipeline.model.transformer import Block, Model, load_model

@@ -8,8 +8,8 @@ import torch
 from omegaconf import DictConfig
 
 from analysis.io.dumps import Dump, bucket_edges, bucket_index, bucket_labels
-from pipeline.config.analysis import AFFECTED, setting
 from analysis.stats.buckets import BucketPlan, plan_buckets, sample_floor
+from pipeline.config.analysis import AFFECTED, setting
 from pipeline.errors import PipelineError
 
 

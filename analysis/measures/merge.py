@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.machine.faults import exit_on_machine_fault
-from pipeline.errors import PipelineError
-
 from analysis.io.tables import COLUMNS, merge_parts
+from pipeline.errors import PipelineError
+from pipeline.machine.faults import exit_on_machine_fault
 
 
 def main(argv: list[str] | None = None) -> int:

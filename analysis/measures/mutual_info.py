@@ -37,16 +37,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config.cli import cli
-from pipeline.machine.runtime import resolve_device
-from pipeline.errors import PipelineError
-from pipeline.config.analysis import setting
-
+from analysis.io.dumps import Dump, check_aligned, load_dump, sample_rows
+from analysis.io.tables import write_table
 from analysis.stats import bootstrap
-from analysis.io.dumps import Dump, check_aligned, dump_folder, load_dump, sample_rows
 from analysis.stats.kmeans import kmeans
-from analysis.io.tables import part_path, write_table
+from pipeline.config.analysis import setting
+from pipeline.config.cli import cli
+from pipeline.config.layout import dump_folder, part_path
 from pipeline.config.stages import mi_cluster_counts, mi_settings
+from pipeline.errors import PipelineError
+from pipeline.machine.runtime import resolve_device
 
 log = logging.getLogger("analysis.mutual_info")
 

@@ -26,15 +26,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config.cli import cli
-from pipeline.machine.runtime import resolve_device
-from pipeline.errors import PipelineError
-from pipeline.config.analysis import METRICS, setting
-
+from analysis.io.dumps import load_dump, sample_rows
+from analysis.io.tables import write_table
 from analysis.stats import bootstrap
-from analysis.io.dumps import dump_folder, load_dump, sample_rows
-from analysis.io.tables import part_path, write_table
+from pipeline.config.analysis import METRICS, setting
+from pipeline.config.cli import cli
+from pipeline.config.layout import dump_folder, part_path
 from pipeline.config.stages import section
+from pipeline.errors import PipelineError
+from pipeline.machine.runtime import resolve_device
 
 log = logging.getLogger("analysis.neighbours")
 

@@ -18,14 +18,15 @@ from omegaconf import DictConfig
 
 from analysis.io import words
 from analysis.io.dumps import check_aligned, load_grid, sample_rows
-from pipeline.config.analysis import setting
-from analysis.io.tables import PRETRAINED_PAIR, pair_kind, table_path, write_table
-from pipeline.config.stages import section
+from analysis.io.tables import PRETRAINED_PAIR, pair_kind, write_table
 from analysis.stats import bootstrap
 from analysis.stats.buckets import FLOOR_KEY, sample_floor, shuffle_seed
 from analysis.stats.cca import Covariances, Spectrum, centre, distance_from_covariances
+from pipeline.config.analysis import setting
 from pipeline.config.cli import cli
+from pipeline.config.layout import table_path
 from pipeline.config.pretrained import word_state
+from pipeline.config.stages import section
 from pipeline.errors import PipelineError
 from pipeline.machine.runtime import resolve_device
 

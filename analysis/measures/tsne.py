@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config.cli import cli
-from pipeline.dump.format import MASKED_DIR
-from pipeline.config.analysis import setting
-
-from analysis.io.dumps import check_aligned, dump_folder, load_dump, sample_rows
+from analysis.io.dumps import check_aligned, load_dump, sample_rows
+from analysis.io.tables import write_table
 from analysis.io.words import bare, occurrences
-from analysis.io.tables import part_path, write_table
+from pipeline.config.analysis import setting
+from pipeline.config.cli import cli
+from pipeline.config.layout import dump_folder, part_path
 from pipeline.config.stages import section
+from pipeline.dump.format import MASKED_DIR
 
 log = logging.getLogger("analysis.tsne")
 

@@ -19,18 +19,13 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
-from analysis.io.tables import (
-    COLUMNS,
-    read_record,
-    read_replicates,
-    read_table,
-    replicates_path,
-    table_path,
-    with_replicates,
-)
+from analysis.io.tables import COLUMNS, read_record, read_replicates, read_table, replicates_path, with_replicates
+from pipeline.config import layout
 from pipeline.config.grid import INIT, model_grid, pretrained_grid
+from pipeline.config.layout import table_path
+from pipeline.dump.format import META_FILE
 from pipeline.errors import PipelineError
-from pipeline.records.files import read_json
+from pipeline.records.files import STAGE_RECORD, read_json
 from pipeline.train.convergence import convergence
 
 TABLES = tuple(t for t in COLUMNS if t != "claims")  # similarity, change, influence, mi, neighbours, tsne, evolution
@@ -177,8 +172,8 @@ def _read_log(path: Path) -> list[dict]:
     return entries
 
 
-def load_model(results: Path, objective: str, seed: int) -> ModelRun:
-    folder = results / "models" / objective / f"seed{seed}"
+def load_model(cfg: DictConfig, objective: str, seed: int) -> ModelRun:
+    folder = layout.model_folder(cfg, objective, seed)
     return ModelRun(objective, seed, _read_json(folder / "summary.json"), _read_log(folder / "log.jsonl"))
 
 
@@ -276,17 +271,17 @@ def collect(cfg: DictConfig, probe_hardware: bool = True) -> Experiment:
     objectives = list(dict.fromkeys([o for o, _ in keys]))
     dumps = {}
     for o, s in keys:
-        meta = _read_json(results / "dumps" / o / f"seed{s}" / "meta.json")
+        meta = _read_json(layout.dump_folder(cfg, o, s) / META_FILE)
         if meta is not None:
             dumps[(o, s)] = meta
     labels = {o for o, _ in pretrained_grid(cfg)}
     pretrained = {o: dumps.get((o, s)) or {"objective": o, "pretrained": None} for o, s in keys if o in labels}
     # neither the step-0 control nor a pretrained model is trained here
-    models = [load_model(results, o, s) for o, s in keys if o != INIT and o not in labels]
+    models = [load_model(cfg, o, s) for o, s in keys if o != INIT and o not in labels]
     layers = {int(m["n_layers"]) for m in dumps.values() if "n_layers" in m}
     n_layers = max(layers) if layers else int(cfg.model.n_layers)
     return Experiment(cfg=cfg, results=results, tables=tables, models=models, objectives=objectives,
-                      n_layers=n_layers, data_stage=_read_json(results / "data" / "stage.json"),
-                      tokenizer_stage=_read_json(results / "tokenizer" / "stage.json"), dumps=dumps,
+                      n_layers=n_layers, data_stage=_read_json(Path(str(cfg.paths.data)) / STAGE_RECORD),
+                      tokenizer_stage=_read_json(Path(str(cfg.paths.tokenizer)) / STAGE_RECORD), dumps=dumps,
                       benchmarks=read_benchmarks(results / "benchmarks"),
                       hardware=hardware() if probe_hardware else {}, pretrained=pretrained)

@@ -9,6 +9,8 @@ from analysis.report.estimates import influence_by_bucket, mean_by, neighbour_ro
 from analysis.report.gather import Experiment, _read_json
 from analysis.report.html import Section, esc, not_measured, note, para, table
 from analysis.report.sections import BAND_NOTE, BASE, add_figure, curve_ends, depth_note, ordered_models, table_rows
+from pipeline.config.layout import part_path
+from pipeline.config.pretrained import SEED as PRETRAINED_SEED
 
 TSNE_SETS = {"verbs": ("token", "occurrences of the four verbs, coloured by word (MLM input unmasked)"),
              "verbs_masked": ("token", "MLM with 15% of the input masked as in training: masked occurrences "
@@ -98,7 +100,7 @@ def influence_section(exp: Experiment, style: plotting.Style, crit: Criteria) ->
     if rows is None:
         return s
     for label in exp.pretrained:
-        part = exp.results / "metrics" / "influence" / label / "seed0.json"
+        part = part_path(exp.cfg, "influence", label, PRETRAINED_SEED).with_suffix(".json")
         reason = (_read_json(part) or {}).get("not_measured")
         if reason:
             s.add(not_measured(f"influence for {label}", reason))

@@ -18,8 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.config.analysis import SPECS, setting
-from analysis.io.tables import read_table, table_path, write_table
+from analysis.io.tables import read_table, write_table
 from analysis.report import claims, gather
 from analysis.report.claims import check_all
 from analysis.report.criteria import Criteria
@@ -39,10 +38,15 @@ from analysis.report.html import (
 )
 from analysis.report.provenance import provenance_section
 from analysis.stats import verdicts
+from pipeline.config import layout
+from pipeline.config.analysis import SPECS, setting
 from pipeline.config.cli import cli
 from pipeline.config.compose import to_plain
 from pipeline.config.grid import INIT
+from pipeline.config.layout import table_path
+from pipeline.config.pretrained import SEED as PRETRAINED_SEED
 from pipeline.config.stages import report_config
+from pipeline.dump.format import MASKED_DIR, META_FILE
 from pipeline.errors import PipelineError
 from pipeline.records.files import config_hash, recording, write_json, write_text
 from pipeline.records.locks import one_writer
@@ -161,7 +165,7 @@ def pretrained_models(s: Section, exp: gather.Experiment) -> None:
             rows.append((label, "—", "—", "not dumped", None, None, None, None, None, None, None))
             continue
         head = meta.get("head_next_token_accuracy")
-        masked = gather._read_json(exp.results / "dumps" / label / "seed0" / "masked" / "meta.json")
+        masked = gather._read_json(layout.dump_folder(exp.cfg, label, PRETRAINED_SEED) / MASKED_DIR / META_FILE)
         if masked is not None and masked.get("head_mask_accuracy") is not None:
             head = f"{masked['head_mask_accuracy']:.3f} masked ({masked.get('head_mask_n', '?'):,})"
         elif head is not None:

@@ -39,9 +39,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config.analysis import METHODS, setting
-
 from analysis.stats.cca import Covariances, Spectrum
+from pipeline.config.analysis import METHODS, setting
 
 TABLES = ("similarity", "change", "influence", "mi", "neighbours")
 NO_INTERVAL = (float("nan"), float("nan"))

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config.analysis import MEASURES
 from analysis.stats import bootstrap
 from analysis.stats.cca import Covariances, Spectrum, View, centre, distance_from_covariances
+from pipeline.config.analysis import MEASURES
 from pipeline.errors import PipelineError
 
 

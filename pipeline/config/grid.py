@@ -2,8 +2,6 @@
 models) and the training steps it keeps."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config.pretrained import SEED, specs
@@ -31,16 +29,6 @@ def analysed_steps(cfg: DictConfig, reached: list[int]) -> list[int]:
     """Of the kept steps a training `reached`, those `snapshots.steps` names (null: all)."""
     wanted = OmegaConf.select(cfg, "snapshots.steps")
     return sorted(reached) if wanted is None else sorted(set(reached) & {int(s) for s in wanted})
-
-
-def snapshot_file(cfg: DictConfig, step: int) -> Path:
-    """The weights of cfg's model after `step` optimiser steps: <paths.model>/snapshots/step<N>.pt."""
-    return Path(str(cfg.paths.model)) / "snapshots" / f"step{int(step)}.pt"
-
-
-def snapshot_dump(cfg: DictConfig, step: int) -> Path:
-    """Where the dump of that snapshot goes: <paths.snapshots>/step<N>/."""
-    return Path(str(cfg.paths.snapshots)) / f"step{int(step)}"
 
 
 def trained_grid(cfg: DictConfig) -> list[tuple[str, int]]:

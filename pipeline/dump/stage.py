@@ -44,7 +44,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.checks import check_dump_settings
 from pipeline.config.cli import cli
 from pipeline.config.compose import to_plain
-from pipeline.config.grid import INIT, snapshot_dump, snapshot_file
+from pipeline.config.grid import INIT
+from pipeline.config.layout import snapshot_dump, snapshot_file
 from pipeline.config.stages import (
     data_config,
     dump_config,

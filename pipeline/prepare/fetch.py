@@ -7,8 +7,8 @@ import logging
 
 from omegaconf import DictConfig
 
-from pipeline.config.cli import cli
 from pipeline.config.checks import check_data_settings
+from pipeline.config.cli import cli
 from pipeline.prepare.corpus import locate_archive
 
 log = logging.getLogger("pipeline.fetch")

@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 
 from pipeline.config.checks import require
 from pipeline.config.stages import data_config, tokenizer_config
-from pipeline.prepare.corpus import prepare_command, read_lines
 from pipeline.errors import PipelineError
+from pipeline.prepare.corpus import prepare_command, read_lines
 from pipeline.records.files import STAGE_RECORD, recording, write_bytes, write_text
 from pipeline.records.locks import one_writer
 from pipeline.records.stage import checked_file, input_hashes, require_upstream, stage_problem, write_stage_record

@@ -268,3 +268,24 @@ def write_stage_record(folder: str | os.PathLike, stage: str, config: Any, ledge
     record = make_record(folder, ledger.files if ledger is not None else {}, inputs, root, stage=stage,
                          config_hash=config_hash(config), config=config, command=command, **extra)
     write_json(Path(folder) / STAGE_RECORD, record)
+
+
+def _declared_outputs(record: Path, outputs: list[Path]) -> list[Path]:
+    """The files of a damaged stage whose absence makes the workflow rerun it: its record, and the
+    outputs its rule declares besides (a model's model.pt, a table's CSV)."""
+    declared = [path for path in outputs if path.name == "model.pt" or path.suffix == ".csv"]
+    if record.name == STAGE_RECORD and record.parent.parent.parent.name == "models":  # a record of no outputs
+        declared.append(record.parent / "model.pt")
+    return [record, *declared]
+
+
+def set_aside_damaged(root: str | os.PathLike) -> list[str]:
+    """Delete the record of every stage under `root` whose outputs are damaged (missing, or of another
+    size than recorded: a truncated layer file, a garbage model.pt), and the damaged files its rule
+    declares, so that the workflow redoes that stage; returns what was wrong with each."""
+    problems = []
+    for record, problem, outputs in damaged_outputs(root):
+        problems.append(problem)
+        for path in _declared_outputs(record, outputs):
+            path.unlink(missing_ok=True)
+    return problems

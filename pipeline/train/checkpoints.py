@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.grid import snapshot_file
+from pipeline.config.layout import snapshot_file
 from pipeline.machine.distributed import SINGLE, World
 from pipeline.model.transformer import Model, UnsafeCheckpoint, read_checkpoint
 from pipeline.prepare.tokenizer import MODEL_FILE

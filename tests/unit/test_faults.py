@@ -94,7 +94,8 @@ def base(tmp_path_factory, shared_zip) -> Path:
     mid-way), the lm model's neighbours part and the merged neighbours table (for the report).
     Read-only for the tests."""
     from analysis.measures import neighbours
-    from analysis.io.tables import merge_parts, part_path, table_path
+    from analysis.io.tables import merge_parts
+    from pipeline.config.layout import part_path, table_path
     from pipeline.prepare.corpus import prepare_data, read_lines
     from pipeline.dump.stage import dump
     from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer

@@ -237,6 +237,7 @@ def test_words_from_pieces_and_offsets():
 def test_a_slow_sentencepiece_tokenizer_as_opus_mt_ships_it(exp):
     """transformers' MarianTokenizer (no character offsets): words from the pieces' "▁"; the dump
     still equals a direct forward pass."""
+    from pipeline.dump import pretrained as hf_dump
     from pipeline.dump.pretrained_probe import encode
     from tests.hf_models import marian_spm
 
@@ -426,7 +427,8 @@ def test_every_measure_and_the_report_run_on_pretrained_and_trained_models_toget
     from analysis.measures import mutual_info
     from analysis.measures import influence
     from analysis.measures import change
-    from analysis.io.tables import merge_parts, part_path, table_path
+    from analysis.io.tables import merge_parts
+    from pipeline.config.layout import part_path, table_path
 
     small = ["analysis.min_samples_per_dim=2", "analysis.influence.min_influencers=5",
              "analysis.influence.max_sentences=60", "analysis.mi.restarts=1"]

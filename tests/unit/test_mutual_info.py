@@ -10,11 +10,13 @@ import torch
 from sklearn.metrics import mutual_info_score
 
 from analysis.stats import kmeans as kmeans_mod
-from analysis.io.dumps import dump_folder, load_dump
+from analysis.io.dumps import load_dump
+from pipeline.config.layout import dump_folder
 from analysis.stats.kmeans import assign, kmeans
 from analysis.measures.mutual_info import (entropy, masked_rows, mi_of_clusters, mutual_information, next_token_rows,
                                   plugin_mi, row_sets, run)
-from analysis.io.tables import part_path, read_table
+from analysis.io.tables import read_table
+from pipeline.config.layout import part_path
 from pipeline.config.compose import compose
 from tests.synthetic import token_columns, write_fake_dump
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis.measures import neighbours as nb
-from analysis.io.dumps import dump_folder
+from pipeline.config.layout import dump_folder
 from analysis.measures.neighbours import NO_TOKEN, context_tokens, nearest_neighbours, neighbour_properties, run
 from analysis.io.tables import read_table
 from pipeline.config.compose import compose

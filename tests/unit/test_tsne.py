@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from analysis.io.dumps import dump_folder
+from pipeline.config.layout import dump_folder
 from analysis.io.tables import COLUMNS, read_table
 from analysis.measures.tsne import split_forms, word_rows
 from analysis.measures.tsne import run as run_tsne

@@ -8,11 +8,11 @@ rule similarity:
     input:
         dumps=model_dumps(),
     output:
-        table=report(results("metrics/similarity.csv"), caption="../report/similarity.rst", category="Metrics"),
-        replicates=results("metrics/similarity.npz"),
+        table=report(table_path("similarity"), caption="../report/similarity.rst", category="Metrics"),
+        replicates=table_path("similarity", ".npz"),
     params:
         config_hash=ANALYSIS_HASH["similarity"],
-        run_dir=results("metrics/hydra/similarity"),
+        run_dir=metrics_path("hydra/similarity"),
     log:
         logs("similarity.log"),
     benchmark:
@@ -29,13 +29,13 @@ rule measure:
     input:
         unpack(measure_inputs),
     output:
-        part=results("metrics/{measure}/{objective}/seed{seed}.csv"),
-        replicates=results("metrics/{measure}/{objective}/seed{seed}.npz"),
+        part=part_path("{measure}"),
+        replicates=part_path("{measure}", suffix=".npz"),
     params:
         module=measure_module,
         config_hash=measure_hash,
         objective=objective_args,
-        run_dir=results("metrics/hydra/{measure}/{objective}/seed{seed}"),
+        run_dir=metrics_path("hydra/{measure}/{objective}/seed{seed}"),
     log:
         logs("{measure}/{objective}/seed{seed}.log"),
     benchmark:
@@ -52,9 +52,9 @@ rule merge:
     input:
         parts=measure_parts,
     output:
-        table=report(results("metrics/{measure}.csv"), caption="../report/metrics.rst", category="Metrics",
+        table=report(table_path("{measure}"), caption="../report/metrics.rst", category="Metrics",
                      subcategory="{measure}"),
-        replicates=results("metrics/{measure}.npz"),
+        replicates=table_path("{measure}", ".npz"),
     log:
         logs("merge/{measure}.log"),
     benchmark:

@@ -10,7 +10,7 @@ if DEFAULT_ARCHIVE is not None:
         output:
             archive=DEFAULT_ARCHIVE,
         params:
-            run_dir=results("data/hydra"),
+            run_dir=data_path("hydra"),
         log:
             logs("download.log"),
         shell:
@@ -24,12 +24,12 @@ rule prepare:
     input:
         corpus=corpus_inputs,
     output:
-        data=results("data/stage.json"),
-        tokenizer=results("tokenizer/stage.json"),
+        data=data_path("stage.json"),
+        tokenizer=tokenizer_path("stage.json"),
     params:
         data_hash=DATA_HASH,
         tokenizer_hash=TOKENIZER_HASH,
-        run_dir=results("data/hydra"),
+        run_dir=data_path("hydra"),
     log:
         logs("prepare.log"),
     benchmark:

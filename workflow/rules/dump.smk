@@ -12,11 +12,11 @@ rule dump:
         data=rules.prepare.output.data,
         tokenizer=rules.prepare.output.tokenizer,
     output:
-        stage=results("dumps/{objective}/seed{seed}/stage.json"),
-        tokens=results("dumps/{objective}/seed{seed}/tokens.tsv"),
+        stage=dump_path("stage.json"),
+        tokens=dump_path("tokens.tsv"),
     params:
         config_hash=dump_hash,
-        run_dir=results("dumps/{objective}/seed{seed}/hydra"),
+        run_dir=dump_path("hydra"),
     log:
         logs("dump/{objective}/seed{seed}.log"),
     benchmark:
@@ -35,12 +35,12 @@ rule dump_init:
         data=rules.prepare.output.data,
         tokenizer=rules.prepare.output.tokenizer,
     output:
-        stage=results("dumps/init/seed{seed}/stage.json"),
-        tokens=results("dumps/init/seed{seed}/tokens.tsv"),
-        model=results("models/init/seed{seed}/model.pt"),
+        stage=dump_path("stage.json", "init"),
+        tokens=dump_path("tokens.tsv", "init"),
+        model=model_path("model.pt", "init"),
     params:
         config_hash=init_dump_hash,
-        run_dir=results("dumps/init/seed{seed}/hydra"),
+        run_dir=dump_path("hydra", "init"),
     log:
         logs("dump/init/seed{seed}.log"),
     benchmark:
@@ -59,16 +59,16 @@ rule dump_init:
 rule hf_dump:
     wildcard_constraints:
         objective=PRETRAINED_LABELS,
-        seed=str(pretrained.SEED),
+        seed=str(PRETRAINED_SEED),
     input:
         data=rules.prepare.output.data,
     output:
-        stage=results("dumps/{objective}/seed{seed}/stage.json"),
-        tokens=results("dumps/{objective}/seed{seed}/tokens.tsv"),
+        stage=dump_path("stage.json"),
+        tokens=dump_path("tokens.tsv"),
     params:
         config_hash=hf_dump_hash,
         objective=objective_args,
-        run_dir=results("dumps/{objective}/seed{seed}/hydra"),
+        run_dir=dump_path("hydra"),
     log:
         logs("dump/{objective}/seed{seed}.log"),
     benchmark:

@@ -10,15 +10,15 @@ rule dump_snapshot:
     wildcard_constraints:
         objective=TRAINED,
     input:
-        model=results("models/{objective}/seed{seed}/model.pt"),
+        model=model_path("model.pt"),
         data=rules.prepare.output.data,
         tokenizer=rules.prepare.output.tokenizer,
     output:
-        stage=results("snapshots/{objective}/seed{seed}/step{step}/stage.json"),
-        tokens=results("snapshots/{objective}/seed{seed}/step{step}/tokens.tsv"),
+        stage=snapshot_path("stage.json"),
+        tokens=snapshot_path("tokens.tsv"),
     params:
         config_hash=snapshot_dump_hash,
-        run_dir=results("snapshots/{objective}/seed{seed}/hydra/step{step}"),
+        run_dir=snapshot_run_dir(),
     log:
         logs("dump/{objective}/seed{seed}/step{step}.log"),
     benchmark:
@@ -37,12 +37,12 @@ rule evolution:
     input:
         unpack(evolution_inputs),
     output:
-        part=results("metrics/evolution/{objective}/seed{seed}/{point}.csv"),
-        replicates=results("metrics/evolution/{objective}/seed{seed}/{point}.npz"),
+        part=evolution_path(),
+        replicates=evolution_path(suffix=".npz"),
     params:
         config_hash=EVOLUTION_HASH,
         snapshot=lambda wildcards: "null" if wildcards.point == "final" else wildcards.point[len("step"):],
-        run_dir=results("metrics/hydra/evolution/{objective}/seed{seed}/{point}"),
+        run_dir=metrics_path("hydra/evolution/{objective}/seed{seed}/{point}"),
     log:
         logs("evolution/{objective}/seed{seed}/{point}.log"),
     benchmark:
@@ -59,9 +59,9 @@ rule merge_evolution:
     input:
         parts=evolution_parts,
     output:
-        table=report(results("metrics/evolution.csv"), caption="../report/metrics.rst", category="Metrics",
+        table=report(table_path("evolution"), caption="../report/metrics.rst", category="Metrics",
                      subcategory="evolution"),
-        replicates=results("metrics/evolution.npz"),
+        replicates=table_path("evolution", ".npz"),
     log:
         logs("merge/evolution.log"),
     benchmark:

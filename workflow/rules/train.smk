@@ -12,10 +12,10 @@ checkpoint train:
         data=rules.prepare.output.data,
         tokenizer=rules.prepare.output.tokenizer,
     output:
-        model=results("models/{objective}/seed{seed}/model.pt"),
+        model=model_path("model.pt"),
     params:
         config_hash=train_hash,
-        run_dir=results("models/{objective}/seed{seed}/hydra"),
+        run_dir=model_path("hydra"),
     log:
         logs("train/{objective}/seed{seed}.log"),
     benchmark:
