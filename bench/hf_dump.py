@@ -1,4 +1,4 @@
-"""Dump time of pretrained-size Hugging Face models (not a test): `pipeline.hf_dump` against a plain loop.
+"""Dump time of pretrained-size Hugging Face models (not a test): `pipeline.dump.pretrained` against a plain loop.
 
     python bench/hf_dump.py [--sentences 1000] [--models bert gpt2 marian] [--threads 2]
 

@@ -66,8 +66,8 @@ def main() -> None:
     args = parser.parse_args()
 
     records = records_under(args.results)
-    outputs = [(r.parent / key, entry["size"]) for r in records
-               for key, entry in ((read_record(r) or {}).get("outputs") or {}).items()]
+    outputs = [(r.parent / key, entry.size) for r in records
+               for key, entry in (getattr(read_record(r), "outputs", None) or {}).items()]
     total = sum(size for _, size in outputs)
     print(f"{args.results}: {len(records)} records, {len(outputs)} outputs, {total / 1e6:.1f} MB")
 

@@ -26,11 +26,11 @@ def verify(roots: list[Path]) -> list[tuple[Path, str | None, int, int]]:
     found = []
     for root in roots:
         for record_file in records_under(root):
-            record = read_record(record_file) or {}
-            outputs = record.get("outputs") or {}
+            record = read_record(record_file)
+            outputs = (record.outputs if record is not None else None) or {}
             target = record_file.parent if record_file.name == "stage.json" else record_file
             found.append((record_file, stage_problem(target, full=True), len(outputs),
-                          sum(int(e.get("size", 0)) for e in outputs.values())))
+                          sum(entry.size for entry in outputs.values())))
     return found
 
 
@@ -38,14 +38,16 @@ def repair(record_file: Path) -> str:
     """The command that repairs a damaged or stale record: its own command; for a stage whose input was
     remade since (a model retrained with other settings, say), that command with the settings the
     input was remade with, so that it reads the input as it is now instead of asking to remake it."""
-    record = read_record(record_file) or {}
-    own = record.get("command") or "the stage that made it"
-    for key, recorded in (record.get("inputs") or {}).items():
+    record = read_record(record_file)
+    if record is None:
+        return "the stage that made it"
+    own = record.command or "the stage that made it"
+    for key, recorded in record.inputs.items():
         path = input_path(key, record_file.parent, record)
         if recorded_hash(path) in (None, recorded):
             continue
         maker = read_record(path) if path.is_dir() else (owner_record(path) or (None, None, None))[1]
-        rebased = maker and rebased_command(own, maker.get("command"), maker.get("config"))
+        rebased = maker and rebased_command(own, maker.command, getattr(maker, "config", None))
         if rebased:
             return rebased
     return own
@@ -56,7 +58,7 @@ def _label(record_file: Path) -> Path:
     its replicates; the report's page)."""
     if record_file.name == "stage.json":
         return record_file.parent
-    outputs = sorted((read_record(record_file) or {}).get("outputs") or {})
+    outputs = sorted(getattr(read_record(record_file), "outputs", None) or {})
     return record_file.parent / outputs[0] if outputs else record_file
 
 

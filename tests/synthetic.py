@@ -14,7 +14,7 @@ from pipeline.train.convergence import read_log  # noqa: F401  (the tests read t
 from pipeline.dump.writer import write_token_table
 from pipeline.dump.format import MASKED_COLUMNS, MASKED_DIR, TOKEN_COLUMNS, layer_file
 from pipeline.model.transformer import ModelArgs, build_model
-from pipeline.records.stage import outputs_digest, owner_record, write_stage_record
+from pipeline.records.stage import outputs_digest, owner_record, write_record, write_stage_record
 from pipeline.records.files import config_hash, recording, torch_save, write_json, write_text
 
 
@@ -31,9 +31,9 @@ def replace_output(path: Path, text: str) -> None:
     record_file, record, key = owner_record(path)
     with recording(record_file.parent) as ledger:
         write_text(path, text)
-    record["outputs"][key] = ledger.files[key]
-    record["digest"] = outputs_digest(record["outputs"])
-    write_json(record_file, record)
+    record.outputs[key] = ledger.files[key]
+    record.digest = outputs_digest(record.outputs)
+    write_record(record_file, record)
 
 
 def token_columns(lengths, token_ids, ranks_of_id, pieces_of_id=None) -> dict:

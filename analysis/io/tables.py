@@ -15,10 +15,12 @@ import numpy as np
 from pipeline.config.compose import to_plain
 from pipeline.config.grid import INIT
 from pipeline.errors import PipelineError
-from pipeline.records.files import config_hash, read_json, recording, write_bytes, write_json, write_text
+from pipeline.records.files import config_hash, recording, write_bytes, write_text
 from pipeline.records.locks import one_writer
 from pipeline.records.provenance import hydra_overrides, stage_command
-from pipeline.records.stage import checked_file, inputs_read, make_record, note_input
+from pipeline.records.stage import checked_file, inputs_read, make_record, note_input, write_record
+from pipeline.records.stage import read_record as read_stage_record
+from pipeline.records.types import TableRecord
 
 # Columns of every table, in order (the report and the tests read them by name). `shuffled`: the same
 # distance with one view's rows permuted, at the same n (the no-correspondence level). `ci_low`,
@@ -118,7 +120,16 @@ def _command() -> str:
     import sys
 
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # run as `python -m <module>`
-    module = spec.name.removesuffix(".__main__") if spec is not None else Path(sys.argv[0]).stem
+    if spec is not None:
+        module = spec.name
+    else:  # a script's path: its module's name from the packages around it
+        path = Path(sys.argv[0]).resolve().with_suffix("")
+        parts = [path.name]
+        while (path.parent / "__init__.py").is_file():
+            path = path.parent
+            parts.insert(0, path.name)
+        module = ".".join(parts)
+    module = module.removesuffix(".__main__").removesuffix(".stage")
     if hydra_overrides() is not None:
         return stage_command(module)
     return " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])
@@ -163,12 +174,13 @@ def write_table(path: str | Path, table: str, rows: Iterable[dict[str, Any]], se
         outputs = dict(sorted(ledger.files.items()))
         # the experiment's results folder: the one above metrics/
         root = next((folder.parent for folder in path.parents if folder.name == "metrics"), None)
-        record = make_record(path.parent, outputs, inputs_read(), root, table=table, rows=text.count("\n") - 1,
+        record = make_record(TableRecord, path.parent, outputs, inputs_read(), root, table=table,
+                             rows=text.count("\n") - 1,
                              settings=to_plain(settings), config_hash=config_hash(to_plain(settings)),
                              command=command or _command(), **extra)
         if started is not None:
-            record["wall_time_s"] = round(time.perf_counter() - started, 2)
-        write_json(path.with_suffix(".json"), record)
+            record.wall_time_s = round(time.perf_counter() - started, 2)
+        write_record(path.with_suffix(".json"), record)
     return path
 
 
@@ -221,8 +233,12 @@ def with_replicates(rows: list[dict[str, Any]], arrays: dict[str, np.ndarray] | 
 
 
 def read_record(path: str | Path) -> dict:
-    """The `.json` record beside a table (settings, versions, wall time)."""
-    return read_json(Path(path).with_suffix(".json"))
+    """The `.json` record beside a table (settings, versions, wall time), as JSON: read through
+    pipeline.records (ValueError when there is none or it is no record)."""
+    record = read_stage_record(Path(path).with_suffix(".json"))
+    if record is None:
+        raise ValueError(f"{Path(path).with_suffix('.json')} holds no readable record")
+    return record.to_json()
 
 
 # ---------------------------------------------------------------- per-model parts of a table

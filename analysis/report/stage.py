@@ -48,10 +48,11 @@ from pipeline.config.pretrained import SEED as PRETRAINED_SEED
 from pipeline.config.stages import report_config
 from pipeline.dump.format import MASKED_DIR, META_FILE
 from pipeline.errors import PipelineError
-from pipeline.records.files import config_hash, recording, write_json, write_text
+from pipeline.records.files import config_hash, recording, write_text
 from pipeline.records.locks import one_writer
 from pipeline.records.provenance import stage_command
-from pipeline.records.stage import inputs_read, make_record
+from pipeline.records.stage import inputs_read, make_record, write_record
+from pipeline.records.types import StageRecord
 from pipeline.train.convergence import THRESHOLD as CONVERGED_BELOW
 
 log = logging.getLogger("analysis.report")
@@ -361,8 +362,8 @@ def run(cfg: DictConfig) -> Path:
     with one_writer(out):
         with recording(out.parent) as ledger:
             write_text(out, text)
-        write_json(out.with_suffix(".json"), make_record(
-            out.parent, {out.name: ledger.files[out.name]}, inputs_read(), None, stage="report",
+        write_record(out.with_suffix(".json"), make_record(
+            StageRecord, out.parent, {out.name: ledger.files[out.name]}, inputs_read(), None, stage="report",
             config_hash=config_hash(report_config(cfg)), command=stage_command("analysis.report")))
     log.info("wrote %s (%.0f kB) in %.1f s", out, len(text.encode()) / 1024,
              time.perf_counter() - started)

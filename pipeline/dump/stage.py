@@ -187,7 +187,7 @@ def _load_checkpoint(cfg: DictConfig, path: Path) -> tuple[Model, dict]:
         raise PipelineError(f"{path} was trained with the tokenizer of sha256 {trained_with[:12]}.., but {tokenizer} "
                             f"is {str(given)[:12]}..: it was remade since; retrain the model with `{retrain}`")
     data = Path(str(cfg.paths.data))
-    split, now = ckpt.get("data_digest"), (read_record(data) or {}).get("digest")
+    split, now = ckpt.get("data_digest"), getattr(read_record(data), "digest", None)
     if split is not None and split != now:
         raise PipelineError(f"{path} was trained on another data split than the one in {data} (whose probe set "
                             f"this dump would read): it was remade since; retrain the model with `{retrain}`")
@@ -252,7 +252,7 @@ def _dump(cfg: DictConfig) -> Path:
     if not initial and ckpt_path.is_file():
         require_upstream(model_folder, train_config(cfg), stage_command("pipeline.train"), reader="pipeline.dump")
     if step is not None and not ckpt_path.is_file():
-        summary = (read_record(model_folder) or {}).get("summary") or {}
+        summary = getattr(read_record(model_folder), "extra", {}).get("summary") or {}
         raise PipelineError(
             f"{ckpt_path} not found: the training of {cfg.objective.name} seed {cfg.seed} kept no snapshot of step "
             f"{step} (kept: {summary.get('snapshots', 'none recorded')}; only models of snapshots.models keep "

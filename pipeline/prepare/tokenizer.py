@@ -303,5 +303,5 @@ def _train_tokenizer(cfg: DictConfig) -> Path:
                        mono_tokens=int(counts.sum()), unseen_ids=unseen,
                        frequency_counts={"sentences": len(mono) - left_out, "left_out": left_out,
                                          "left_out_why": why},
-                       model_sha256=ledger.files[MODEL_FILE]["sha256"])
+                       model_sha256=ledger.files[MODEL_FILE].sha256)
     return folder

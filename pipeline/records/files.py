@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.records.types import Output
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -145,7 +147,7 @@ class Ledger:
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
-        self.files: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, Output] = {}
 
     def _key(self, path: str | os.PathLike) -> str | None:
         try:
@@ -156,7 +158,7 @@ class Ledger:
     def add(self, path: str | os.PathLike, size: int, sha256: str) -> None:
         key = self._key(path)
         if key is not None and key != STAGE_RECORD:
-            self.files[key] = {"size": int(size), "sha256": sha256, "mtime_ns": os.stat(path).st_mtime_ns}
+            self.files[key] = Output(int(size), sha256, os.stat(path).st_mtime_ns)
 
     def add_existing(self, path: str | os.PathLike) -> None:
         """An output not written through `atomic_file` (a small log, say): hashed now."""

@@ -8,6 +8,7 @@ checks every hash.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any, Iterable
 from pipeline.errors import PipelineError
 from pipeline.records.files import STAGE_RECORD, Ledger, config_hash, read_json, sha256_file, write_json
 from pipeline.records.provenance import _flatten, rebased_command, stage_command, versions
+from pipeline.records.types import Output, Record, StageRecord
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +37,18 @@ def inputs_read() -> dict[str, str | None]:
     return dict(sorted(_INPUTS_READ.items()))
 
 
-def outputs_digest(outputs: dict[str, dict[str, Any]]) -> str:
+def outputs_digest(outputs: dict[str, Output]) -> str:
     """One hash of a stage's outputs (their names, sizes and sha256s): what its consumers record."""
-    return config_hash({key: [entry["size"], entry["sha256"]] for key, entry in outputs.items()})
+    return config_hash({key: [entry.size, entry.sha256] for key, entry in outputs.items()})
 
 
-_RECORDS: dict[tuple[str, int, int], dict | None] = {}
+_RECORDS: dict[tuple[str, int, int], Record | None] = {}
 
 
-def read_record(path: str | os.PathLike) -> dict | None:
-    """A stage record (a folder's stage.json, or the path of a record file); None when there is none
-    or it is unreadable (a stage without a readable record is not done)."""
+def read_record(path: str | os.PathLike) -> Record | None:
+    """A record (a folder's stage.json, or the path of a record file): a StageRecord, or a TableRecord
+    for a table's; None when there is none or it is unreadable or malformed (a stage without a
+    readable record is not done). The one place records are read."""
     path = Path(path)
     if path.is_dir():
         path = path / STAGE_RECORD
@@ -56,14 +59,13 @@ def read_record(path: str | os.PathLike) -> dict | None:
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _RECORDS:
         try:
-            record = read_json(path)
-            _RECORDS[key] = record if isinstance(record, dict) else None
-        except (OSError, ValueError):
+            _RECORDS[key] = Record.from_json(read_json(path))
+        except (OSError, ValueError, TypeError):
             _RECORDS[key] = None
     return _RECORDS[key]
 
 
-def owner_record(path: str | os.PathLike) -> tuple[Path, dict, str] | None:
+def owner_record(path: str | os.PathLike) -> tuple[Path, Record, str] | None:
     """(record file, record, key) of the stage that lists `path` among its outputs: the stage.json of
     its folder or of the folder above (a dump's masked/), or a table's `<name>.json`."""
     path = Path(path)
@@ -71,10 +73,10 @@ def owner_record(path: str | os.PathLike) -> tuple[Path, dict, str] | None:
     candidates += [path.parent / STAGE_RECORD, path.parent.parent / STAGE_RECORD]
     for record_file in candidates:
         record = read_record(record_file)
-        if not record or not isinstance(record.get("outputs"), dict):
+        if record is None or record.outputs is None:
             continue
         key = os.path.relpath(path, record_file.parent).replace(os.sep, "/")
-        if key in record["outputs"]:
+        if key in record.outputs:
             return record_file, record, key
     return None
 
@@ -85,10 +87,10 @@ def recorded_hash(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if path.is_dir():
         record = read_record(path)
-        return record.get("digest") if record else None
+        return record.digest if record else None
     owner = owner_record(path)
     if owner is not None:
-        return owner[1]["outputs"][owner[2]]["sha256"]
+        return owner[1].outputs[owner[2]].sha256
     return sha256_file(path) if path.is_file() else None
 
 
@@ -113,25 +115,25 @@ def portable_inputs(inputs: dict[str, Any], root: str | os.PathLike | None) -> d
     return out
 
 
-def input_path(key: str, record_folder: Path, record: dict) -> Path:
+def input_path(key: str, record_folder: Path, record: Record) -> Path:
     """The file or folder an input key of `record` (found in `record_folder`) names."""
-    if key.startswith(RESULTS_PREFIX) and record.get("results") is not None:
-        return Path(os.path.normpath(record_folder / record["results"] / key[len(RESULTS_PREFIX):]))
+    if key.startswith(RESULTS_PREFIX) and record.results is not None:
+        return Path(os.path.normpath(record_folder / record.results / key[len(RESULTS_PREFIX):]))
     return Path(key)
 
 
-def output_problem(path: Path, entry: dict[str, Any], full: bool = False, size_only: bool = False) -> str | None:
+def output_problem(path: Path, entry: Output, full: bool = False, size_only: bool = False) -> str | None:
     """Why the output at `path` is not the one recorded in `entry` (None: it is). Size first; the
     sha256 when the mtime moved (or always, with `full`; never, with `size_only`)."""
     try:
         st = path.stat()
     except OSError:
         return f"{path} is missing"
-    if st.st_size != entry.get("size"):
-        return f"{path} is {st.st_size} bytes, but its record says {entry.get('size')}"
+    if st.st_size != entry.size:
+        return f"{path} is {st.st_size} bytes, but its record says {entry.size}"
     if size_only:
         return None
-    if (full or st.st_mtime_ns != entry.get("mtime_ns")) and sha256_file(path) != entry.get("sha256"):
+    if (full or st.st_mtime_ns != entry.mtime_ns) and sha256_file(path) != entry.sha256:
         return f"{path} was altered (its sha256 is not the recorded one)"
     return None
 
@@ -160,18 +162,18 @@ def stage_problem(folder: str | os.PathLike, config: Any = None, full: bool = Fa
         folder = folder.parent
     if record is None:
         return f"{folder} holds no finished stage (no readable {STAGE_RECORD})"
-    if not isinstance(record.get("outputs"), dict):
+    if record.outputs is None:
         return f"{folder} was made before stages recorded their outputs (no sizes or hashes to check)"
-    if config is not None and record.get("config_hash") != config_hash(config):
-        return f"{folder} was made with other settings: {config_difference(record.get('config'), config)}"
-    for key, recorded in (record.get("inputs") or {}).items():
+    if config is not None and record.config_hash != config_hash(config):
+        return f"{folder} was made with other settings: {config_difference(getattr(record, 'config', None), config)}"
+    for key, recorded in record.inputs.items():
         path = input_path(key, folder, record)
         now = recorded_hash(path)
         if now is None:
             return f"{path}, an input of {folder}, is gone"
         if now != recorded:
             return f"{folder} was made from another {path} than the one there now"
-    for key, entry in (record.get("outputs") or {}).items():
+    for key, entry in record.outputs.items():
         problem = output_problem(folder / key, entry, full)
         if problem:
             return problem
@@ -182,7 +184,7 @@ def records_under(root: str | os.PathLike) -> list[Path]:
     """Every record file under `root`: the stage.json of each stage folder, and each other `.json` that
     lists outputs (a table's, the report's), in path order."""
     return sorted(path for path in Path(root).rglob("*.json")
-                  if path.name == STAGE_RECORD or isinstance((read_record(path) or {}).get("outputs"), dict))
+                  if path.name == STAGE_RECORD or getattr(read_record(path), "outputs", None) is not None)
 
 
 def damaged_outputs(root: str | os.PathLike) -> list[tuple[Path, str, list[Path]]]:
@@ -190,14 +192,14 @@ def damaged_outputs(root: str | os.PathLike) -> list[tuple[Path, str, list[Path]
     missing or of another size than recorded: the cheap check (one stat per file)."""
     found = []
     for record_file in records_under(root):
-        record = read_record(record_file) or {}
-        if not isinstance(record.get("outputs"), dict):
+        record = read_record(record_file)
+        if record is None or record.outputs is None:
             found.append((record_file, f"{record_file} was made before stages recorded their outputs", []))
             continue
-        for key, entry in record["outputs"].items():
+        for key, entry in record.outputs.items():
             problem = output_problem(record_file.parent / key, entry, size_only=True)
             if problem:
-                found.append((record_file, problem, [record_file.parent / k for k in record["outputs"]]))
+                found.append((record_file, problem, [record_file.parent / k for k in record.outputs]))
                 break
     return found
 
@@ -219,8 +221,8 @@ def require_upstream(folder: str | os.PathLike, config: Any, command: str, reade
         return False
     problem = stage_problem(folder, config)
     if problem:
-        as_it_is = reader and record.get("config_hash") != config_hash(config) and rebased_command(
-            stage_command(reader), record.get("command"), record.get("config"))
+        as_it_is = reader and record.config_hash != config_hash(config) and rebased_command(
+            stage_command(reader), record.command, getattr(record, "config", None))
         alternative = f"; or read it as it is, with `{as_it_is}`" if as_it_is else ""
         raise PipelineError(f"{problem}; it is not rebuilt from here: rebuild it with `{command}`{alternative}")
     return True
@@ -233,28 +235,39 @@ def checked_file(path: str | os.PathLike) -> Path:
     owner = owner_record(path)
     if owner is not None:
         record_file, record, key = owner
-        entry = record["outputs"][key]
+        entry = record.outputs[key]
         try:
             size = path.stat().st_size
         except OSError:
             size = None
-        if size != entry.get("size"):
+        if size != entry.size:
             state = "missing" if size is None else f"{size} bytes"
-            raise PipelineError(f"{path} is {state}, but {record_file} recorded {entry.get('size')} bytes: it is "
-                                f"damaged; repair it with `{record.get('command') or 'the stage that made it'}`")
+            raise PipelineError(f"{path} is {state}, but {record_file} recorded {entry.size} bytes: it is "
+                                f"damaged; repair it with `{record.command or 'the stage that made it'}`")
     return path
 
 
-def make_record(folder: str | os.PathLike, outputs: dict[str, dict[str, Any]], inputs: dict[str, Any] | None,
-                root: str | os.PathLike | None, **fields: Any) -> dict[str, Any]:
-    """The provenance fields every record has: `fields`, then the inputs (portable under `root`, the
-    experiment's results folder), the outputs and their digest, versions, time."""
-    record = {**fields, "inputs": portable_inputs(inputs or {}, root), "outputs": dict(sorted(outputs.items())),
-              "digest": outputs_digest(outputs), "versions": versions(),
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+def make_record(kind: type[Record], folder: str | os.PathLike, outputs: dict[str, Output],
+                inputs: dict[str, Any] | None, root: str | os.PathLike | None, **fields: Any) -> Record:
+    """A record of `kind` (StageRecord, TableRecord) for the outputs of `folder`: `fields` (those `kind`
+    does not name go to its `extra`), the inputs (portable under `root`, the experiment's results
+    folder), the outputs and their digest, versions, time."""
+    names = {f.name for f in dataclasses.fields(kind)} - {"extra"}
+    record = kind(**{key: value for key, value in fields.items() if key in names},
+                  extra={key: value for key, value in fields.items() if key not in names})
+    record.inputs = portable_inputs(inputs or {}, root)
+    record.outputs = dict(sorted(outputs.items()))
+    record.digest = outputs_digest(outputs)
+    record.versions = versions()
+    record.finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if root is not None:
-        record["results"] = Path(os.path.relpath(os.path.abspath(root), os.path.abspath(folder))).as_posix()
+        record.results = Path(os.path.relpath(os.path.abspath(root), os.path.abspath(folder))).as_posix()
     return record
+
+
+def write_record(path: str | os.PathLike, record: Record) -> None:
+    """The one place records are written (atomically, as JSON with sorted keys)."""
+    write_json(path, record.to_json())
 
 
 def write_stage_record(folder: str | os.PathLike, stage: str, config: Any, ledger: Ledger | None = None,
@@ -265,9 +278,9 @@ def write_stage_record(folder: str | os.PathLike, stage: str, config: Any, ledge
 
     Written last, after every output: its presence with matching hashes means the stage is done.
     """
-    record = make_record(folder, ledger.files if ledger is not None else {}, inputs, root, stage=stage,
+    record = make_record(StageRecord, folder, ledger.files if ledger is not None else {}, inputs, root, stage=stage,
                          config_hash=config_hash(config), config=config, command=command, **extra)
-    write_json(Path(folder) / STAGE_RECORD, record)
+    write_record(Path(folder) / STAGE_RECORD, record)
 
 
 def _declared_outputs(record: Path, outputs: list[Path]) -> list[Path]:

@@ -81,7 +81,7 @@ def run_provenance(cfg: DictConfig, inputs: dict) -> dict:
     model's sha256 and the data split's digest (its probe set included), as their stages recorded them."""
     return {"tokenizer": str(cfg.paths.tokenizer),
             "tokenizer_sha256": inputs[str(Path(str(cfg.paths.tokenizer)) / MODEL_FILE)],
-            "data_digest": (read_record(cfg.paths.data) or {}).get("digest"), "inputs": inputs}
+            "data_digest": getattr(read_record(cfg.paths.data), "digest", None), "inputs": inputs}
 
 
 def save_snapshot(cfg: DictConfig, model: Model, step: int, chash: str, provenance: dict) -> None:

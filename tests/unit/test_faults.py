@@ -73,6 +73,8 @@ def dying(*args, **kwargs):
     return real(*args, **kwargs)
 setattr(owner, name, dying)
 cli = importlib.import_module(module)
+if not hasattr(cli, "main"):  # a stage folder: `python -m <folder>` runs its stage.py
+    cli = importlib.import_module(module + ".stage")
 sys.argv = [cli.__file__, *sys.argv[5:]]
 cli.main()
 """
@@ -232,7 +234,7 @@ def dump_files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("target,nth,match", [
-    ("pipeline.dump:LayerWriter.write", 600, ""),          # mid-way through the masked set's forward passes
+    ("pipeline.dump.writer:LayerWriter.write", 600, ""),          # mid-way through the masked set's forward passes
     ("os:replace", 1, "masked/layer_01.npy"),             # renaming: the plain set final, masked/ half
     ("os:replace", 1, "masked/meta.json"),                # the last output, complete under its temporary name
 ], ids=["mid-way", "during-the-renames", "before-the-last-rename"])
@@ -274,7 +276,7 @@ def neighbours_reference(base, shared_zip, tmp_path_factory) -> bytes:
 
 
 @pytest.mark.parametrize("target,nth,match", [
-    ("analysis.neighbours:nearest_neighbours", 3, ""),    # mid-way: layers 0 and 1 done, layer 2 under way
+    ("analysis.measures.neighbours:nearest_neighbours", 3, ""),    # mid-way: layers 0 and 1 done, layer 2 under way
     ("os:replace", 1, "neighbours/lm/seed1.csv"),         # the CSV complete under its temporary name
     ("os:replace", 1, "neighbours/lm/seed1.json"),        # the CSV in place, its record not yet
 ], ids=["mid-way", "before-the-rename", "before-the-record"])
@@ -301,7 +303,7 @@ def test_a_killed_analysis_reruns_to_the_same_bytes(base, shared_zip, neighbours
 # ---------------------------------------------------------------- 3c: a killed report
 
 @pytest.mark.parametrize("target,nth,match", [
-    ("analysis.html:page", 1, ""),                        # every section built, nothing written yet
+    ("analysis.report.html:page", 1, ""),                        # every section built, nothing written yet
     ("os:replace", 1, "report.html"),                     # the page complete under its temporary name
 ], ids=["before-the-write", "before-the-rename"])
 def test_a_killed_report_reruns_to_the_same_bytes(base, shared_zip, tmp_path, target, nth, match):

@@ -146,7 +146,7 @@ def test_a_pytorch_model_bin_that_does_not_unpickle_names_the_file(prepared, sha
     bad = folder / "pytorch_model.bin"
     bad.write_bytes(b"\x80\x04garbage, not a pickle\n" * 64)
     out = tmp_path / "dump"
-    done = run_cli("-m", "pipeline.hf_dump", *common(prepared, shared_zip),
+    done = run_cli("-m", "pipeline.dump.pretrained", *common(prepared, shared_zip),
                    f"+pretrained.models.bert={{name: {folder}}}", "objective=mlm", "objective.name=bert", "seed=0",
                    f"paths.dump={out}", f"hydra.run.dir={tmp_path}/hydra")
     line = refused(done)

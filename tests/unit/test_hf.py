@@ -155,14 +155,14 @@ def test_a_second_dump_reuses_the_first_and_new_weights_redo_it(exp, caplog):
     build("gpt2", model_folder, sentences, seed=1)
     cfg = exp["cfg_of"]("gpt2", f"pretrained.models.gpt2.name={model_folder}", f"paths.dump={out}")
     hf_dump.dump(cfg)
-    first = read_record(out)["checkpoint_sha256"]
+    first = read_record(out).extra["checkpoint_sha256"]
     assert stage_problem(out, pretrained_dump_config(cfg, "gpt2")) is None
     build("gpt2", model_folder, sentences, seed=2)
     assert "another" in stage_problem(out, pretrained_dump_config(cfg, "gpt2"))
     caplog.clear()
     with caplog.at_level("INFO", logger="pipeline.hf_dump"):
         hf_dump.dump(cfg)
-    assert "dumping again" in caplog.text and read_record(out)["checkpoint_sha256"] != first
+    assert "dumping again" in caplog.text and read_record(out).extra["checkpoint_sha256"] != first
 
 
 def test_a_failed_dump_leaves_nothing_behind(exp, monkeypatch):

@@ -4,7 +4,6 @@ each job's settings hash), the paths of pipeline/config/layout.py as patterns, a
 Everything is checked while the Snakefile is parsed (the plan composes every model), so a wrong
 setting stops the run before any job starts, with a message that names the setting.
 """
-import json
 import os
 import re
 import sys
@@ -22,7 +21,7 @@ from pipeline.config import layout  # noqa: E402
 from pipeline.config.pretrained import SEED as PRETRAINED_SEED  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.plan import MEASURE_MODULES, Plan  # noqa: E402
-from pipeline.records.stage import set_aside_damaged  # noqa: E402
+from pipeline.records.stage import read_record, set_aside_damaged  # noqa: E402
 
 # The interpreter running snakemake has the pipeline's dependencies (it just imported them).
 PYTHON = sys.executable
@@ -187,10 +186,7 @@ def kept_points(model: str, seed: int) -> list[str]:
     """The points of one model measured over training: `step<N>` for each analysed kept step its
     training reached (read from its train record once it is trained), then `final` (model.pt)."""
     checkpoints.train.get(objective=model, seed=str(seed))  # until trained: not known yet
-    try:
-        outputs = json.loads(Path(model_path("stage.json", model, seed)).read_text()).get("outputs") or {}
-    except (OSError, ValueError):
-        outputs = {}
+    outputs = getattr(read_record(model_path("", model, seed)), "outputs", None) or {}
     reached = [int(name[len("snapshots/step"):-len(".pt")]) for name in outputs
                if name.startswith("snapshots/step") and name.endswith(".pt")]
     return PLAN.kept_points(model, seed, reached)
