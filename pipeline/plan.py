@@ -168,9 +168,9 @@ class Plan:
 
     def objective_args(self, model: str) -> str:
         """The Hydra overrides that select one model's config in a job: `objective=<name>`, or for a
-        pretrained model `objective=<role> objective.name=<label>` (labels are plain words: no quoting)."""
+        pretrained model `objective=<role> label=<label>` (labels are plain words: no quoting)."""
         if model in self.pretrained:
-            return f"objective={self.roles[model]} objective.name={model}"
+            return f"objective={self.roles[model]} label={model}"
         return f"objective={model}"
 
     @functools.cache
@@ -261,10 +261,10 @@ def _check_grid(cfg: DictConfig, pretrained: bool) -> None:
 
 def _check_layout(cfg: DictConfig) -> None:
     """Every model's folders must differ: paths.model, paths.dump and paths.snapshots name the model and
-    its seed (by default ${objective.name}/seed${seed})."""
+    its seed (by default ${label}/seed${seed})."""
     for key, folder in (("paths.model", layout.model_folder), ("paths.dump", layout.dump_folder),
                         ("paths.snapshots", lambda c, m, s: layout.snapshot_dump(c, 0, m, s))):
         pattern = str(folder(cfg, "{objective}", "{seed}"))
         if "{objective}" not in pattern or "{seed}" not in pattern:
-            raise PipelineError(f"setting {key}={pattern!r}: it must name the model (${{objective.name}}) and the seed "
+            raise PipelineError(f"setting {key}={pattern!r}: it must name the model (${{label}}) and the seed "
                                 "(${seed}), or every model would share one folder")

@@ -100,7 +100,7 @@ def change_rows(dump: Dump, cfg: DictConfig) -> tuple[list[dict], BucketPlan]:
 
 def run(cfg: DictConfig) -> None:
     started = time.perf_counter()
-    dump = load_dump(dump_folder(cfg, str(cfg.objective.name), int(cfg.seed)))
+    dump = load_dump(dump_folder(cfg, str(cfg.label), int(cfg.seed)))
     rows, plan = change_rows(dump, cfg)
     out = write_table(part_path(cfg, "change"), "change", rows, section(cfg, "change"), started,
                       model=f"{dump.objective}/seed{dump.seed}", floor=plan.floor, left_out=plan.left_out(),

@@ -64,7 +64,7 @@ def snapshot_of(cfg: DictConfig) -> int | None:
 
 def open_dumps(cfg: DictConfig) -> tuple[Dump, Dump, int]:
     """(the dump measured, the finished model's dump, the training step of the one measured)."""
-    objective, seed, step = str(cfg.objective.name), int(cfg.seed), snapshot_of(cfg)
+    objective, seed, step = str(cfg.label), int(cfg.seed), snapshot_of(cfg)
     final = load_dump(dump_folder(cfg, objective, seed))
     summary = final.meta.get("summary") or {}
     if step is None:
@@ -198,7 +198,7 @@ def run(cfg: DictConfig) -> Path:
     started = time.perf_counter()
     rows = evolution_rows(cfg)
     path = write_table(evolution_part(cfg, point_name(snapshot_of(cfg))), "evolution", rows, evolution_settings(cfg), started,
-                       model=f"{cfg.objective.name}/seed{cfg.seed}", snapshot=snapshot_of(cfg))
+                       model=f"{cfg.label}/seed{cfg.seed}", snapshot=snapshot_of(cfg))
     log.info("wrote %s (%d rows) in %.1f s", path, len(rows), time.perf_counter() - started)
     return path
 

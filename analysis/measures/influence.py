@@ -328,7 +328,7 @@ def pretrained_runner(cfg: DictConfig, dump: Dump, device: torch.device) -> tupl
 def run(cfg: DictConfig) -> None:
     started = time.perf_counter()
     device = resolve_device(str(cfg.analysis.device), "analysis.device")
-    dump = load_dump(dump_folder(cfg, str(cfg.objective.name), int(cfg.seed)))
+    dump = load_dump(dump_folder(cfg, str(cfg.label), int(cfg.seed)))
     if dump.meta.get("pretrained"):
         model, reason = pretrained_runner(cfg, dump, device)
         if model is None:

@@ -212,7 +212,7 @@ def run(cfg: DictConfig) -> Path:
     restarts = int(setting(cfg, "analysis.mi.restarts"))
     counts = mi_cluster_counts(cfg)
     device = resolve_device(str(cfg.analysis.device), "analysis.device")
-    objective = str(cfg.objective.name)
+    objective = str(cfg.label)
     dump = load_dump(dump_folder(cfg, objective, int(cfg.seed)))
     masked = dump.masked() if dump.kind == "mlm" else None
     sets = row_sets(dump, int(top_types), max_tokens, int(cfg.analysis.sample_seed), masked)

@@ -204,7 +204,7 @@ def run(cfg: DictConfig) -> Path:
     metric = setting(cfg, "analysis.neighbours.metric")
     max_queries = setting(cfg, "analysis.neighbours.max_queries")
     device = resolve_device(str(cfg.analysis.device), "analysis.device")
-    objective = str(cfg.objective.name)
+    objective = str(cfg.label)
     dump = load_dump(dump_folder(cfg, objective, int(cfg.seed)))
     if k >= dump.n_tokens:
         raise PipelineError(f"setting analysis.neighbours.k={k}: the dump in {dump.folder} has only "

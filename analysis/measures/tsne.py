@@ -118,7 +118,7 @@ def run(cfg: DictConfig) -> Path:
     perplexity = setting(cfg, "analysis.tsne.perplexity")
     seed = int(setting(cfg, "analysis.tsne.seed"))
     sample_seed = int(cfg.analysis.sample_seed)
-    objective = str(cfg.objective.name)
+    objective = str(cfg.label)
     dump = load_dump(dump_folder(cfg, objective, int(cfg.seed)))
     masked = None
     if dump.kind == "mlm":

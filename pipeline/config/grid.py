@@ -20,7 +20,7 @@ def snapshot_models(cfg: DictConfig) -> list[tuple[str, int]]:
 def kept_steps(cfg: DictConfig) -> list[int] | None:
     """The steps at which cfg's model keeps its weights while it trains (`snapshots.keep`, sorted),
     or None when the model is not one of `snapshots.models`."""
-    if (str(cfg.objective.name), int(cfg.seed)) not in snapshot_models(cfg):
+    if (str(cfg.label), int(cfg.seed)) not in snapshot_models(cfg):
         return None
     return sorted({int(s) for s in cfg.snapshots.keep})
 

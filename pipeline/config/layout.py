@@ -33,7 +33,7 @@ def _of(cfg: DictConfig, model: str | None, seed: int | str | None) -> DictConfi
         return cfg
     other = copy.deepcopy(cfg)
     if model is not None:
-        other.objective.name = str(model)
+        other.label = str(model)
     if seed is not None:
         other.seed = seed
     return other
@@ -77,7 +77,7 @@ def table_path(cfg: DictConfig, table: str) -> Path:
 def part_path(cfg: DictConfig, table: str, model: str | None = None, seed: int | str | None = None) -> Path:
     """One model's rows of `table`: <paths.metrics>/<table>/<model>/seed<n>.csv (the config's own model
     and seed when not given)."""
-    model = str(cfg.objective.name) if model is None else model
+    model = str(cfg.label) if model is None else model
     seed = int(cfg.seed) if seed is None else seed
     return _path(cfg.paths.metrics) / table / str(model) / f"seed{seed}.csv"
 

@@ -131,10 +131,10 @@ def mi_cluster_counts(cfg: DictConfig) -> list[int]:
     (the sweep is the costly part; one seed per objective shows the trend)."""
     main = int(setting(cfg, "analysis.mi.n_clusters"))
     sweep = setting(cfg, "analysis.mi.sweep") or []
-    seeds = OmegaConf.select(cfg, f"workflow.seeds.{cfg.objective.name}")
+    seeds = OmegaConf.select(cfg, f"workflow.seeds.{cfg.label}")
     first = seeds is not None and len(seeds) > 0 and int(seeds[0]) == int(cfg.seed)
     # a pretrained model is the one model of its label
-    first = first or OmegaConf.select(cfg, f"pretrained.models.{cfg.objective.name}") is not None
+    first = first or OmegaConf.select(cfg, f"pretrained.models.{cfg.label}") is not None
     return [main] + ([int(c) for c in sweep if int(c) != main] if first else [])
 
 

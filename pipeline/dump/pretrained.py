@@ -1,9 +1,9 @@
 """Dump the layer states of a pretrained Hugging Face model over the probe sentences, in the format of
 `pipeline.dump`, so that every analysis reads it as it reads our own models' dumps.
 
-    python -m pipeline.dump.pretrained experiment=pretrained objective=mlm objective.name=bert seed=0
+    python -m pipeline.dump.pretrained experiment=pretrained objective=mlm label=bert seed=0
 
-`objective.name` is the model's label in `pretrained.models` (pipeline/model/hf.py) and `objective` its
+`label` is the model's label in `pretrained.models` (pipeline/model/hf.py) and `objective` its
 role (mlm | lm | mt: the objective config whose masking probabilities the MLM's masked run uses);
 seed is 0. Reads `<paths.data>/probe.txt` and, for the frequency ranks, `<paths.data>/train.src` (the
 training source side), both tokenised with the model's own tokenizer; writes to
@@ -177,7 +177,7 @@ def vocabulary_size(model, tokenizer) -> int:
 
 
 def dump(cfg: DictConfig) -> Path:
-    """Dump pretrained model `cfg.objective.name` over the probe set into cfg.paths.dump, one dump at a
+    """Dump pretrained model `cfg.label` over the probe set into cfg.paths.dump, one dump at a
     time per folder."""
     with one_writer(cfg.paths.dump):
         return _dump(cfg)
@@ -185,7 +185,7 @@ def dump(cfg: DictConfig) -> Path:
 
 def _dump(cfg: DictConfig) -> Path:
     check_dump_settings(cfg)
-    label = str(cfg.objective.name)
+    label = str(cfg.label)
     spec = pretrained.spec_of(cfg, label)
     if int(cfg.seed) != pretrained.SEED:
         raise PipelineError(f"setting seed={cfg.seed}: a pretrained model is listed as seed {pretrained.SEED}")
@@ -200,7 +200,7 @@ def _dump(cfg: DictConfig) -> Path:
     config = hf.read_config(folder)
     role = hf.choose_role(spec, config)
     if str(cfg.objective.kind) != role:
-        raise PipelineError(f"{label} plays role {role}: run with objective={role} objective.name={label} "
+        raise PipelineError(f"{label} plays role {role}: run with objective={role} label={label} "
                             f"(the setting objective={cfg.objective.kind} picks the masking config of another role)")
     stage_cfg = pretrained_dump_config(cfg, label)
     probe_path, source_path = data / "probe.txt", data / FREQ_SOURCE

@@ -64,7 +64,7 @@ def stage_command(module: str, drop: Sequence[str] = (), add: Sequence[str] = ()
 
 # Overrides that name which model or run a command is about, not how it is made: a command rebased on
 # another stage's keeps its own.
-_IDENTITY = ("experiment", "experiment_name", "objective", "objective.name", "seed", "snapshot")
+_IDENTITY = ("experiment", "experiment_name", "objective", "objective.name", "label", "seed", "snapshot")
 
 
 def rebased_command(own: str | None, source: str | None, source_config: Any) -> str | None:

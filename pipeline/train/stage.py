@@ -174,7 +174,7 @@ def _train(cfg: DictConfig, on_step: Callable[[int], None] | None, world: World)
             save_snapshot(cfg, model, 0, chash, provenance)
 
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("%s seed %d: %d parameters, %d training / %d dev examples, device %s, %s%s", cfg.objective.name,
+    log.info("%s seed %d: %d parameters, %d training / %d dev examples, device %s, %s%s", cfg.label,
              seed, n_params, len(data["train"]), len(data["dev"]), device, amp or "fp32",
              f", {world.size} ranks" if world.distributed else "")
     lengths = np.array([objective.length(ex) for ex in data["train"]])
@@ -192,7 +192,7 @@ def _train(cfg: DictConfig, on_step: Callable[[int], None] | None, world: World)
     try:
         from tqdm.auto import tqdm
         bar = tqdm(total=int(tcfg.max_steps), initial=state.step, disable=not (tcfg.progress and world.main),
-                   desc=f"{cfg.objective.name} seed {seed}", unit="step", mininterval=2.0)
+                   desc=f"{cfg.label} seed {seed}", unit="step", mininterval=2.0)
     except ImportError:  # pragma: no cover
         bar = None
     model.train()
@@ -274,7 +274,7 @@ def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop,
     dev = dev_metrics(model, objective, data["dev"], device, amp, int(cfg.train.max_tokens))
     if objective.kind == "mt":
         dev["bleu"] = bleu(model, *data["bleu"], tok, sp, device, amp)
-    summary = {"objective": cfg.objective.name, "kind": objective.kind, "seed": int(cfg.seed),
+    summary = {"objective": cfg.label, "kind": objective.kind, "seed": int(cfg.seed),
                "steps": state.step, "best_step": state.best_step, "stop_reason": stop, "epochs": state.epoch,
                "train_tokens": state.tokens, "wall_time_s": round(state.elapsed_s, 1), "n_params": n_params,
                "device": str(device), "ranks": world.size, "precision": str(amp or "fp32"), "dev": dev,
@@ -302,7 +302,7 @@ def _finish(cfg, out, model, objective, data, tok, sp, device, amp, state, stop,
     for tmp in (out / "last.pt", out / "best.pt"):
         tmp.unlink(missing_ok=True)
     quality = {"mt": "BLEU {bleu:.2f}", "lm": "perplexity {perplexity:.2f}", "mlm": "masked accuracy {accuracy:.3f}"}
-    log.info("%s seed %d done in %.0f s (%s after %d steps): dev loss %.3f, %s; %s", cfg.objective.name, cfg.seed,
+    log.info("%s seed %d done in %.0f s (%s after %d steps): dev loss %.3f, %s; %s", cfg.label, cfg.seed,
              state.elapsed_s, stop, state.step, dev["loss"], quality[objective.kind].format(**dev),
              ("converged: " if summary["convergence"]["converged"] else "NOT converged: ")
              + summary["convergence"]["reason"])

@@ -49,7 +49,7 @@ def exp(tmp_path_factory, shared_zip):
 
     def cfg_of(label: str, *extra: str):
         role = ROLES[LABELS.get(label, "bert")]
-        return compose([*overrides, f"objective={role}", f"objective.name={label}", "seed=0", *extra])
+        return compose([*overrides, f"objective={role}", f"label={label}", "seed=0", *extra])
 
     for label in [*LABELS, "bert2"]:
         hf_dump.dump(cfg_of(label))
@@ -183,10 +183,10 @@ def test_a_failed_dump_leaves_nothing_behind(exp, monkeypatch):
 def test_role_must_match_the_objective_config(exp):
     from pipeline.dump import pretrained as hf_dump
 
-    with pytest.raises(PipelineError, match="objective=lm objective.name=gpt2"):
-        hf_dump.dump(compose([*exp["overrides"], "objective=mt", "objective.name=gpt2", "seed=0"]))
+    with pytest.raises(PipelineError, match="objective=lm label=gpt2"):
+        hf_dump.dump(compose([*exp["overrides"], "objective=mt", "label=gpt2", "seed=0"]))
     with pytest.raises(PipelineError, match="seed 0"):
-        hf_dump.dump(compose([*exp["overrides"], "objective=lm", "objective.name=gpt2", "seed=1"]))
+        hf_dump.dump(compose([*exp["overrides"], "objective=lm", "label=gpt2", "seed=1"]))
 
 
 # ---------------------------------------------------------------- words
