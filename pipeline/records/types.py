@@ -53,7 +53,7 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
 
     # fields left out of the JSON while they are None (an older record never had them)
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("results", "digest", "finished")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("results", "digest", "finished", "outputs")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
