@@ -338,16 +338,16 @@ DAMAGED_LM2 = {**NOTHING, "measure": 4, "merge": 4, "similarity": 1, "report": 1
     ("data", "probe.txt", GRID),
 ])
 def test_a_damaged_output_reruns_its_stage_and_what_depends_on_it(finished_copy, folder, damaged, expected):
-    from pipeline.records.stage import outputs_digest
-    from pipeline.records.files import write_json
+    from pipeline.records.stage import outputs_digest, write_record
+    from pipeline.records.types import Output, StageRecord
 
     stage = finished_copy / "results/smoke" / folder
     if damaged is None:
         (stage / "stage.json").write_text("")
     else:
         (stage / damaged).write_bytes(b"garbage")
-        outputs = {damaged: {"size": 4096, "sha256": "0" * 64, "mtime_ns": 0}}
-        write_json(stage / "stage.json", {"stage": "x", "outputs": outputs, "digest": outputs_digest(outputs)})
+        outputs = {damaged: Output(4096, "0" * 64, 0)}
+        write_record(stage / "stage.json", StageRecord(stage="x", outputs=outputs, digest=outputs_digest(outputs)))
     scheduled = run_workflow(finished_copy, {"experiment": "smoke"})
     assert jobs_per_rule(scheduled) == expected
 
