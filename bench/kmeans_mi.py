@@ -1,4 +1,4 @@
-"""The k-means + plug-in MI step of analysis.mutual_info against scikit-learn's MiniBatchKMeans on
+"""The k-means + plug-in MI step of analysis.measures.mutual_info against scikit-learn's MiniBatchKMeans on
 the same data (not a test).
 
     python bench/kmeans_mi.py [--n 200000] [--d 512] [--k 1000] [--device auto] [--minibatch 65536]

@@ -43,7 +43,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "evolution": ("objective", "seed", "step", "final", "quantity", "measure", "target", "layer", "value",
                   "ci_low", "ci_high", "n_tokens"),
     "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked"),
-    # the report's verdicts (analysis.claims): one row per judged contrast, each with its claim's and
+    # the report's verdicts (analysis.report.claims): one row per judged contrast, each with its claim's and
     # part's verdicts; a claim without contrasts (not measured) has one row with its reason
     "claims": ("claim", "statement", "verdict", "numbers", "part", "part_verdict", "seed", "seed_verdict", "contrast",
                "estimate", "ci_low", "ci_high", "level", "margin", "outcome", "n", "basis", "reason"),

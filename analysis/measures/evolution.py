@@ -14,7 +14,7 @@ This measures the dump of step N (`snapshot=N`; null: the finished model, model.
   `to_final`.
 - `mi`: plug-in and corrected MI with the input token, and by the model's kind with its output
   label (LM: the next token; MLM: on the masked run, the original and the fed token), at
-  `analysis.mi.n_clusters` with `analysis.evolution.restarts` k-means restarts (analysis.mutual_info).
+  `analysis.mi.n_clusters` with `analysis.evolution.restarts` k-means restarts (analysis.measures.mutual_info).
   An MLM's masked rows are those of the first `snapshots.mlm_maskings` maskings, for the finished
   model too, so that every step of a model is measured on the same rows.
 - `neighbours`: identity, position, left and right token of the k nearest neighbours (analysis.neighbours).
@@ -118,7 +118,7 @@ def distance_rows(cfg: DictConfig, dump: Dump, final: Dump, measures: list[str],
 
 
 def mi_row_sets(cfg: DictConfig, dump: Dump, masked: Dump | None) -> list[RowSet]:
-    """analysis.mutual_info's row sets for `dump`, an MLM's masked rows limited to the first
+    """analysis.measures.mutual_info's row sets for `dump`, an MLM's masked rows limited to the first
     `snapshots.mlm_maskings` maskings before the seeded subset is drawn (the same rows at every step)."""
     top = int(setting(cfg, "analysis.mi.top_types"))
     sets = [input_rows(dump.tokens, top)]

@@ -2,7 +2,7 @@
 
     python -m analysis.measures.mutual_info experiment=default objective=lm seed=1 [overrides]
 
-Per layer 0..L: discretise the states of the chosen occurrences with k-means (`analysis.kmeans`), then
+Per layer 0..L: discretise the states of the chosen occurrences with k-means (`analysis.stats.kmeans`), then
 take the plug-in MI (nats) of the contingency table label x cluster. The plug-in estimate is biased
 upwards when clusters are many for the samples, so each figure comes with the same estimate on
 labels permuted by a seeded permutation (the chance level) and their difference.
@@ -103,7 +103,7 @@ def mutual_information(states: np.ndarray | torch.Tensor, labels: np.ndarray, n_
                        device: torch.device | str | None = None) -> MIEstimate:
     """MI (nats) between states (n, d) and labels (n,) (METHODS.md §3, after Voita et al. 2019):
     k-means with min(n_clusters, n) clusters (seeded), then `mi_of_clusters`. `iters`, `batch_size`
-    (mini-batch k-means when smaller than n), `tol` and `device` go to `analysis.kmeans.kmeans`."""
+    (mini-batch k-means when smaller than n), `tol` and `device` go to `analysis.stats.kmeans.kmeans`."""
     labels = np.asarray(labels)
     if len(states) != len(labels):
         raise ValueError(f"mutual_information: {len(states)} states but {len(labels)} labels")

@@ -64,7 +64,7 @@ def split_forms(tokens: dict[str, np.ndarray], word: str) -> Counter:
 def word_rows(tokens: dict[str, np.ndarray], word: str, max_per_word: int | None, seed: int) -> np.ndarray:
     """Sorted rows whose piece is the whole word "▁" + word, at most `max_per_word` (seeded subset);
     in a pretrained model's dump (a `word` column, another tokenizer) the rows where the word is one
-    subword of its own (analysis.words.occurrences). None found: logs whether the word occurs split
+    subword of its own (analysis.io.words.occurrences). None found: logs whether the word occurs split
     into pieces or not at all, and returns no rows."""
     if "word" in tokens:
         rows = occurrences(tokens, word)

@@ -1,9 +1,9 @@
 """The study's seven conclusions (METHODS.md §9) checked against this run's metric tables.
 
-Each check reads the tables (name -> typed rows as `analysis.gather.load_table` reads them, each row with
+Each check reads the tables (name -> typed rows as `analysis.report.gather.load_table` reads them, each row with
 its bootstrap replicates; None when a table is missing) and the `Criteria`, and states every part of its
 claim as contrasts: differences of estimates made on the same probe sentences, whose intervals come from
-their paired replicates (analysis.verdicts). A part holds when the claimed direction holds beyond its
+their paired replicates (analysis.stats.verdicts). A part holds when the claimed direction holds beyond its
 contrasts' intervals in every seed, does not hold when the opposite does in every seed, and is
 inconclusive otherwise (the seeds disagree, or a contrast is within its interval or has none); the
 intervals of one claim are Bonferroni-corrected over the contrasts it reads in one seed (level

@@ -50,7 +50,7 @@ class Criteria:
 
 def finish(parts: Sequence[Part], numbers: Sequence[str], crit: Criteria,
            requires: Mapping[str, str] | None = None) -> Verdict:
-    """The claim's verdict from its parts (analysis.verdicts.evaluate); `requires`: part -> the part it is
+    """The claim's verdict from its parts (analysis.stats.verdicts.evaluate); `requires`: part -> the part it is
     judged only after (a token-dropout part after its base objective's excess)."""
     verdicts, lines, m, level = rules.evaluate(parts, crit.level, crit.method)
     by_name = {v.name: v for v in verdicts}

@@ -1,5 +1,5 @@
 """The metric tables' rows as the claims read them: seed means for reading, and per seed the estimates
-with their bootstrap replicates (analysis.verdicts.Stat) for deciding. `crit` is an analysis.claims.Criteria
+with their bootstrap replicates (analysis.stats.verdicts.Stat) for deciding. `crit` is an analysis.report.claims.Criteria
 (its n_clusters, k, metric and measure pick the main estimate out of a table)."""
 from __future__ import annotations
 

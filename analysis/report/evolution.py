@@ -97,7 +97,7 @@ def settled(g: Grid, within: float) -> dict[int, Any]:
 
 def claim_tables(rows: Sequence[Mapping[str, Any]], crit: Criteria) -> dict[str, list[dict]]:
     """The rows of one point (every model at one step) in the shapes of the mi, change and
-    neighbours tables, as analysis.claims reads them."""
+    neighbours tables, as analysis.report.claims reads them."""
     mi: dict[tuple, dict] = {}
     change, neighbours = [], []
     for r in rows:

@@ -2,7 +2,7 @@
 
 Every layer-wise curve is the mean over seeds, each seed's own curve thin beside it; a band spans
 the lowest to the highest of the seeds' values and their bootstrap intervals (ci_low .. ci_high).
-The study's numbers (`analysis.reference`) are drawn as dashed lines, at relative depth when this
+The study's numbers (`analysis.report.reference`) are drawn as dashed lines, at relative depth when this
 run's stack has another number of layers than the study's six.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def training_curves(logs: Mapping[str, Mapping[int, list[dict]]], style: Style) 
 
 def dev_loss_curves(runs: Sequence[tuple[str, int, list[dict], Mapping[str, Any]]],
                     style: Style) -> tuple[bytes, str]:
-    """One panel per model (objective, seed, log entries, `pipeline.convergence` result): its dev loss per
+    """One panel per model (objective, seed, log entries, `pipeline.train.convergence` result): its dev loss per
     evaluation, the last quarter of its steps shaded, the title saying whether it converged (red if not)."""
     fig, axes = panels(len(runs), 4, width=2.8, height=2.2)
     for ax, (objective, seed, log, verdict) in zip(axes, runs):

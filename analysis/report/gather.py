@@ -62,7 +62,7 @@ class ModelRun:
 
     @property
     def convergence(self) -> dict | None:
-        """`pipeline.convergence.convergence` of its dev-loss log and stop reason; None without a log."""
+        """`pipeline.train.convergence.convergence` of its dev-loss log and stop reason; None without a log."""
         if not self.log:
             return None
         return convergence(self.log, (self.summary or {}).get("stop_reason"))

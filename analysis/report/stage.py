@@ -3,8 +3,8 @@
     python -m analysis.report experiment=default [overrides]
 
 Reads everything under `paths.results` (the metric tables, every model's summary and training log,
-the data / tokenizer / dump records, Snakemake's benchmark files; `analysis.gather`), checks the
-study's claims against the tables (`analysis.claims`), draws the figures (`analysis.figures`) and
+the data / tokenizer / dump records, Snakemake's benchmark files; `analysis.report.gather`), checks the
+study's claims against the tables (`analysis.report.claims`), draws the figures (`analysis.report.figures`) and
 writes `<paths.report>/report.html` atomically. Any input may be missing: its section then says
 "not measured" and why. Settings: `analysis.report` in conf/analysis/default.yaml.
 """

@@ -100,7 +100,7 @@ SPECS: dict[str, Check] = {
 def setting(cfg: DictConfig, key: str) -> Any:
     """The value of analysis setting `key`, once it passes its check (else one line naming it)."""
     if key not in SPECS:
-        raise KeyError(f"{key} has no check in analysis.settings.SPECS")
+        raise KeyError(f"{key} has no check in pipeline.config.analysis.SPECS")
     return require(cfg, key, *SPECS[key])
 
 

@@ -24,7 +24,7 @@ def setup_logging() -> None:
 def cli(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
     """Wrap `fn(cfg)` as a Hydra entry point: bad input ends with one clear line and exit code 2, and
     so does a fault of the machine (a full or read-only disk, a file that does not unpickle; Ctrl-C:
-    exit code 130), with what to do; see `pipeline.faults`."""
+    exit code 130), with what to do; see `pipeline.machine.faults`."""
     import hydra
 
     @reporting_machine_faults

@@ -7,7 +7,7 @@
 
 The label is the model's name everywhere downstream: its dump is `dumps/<label>/seed0/` (every
 pretrained model is "seed 0": there is one of it). Finding, reading and loading the files is
-pipeline.hf's; nothing here reads a file, so the workflow reads these settings while it parses.
+pipeline.model.hf's; nothing here reads a file, so the workflow reads these settings while it parses.
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ class Specials:
 
 
 def specials(tok) -> Specials:
-    """The special ids of a `pipeline.tokenizer.Tokenizer`."""
+    """The special ids of a `pipeline.prepare.tokenizer.Tokenizer`."""
     return Specials(pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id, mask=tok.mask_id,
                     n_special=tok.n_special, d_vocab=tok.vocab_size)
 

@@ -106,7 +106,7 @@ def stop_reason(state: TrainState, out: Path, tcfg: DictConfig, out_of_time: boo
 
 
 def plateaued(out: Path, tcfg: DictConfig) -> bool:
-    """The dev loss has plateaued by `pipeline.convergence`'s rule (its last quarter improved it by
+    """The dev loss has plateaued by `pipeline.train.convergence`'s rule (its last quarter improved it by
     less than 1%), checked once the log holds `train.plateau_min_evals` evaluations (null: never),
     so that a flat stretch early in training does not end it."""
     least = tcfg.get("plateau_min_evals")

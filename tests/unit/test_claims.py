@@ -1,4 +1,4 @@
-"""The claim checks of analysis.claims on synthetic tables whose rows carry bootstrap replicates: for every
+"""The claim checks of analysis.report.claims on synthetic tables whose rows carry bootstrap replicates: for every
 claim, a clear effect in every seed holds, the clear opposite does not hold, seeds in opposite directions,
 one seed without intervals and intervals of +-100 decide nothing; and the particulars of each claim."""
 from __future__ import annotations

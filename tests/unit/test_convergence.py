@@ -1,4 +1,4 @@
-"""pipeline.convergence: whether a training run converged, from its dev-loss log and stop reason."""
+"""pipeline.train.convergence: whether a training run converged, from its dev-loss log and stop reason."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Corpus loading, validation and the grouped split (pipeline.corpus)."""
+"""Corpus loading, validation and the grouped split (pipeline.prepare.corpus)."""
 from __future__ import annotations
 
 import io

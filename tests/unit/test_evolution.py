@@ -1,5 +1,5 @@
 """Evolution over training for real on the smoke slice: the kept snapshots, their dumps and their
-measures (analysis.evolution), and the report's grids and per-step claims (analysis.report_evolution)."""
+measures (analysis.evolution), and the report's grids and per-step claims (analysis.report.evolution)."""
 from __future__ import annotations
 
 import json

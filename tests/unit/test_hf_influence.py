@@ -1,4 +1,4 @@
-"""Influence for Hugging Face stacks (analysis.hf_influence): one key hidden at one block of tiny
+"""Influence for Hugging Face stacks (analysis.measures.hf_influence): one key hidden at one block of tiny
 random-weight BERT, GPT-2 and Marian (plus BART, T5 and GPT-NeoX encoders/bases), against known
 answers (at block 1 the removal is the full model with the token masked out), against block n run
 by hand with an explicitly built mask, one row at a time, and eager against sdpa attention."""

@@ -1,4 +1,4 @@
-"""analysis.kmeans and analysis.mutual_info: known answers of the estimate, the k-means it rests on,
+"""analysis.stats.kmeans and analysis.measures.mutual_info: known answers of the estimate, the k-means it rests on,
 and which rows and labels each target uses, on fake dumps in the real on-disk format."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The subword vocabulary and frequency ranks (pipeline.tokenizer)."""
+"""The subword vocabulary and frequency ranks (pipeline.prepare.tokenizer)."""
 from __future__ import annotations
 
 import json
