@@ -5,7 +5,6 @@ Everything is checked while the Snakefile is parsed (the plan composes every mod
 setting stops the run before any job starts, with a message that names the setting.
 """
 import os
-import re
 import sys
 from pathlib import Path
 
