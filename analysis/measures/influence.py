@@ -103,9 +103,6 @@ def removed_states_direct(model: Model, tokens: torch.Tensor, removed: int, laye
     return x[0]
 
 
-# ---------------------------------------------------------------- choosing influencing tokens
-
-
 # ---------------------------------------------------------------- the measurement
 
 def sentence_batches(lengths: dict[int, int], counts: dict[int, int], batch_tokens: int) -> list[list[int]]:

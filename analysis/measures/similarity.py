@@ -33,12 +33,6 @@ from pipeline.machine.runtime import resolve_device
 log = logging.getLogger("analysis.similarity")
 
 
-# ---------------------------------------------------------------- views and their covariances
-
-
-# ---------------------------------------------------------------- CCA, PWCCA, SVCCA, CKA
-
-
 # ---------------------------------------------------------------- between the models of an experiment
 
 def _settings(cfg: DictConfig) -> dict:

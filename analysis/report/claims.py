@@ -83,9 +83,6 @@ Tables = Mapping[str, "Rows | None"]
 VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED)
 
 
-# ---------------------------------------------------------------- parts of the shapes claims take
-
-
 # ---------------------------------------------------------------- the claims
 
 MI_KINDS = (("corrected", "mi_corrected"), ("plug-in", "mi"))

@@ -341,8 +341,3 @@ def tsne_grid(rows: Rows, objectives: Sequence[str], layers: Sequence[int], colo
             handles.append(plt.Line2D([], [], ls="", marker="+", color="#999999", label="random token"))
         fig.legend(handles=handles, loc="outside right center")
     return render(fig, style)
-
-
-# ---------------------------------------------------------------- evolution over training
-
-

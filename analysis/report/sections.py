@@ -231,11 +231,3 @@ def _pair_means(exp: Experiment, rows: Sequence[dict]) -> list[tuple[str, str, d
     if curve := means(INIT_PAIR, INIT, INIT):
         out.append((INIT_PAIR, "init seeds", curve))
     return out
-
-
-# ---------------------------------------------------------------- §5 change, §6 influence
-
-
-# ---------------------------------------------------------------- §7 neighbours, §8 t-SNE
-
-

@@ -318,9 +318,6 @@ def claim_table(cfg: DictConfig, exp: gather.Experiment, crit: Criteria, out: Pa
     return read_table(out, "claims")
 
 
-# ---------------------------------------------------------------- provenance
-
-
 # ---------------------------------------------------------------- the page
 
 def build(cfg: DictConfig, probe_hardware: bool = True, claims_out: Path | None = None) -> str:

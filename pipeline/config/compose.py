@@ -28,8 +28,3 @@ def compose(overrides: Sequence[str] = (), config_dir: str | Path = CONFIG_DIR) 
 
 def to_plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
-
-
-# ---------------------------------------------------------------- snapshots (evolution over training)
-
-

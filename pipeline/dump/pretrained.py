@@ -74,12 +74,6 @@ log = logging.getLogger("pipeline.hf_dump")
 _STORED = {"float16": torch.float16, "float32": torch.float32}
 
 
-# ---------------------------------------------------------------- tokenising with words
-
-
-# ---------------------------------------------------------------- masking (role mlm)
-
-
 # ---------------------------------------------------------------- running the model
 
 @dataclass
