@@ -151,6 +151,7 @@ def check_dump_settings(cfg: DictConfig) -> None:
     require(cfg, "dump.mask_seed", is_int, "must be an integer")
     require(cfg, "dump.mlm_maskings", positive_int, "must be a positive integer")
     require(cfg, "dump.mlm_masked", lambda v: isinstance(v, bool), "expected true or false")
+    require(cfg, "dump.readout", lambda v: isinstance(v, bool), "expected true or false")
     require(cfg, "dump.device", lambda v: isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda")),
             "expected auto, cpu, cuda or cuda:N")
 

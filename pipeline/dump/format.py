@@ -5,6 +5,9 @@ through this module alone (never through the writers, which import torch).
     tokens.tsv                    one line per row: TOKEN_COLUMNS (a pretrained model's: HF_COLUMNS)
     meta.json                     sizes, dtype, model, seed, the checkpoint's sha256
     masked/                       an MLM's states with the input masked as in training (MASKED_COLUMNS)
+    readout.npz                   the logit lens (pipeline.dump.readout): per layer and per row with a target
+                                  (an LM's next token; in masked/, an MLM's chosen positions) the loss, top-1
+                                  hit and KL to the last layer; absent where not measured (meta.json: why)
     stage.json                    written last: the folder is finished
 
 A file being written is named `.<name>.partial` (partial_path): never read, removed by a rerun.
@@ -19,6 +22,7 @@ import numpy as np
 from pipeline.errors import PipelineError
 
 TOKENS_FILE = "tokens.tsv"
+READOUT_FILE = "readout.npz"
 META_FILE = "meta.json"
 MASKED_DIR = "masked"
 PARTIAL = ".partial"  # suffix of files being written; never read, removed or overwritten by a rerun
@@ -53,3 +57,20 @@ def read_tokens(folder: str | os.PathLike) -> dict[str, np.ndarray]:
             for name, col in zip(names, values)}
 HF_COLUMNS = (*TOKEN_COLUMNS, "word")
 HF_MASKED_COLUMNS = (*HF_COLUMNS, "masked", "input_id", "label_id", "masking", "predicted_id")
+
+
+READOUT_ARRAYS = ("rows", "target", "loss", "top1", "kl")
+
+
+def read_readout(folder: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """The logit lens of the dump in `folder` (READOUT_ARRAYS: `rows` (m,) the dump rows with a target,
+    `target` (m,), and `loss`, `top1`, `kl` (L + 1, m)); None when the dump holds none."""
+    path = Path(folder) / READOUT_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            out = {name: f[name] for name in READOUT_ARRAYS}
+    except (OSError, ValueError, KeyError) as e:
+        raise PipelineError(f"{path} is not a readout of pipeline.dump ({type(e).__name__}: {e}): dump again") from None
+    return out

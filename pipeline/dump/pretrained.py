@@ -20,6 +20,8 @@ training source side), both tokenised with the model's own tokenizer; writes to
   model's own mask token, random replacements drawn from its non-special vocabulary, and the column
   `predicted_id`: the MLM head's top prediction at each row (meta.json: its accuracy on the rows
   replaced by the mask token, a check that the weights loaded as trained);
+- `readout.npz` (lm; mlm: in masked/): the logit lens (pipeline.dump.readout), each layer through the
+  model's final norm and head, checked on the first batch against the model's own logits;
 - `meta.json` (+ `pretrained`: name, role, source folder, revision, weight files with sha256) and
   `stage.json`, written last. An lm's meta also holds its head's next-token accuracy on the probe.
 
@@ -50,6 +52,7 @@ from pipeline.dump.format import (
     TOKENS_FILE,
     partial_path,
 )
+from pipeline.dump.readout import NoReadout, Readout, attach, hf_lens, not_measured
 from pipeline.dump.pretrained_probe import FREQ_SOURCE, HFProbe, mask_probe, select_probe, source_ranks, token_string
 from pipeline.dump.writer import (
     CHUNK_BYTES,
@@ -89,6 +92,7 @@ class HFSet:
     writer: LayerWriter | None = None
     written: list[tuple[int, str]] | None = None
     predicted: np.ndarray | None = None
+    readout: Readout | None = None   # the logit lens of the rows with a target (pipeline.dump.readout)
 
 
 def forward(model, stack, role: str, ids: torch.Tensor, attention: torch.Tensor, logits: bool):
@@ -112,7 +116,8 @@ def write_states(model, stack, role: str, dset: HFSet, probe: HFProbe, pad_id: i
     input_len = np.asarray([len(x) for x in probe.inputs])
     spans = chunks(probe.offsets, max(1, CHUNK_BYTES // (writer.row_bytes * len(writer.paths))))
     predicted = np.full(probe.n_tokens * dset.copies, -1, dtype=np.int64) if dset.predict else None
-    want_logits = dset.predict or next_token is not None
+    want_logits = dset.predict or next_token is not None or dset.readout is not None
+    checked = False
     with tqdm(total=probe.n_tokens * dset.copies, unit="tok", desc=desc, disable=None if progress else True,
               mininterval=2.0) as bar, torch.inference_mode():
         for copy, (a, b) in ((c, span) for c in range(dset.copies) for span in spans):
@@ -128,6 +133,8 @@ def write_states(model, stack, role: str, dset: HFSet, probe: HFProbe, pad_id: i
                     ids[r, :len(x)] = torch.from_numpy(x)
                     attention[r, :len(x)] = 1
                 states, logits = forward(model, stack, role, ids.to(device), attention.to(device), want_logits)
+                if dset.readout is not None:
+                    checked = _readout(dset, states, logits, idx, probe, base, checked)
                 stored = [s.to(_STORED[dtype]) for s in states]
                 if not all(bool(torch.isfinite(s).all()) for s in stored):
                     raise PipelineError(f"states overflow dump.dtype={dtype} in {dset.folder}: use dump.dtype=float32")
@@ -148,6 +155,24 @@ def write_states(model, stack, role: str, dset: HFSet, probe: HFProbe, pad_id: i
                 del states, stored, blocks, logits
             writer.end_chunk()
     dset.predicted = predicted
+
+
+def _readout(dset: HFSet, states, logits, idx: np.ndarray, probe: HFProbe, base: int, checked: bool) -> bool:
+    """Read the batch's kept rows through the lens; on the first batch, check first that its last layer
+    gives the model's own logits (else the set keeps no readout, and its meta says why)."""
+    n = probe.lengths[idx]
+    batch = np.repeat(np.arange(len(idx)), n)
+    positions = np.concatenate([probe.kept[i] for i in idx])
+    rows = np.repeat(probe.offsets[idx] + base, n) + np.concatenate([np.arange(k) for k in n])
+    if not checked:
+        try:
+            dset.readout.check(logits, states, batch, positions, f"{dset.folder}")
+        except NoReadout as e:
+            log.warning("no readout in %s: %s", dset.folder, e)
+            not_measured(dset, str(e))
+            return True
+    dset.readout.add(states, batch, positions, rows)
+    return True
 
 
 def _columns(probe: HFProbe, tokenizer, ranks: np.ndarray) -> dict[str, Sequence[Any]]:
@@ -252,6 +277,7 @@ def _dump(cfg: DictConfig) -> Path:
                        "mask_token": tokenizer.mask_token, "chosen_share": float((kind > 0).mean())}
         sets.append(HFSet(out / MASKED_DIR, fed, masked_columns, masked_meta, copies=maskings, predict=True))
 
+    attach(sets, role, lambda: hf_lens(model, n_layers), n_layers, bool(cfg.dump.readout))
     remove_outputs(out)
     log.info("%s on %s in %s: batches of at most %d tokens", label, device, meta["model_dtype"], batch_tokens)
     progress = bool(OmegaConf.select(cfg, "train.progress", default=True))
@@ -271,7 +297,7 @@ def _dump(cfg: DictConfig) -> Path:
                     if hit.any() else None
                 dset.meta["head_mask_n"] = int(hit.sum())
             table = write_token_table(partial_path(dset.folder / TOKENS_FILE), dset.columns)
-            dset.written = [*dset.writer.close(), table]
+            dset.written = [*dset.writer.close(), table, *([dset.readout.close()] if dset.readout else [])]
         ledger = publish(out, sets)
     except BaseException:
         discard(out, sets)

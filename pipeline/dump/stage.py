@@ -12,6 +12,8 @@ Reads `<paths.model>/model.pt` alone (args + weights), the tokenizer in `paths.t
   columns masked (0 untouched, 1 [MASK], 2 random, 3 chosen but kept), input_id, label_id and masking:
   the probe set once per masking (`dump.mlm_maskings` independent ones), masking m's rows after
   those of 0 .. m - 1, each with its probe sentence's sentence_id;
+- `readout.npz` (LM; MLM: in masked/): the logit lens, each layer through the model's head
+  (pipeline.dump.readout; `dump.readout`);
 - `stage.json`: written last; a dump with the same config and checkpoint is not made again.
 
 `snapshot=N` dumps the weights the training kept after N steps (`<paths.model>/snapshots/step<N>.pt`,
@@ -64,6 +66,7 @@ from pipeline.dump.format import (
     partial_path,
 )
 from pipeline.dump.probe import Probe, mask_probe, select_probe, token_columns
+from pipeline.dump.readout import Readout, add_sentences, attach, our_lens
 from pipeline.dump.writer import (
     _TORCH_DTYPES,
     CHUNK_BYTES,
@@ -116,7 +119,8 @@ class DumpSet:
     meta: dict[str, Any]
     writer: LayerWriter | None = None
     copies: int = 1
-    written: list[tuple[int, str]] | None = None  # (size, sha256) of each layer file, then the token table  # the probe set fed this many times (MLM's masked run: one copy per masking)
+    written: list[tuple[int, str]] | None = None  # (size, sha256) of each layer file, the token table, the readout
+    readout: Readout | None = None  # the logit lens of this set's rows with a target (pipeline.dump.readout)
 
 
 def write_states(model: Model, dset: DumpSet, probe: Probe, sp: Specials, batch_tokens: int,
@@ -146,6 +150,7 @@ def _write_batch(model: Model, dset: DumpSet, idx: np.ndarray, offsets: np.ndarr
     x = pad([[sp.bos, *dset.inputs[copy * n_sentences + i].tolist(), sp.eos] for i in idx],
             sp.pad).to(device)
     _, states = model.encode(x, return_states=True)  # L + 1 tensors (B, T, d_model)
+    add_sentences(dset.readout, states, idx, offsets, lengths)  # read through the head before the cast
     # Cast on the device, one layer at a time, dropping each fp32 state at once: no stacked
     # copy of the whole batch, so the peak stays near what the forward pass needs anyway.
     for layer in range(len(states)):
@@ -314,6 +319,7 @@ def _dump(cfg: DictConfig) -> Path:
                        "chosen_share": float((kind > 0).mean())}
         sets.append(DumpSet(out / MASKED_DIR, inputs, masked_columns, masked_meta, copies=len(masks)))
 
+    attach(sets, model_kind, lambda: our_lens(model), n_layers, bool(cfg.dump.readout), eos_id=sp.eos)
     inputs = input_hashes([ckpt_path, Path(str(cfg.paths.tokenizer)) / MODEL_FILE,
                            Path(str(cfg.paths.tokenizer)) / FREQ_FILE, probe_path])
     remove_outputs(out)
@@ -326,7 +332,7 @@ def _dump(cfg: DictConfig) -> Path:
             table = write_token_table(partial_path(dset.folder / TOKENS_FILE), dset.columns)
             write_states(model, dset, probe, sp, batch_tokens, device, dtype, progress,
                          f"{meta['objective']} seed {meta['seed']}{' masked' if dset.meta['masked'] else ''}")
-            dset.written = [*dset.writer.close(), table]
+            dset.written = [*dset.writer.close(), table, *([dset.readout.close()] if dset.readout else [])]
         ledger = publish(out, sets)
     except BaseException:
         discard(out, sets)

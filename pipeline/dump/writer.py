@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pipeline.dump.format import MASKED_DIR, META_FILE, PARTIAL, TOKENS_FILE, layer_file, partial_path
+from pipeline.dump.format import MASKED_DIR, META_FILE, PARTIAL, READOUT_FILE, TOKENS_FILE, layer_file, partial_path
 from pipeline.records.files import STAGE_RECORD, HashingFile, recording, remove_stale_temporaries, write_json
 
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -159,7 +159,8 @@ def remove_outputs(folder: Path) -> None:
     for sub in (folder, folder / MASKED_DIR):
         if not sub.is_dir():
             continue
-        for path in [*sub.glob("layer_*.npy"), *sub.glob(f".*{PARTIAL}"), sub / TOKENS_FILE, sub / META_FILE]:
+        for path in [*sub.glob("layer_*.npy"), *sub.glob(f".*{PARTIAL}"), sub / TOKENS_FILE, sub / READOUT_FILE,
+                     sub / META_FILE]:
             path.unlink(missing_ok=True)
         remove_stale_temporaries(sub / META_FILE)  # what a writer of meta.json killed before its rename left
     if (folder / MASKED_DIR).is_dir() and not any((folder / MASKED_DIR).iterdir()):
@@ -168,11 +169,13 @@ def remove_outputs(folder: Path) -> None:
 
 def publish(out: Path, sets: Sequence[Any]):
     """Only now, with every file of every set complete (`set.written`: the size and sha256 of its layer
-    files, then its token table), do the outputs get their final names, and each set its meta.json;
+    files, then its token table, then its readout when it has one), do the outputs get their final names, and each set its meta.json;
     returns the ledger of them all for the stage record."""
     with recording(out) as ledger:
         for dset in sets:
-            for path, (size, sha) in zip([*dset.writer.paths, dset.folder / TOKENS_FILE], dset.written):
+            readout = [dset.readout.path] if getattr(dset, "readout", None) is not None else []
+            for path, (size, sha) in zip([*dset.writer.paths, dset.folder / TOKENS_FILE, *readout], dset.written,
+                                         strict=True):
                 os.replace(partial_path(path), path)
                 ledger.add(path, size, sha)
             write_json(dset.folder / META_FILE, dset.meta)

@@ -452,3 +452,56 @@ def test_every_measure_and_the_report_run_on_pretrained_and_trained_models_toget
         assert str(exp["folders"][kind]) in html
     assert "Pretrained models" in html and "not controlled" in html and "Pairs with a pretrained model" in html
     assert "mlm–bert (seed 1)" in html, "our model against a pretrained one, by words"
+
+
+# ---------------------------------------------------------------- the logit lens (pipeline/dump/readout.py)
+
+@pytest.mark.parametrize("label", ["gpt2", "bert"])
+def test_readout_of_the_last_layer_is_the_models_own_output(exp, label):
+    """Known answer: layer L read through the lens is the model's own distribution (its loss on the
+    target, its top-1), so KL to it is 0 there; the lower layers are read through the final norm."""
+    from pipeline.dump.format import read_readout
+
+    d = _dump(exp, label)
+    folder = d.folder / "masked" if label == "bert" else d.folder
+    r = read_readout(folder)
+    assert r is not None and r["loss"].shape == (d.n_layers + 1, len(r["rows"]))
+    source = load_dump(folder) if label == "bert" else d
+    model, _, tok = _load(exp, label)
+    t = source.tokens
+    checked = 0
+    for j in range(0, len(r["rows"]), max(1, len(r["rows"]) // 25)):
+        row = int(r["rows"][j])
+        sid = t["sentence_id"][row]
+        rows = np.flatnonzero(t["sentence_id"] == sid)
+        if label == "bert":
+            rows = rows[t["masking"][rows] == t["masking"][row]]
+            ids = tok(exp["lines"][sid], return_tensors="pt", return_special_tokens_mask=True)
+            keep = np.flatnonzero(~ids.pop("special_tokens_mask")[0].bool().numpy())
+            ids["input_ids"][0, keep] = torch.as_tensor(t["input_id"][rows])
+            target = int(t["label_id"][row])
+        else:
+            ids = tok(exp["lines"][sid], return_tensors="pt", return_special_tokens_mask=True)
+            keep = np.flatnonzero(~ids.pop("special_tokens_mask")[0].bool().numpy())
+            target = int(t["token_id"][row + 1])
+        assert r["target"][j] == target
+        with torch.no_grad():
+            out = model(**ids, output_hidden_states=True)
+            logits = out.logits[0, keep[row - rows[0]]]
+            h1 = out.hidden_states[1][0, keep[row - rows[0]]]  # layer 1, by hand: final norm, then head
+            lens1 = model.lm_head(model.transformer.ln_f(h1)) if label == "gpt2" else model.cls(h1)
+        logp = torch.log_softmax(logits, -1)
+        assert r["loss"][-1, j] == pytest.approx(float(-logp[target]), rel=1e-4, abs=1e-5)
+        assert r["loss"][1, j] == pytest.approx(float(-torch.log_softmax(lens1, -1)[target]), rel=1e-4, abs=1e-5)
+        assert r["top1"][-1, j] == int(int(logp.argmax()) == target)
+        checked += 1
+    assert checked >= 20
+    np.testing.assert_allclose(r["kl"][-1], 0, atol=1e-6)
+    assert (r["kl"][:-1] >= 0).all() and np.isfinite(r["loss"]).all()
+    assert d.meta["readout"]["measured"] is (label == "gpt2")
+
+
+def test_an_mt_model_has_no_readout_and_says_why(exp):
+    d = _dump(exp, "marian")
+    assert not (d.folder / "readout.npz").exists()
+    assert d.meta["readout"]["measured"] is False and "no output head" in d.meta["readout"]["why"]

@@ -1,0 +1,138 @@
+"""The logit lens of our own models (pipeline/dump/readout.py), written by pipeline.dump as readout.npz.
+
+Known answers: the last layer read through the lens is the model's own output (its training loss on
+each row's target); a layer whose block is the identity reads exactly as the layer above it (KL 0);
+the readout does not depend on how sentences are batched; an MT encoder has none and says why.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.config.compose import compose
+from pipeline.dump.format import read_readout, read_tokens
+from pipeline.dump.readout import targets_of
+from pipeline.dump.stage import dump
+from pipeline.model.transformer import load_model
+from pipeline.prepare.corpus import prepare_data, read_lines
+from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
+from pipeline.records.files import read_json, torch_save
+from tests.synthetic import replace_output, save_untrained
+
+N_PROBE = 30
+
+
+def make_cfg(root: Path, shared_zip, objective: str = "lm", *extra: str):
+    return compose(["experiment=smoke", f"paths.results={root}", f"data.archive={shared_zip}", f"objective={objective}",
+                    "seed=1", "dump.device=cpu", "dump.dtype=float32", "dump.mlm_maskings=2", "train.progress=false",
+                    *extra])
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, shared_zip) -> Path:
+    root = tmp_path_factory.mktemp("readout")
+    cfg = make_cfg(root, shared_zip)
+    prepare_data(cfg)
+    train_tokenizer(cfg)
+    probe = Path(cfg.paths.data) / "probe.txt"
+    replace_output(probe, "".join(f"{line}\n" for line in read_lines(probe)[:N_PROBE]))
+    tok = Tokenizer.load(cfg.paths.tokenizer)
+    for objective in ("lm", "mlm", "mt"):
+        save_untrained(make_cfg(root, shared_zip, objective), tok)
+    return root
+
+
+def _own_loss(model, x: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return F.cross_entropy(model(x)[0], labels, reduction="none").numpy()
+
+
+def test_lm_readout_of_the_last_layer_is_the_training_loss(root, shared_zip):
+    cfg = make_cfg(root, shared_zip, "lm")
+    out = dump(cfg)
+    r, t = read_readout(out), read_tokens(out)
+    model, _ = load_model(Path(cfg.paths.model) / "model.pt")
+    model.eval()
+    tok = Tokenizer.load(cfg.paths.tokenizer)
+    assert np.array_equal(r["rows"], np.arange(len(t["sentence_id"])))  # every row has a target (eos last)
+    for sid in np.unique(t["sentence_id"])[:8]:
+        rows = np.flatnonzero(t["sentence_id"] == sid)
+        ids = t["token_id"][rows].tolist()
+        x = torch.tensor([[tok.bos_id, *ids]])
+        labels = torch.tensor([*ids, tok.eos_id])
+        # position p of [bos] x_1 .. x_n predicts labels[p]; the rows are x_1 .. x_n (positions 1 .. n)
+        np.testing.assert_allclose(r["loss"][-1, rows], _own_loss(model, x, labels)[1:], rtol=1e-4, atol=1e-5)
+        assert r["target"][rows].tolist() == [*ids[1:], tok.eos_id]
+    np.testing.assert_allclose(r["kl"][-1], 0, atol=1e-6)
+    assert np.isfinite(r["loss"]).all() and (r["kl"] >= 0).all()
+    assert read_json(out / "meta.json")["readout"]["measured"] is True
+
+
+def test_a_block_that_is_the_identity_reads_as_the_layer_above_it(root, shared_zip):
+    """Pre-norm, with the last block's attention and MLP outputs zeroed: layer L - 1 = layer L, so its
+    KL to the last layer is 0 and its loss the same, while the layers below differ."""
+    extra = ("model.norm=pre", "paths.results=" + str(root / "copy"))
+    cfg = make_cfg(root, shared_zip, "lm", *extra)
+    prepare_data(cfg)
+    train_tokenizer(cfg)
+    path = save_untrained(cfg, Tokenizer.load(cfg.paths.tokenizer))
+    ckpt = torch.load(path, weights_only=False)
+    last = ckpt["model"]["args"]["n_layers"] - 1
+    zeroed = [name for name in ckpt["state_dict"]
+              if name.startswith((f"stack.blocks.{last}.attn.out.", f"stack.blocks.{last}.mlp.down."))]
+    assert len(zeroed) == 4
+    for name in zeroed:
+        ckpt["state_dict"][name].zero_()
+    torch_save(ckpt, path)
+    out = dump(cfg)
+    r = read_readout(out)
+    L = r["loss"].shape[0] - 1
+    np.testing.assert_allclose(r["kl"][L - 1], 0, atol=1e-6)
+    np.testing.assert_allclose(r["loss"][L - 1], r["loss"][L], rtol=1e-5, atol=1e-6)
+    assert r["kl"][L - 2].mean() > 1e-4
+
+
+def test_mlm_readout_is_on_the_chosen_positions_of_the_masked_run(root, shared_zip):
+    cfg = make_cfg(root, shared_zip, "mlm")
+    out = dump(cfg)
+    assert read_readout(out) is None and read_json(out / "meta.json")["readout"]["why"] == "in masked/"
+    r, t = read_readout(out / "masked"), read_tokens(out / "masked")
+    assert np.array_equal(r["rows"], np.flatnonzero(t["masked"] > 0))
+    assert np.array_equal(r["target"], t["label_id"][r["rows"]])
+    model, _ = load_model(Path(cfg.paths.model) / "model.pt")
+    model.eval()
+    tok = Tokenizer.load(cfg.paths.tokenizer)
+    for row in r["rows"][:: max(1, len(r["rows"]) // 10)]:
+        rows = np.flatnonzero((t["sentence_id"] == t["sentence_id"][row]) & (t["masking"] == t["masking"][row]))
+        x = torch.tensor([[tok.bos_id, *t["input_id"][rows].tolist(), tok.eos_id]])
+        with torch.no_grad():
+            logits = model(x)[0, 1 + row - rows[0]]
+        j = int(np.searchsorted(r["rows"], row))
+        assert r["loss"][-1, j] == pytest.approx(float(-torch.log_softmax(logits, -1)[t["label_id"][row]]), rel=1e-4)
+
+
+def test_readout_does_not_depend_on_the_batching(root, shared_zip):
+    a = read_readout(dump(make_cfg(root, shared_zip, "lm")))
+    other = make_cfg(root, shared_zip, "lm", "dump.batch_tokens=40", f"paths.dump={root / 'lm-small-batches'}")
+    b = read_readout(dump(other))
+    for name in ("rows", "target", "top1"):
+        assert np.array_equal(a[name], b[name])
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-5)
+
+
+def test_an_mt_encoder_has_no_readout_and_says_why(root, shared_zip):
+    out = dump(make_cfg(root, shared_zip, "mt"))
+    assert read_readout(out) is None
+    assert "no output head" in read_json(out / "meta.json")["readout"]["why"]
+
+
+def test_targets_of_an_lm_stop_at_a_gap_and_end_with_eos():
+    columns = {"sentence_id": np.array([0, 0, 0, 1, 1, 2]), "position": np.array([0, 1, 3, 0, 1, 0]),
+               "token_id": np.array([5, 6, 7, 8, 9, 10])}
+    assert targets_of(columns, "lm", False, eos_id=2).tolist() == [6, -1, 2, 9, 2, 2]
+    assert targets_of(columns, "lm", False).tolist() == [6, -1, -1, 9, -1, -1]
+    assert (targets_of(columns, "mt", False, eos_id=2) == -1).all()
