@@ -32,9 +32,10 @@ counted in meta.json; different tokenizers keep different sentences, which the w
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +53,8 @@ from pipeline.dump.format import (
     TOKENS_FILE,
     partial_path,
 )
-from pipeline.dump.readout import NoReadout, Readout, attach, hf_lens, not_measured
 from pipeline.dump.pretrained_probe import FREQ_SOURCE, HFProbe, mask_probe, select_probe, source_ranks, token_string
+from pipeline.dump.readout import NoReadout, Readout, attach, hf_lens, not_measured
 from pipeline.dump.writer import (
     CHUNK_BYTES,
     LayerWriter,

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -200,7 +200,7 @@ def attach(sets, kind: str, make_lens: Callable[[], Lens], n_layers: int, enable
         targets = None if lens is None else targets_of(dset.columns, kind, bool(dset.meta["masked"]), eos_id)
         if targets is not None and (targets >= 0).any():
             dset.readout = Readout(dset.folder, lens, targets, n_layers)
-            dset.meta["readout"] = {"measured": True, "targets": TARGETS[kind], "rows": int(len(dset.readout.rows))}
+            dset.meta["readout"] = {"measured": True, "targets": TARGETS[kind], "rows": len(dset.readout.rows)}
         else:
             dset.meta["readout"] = {"measured": False,
                                     "why": why or ("in masked/" if kind == "mlm" else "no row has a target")}

@@ -35,9 +35,10 @@ so every model of an experiment keeps the same sentences and the rows line up ac
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
