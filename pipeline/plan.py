@@ -48,7 +48,9 @@ _PLAIN_PATH = re.compile(r"^[\w./@+-]+$")
 # other: every model, the step-0 control included).
 MEASURE_MODULES = {"change": "analysis.measures.change", "influence": "analysis.measures.influence",
                    "mi": "analysis.measures.mutual_info", "neighbours": "analysis.measures.neighbours",
-                   "tsne": "analysis.measures.tsne"}
+                   "tsne": "analysis.measures.tsne", "readout": "analysis.measures.readout"}
+# The kinds of model whose dump holds a readout (pipeline/dump/readout.py): measured by analysis.measures.readout.
+READOUT_KINDS = ("lm", "mlm")
 
 
 def choices(group: str) -> list[str]:
@@ -101,6 +103,8 @@ class Plan:
         self.roles = {label: self._pretrained_role(label) for label in self.pretrained}
         self.first_seeds = [(o, s) for i, (o, s) in enumerate(self.models) if all(o != p for p, _ in self.models[:i])]
         self.measure_models = {name: self.first_seeds if name == "tsne" else self.models for name in MEASURE_MODULES}
+        self.measure_models["readout"] = [(o, s) for o, s in self.models if self.kind(o) in READOUT_KINDS] \
+            if OmegaConf.select(base, "dump.readout", default=True) else []
         named = snapshot_models(base)
         self.snapshot_models = [model for model in named if model in self.trained]
         self.unknown_snapshot_models = [model for model in named if model not in self.trained]
@@ -165,6 +169,10 @@ class Plan:
                 f"setting pretrained.models.{label}.role is not set and {spec.name} is not in the local Hugging Face "
                 f"cache to read it from: set it to mlm, lm or mt, or fetch the model first (`{spec.fetch_command()}`)")
         return role
+
+    def kind(self, model: str) -> str:
+        """What a model is: a pretrained model's role, else its objective's kind (mt | lm | mlm | init)."""
+        return self.roles[model] if model in self.pretrained else str(self._model_config(model).objective.kind)
 
     def objective_args(self, model: str) -> str:
         """The Hydra overrides that select one model's config in a job: `objective=<name>`, or for a

@@ -42,6 +42,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "neighbours": ("objective", "seed", "layer", "property", "k", "metric", "value", "n_queries") + INTERVAL_COLUMNS,
     "evolution": ("objective", "seed", "step", "final", "quantity", "measure", "target", "layer", "value",
                   "ci_low", "ci_high", "n_tokens"),
+    "readout": ("objective", "seed", "layer", "quantity", "target", "value") + INTERVAL_COLUMNS
+               + ("n_tokens", "n_sentences"),
     "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked"),
     # the report's verdicts (analysis.report.claims): one row per judged contrast, each with its claim's and
     # part's verdicts; a claim without contrasts (not measured) has one row with its reason
@@ -63,7 +65,8 @@ _SAME_AS = {"layer_a": "layer", "layer_b": "layer"}
 # A row carries its replicates in memory under REPLICATES: {column: (B,) array, or None}.
 REPLICATED: dict[str, tuple[str, ...]] = {"similarity": ("distance",), "change": ("distance",),
                                           "influence": ("distance",), "mi": ("mi", "mi_corrected"),
-                                          "neighbours": ("value",), "evolution": ("value",), "tsne": ()}
+                                          "neighbours": ("value",), "evolution": ("value",), "readout": ("value",),
+                                          "tsne": ()}
 REPLICATES = "replicates"
 
 

@@ -18,9 +18,11 @@ This measures the dump of step N (`snapshot=N`; null: the finished model, model.
   An MLM's masked rows are those of the first `snapshots.mlm_maskings` maskings, for the finished
   model too, so that every step of a model is measured on the same rows.
 - `neighbours`: identity, position, left and right token of the k nearest neighbours (analysis.neighbours).
+- `readout`: the logit lens (analysis.measures.readout): measure `loss`, `accuracy` or `kl` of each layer
+  read through the model's head at that step, target `next` (LM) or `masked` (MLM); none for MT.
 
 Every row has its bootstrap interval over probe sentences with the resamples of the table it mirrors
-(similarity for `to_final`, change, mi, neighbours), drawn from the shared plan (analysis.bootstrap: the
+(similarity for `to_final`, change, mi, neighbours, readout), drawn from the shared plan (analysis.bootstrap: the
 same resamples at every step and in the finished model's tables), its replicates in `<step>.npz` beside
 the part, and its sample size. The rows are the same for
 every step of a model (the same seeded subsets), so a curve over steps moves with the model only.
@@ -42,6 +44,7 @@ from analysis.io.dumps import Dump, check_aligned, load_dump, sample_rows
 from analysis.io.tables import write_table
 from analysis.measures.mutual_info import RowSet, input_rows, masked_rows, mi_columns, mi_of_clusters, next_token_rows
 from analysis.measures.neighbours import layer_rows as neighbour_layer_rows
+from analysis.measures.readout import layer_rows as layer_readout
 from analysis.stats import bootstrap
 from analysis.stats.buckets import sample_floor, shuffle_seed
 from analysis.stats.distances import check_measure, distance, paired, replicates
@@ -175,6 +178,18 @@ def neighbour_rows(cfg: DictConfig, dump: Dump, device, emit) -> None:
         emit("neighbours", prop, "", layer, value, reps, boot, n)
 
 
+def readout_rows(cfg: DictConfig, dump: Dump, emit) -> None:
+    """The logit lens per layer (analysis.measures.readout), on an MLM's first `snapshots.mlm_maskings`
+    maskings; nothing for a model without a readout."""
+    boot = bootstrap.plan(cfg, "readout")
+    quantities = [str(q) for q in setting(cfg, "analysis.readout.quantities")]
+    measured, why = layer_readout(dump.folder, boot, quantities, maskings=int(cfg.snapshots.mlm_maskings))
+    if why:
+        log.info("%s: no readout: %s", dump.folder, why)
+    for quantity, target, layer, value, reps, n, _ in measured or []:
+        emit("readout", quantity, target, layer, value, reps, boot, n)
+
+
 def evolution_rows(cfg: DictConfig) -> list[dict]:
     """Every row of one step's part of the evolution table (see the module's docstring)."""
     dump, final, step = open_dumps(cfg)
@@ -187,7 +202,8 @@ def evolution_rows(cfg: DictConfig) -> list[dict]:
 
     for name, part in (("distances", lambda: distance_rows(cfg, dump, final, measures, device, emit)),
                        ("mi", lambda: mi_rows(cfg, dump, device, emit)),
-                       ("neighbours", lambda: neighbour_rows(cfg, dump, device, emit))):
+                       ("neighbours", lambda: neighbour_rows(cfg, dump, device, emit)),
+                       ("readout", lambda: readout_rows(cfg, dump, emit))):
         t = time.perf_counter()
         part()
         log.info("%s seed %d step %d: %s in %.1f s", dump.objective, dump.seed, step, name, time.perf_counter() - t)

@@ -15,7 +15,7 @@ MEASURES = ("pwcca", "svcca", "cka")  # the CCA-family distances (analysis.simil
 METRICS = ("cosine", "euclidean")  # nearest-neighbour metrics (analysis.neighbours)
 AFFECTED = ("auto", "all", "later")  # which tokens an influencing token can affect (analysis.influence)
 METHODS = ("normal", "percentile", "basic")  # bootstrap intervals
-TABLES = ("similarity", "change", "influence", "mi", "neighbours")  # the tables with intervals
+TABLES = ("similarity", "change", "influence", "mi", "neighbours", "readout")  # the tables with intervals
 
 
 def _measures(v: Any) -> bool:
@@ -81,6 +81,9 @@ SPECS: dict[str, Check] = {
     "analysis.evolution.mi_tokens": (positive_int_or_none, "a positive integer or null (analysis.mi.max_tokens)"),
     "analysis.evolution.restarts": (positive_int, "a positive integer (k-means restarts)"),
     "analysis.evolution.within": (lambda v: number(v) and 0 < v < 1, "expected a distance in (0, 1)"),
+    "analysis.readout.quantities": (lambda v: OmegaConf.is_list(v) and len(v) > 0
+                                    and all(q in ("loss", "accuracy", "kl") for q in v),
+                                    "expected a non-empty list of loss, accuracy, kl"),
     "analysis.tsne.words": (lambda v: OmegaConf.is_list(v) and all(_word(w) for w in v), "a list of words (no spaces)"),
     "analysis.tsne.position_word": (lambda v: v is None or _word(v), "a word, or null for no position picture"),
     "analysis.tsne.max_per_word": (positive_int_or_none, "a positive integer or null (all)"),

@@ -108,7 +108,8 @@ def report_config(cfg: DictConfig) -> dict:
 _SHARED_KEYS = {"similarity": ("min_samples_per_dim", "sample_seed", "bootstrap"),
                 "change": ("buckets", "min_samples_per_dim", "sample_seed", "bootstrap"),
                 "influence": ("buckets", "min_samples_per_dim", "sample_seed", "bootstrap"),
-                "mi": ("sample_seed", "bootstrap"), "neighbours": ("sample_seed", "bootstrap")}
+                "mi": ("sample_seed", "bootstrap"), "neighbours": ("sample_seed", "bootstrap"),
+                "readout": ("bootstrap",)}
 
 
 def section(cfg: DictConfig, name: str) -> dict:
@@ -150,7 +151,8 @@ def evolution_settings(cfg: DictConfig) -> dict:
     a = cfg.analysis
     return {"measure": "evolution", **{key: to_plain(a[key]) for key in ("min_samples_per_dim", "sample_seed",
                                                                           "bootstrap")},
-            **{name: to_plain(a[name]) for name in ("evolution", "mi", "neighbours", "similarity", "change")},
+            **{name: to_plain(a[name]) for name in ("evolution", "mi", "neighbours", "similarity", "change",
+                                                                 "readout")},
             "mlm_maskings": int(cfg.snapshots.mlm_maskings)}
 
 

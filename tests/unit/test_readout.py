@@ -136,3 +136,41 @@ def test_targets_of_an_lm_stop_at_a_gap_and_end_with_eos():
     assert targets_of(columns, "lm", False, eos_id=2).tolist() == [6, -1, 2, 9, 2, 2]
     assert targets_of(columns, "lm", False).tolist() == [6, -1, -1, 9, -1, -1]
     assert (targets_of(columns, "mt", False, eos_id=2) == -1).all()
+
+
+def test_the_readout_table_averages_each_layer_with_a_sentence_interval(root, shared_zip):
+    from analysis.io.tables import read_record, read_replicates, read_table
+    from analysis.measures.readout import run
+
+    cfg = make_cfg(root, shared_zip, "lm")
+    r = read_readout(dump(cfg))
+    path = run(cfg)
+    rows = read_table(path, "readout")
+    L = r["loss"].shape[0] - 1
+    assert [(x["quantity"], int(x["layer"])) for x in rows] == [(q, layer) for q in ("loss", "accuracy", "kl")
+                                                                for layer in range(L + 1)]
+    n_sentences = len(np.unique(read_tokens(cfg.paths.dump)["sentence_id"]))
+    reps = read_replicates(path, "readout", len(rows))["value"]
+    assert reps.shape == (len(rows), 200)
+    for i, row in enumerate(rows):
+        array = {"loss": r["loss"], "accuracy": r["top1"], "kl": r["kl"]}[row["quantity"]]
+        assert float(row["value"]) == pytest.approx(float(array[int(row["layer"])].astype(np.float64).mean()))
+        assert int(row["n_tokens"]) == len(r["rows"]) and int(row["n_sentences"]) == n_sentences
+        assert row["target"] == "next"
+        if row["quantity"] == "kl" and int(row["layer"]) == L:
+            assert float(row["ci_low"]) == pytest.approx(0, abs=1e-6) == float(row["ci_high"])
+        else:
+            assert float(row["ci_low"]) < float(row["value"]) < float(row["ci_high"])
+            assert np.nanstd(reps[i]) > 0
+    assert read_record(path)["not_measured"] is None
+
+
+def test_a_model_without_readout_gets_an_empty_table_that_says_why(root, shared_zip):
+    from analysis.io.tables import read_record, read_table
+    from analysis.measures.readout import run
+
+    cfg = make_cfg(root, shared_zip, "mt")
+    dump(cfg)
+    path = run(cfg)
+    assert read_table(path, "readout") == []
+    assert "no output head" in read_record(path)["not_measured"]

@@ -178,7 +178,7 @@ def measure_parts(wildcards) -> list[str]:
 
 
 def metric_tables() -> list[str]:
-    return [table_path(name) for name in ANALYSIS_HASH]
+    return [table_path(name) for name in ANALYSIS_HASH if name == "similarity" or MEASURE_MODELS[name]]
 
 
 def kept_points(model: str, seed: int) -> list[str]:
