@@ -1,9 +1,10 @@
 """The report's section on evolution over training (analysis/measures/evolution.py's table `evolution`).
 
 Per model of `snapshots.models`: a layer x training-step heat map of each layer's distance to the
-finished model, the MI, neighbour and distance curves over training with the dev loss on the same step
-axis, the step from which each layer stays within `analysis.evolution.within` of its finished state,
-and the study's claims checked at every step ("when each finding appears").
+finished model (and, for an LM or MLM, of its logit-lens readout loss), the MI, neighbour and distance
+curves over training with the dev loss on the same step axis, the step from which each layer stays
+within `analysis.evolution.within` of its finished state, and the study's claims checked at every step
+("when each finding appears").
 
 A claim that compares objectives is checked at a step with each objective's state at that step; an
 objective whose training ended before it enters with its finished model (marked in the table).
@@ -11,8 +12,9 @@ objective whose training ended before it enters with its finished model (marked 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -217,6 +219,7 @@ def evolution_section(exp: Experiment, style: plotting.Style, crit: Criteria) ->
         s.add(details(f"{g.objective} seed {g.seed}: the heat map's numbers ({main} distance to final)",
                       table(("layer", *g.labels()), [(layer, *(_num(v) for v in g.values[i]))
                                                      for i, layer in enumerate(g.layers)])))
+    readout_heatmap(s, rows, models, style)
     # the step from which each layer stays close to its finished state
     body = []
     for g in grids:
@@ -266,27 +269,51 @@ def evolution_section(exp: Experiment, style: plotting.Style, crit: Criteria) ->
     return s
 
 
+def readout_heatmap(s: Section, rows: Rows, models: Sequence[tuple[str, int]], style: Style) -> None:
+    """The logit lens's loss (quantity readout, analysis.measures.readout) per layer and step, as the
+    distance to final is drawn, for every model with such rows; nothing for the others."""
+    grids = [g for o, sd in models if (g := grid(rows, o, sd, "readout", "loss")).values.size]
+    made = evolution_heatmaps(grids, style, "readout loss (nats)", "readout loss", vmin=None)
+    if made is None:
+        return
+    from analysis.report.html import figure
+    n = sorted({r["n_tokens"] for r in rows if r["quantity"] == "readout"})
+    s.add("<h3>What each layer predicts over training (logit lens)</h3>")
+    s.add(figure(made[0], made[1], "readout loss per layer and step",
+                 "Readout loss per layer and training step: the mean cross-entropy (nats) of the target (LM: the "
+                 "next token; MLM: the original token at the first snapshots.mlm_maskings maskings' positions) "
+                 "when the layer's states are read through that step's own final norm and output head; lower: the "
+                 f"layer already predicts the target. {', '.join(map(str, n))} target rows."))
+    for g in grids:
+        s.add(details(f"{g.objective} seed {g.seed}: the heat map's numbers (readout loss, nats)",
+                      table(("layer", *g.labels()), [(layer, *(_num(v) for v in g.values[i]))
+                                                     for i, layer in enumerate(g.layers)])))
+
+
 def _num(value: float) -> str:
     return "—" if not math.isfinite(value) else f"{value:.3f}"
 
 
-def evolution_heatmaps(grids: Sequence[Any], style: Style) -> tuple[bytes, str] | None:
+def evolution_heatmaps(grids: Sequence[Any], style: Style, label: str | None = None, title: str | None = None,
+                       vmin: float | None = 0.0) -> tuple[bytes, str] | None:
     """One panel per model: its `report_evolution.Grid` as a layer (rows, 0 at the bottom) x point
-    (columns: the kept steps, then the finished model) heat map of the distance to the finished model."""
+    (columns: the kept steps, then the finished model) heat map of its quantity (by default the distance
+    to the finished model; `label`: the colour bar's, `title`: after the model's name; `vmin`: the colour
+    scale's floor, None: the panel's lowest value)."""
     grids = [g for g in grids if g.values.size]
     if not grids:
         return None
     fig, axes = panels(len(grids), 3, width=3.6, height=2.6)
     for ax, g in zip(axes, grids):
-        image = heatmap(ax, g)
-        ax.set_title(f"{g.objective} seed {g.seed}")
-        fig.colorbar(image, ax=ax, shrink=0.85, label=f"{g.measure} distance to final")
+        image = heatmap(ax, g, vmin)
+        ax.set_title(f"{g.objective} seed {g.seed}" + (f": {title}" if title else ""))
+        fig.colorbar(image, ax=ax, shrink=0.85, label=label or f"{g.measure} distance to final")
     return render(fig, style)
 
 
-def heatmap(ax, g: Any):
+def heatmap(ax, g: Any, vmin: float | None = 0.0):
     """Draw `g` on `ax` (row i of the image is layer g.layers[i], column j point g.points[j])."""
-    image = ax.imshow(g.values, origin="lower", aspect="auto", cmap="viridis", vmin=0.0,
+    image = ax.imshow(g.values, origin="lower", aspect="auto", cmap="viridis", vmin=vmin,
                       vmax=max(float(np.nanmax(g.values)) if np.isfinite(g.values).any() else 1.0, 1e-9))
     ax.set_xticks(range(len(g.points)), g.labels(), rotation=60, fontsize=7)
     ax.set_yticks(range(len(g.layers)), [str(layer) for layer in g.layers])

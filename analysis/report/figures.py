@@ -8,17 +8,18 @@ run's stack has another number of layers than the study's six.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from analysis.io.tables import DIFFERENT_INIT, INIT_PAIR, SEED_BASELINE  # noqa: E402
-from analysis.report import reference  # noqa: E402
-from analysis.report.claims import cross_task  # noqa: E402
+from analysis.io.tables import DIFFERENT_INIT, INIT_PAIR, SEED_BASELINE
+from analysis.report import reference
+from analysis.report.claims import cross_task
 from analysis.report.plotting import (
     INIT_LS,
     PAIR_COLOURS,
@@ -36,7 +37,7 @@ from analysis.report.plotting import (
     shuffled_legend,
     spread,
 )
-from pipeline.config.grid import INIT  # noqa: E402
+from pipeline.config.grid import INIT
 
 PROPERTIES = ("identity", "position", "left_token", "right_token")
 PROPERTY_TITLES = {"identity": "same token (share)", "position": "|Δ position| (same type)",
@@ -132,6 +133,36 @@ def mi_sweep(rows: Rows, which: Sequence[tuple[str, str]], style: Style) -> tupl
         ax.set_ylabel("nats (dotted: chance)")
         layer_axis(ax)
         legend(ax)
+    return render(fig, style)
+
+
+READOUT_TITLES = {"loss": ("logit lens: loss of the target", "nats"),
+                  "accuracy": ("logit lens: top-1 accuracy", "share"),
+                  "kl": ("logit lens: KL(last layer ‖ layer)", "nats")}
+
+
+def readout_panels(rows: Rows, mi: Rows | None, models: Sequence[str], quantities: Sequence[str],
+                   n_clusters: int | None, style: Style) -> tuple[bytes, str]:
+    """Side by side on one layer axis, a curve per model in its colour: the corrected MI with the output
+    label (as the MI section draws it, `n_clusters`), then each readout quantity (table `readout`)."""
+    fig, axes = panels(1 + len(quantities), 1 + len(quantities), width=3.1, height=2.7)
+    ax = axes[0]
+    for objective in models:
+        if mi is None or not draw_spread(ax, mi, "layer", "mi_corrected", colour(objective), objective,
+                                         objective=objective, target="output", n_clusters=n_clusters):
+            ax.plot([], [], color=colour(objective), label=f"{objective}: no MI rows")
+    ax.set_title("MI with the output label (corrected)")
+    ax.set_ylabel("nats")
+    layer_axis(ax)
+    legend(ax, fontsize=7)
+    for ax, quantity in zip(axes[1:], quantities):
+        for objective in models:
+            draw_spread(ax, rows, "layer", "value", colour(objective), objective, objective=objective,
+                        quantity=quantity)
+        title, unit = READOUT_TITLES.get(quantity, (quantity, ""))
+        ax.set_title(title)
+        ax.set_ylabel(unit)
+        layer_axis(ax)
     return render(fig, style)
 
 

@@ -1,7 +1,7 @@
 """Everything the report reads from an experiment's folders, each piece with the reason it is missing.
 
-Under `paths.results`: the metric tables `metrics/<name>.csv`, the study's six and `evolution` (+ their
-`.json` records), every model's `models/<objective>/seed<n>/summary.json` and `log.jsonl`, `data/stage.json`,
+Under `paths.results`: the metric tables `metrics/<name>.csv`, the study's six, `evolution` and `readout`
+(+ their `.json` records), every model's `models/<objective>/seed<n>/summary.json` and `log.jsonl`, `data/stage.json`,
 `tokenizer/stage.json`, `dumps/<objective>/seed<n>/meta.json` and Snakemake's `benchmarks/**.tsv`.
 Nothing here fails on a missing or unreadable input: it records why, and the report says so.
 """
@@ -13,9 +13,10 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -28,9 +29,10 @@ from pipeline.errors import PipelineError
 from pipeline.records.files import STAGE_RECORD, read_json
 from pipeline.train.convergence import convergence
 
-TABLES = tuple(t for t in COLUMNS if t != "claims")  # similarity, change, influence, mi, neighbours, tsne, evolution
+# similarity, change, influence, mi, neighbours, evolution, readout, tsne
+TABLES = tuple(t for t in COLUMNS if t != "claims")
 _INT = {"seed", "seed_a", "seed_b", "layer", "layer_a", "layer_b", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_influencers",
-        "n_clusters", "k", "n_queries", "position", "sentence_id", "masked", "step", "final"}
+        "n_clusters", "k", "n_queries", "position", "sentence_id", "masked", "step", "final", "n_sentences"}
 _FLOAT = {"distance", "shuffled", "mi", "mi_shuffled", "mi_corrected", "value", "x", "y", "ci_low", "ci_high",
           "corrected_ci_low", "corrected_ci_high", "mi_sd", "mi_corrected_sd"}
 

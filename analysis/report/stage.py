@@ -326,6 +326,7 @@ def build(cfg: DictConfig, probe_hardware: bool = True, claims_out: Path | None 
     from analysis.report import plotting
     from analysis.report.evolution import evolution_section
     from analysis.report.sections import mi_section, similarity_section
+    from analysis.report.sections_readout import readout_section
     from analysis.report.sections_tokens import change_section, influence_section, neighbours_section, tsne_section
 
     check_settings(cfg)
@@ -334,9 +335,9 @@ def build(cfg: DictConfig, probe_hardware: bool = True, claims_out: Path | None 
     crit = Criteria.from_cfg(cfg)
     rows = claim_table(cfg, exp, crit, claims_out)
     sections = [setup_section(exp, style), convergence_section(exp, style), claims_section(exp, crit, rows),
-                mi_section(exp, style, crit), similarity_section(exp, style, crit), change_section(exp, style, crit),
-                influence_section(exp, style, crit), neighbours_section(exp, style, crit), tsne_section(exp, style),
-                evolution_section(exp, style, crit)]
+                mi_section(exp, style, crit), readout_section(exp, style, crit), similarity_section(exp, style, crit),
+                change_section(exp, style, crit), influence_section(exp, style, crit),
+                neighbours_section(exp, style, crit), tsne_section(exp, style), evolution_section(exp, style, crit)]
     sections.append(provenance_section(exp))
     measured = sum(t.rows is not None for t in exp.tables.values())
     # The page is a function of its inputs (a rerun writes the same bytes): dated by its newest input.

@@ -16,19 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.report.stage import build, run
-from pipeline.config.stages import report_config
 from analysis.io.tables import REPLICATED, REPLICATES, pair_kind, write_table
+from analysis.report.stage import build, run
 from pipeline.config.compose import compose
-from pipeline.records.files import write_json
+from pipeline.config.stages import report_config
 from pipeline.errors import PipelineError
+from pipeline.records.files import write_json
 
 REPO = Path(__file__).resolve().parents[2]
 L = 3  # layers of the smoke experiment's tiny model
 GRID = [("mt", 1), ("mt", 2), ("lm", 1), ("lm", 2), ("mlm", 1), ("mlm", 2), ("mt_td", 1), ("lm_td", 1)]
 BUCKETS = ["1-10", "10-25", "25-50", "50-100"]
 FULL = [*GRID, ("init", 1), ("init", 2)]  # with the step-0 control of both seeds (dumped and measured, not trained)
-SECTIONS = ["setup", "convergence", "claims", "mi", "similarity", "change", "influence", "neighbours", "tsne",
+SECTIONS = ["setup", "convergence", "claims", "mi", "readout", "similarity", "change", "influence", "neighbours", "tsne",
             "evolution", "provenance"]
 
 
@@ -109,7 +109,7 @@ def _neighbour_rows(grid):
     for objective, seed in grid:
         for prop in ("identity", "position", "left_token", "right_token"):
             first, last = ends.get((objective.split("_")[0], prop), (0.3, 0.2))
-            for layer in range(0, L + 1):
+            for layer in range(L + 1):
                 rows.append({"objective": objective, "seed": seed, "layer": layer, "property": prop, "k": 50,
                              "metric": "cosine", "value": first + (last - first) * layer / L, "n_queries": 300})
     return rows
@@ -283,7 +283,8 @@ def test_report_has_every_section_figure_and_the_claim_table(experiment):
     assert len(page.images) == 15
     assert all(img["src"].startswith("data:image/svg+xml;base64,") and img["alt"] for img in page.images)
     assert page.verdicts == ["holds"] * 7, "the study-shaped synthetic run satisfies every claim"
-    assert "Not measured" not in text
+    readout = text[text.index('<section id="readout">'):text.index('<section id="similarity">')]
+    assert "Not measured" not in text.replace(readout, "")  # no readout table here (tests/unit/test_report_readout.py)
     for expected in ("5.30 → 3.97", "BLEU", "perplexity", "masked accuracy", "git commit", "matplotlib",
                      "peak RSS", "experiment_name: smoke", "tatoeba-deu-eng"):
         assert expected in text, expected
@@ -454,7 +455,7 @@ def test_step0_control_is_a_reference_not_a_trained_model(experiment):
 
 def _claim_rows(text: str) -> dict[int, str]:
     claims = text[text.index('<section id="claims">'):text.index('<section id="mi">')]
-    return {int(n): row for n, row in re.findall(r'<tr><td class="num">(\d)</td>(.*?)</tr>', claims, re.S)}
+    return {int(n): row for n, row in re.findall(r'<tr><td class="num">(\d)</td>(.*?)</tr>', claims, re.DOTALL)}
 
 
 def test_unconverged_model_is_flagged_beside_every_claim_that_reads_it(tmp_path):
@@ -549,7 +550,7 @@ def _browser_check(report: Path, tmp: Path) -> tuple[dict, str]:
     text = text.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';", 1)
     (tmp / "checked.html").write_text(text.replace("</body>", CHECK + "</body>", 1), encoding="utf-8")
     done = _chromium(tmp / "checked.html", tmp / "profile", "--dump-dom")
-    match = re.search(r'<pre id="check">(.*?)</pre>', done.stdout, re.S)
+    match = re.search(r'<pre id="check">(.*?)</pre>', done.stdout, re.DOTALL)
     assert match, f"the check did not run: {done.stderr[-2000:]}"
     return json.loads(html.unescape(match.group(1))), done.stderr
 
@@ -606,6 +607,10 @@ def test_snakemake_rule_makes_the_report_and_flags_it(tmp_path):
         (tmp_path / "workflow" / name).symlink_to(REPO / "workflow" / name)
     (tmp_path / "workflow" / "Snakefile").write_text(MINI_SNAKEFILE)
     write_experiment(tmp_path / "results" / "smoke", models=False)
+    # the grid's LM and MLM models have a readout (pipeline.plan.READOUT_KINDS): its table is an input too
+    write_table(tmp_path / "results" / "smoke" / "metrics" / "readout.csv", "readout",
+                [{"objective": "lm", "seed": 1, "layer": 0, "quantity": "loss", "target": "next", "value": 5.0,
+                  "ci_low": 4.9, "ci_high": 5.1, "n_tokens": 100, "n_sentences": 10}], {"synthetic": True})
 
     def snakemake(*args: str, overrides: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         # no model keeps snapshots: this Snakefile has no rule for the evolution table
