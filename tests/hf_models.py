@@ -57,12 +57,13 @@ def marian_tokenizer(sentences: Sequence[str], vocab_size: int = 400):
 
 
 def build(kind: str, folder: Path, sentences: Sequence[str], seed: int = 0):
-    """Save a tiny random `kind` model (bert | gpt2 | marian) and its tokenizer to `folder`; returns
+    """Save a tiny random `kind` model (bert | gpt2 | neox | marian) and its tokenizer to `folder`; returns
     (model, tokenizer)."""
     import torch
     import transformers as t
 
-    tokenizer = {"bert": bert_tokenizer, "gpt2": gpt2_tokenizer, "marian": marian_tokenizer}[kind](sentences)
+    tokenizer = {"bert": bert_tokenizer, "gpt2": gpt2_tokenizer, "neox": gpt2_tokenizer,
+                 "marian": marian_tokenizer}[kind](sentences)
     vocab = len(tokenizer)
     torch.manual_seed(seed)
     if kind == "bert":
@@ -74,6 +75,13 @@ def build(kind: str, folder: Path, sentences: Sequence[str], seed: int = 0):
         config = t.GPT2Config(vocab_size=vocab, n_positions=POSITIONS, n_embd=WIDTH, n_layer=LAYERS, n_head=HEADS,
                               bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
         model = t.GPT2LMHeadModel(config)
+    elif kind == "neox":  # Pythia's architecture: rotary positions, parallel residual, untied embed_out
+        config = t.GPTNeoXConfig(vocab_size=vocab, hidden_size=WIDTH, num_hidden_layers=LAYERS,
+                                 num_attention_heads=HEADS, intermediate_size=2 * WIDTH,
+                                 max_position_embeddings=POSITIONS, rotary_pct=0.25, use_parallel_residual=True,
+                                 bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                 tie_word_embeddings=False)
+        model = t.GPTNeoXForCausalLM(config)
     else:
         config = t.MarianConfig(vocab_size=vocab, d_model=WIDTH, encoder_layers=LAYERS, decoder_layers=1,
                                 encoder_attention_heads=HEADS, decoder_attention_heads=HEADS,
@@ -122,11 +130,11 @@ def marian_spm(folder: Path, sentences: Sequence[str], vocab_size: int = 400, se
     return model, tokenizer
 
 
-ROLES = {"bert": "mlm", "gpt2": "lm", "marian": "mt"}
+ROLES = {"bert": "mlm", "gpt2": "lm", "marian": "mt", "neox": "lm"}
 
 
 def build_all(root: Path, sentences: Sequence[str]) -> dict[str, Path]:
-    """The three tiny models under `root`/<kind>; returns kind -> folder."""
+    """The tiny models (every kind of ROLES) under `root`/<kind>; returns kind -> folder."""
     out = {}
     for i, kind in enumerate(ROLES):
         build(kind, root / kind, sentences, seed=i)

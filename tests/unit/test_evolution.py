@@ -111,6 +111,25 @@ def test_every_point_has_every_measure_with_its_interval_and_size(run):
                     assert r["ci_low"] <= r["ci_high"], r
 
 
+def test_the_readout_of_every_step_is_measured_on_the_same_rows_and_the_best_step_equals_the_finished_model(run):
+    """LM and MLM: the logit lens per layer at every kept step; step 30 (the best) dumped from its snapshot
+    reads as the finished model (same rows: an MLM's first snapshots.mlm_maskings maskings); none for MT."""
+    rows = [r for r in run["rows"] if r["quantity"] == "readout"]
+    assert not [r for r in rows if r["objective"] == "mt"]
+    for objective, target in (("lm", "next"), ("mlm", "masked")):
+        mine = [r for r in rows if r["objective"] == objective]
+        assert {r["target"] for r in mine} == {target} and {r["measure"] for r in mine} == {"loss", "accuracy", "kl"}
+        assert len({r["n_tokens"] for r in mine}) == 1
+        key = {(r["measure"], r["layer"]): r["value"] for r in mine if r["step"] == 30 and r["final"]}
+        snap = {(r["measure"], r["layer"]): r["value"] for r in mine if r["step"] == 30 and not r["final"]}
+        assert key.keys() == snap.keys() and len(key) == 3 * 4
+        for k, v in key.items():
+            assert snap[k] == pytest.approx(v, rel=1e-5, abs=1e-6), (objective, k)
+        # training lowers the last layer's loss from step 0 to step 30
+        loss = {r["step"]: r["value"] for r in mine if r["measure"] == "loss" and r["layer"] == 3 and not r["final"]}
+        assert loss[30] < loss[0]
+
+
 def test_an_mlm_snapshot_is_measured_on_the_first_maskings_of_the_final_dump(run):
     """The finished MLM's masked run has dump.mlm_maskings (4) maskings, a snapshot's
     snapshots.mlm_maskings (1): the evolution rows of both are on the same masked rows."""

@@ -24,12 +24,12 @@ from pipeline.records.stage import read_record  # noqa: E402
 from pipeline.errors import PipelineError
 from tests.hf_models import ROLES, build_all  # noqa: E402
 
-LABELS = {"bert": "bert", "gpt2": "gpt2", "marian": "marian"}  # label -> kind of tests/hf_models.py
+LABELS = {"bert": "bert", "gpt2": "gpt2", "marian": "marian", "pythia": "neox"}  # label -> kind of tests/hf_models.py
 
 
 @pytest.fixture(scope="module")
 def exp(tmp_path_factory, shared_zip):
-    """The smoke data split, three tiny pretrained models dumped (float32, to compare exactly), a
+    """The smoke data split, the tiny pretrained models dumped (float32, to compare exactly), a
     copy of the BERT under a second label, and one of our own (untrained) MLMs dumped beside them."""
     from pipeline.dump import pretrained as hf_dump
     from pipeline.dump import stage as own_dump
@@ -456,7 +456,7 @@ def test_every_measure_and_the_report_run_on_pretrained_and_trained_models_toget
 
 # ---------------------------------------------------------------- the logit lens (pipeline/dump/readout.py)
 
-@pytest.mark.parametrize("label", ["gpt2", "bert"])
+@pytest.mark.parametrize("label", ["gpt2", "bert", "pythia"])
 def test_readout_of_the_last_layer_is_the_models_own_output(exp, label):
     """Known answer: layer L read through the lens is the model's own distribution (its loss on the
     target, its top-1), so KL to it is 0 there; the lower layers are read through the final norm."""
@@ -489,7 +489,8 @@ def test_readout_of_the_last_layer_is_the_models_own_output(exp, label):
             out = model(**ids, output_hidden_states=True)
             logits = out.logits[0, keep[row - rows[0]]]
             h1 = out.hidden_states[1][0, keep[row - rows[0]]]  # layer 1, by hand: final norm, then head
-            lens1 = model.lm_head(model.transformer.ln_f(h1)) if label == "gpt2" else model.cls(h1)
+            lens1 = {"gpt2": lambda: model.lm_head(model.transformer.ln_f(h1)), "bert": lambda: model.cls(h1),
+                     "pythia": lambda: model.embed_out(model.gpt_neox.final_layer_norm(h1))}[label]()
         logp = torch.log_softmax(logits, -1)
         assert r["loss"][-1, j] == pytest.approx(float(-logp[target]), rel=1e-4, abs=1e-5)
         assert r["loss"][1, j] == pytest.approx(float(-torch.log_softmax(lens1, -1)[target]), rel=1e-4, abs=1e-5)
@@ -498,7 +499,7 @@ def test_readout_of_the_last_layer_is_the_models_own_output(exp, label):
     assert checked >= 20
     np.testing.assert_allclose(r["kl"][-1], 0, atol=1e-6)
     assert (r["kl"][:-1] >= 0).all() and np.isfinite(r["loss"]).all()
-    assert d.meta["readout"]["measured"] is (label == "gpt2")
+    assert d.meta["readout"]["measured"] is (label != "bert")  # bert's is in masked/
 
 
 def test_an_mt_model_has_no_readout_and_says_why(exp):

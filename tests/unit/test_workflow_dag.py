@@ -22,14 +22,15 @@ REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 CONFIGFILE = REPO / "workflow" / "config.yaml"
 # 5 objectives, seeds mt/lm/mlm x2, mt_td/lm_td x1: 8 trained models, and the step-0 control `init` of
-# seeds 1 and 2 (dumped, never trained); 4 per-model measures on each of the 10 and t-SNE on the first
-# seed of each objective and of init (46 jobs); 5 merged tables, the task distances, the report.
+# seeds 1 and 2 (dumped, never trained); 4 per-model measures on each of the 10, t-SNE on the first
+# seed of each objective and of init, the readout of the 5 LM and MLM models (51 jobs); 6 merged tables,
+# the task distances, the report.
 # Evolution over training: the snapshot dumps and their measures are planned once the models of
 # snapshots.models are trained (rule train is a checkpoint); before that a dry run shows their merge.
-GRID = {"prepare": 1, "train": 8, "dump": 8, "dump_init": 2, "measure": 46, "merge": 5, "similarity": 1,
+GRID = {"prepare": 1, "train": 8, "dump": 8, "dump_init": 2, "measure": 51, "merge": 6, "similarity": 1,
         "report": 1, "snapshot_dump": 0, "evolution": 0, "merge_evolution": 1}
 RULES = tuple(GRID)
-TABLES = ("change", "influence", "mi", "neighbours", "tsne")
+TABLES = ("change", "influence", "mi", "neighbours", "tsne", "readout")
 PAPER_DATA = ["data.src_file=/nonexistent/train.en", "data.tgt_file=/nonexistent/train.de"]
 
 
@@ -103,7 +104,7 @@ def test_grid_and_results_folder_follow_the_hydra_config(tmp_path):
     overrides = ["workflow.objectives=[mt,mlm]", "workflow.seeds={mt:[1],mlm:[3,4]}", "paths.results=out/run1"]
     outputs = run_workflow(tmp_path, {"experiment": "smoke", "overrides": overrides})
     # the step-0 control of every seed in use (1, 3, 4): 4 measures on each of 6 models, t-SNE on 3
-    assert jobs_per_rule(outputs) == {"prepare": 1, "train": 3, "dump": 3, "dump_init": 3, "measure": 27, "merge": 5,
+    assert jobs_per_rule(outputs) == {"prepare": 1, "train": 3, "dump": 3, "dump_init": 3, "measure": 29, "merge": 6,
                                       "similarity": 1, "report": 1, "snapshot_dump": 0, "evolution": 0,
                                       "merge_evolution": 1}  # mt seed 1 keeps snapshots
     assert sorted(p for p in outputs if p.endswith("model.pt")) == [
@@ -114,7 +115,7 @@ def test_grid_and_results_folder_follow_the_hydra_config(tmp_path):
 
 def test_init_control_can_be_switched_off(tmp_path):
     outputs = run_workflow(tmp_path, {"experiment": "smoke", "overrides": ["workflow.init=false"]})
-    assert jobs_per_rule(outputs) == {**GRID, "dump_init": 0, "measure": 37}
+    assert jobs_per_rule(outputs) == {**GRID, "dump_init": 0, "measure": 42}
     assert not [p for p in outputs if "/init/" in p]
 
 
@@ -183,9 +184,9 @@ def finished_smoke(tmp_path_factory) -> Path:
 
 SNAPSHOT_STEPS = (0, 10, 50)  # kept by mt, lm and mlm seed 1 in the finished placeholder run
 NOTHING = dict.fromkeys(RULES, 0)
-DOWNSTREAM_OF_DUMPS = {"measure": 46, "merge": 5, "similarity": 1, "report": 1}
+DOWNSTREAM_OF_DUMPS = {"measure": 51, "merge": 6, "similarity": 1, "report": 1}
 # what depends on the 8 trained models' dumps only (not on the step-0 control's)
-DOWNSTREAM_OF_TRAINED = {"measure": 37, "merge": 5, "similarity": 1, "report": 1}
+DOWNSTREAM_OF_TRAINED = {"measure": 42, "merge": 6, "similarity": 1, "report": 1}
 # the measures over training of mt, lm and mlm seed 1: 3 kept steps and the finished model each
 MEASURED_EVOLUTION = {"evolution": 12, "merge_evolution": 1}
 # and the dumps of their 3 kept steps
@@ -216,6 +217,8 @@ EVOLUTION = {"snapshot_dump": 9, **MEASURED_EVOLUTION}
     (["analysis.mi.n_clusters=7"], {**NOTHING, "measure": 10, "merge": 1, "report": 1, **MEASURED_EVOLUTION}),
     (["analysis.neighbours.k=5"], {**NOTHING, "measure": 10, "merge": 1, "report": 1, **MEASURED_EVOLUTION}),
     (["analysis.buckets=[1,100,30000]"], {**NOTHING, "measure": 20, "merge": 2, "report": 1}),
+    # the logit lens: the LM and MLM models' readout (lm, mlm x 2 seeds, lm_td) and every step's evolution rows
+    (["analysis.readout.quantities=[loss]"], {**NOTHING, "measure": 5, "merge": 1, "report": 1, **MEASURED_EVOLUTION}),
     (["analysis.report.claims.mi_tolerance=0.1"], {**NOTHING, "report": 1}),
     # a seed more for one objective: its model and dump, the step-0 control of the new seed, the
     # measures of both, every table over models but the t-SNE pictures (first seeds only)
@@ -230,10 +233,10 @@ EVOLUTION = {"snapshot_dump": 9, **MEASURED_EVOLUTION}
     (["snapshots.steps=[0,50]"], {**NOTHING, "merge_evolution": 1, "report": 1}),
     (["analysis.evolution.restarts=2"], {**NOTHING, **MEASURED_EVOLUTION, "report": 1}),
     (["snapshots.mlm_maskings=2"], {**NOTHING, **EVOLUTION, "report": 1}),
-    (["snapshots.keep=[0,10,20,50,100,200]"], {**NOTHING, "train": 3, "dump": 3, "measure": 15, "merge": 5,
+    (["snapshots.keep=[0,10,20,50,100,200]"], {**NOTHING, "train": 3, "dump": 3, "measure": 17, "merge": 6,
                                               "similarity": 1, "report": 1, "merge_evolution": 1}),
     # (a dict override merges into snapshots.models: a model leaves it with an empty list)
-    (["snapshots.models.lm=[]", "snapshots.models.mlm=[]"], {**NOTHING, "train": 2, "dump": 2, "measure": 10, "merge": 5,
+    (["snapshots.models.lm=[]", "snapshots.models.mlm=[]"], {**NOTHING, "train": 2, "dump": 2, "measure": 12, "merge": 6,
                                      "similarity": 1, "report": 1, "merge_evolution": 1}),
 ])
 def test_changed_setting_reruns_exactly_the_affected_jobs(finished_smoke, overrides, expected):
@@ -249,15 +252,15 @@ def test_setting_reruns_only_the_models_whose_config_it_changes(finished_smoke):
     assert retrained == ["lm/seed1", "lm/seed2", "mlm/seed1", "mlm/seed2", "mt/seed1", "mt/seed2"]
     # 6 x 4 per-model measures + t-SNE of mt/seed1, lm/seed1, mlm/seed1; the step-0 control has no
     # objective settings to change
-    assert jobs_per_rule(outputs) == {**NOTHING, "train": 6, "dump": 6, "measure": 27, "merge": 5, "similarity": 1,
+    assert jobs_per_rule(outputs) == {**NOTHING, "train": 6, "dump": 6, "measure": 31, "merge": 6, "similarity": 1,
                                       "report": 1, "merge_evolution": 1}
 
 
 # ---------------------------------------------------------------- pretrained models
 
 # The pretrained experiment: nothing trained; bert, gpt2 and opus-mt-en-de dumped by rule hf_dump (counted
-# as dumps), 5 measures on each, the 5 merged tables, the distances between them, the report.
-PRETRAINED = {**dict.fromkeys(RULES, 0), "prepare": 1, "dump": 3, "measure": 15, "merge": 5, "similarity": 1,
+# as dumps), 5 measures on each and the readout of bert and gpt2, the 6 merged tables, the distances between them, the report.
+PRETRAINED = {**dict.fromkeys(RULES, 0), "prepare": 1, "dump": 3, "measure": 17, "merge": 6, "similarity": 1,
               "report": 1}
 
 
@@ -283,17 +286,17 @@ def test_the_pretrained_experiment_dumps_three_models_and_trains_none(tmp_path):
 @pytest.mark.parametrize("overrides,expected", [
     ([], NOTHING),
     # one model's setting: its dump, its 5 measures, every merged table, the distances, the report
-    (["pretrained.models.gpt2.dtype=float32"], {**NOTHING, "dump": 1, "measure": 5, "merge": 5, "similarity": 1,
+    (["pretrained.models.gpt2.dtype=float32"], {**NOTHING, "dump": 1, "measure": 6, "merge": 6, "similarity": 1,
                                                 "report": 1}),
     # the masked run's settings: the mlm's dump only (and what reads it)
-    (["dump.mlm_maskings=2"], {**NOTHING, "dump": 1, "measure": 5, "merge": 5, "similarity": 1, "report": 1}),
+    (["dump.mlm_maskings=2"], {**NOTHING, "dump": 1, "measure": 6, "merge": 6, "similarity": 1, "report": 1}),
     # the dump settings of every model
-    (["dump.dtype=float32"], {**NOTHING, "dump": 3, "measure": 15, "merge": 5, "similarity": 1, "report": 1}),
+    (["dump.dtype=float32"], {**NOTHING, "dump": 3, "measure": 17, "merge": 6, "similarity": 1, "report": 1}),
     # what a word's state is: the distances across vocabularies only
     (["pretrained.word_state=mean"], {**NOTHING, "similarity": 1, "report": 1}),
     # a model more: its dump and measures, and everything over models
     (["+pretrained.models.roberta={name: roberta-base, role: mlm}"],
-     {**NOTHING, "dump": 1, "measure": 5, "merge": 5, "similarity": 1, "report": 1}),
+     {**NOTHING, "dump": 1, "measure": 6, "merge": 6, "similarity": 1, "report": 1}),
 ])
 def test_a_pretrained_setting_reruns_exactly_what_it_affects(finished_pretrained, overrides, expected):
     outputs = run_workflow(finished_pretrained, {"experiment": "pretrained", "overrides": overrides})
@@ -324,11 +327,11 @@ def test_an_edited_corpus_reruns_prepare_and_everything_after_it(finished_copy):
     assert jobs_per_rule(outputs) == GRID and "resources/deu-eng.zip" not in outputs
 
 
-DAMAGED_LM2 = {**NOTHING, "measure": 4, "merge": 4, "similarity": 1, "report": 1}  # lm/seed2: no t-SNE (not a first seed)
+DAMAGED_LM2 = {**NOTHING, "measure": 5, "merge": 5, "similarity": 1, "report": 1}  # lm/seed2: no t-SNE (not a first seed)
 
 
 @pytest.mark.parametrize("folder,damaged,expected", [
-    # a truncated layer file: the dump, the 4 measures of lm/seed2, their merges, the distances, the report
+    # a truncated layer file: the dump, the 5 measures of lm/seed2 (with its readout), their merges, the distances, the report
     ("dumps/lm/seed2", "layer_02.npy", {**DAMAGED_LM2, "dump": 1}),
     # a garbage model.pt: retrained, and everything after it
     ("models/lm/seed2", "model.pt", {**DAMAGED_LM2, "train": 1, "dump": 1}),
