@@ -108,6 +108,9 @@ class Plan:
         named = snapshot_models(base)
         self.snapshot_models = [model for model in named if model in self.trained]
         self.unknown_snapshot_models = [model for model in named if model not in self.trained]
+        # the pretrained models whose revisions form a grid over training (pretrained.models.<label>.revisions)
+        self.revision_models = [(label, SEED) for label, spec in self.pretrained.items() if spec.revisions]
+        self.evolution_models = [*self.snapshot_models, *self.revision_models]  # measured over training
         self.data_hash = config_hash(data_config(base))
         self.tokenizer_hash = config_hash(tokenizer_config(base))
         self.analysis_hash = {name: config_hash(section(base, name)) for name in ("similarity", *MEASURE_MODULES)}
@@ -213,9 +216,12 @@ class Plan:
     def dump_hash(self, model: str, seed: int, step: int | None = None) -> str:
         """What a dump depends on (pipeline.config.stages.dump_config): its model's config and the dump
         settings; a snapshot's (`step`) also its step and maskings; a pretrained model's its own settings."""
+        cfg = self.job_config(model, SEED if model in self.pretrained else seed)
         if model in self.pretrained:
-            return config_hash(pretrained_dump_config(self.job_config(model, SEED), model))
-        cfg = self.job_config(model, seed)
+            if step is not None:
+                cfg = copy.deepcopy(cfg)
+                cfg.snapshot = int(step)
+            return config_hash(pretrained_dump_config(cfg, model))
         if step is not None:
             cfg = copy.deepcopy(cfg)
             cfg.snapshot = int(step)
@@ -230,7 +236,10 @@ class Plan:
 
     def kept_points(self, model: str, seed: int, reached: list[int]) -> list[str]:
         """The points of one model measured over training, of the kept steps its training `reached`:
-        `step<N>` for each that snapshots.steps names, then `final`."""
+        `step<N>` for each that snapshots.steps names, then `final`; a pretrained model's: every step of
+        its revision grid, then `final` (its `revision`)."""
+        if model in self.pretrained:
+            return [layout.point_name(step) for step in self.pretrained[model].steps] + ["final"]
         return [layout.point_name(step) for step in analysed_steps(self.job_config(model, seed), reached)] + ["final"]
 
     def wildcard_choices(self) -> dict[str, str]:

@@ -44,6 +44,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                   "ci_low", "ci_high", "n_tokens"),
     "readout": ("objective", "seed", "layer", "quantity", "target", "value") + INTERVAL_COLUMNS
                + ("n_tokens", "n_sentences"),
+    "revisions": ("objective", "seed", "step", "final", "revision", "commit", "weights_sha256", "states_sha256",
+                  "same_weights_as", "same_states_as"),
     "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked"),
     # the report's verdicts (analysis.report.claims): one row per judged contrast, each with its claim's and
     # part's verdicts; a claim without contrasts (not measured) has one row with its reason
@@ -66,7 +68,7 @@ _SAME_AS = {"layer_a": "layer", "layer_b": "layer"}
 REPLICATED: dict[str, tuple[str, ...]] = {"similarity": ("distance",), "change": ("distance",),
                                           "influence": ("distance",), "mi": ("mi", "mi_corrected"),
                                           "neighbours": ("value",), "evolution": ("value",), "readout": ("value",),
-                                          "tsne": ()}
+                                          "revisions": (), "tsne": ()}
 REPLICATES = "replicates"
 
 

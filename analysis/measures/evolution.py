@@ -70,13 +70,16 @@ def open_dumps(cfg: DictConfig) -> tuple[Dump, Dump, int]:
     objective, seed, step = str(cfg.label), int(cfg.seed), snapshot_of(cfg)
     final = load_dump(dump_folder(cfg, objective, seed))
     summary = final.meta.get("summary") or {}
-    if step is None:
-        return final, final, int(summary.get("best_step", summary.get("steps", -1)))
+    if step is None:  # a trained model's best step; a pretrained one's: the step of its final revision
+        best = summary.get("best_step", summary.get("steps", final.meta.get("step")))
+        return final, final, -1 if best is None else int(best)
     folder = snapshot_dump(cfg, step)
     if not (folder / "stage.json").is_file():
+        command = (f"python -m pipeline.dump.pretrained experiment={cfg.experiment_name} objective={cfg.objective.name} "
+                   f"label={objective}" if final.meta.get("pretrained") else
+                   f"python -m pipeline.dump experiment={cfg.experiment_name} objective={objective}")
         raise PipelineError(f"{folder} holds no finished dump of step {step}: make it with "
-                            f"`python -m pipeline.dump experiment={cfg.experiment_name} objective={objective} "
-                            f"seed={seed} snapshot={step}`")
+                            f"`{command} seed={seed} snapshot={step}`")
     dump = load_dump(folder)
     check_aligned([dump, final])
     return dump, final, step

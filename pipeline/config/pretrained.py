@@ -6,7 +6,19 @@
         gpt2: {name: gpt2}                      # role inferred from its config.json: lm
 
 The label is the model's name everywhere downstream: its dump is `dumps/<label>/seed0/` (every
-pretrained model is "seed 0": there is one of it). Finding, reading and loading the files is
+pretrained model is "seed 0": there is one of it).
+
+A model that publishes its training checkpoints as revisions of its repository (Pythia: `step0` ..
+`step143000`; OLMo: `stage1-step101000-tokens424B`) names them as a grid, measured over training like
+our own models' snapshots against the model's `revision` (the final state):
+
+        pythia: {name: EleutherAI/pythia-70m, role: lm, revision: step143000,
+                 revisions: [step0, step16, step512, step4000, step32000]}   # the step from each name
+        pythia: {name: EleutherAI/pythia-70m, role: lm, revisions: {family: pythia, count: 8}}
+        olmo: {name: allenai/OLMo-1B-hf, role: lm, revision: main, final_step: 739000,
+               revisions: {1000: stage1-step1000-tokens4B, 20000: stage1-step20000-tokens84B}}
+
+Each revision is dumped as `snapshots/<label>/seed0/step<N>/`. Finding, reading and loading the files is
 pipeline.model.hf's; nothing here reads a file, so the workflow reads these settings while it parses.
 """
 from __future__ import annotations
@@ -43,6 +55,20 @@ class HFSpec:
     role: str | None = None       # None: inferred from config.json
     revision: str | None = None   # a branch, tag or commit of the hub repository (None: what is cached)
     dtype: str | None = None      # the dtype the model runs in (None: its config's torch_dtype, else float32)
+    revisions: tuple[tuple[int, str], ...] = ()  # (training step, revision) of the grid, by step
+    final_step: int | None = None  # the training step of `revision` (the final state the grid is measured against)
+
+    def at(self, step: int) -> "HFSpec":
+        """This model at the revision of grid step `step`."""
+        names = dict(self.revisions)
+        if step not in names:
+            raise PipelineError(f"setting snapshot={step}: pretrained.models.{self.label}.revisions has no step {step} "
+                                f"(its steps: {', '.join(str(s) for s, _ in self.revisions) or 'none'})")
+        return HFSpec(self.label, self.name, self.role, names[step], self.dtype)
+
+    @property
+    def steps(self) -> list[int]:
+        return [step for step, _ in self.revisions]
 
     @property
     def is_folder(self) -> bool:
@@ -81,10 +107,10 @@ def specs(cfg: DictConfig) -> dict[str, HFSpec]:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
             raise PipelineError(f"setting {_setting(label, 'name')}={entry!r}: expected a hub name "
                                 "(e.g. bert-base-cased) or a local folder")
-        unknown = sorted(set(entry) - {"name", "role", "revision", "dtype"})
+        unknown = sorted(set(entry) - set(_KEYS))
         if unknown:
             raise PipelineError(f"setting pretrained.models.{label}: unknown keys {unknown} "
-                                "(known: name, role, revision, dtype)")
+                                f"(known: {', '.join(_KEYS)})")
         role, dtype, revision = entry.get("role"), entry.get("dtype"), entry.get("revision")
         if role is not None and role not in ROLES:
             raise PipelineError(f"setting {_setting(label, 'role')}={role!r}: expected one of {', '.join(ROLES)} "
@@ -95,8 +121,83 @@ def specs(cfg: DictConfig) -> dict[str, HFSpec]:
         if revision is not None and not isinstance(revision, str):
             raise PipelineError(f"setting {_setting(label, 'revision')}={revision!r}: expected a branch, "
                                 "tag or commit hash")
-        out[label] = HFSpec(label, str(entry["name"]), role, revision, dtype)
+        grid, revision, final_step = revision_grid(label, entry.get("revisions"), revision, entry.get("final_step"))
+        out[label] = HFSpec(label, str(entry["name"]), role, revision, dtype, grid, final_step)
     return out
+
+
+_KEYS = ("name", "role", "revision", "dtype", "revisions", "final_step")
+_STEP = re.compile(r"(?:step|ckpt)[_-]?(\d+)", re.IGNORECASE)
+# The revisions a family publishes, by training step (Biderman et al. 2023, Pythia: step0, log-spaced
+# steps 1 .. 512, then every 1,000 steps to 143,000, the `main` branch).
+FAMILIES = {"pythia": ([0, *(2 ** i for i in range(10)), *range(1000, 143001, 1000)], "step{step}", 143000)}
+
+
+def step_of(revision: str) -> int | None:
+    """The training step a revision's name gives (step1000, stage1-step1000-tokens4B, ckpt_100), or None."""
+    found = _STEP.search(revision)
+    return int(found.group(1)) if found else None
+
+
+def family_steps(published: list[int], count: int) -> list[int]:
+    """`count` of a family's published steps, log-spaced from its first step after 0 to its last, with
+    step 0: the published step nearest each point of a geometric sequence (fewer where two coincide)."""
+    import math
+
+    positive = [s for s in published if s > 0]
+    if count < 2 or not positive:
+        return sorted(published)[:max(count, 0)]
+    lo, hi = math.log(positive[0]), math.log(positive[-1])
+    points = [math.exp(lo + (hi - lo) * i / (count - 2)) if count > 2 else positive[-1] for i in range(count - 1)]
+    chosen = {min(positive, key=lambda s, p=p: abs(math.log(s) - math.log(p))) for p in points}
+    return sorted({0, *chosen} if 0 in published else chosen)
+
+
+def revision_grid(label: str, value, revision: str | None, final_step) -> tuple[tuple, str | None, int | None]:
+    """((step, revision) of every grid point by step, the final revision, its step) from the settings
+    `revisions` (a list of names, a mapping step -> name, or {family, count}), `revision` and `final_step`."""
+    key = _setting(label, "revisions")
+    if value is None:
+        return (), revision, None if final_step is None else int(final_step)
+    if isinstance(value, dict) and "family" in value:
+        family = value.get("family")
+        if family not in FAMILIES:
+            raise PipelineError(f"setting {key}.family={family!r}: known families: {', '.join(FAMILIES)}")
+        count = value.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise PipelineError(f"setting {key}.count={count!r}: expected how many revisions, a positive integer")
+        published, pattern, last = FAMILIES[family]
+        revision = revision or pattern.format(step=last)
+        pairs = [(s, pattern.format(step=s)) for s in family_steps(published, count)]
+    elif isinstance(value, dict):
+        pairs = []
+        for step, name in value.items():
+            if not isinstance(name, str) or not str(step).isdigit():
+                raise PipelineError(f"setting {key}: {step!r}: {name!r}: expected training step -> revision name")
+            pairs.append((int(step), name))
+    elif isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        pairs = []
+        for name in value:
+            step = step_of(name)
+            if step is None:
+                raise PipelineError(f"setting {key}: cannot tell the training step of revision {name!r} from its "
+                                    "name: give the revisions as a mapping step -> revision")
+            pairs.append((step, name))
+    else:
+        raise PipelineError(f"setting {key}={value!r}: expected a list of revision names (step1000, ..), a mapping "
+                            "training step -> revision, or {family: pythia, count: N}")
+    steps = [s for s, _ in pairs]
+    if len(set(steps)) != len(steps):
+        raise PipelineError(f"setting {key}: two revisions at one step ({sorted(steps)})")
+    if revision is None:
+        raise PipelineError(f"setting {_setting(label, 'revision')} is null: with {key} it must name the final "
+                            "revision the grid is measured against (e.g. step143000, or main with final_step)")
+    final = step_of(revision) if final_step is None else final_step
+    if not isinstance(final, int) or isinstance(final, bool) or final < 0:
+        raise PipelineError(f"setting {_setting(label, 'final_step')}={final_step!r}: the training step of revision "
+                            f"{revision!r} (its name does not say it) must be set, an integer >= 0")
+    pairs = [(s, name) for s, name in sorted(pairs) if name != revision]  # the final is the model's own dump
+    return tuple(pairs), revision, final
 
 
 def _objective_names() -> set[str]:

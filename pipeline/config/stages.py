@@ -77,11 +77,17 @@ def pretrained_dump_config(cfg: DictConfig, label: str) -> dict:
     # the masked run's settings matter to an mlm only
     settings = {k: v for k, v in to_plain(cfg.dump).items()
                 if k != "device" and (mlm or k not in ("mlm_masked", "mask_seed", "mlm_maskings"))}
+    step = snapshot_step(cfg)
+    if step is not None:  # a revision of the model's grid, its masked run with the snapshots' maskings
+        spec = spec.at(step)
+        settings["mlm_maskings"] = int(cfg.snapshots.mlm_maskings)
     out = {**data_config(cfg), "pretrained": {"name": spec.name, "role": spec.role, "revision": spec.revision,
                                               "dtype": spec.dtype},
            "batch_tokens": int(OmegaConf.select(cfg, "pretrained.batch_tokens", default=2048)), "dump": settings}
     if mlm:
         out["masking"] = _masking(cfg)
+    if step is not None:
+        out["snapshot"] = step
     return out
 
 

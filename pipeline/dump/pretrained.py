@@ -44,7 +44,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import pretrained
 from pipeline.config.checks import check_dump_settings
 from pipeline.config.cli import cli
-from pipeline.config.stages import data_config, pretrained_dump_config
+from pipeline.config.layout import snapshot_dump
+from pipeline.config.stages import data_config, pretrained_dump_config, snapshot_step
 from pipeline.dump.format import (
     DTYPES,
     HF_COLUMNS,
@@ -197,16 +198,18 @@ def vocabulary_size(model, tokenizer) -> int:
 
 
 def dump(cfg: DictConfig) -> Path:
-    """Dump pretrained model `cfg.label` over the probe set into cfg.paths.dump, one dump at a
-    time per folder."""
-    with one_writer(cfg.paths.dump):
+    """Dump pretrained model `cfg.label` over the probe set into cfg.paths.dump (`snapshot=N`: its
+    revision of grid step N into <paths.snapshots>/step<N>/), one dump at a time per folder."""
+    check_dump_settings(cfg)
+    step = snapshot_step(cfg)
+    with one_writer(cfg.paths.dump if step is None else snapshot_dump(cfg, step)):
         return _dump(cfg)
 
 
 def _dump(cfg: DictConfig) -> Path:
-    check_dump_settings(cfg)
-    label = str(cfg.label)
+    label, step = str(cfg.label), snapshot_step(cfg)
     spec = pretrained.spec_of(cfg, label)
+    spec = spec if step is None else spec.at(step)
     if int(cfg.seed) != pretrained.SEED:
         raise PipelineError(f"setting seed={cfg.seed}: a pretrained model is listed as seed {pretrained.SEED}")
     batch_tokens = OmegaConf.select(cfg, "pretrained.batch_tokens", default=2048)
@@ -215,23 +218,27 @@ def _dump(cfg: DictConfig) -> Path:
     data = Path(str(cfg.paths.data))
     if not require_upstream(data, data_config(cfg), prepare_command()):
         raise PipelineError(f"{data} holds no finished stage: run `{prepare_command()}` first")
-    out = Path(str(cfg.paths.dump))
-    folder = hf.resolve(spec, cfg)  # a model not at hand stops here, before anything is removed
+    out = Path(str(cfg.paths.dump)) if step is None else snapshot_dump(cfg, step)
+    stage_cfg = pretrained_dump_config(cfg, label)
+    problem = stage_problem(out, stage_cfg)  # before the cache is read: an evicted revision's dump stays done
+    if problem is None:
+        log.info("%s is already dumped with this config and these weights; nothing to do", out)
+        return out
+    folder, fetched = hf.fetch(spec, cfg)  # a model not at hand stops here, before anything is removed
+    evict = fetched and bool(OmegaConf.select(cfg, "pretrained.evict", default=False))
     config = hf.read_config(folder)
     role = hf.choose_role(spec, config)
     if str(cfg.objective.kind) != role:
         raise PipelineError(f"{label} plays role {role}: run with objective={role} label={label} "
                             f"(the setting objective={cfg.objective.kind} picks the masking config of another role)")
-    stage_cfg = pretrained_dump_config(cfg, label)
     probe_path, source_path = data / "probe.txt", data / FREQ_SOURCE
     weights = hf.weight_files(folder)
-    problem = stage_problem(out, stage_cfg)
-    if problem is None:
-        log.info("%s is already dumped with this config and these weights; nothing to do", out)
-        return out
     if read_record(out) is not None:
         log.info("dumping again: %s", problem)
-    inputs = input_hashes([probe_path, source_path, folder / "config.json", *weights])  # the weights' sha256 once
+    # the weights' sha256 once; files this run fetched and evicts are no inputs (they will be gone): the
+    # record keeps their sha256 (`pretrained.weights`) to check them against later
+    hashed = input_hashes([probe_path, source_path, folder / "config.json", *weights])
+    inputs = {key: value for key, value in hashed.items() if not evict or key in (str(probe_path), str(source_path))}
 
     dtype = str(cfg.dump.dtype)
     device = resolve_device(str(cfg.dump.device), "dump.device")
@@ -251,20 +258,21 @@ def _dump(cfg: DictConfig) -> Path:
         raise PipelineError(f"{spec.name}: hidden states of different widths {widths} cannot be dumped as layers")
     n_layers, d_model = len(widths) - 1, widths[0]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    record = hf.describe(spec, folder, role, config, inputs)
+    record = hf.describe(spec, folder, role, config, hashed)
     meta = {"n_tokens": probe.n_tokens, "n_sentences": len(probe.inputs), "n_probe_lines": probe.n_lines,
             "n_skipped_too_long": probe.n_too_long, "n_skipped_empty": probe.n_empty,
             "max_input_length": max_length, "n_layers": n_layers, "n_layer_files": n_layers + 1, "d_model": d_model,
             "dtype": dtype, "model_dtype": str(run_dtype).replace("torch.", ""), "objective": label, "kind": role,
             "seed": pretrained.SEED, "pretrained": record, "checkpoint": str(folder),
-            "checkpoint_sha256": ",".join(w["sha256"] for w in record["weights"]), "summary": None, "step": None,
+            "checkpoint_sha256": ",".join(w["sha256"] for w in record["weights"]), "summary": None,
+            "step": pretrained.spec_of(cfg, label).final_step if step is None else step,
             "input": "the tokenizer's own input (special tokens included); rows are its non-special tokens",
             "masked": False, "columns": list(HF_COLUMNS), "vocab_size": vocab,
             "unaligned_sentences": len(probe.unaligned), "freq_source": FREQ_SOURCE}
     columns = _columns(probe, tokenizer, ranks)
     sets = [HFSet(out, probe.inputs, columns, meta)]
     if role == "mlm" and bool(cfg.dump.mlm_masked):
-        masking, seed0, maskings = stage_cfg["masking"], int(cfg.dump.mask_seed), int(cfg.dump.mlm_maskings)
+        masking, seed0, maskings = stage_cfg["masking"], int(cfg.dump.mask_seed), int(stage_cfg["dump"]["mlm_maskings"])
         masks = [mask_probe(probe, tokenizer, vocab, seed0 + m, masking) for m in range(maskings)]
         fed = [sentence for sentence_inputs, _ in masks for sentence in sentence_inputs]
         kind = np.concatenate([k for _, k in masks])
@@ -305,7 +313,13 @@ def _dump(cfg: DictConfig) -> Path:
         raise
     write_stage_record(out, "hf_dump", stage_cfg, ledger=ledger, root=cfg.paths.results, inputs=inputs,
                        command=stage_command("pipeline.dump.pretrained"), checkpoint_sha256=meta["checkpoint_sha256"],
-                       n_tokens=probe.n_tokens, n_sentences=len(probe.inputs), pretrained=record)
+                       n_tokens=probe.n_tokens, n_sentences=len(probe.inputs), pretrained=record, evicted=evict)
+    if evict:  # the dump is complete and recorded: the files this run fetched go
+        try:
+            log.info("removed %s (%s) from the cache: %.1f MB freed", spec.name, spec.revision or "its revision",
+                     hf.evict(spec, folder) / 1e6)
+        except Exception as e:  # the dump stands; the disk is the user's to free
+            log.warning("could not remove %s from the Hugging Face cache (%s: %s)", folder, type(e).__name__, e)
     log.info("wrote %d layers x %d tokens x %d of %s to %s%s", n_layers + 1, probe.n_tokens, d_model, spec.name, out,
              " (+ masked/)" if len(sets) > 1 else "")
     return out

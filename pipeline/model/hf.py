@@ -49,23 +49,34 @@ def _download_allowed(cfg: DictConfig | None) -> bool:
 def resolve(spec: HFSpec, cfg: DictConfig | None = None) -> Path:
     """The local folder of `spec`: the folder itself, or its snapshot in the Hugging Face cache.
     Downloads only when `pretrained.download` is true and HF_HUB_OFFLINE is not set."""
+    return fetch(spec, cfg)[0]
+
+
+def _download(spec: HFSpec) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(spec.name, revision=spec.revision))
+
+
+def fetch(spec: HFSpec, cfg: DictConfig | None = None) -> tuple[Path, bool]:
+    """(the local folder of `spec`, whether this call downloaded it into the cache): `resolve`."""
     if spec.is_folder:
         folder = Path(spec.name).expanduser().resolve()
         if not (folder / "config.json").is_file():
             raise PipelineError(f"{folder} (setting {_setting(spec.label, 'name')}) holds no config.json: "
                                 "save the model there with save_pretrained(), or name a hub model")
-        return folder
+        return folder, False
     if spec.name.startswith(("/", "./", "../", "~")):
         raise ModelNotAvailable(f"{spec.name} (setting {_setting(spec.label, 'name')}) is no folder")
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
     try:
-        return Path(snapshot_download(spec.name, revision=spec.revision, local_files_only=True))
+        return Path(snapshot_download(spec.name, revision=spec.revision, local_files_only=True)), False
     except Exception as cached_error:  # LocalEntryNotFoundError, a bad repo id, ...
         if _download_allowed(cfg):
             try:
-                return Path(snapshot_download(spec.name, revision=spec.revision))
+                return _download(spec), True
             except Exception as e:
                 raise ModelNotAvailable(f"{spec.name} could not be downloaded ({type(e).__name__}: {e}); fetch "
                                         f"it with `{spec.fetch_command()}`") from None
@@ -75,6 +86,18 @@ def resolve(spec: HFSpec, cfg: DictConfig | None = None) -> Path:
             f"Face cache ({HF_HUB_CACHE}): fetch it once with `{spec.fetch_command()}` "
             f"(pip install -e '.[hf]' provides the hf command), or name a local folder "
             f"[{type(cached_error).__name__}]") from None
+
+
+def evict(spec: HFSpec, folder: Path) -> int:
+    """Remove the cache snapshot `folder` of `spec` (its commit) and the files no other revision of the
+    cache shares; returns the bytes freed (huggingface_hub's cache scan decides what is shared)."""
+    from huggingface_hub import scan_cache_dir
+
+    cache = folder.parents[2]  # <cache>/models--org--name/snapshots/<commit>
+    info = scan_cache_dir(cache)
+    strategy = info.delete_revisions(folder.name)
+    strategy.execute()
+    return int(strategy.expected_freed_size)
 
 
 def read_config(folder: Path) -> dict:

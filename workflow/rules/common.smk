@@ -38,7 +38,8 @@ HYDRA_ARGS = PLAN.hydra_args  # every stage's command line starts with these wor
 MODELS = PLAN.models  # every model the measurements run on: trained, the step-0 control, pretrained
 PRETRAINED = PLAN.pretrained
 MEASURE_MODELS = PLAN.measure_models
-SNAPSHOT_MODELS = PLAN.snapshot_models
+SNAPSHOT_MODELS = PLAN.snapshot_models  # trained models that keep snapshots
+EVOLUTION_MODELS = PLAN.evolution_models  # those and the pretrained models with a revision grid
 _CHOICES = PLAN.wildcard_choices()
 TRAINED = _CHOICES["trained"]  # what rules train and dump from a checkpoint match
 PRETRAINED_LABELS = _CHOICES["pretrained"]  # what rule hf_dump matches
@@ -183,7 +184,10 @@ def metric_tables() -> list[str]:
 
 def kept_points(model: str, seed: int) -> list[str]:
     """The points of one model measured over training: `step<N>` for each analysed kept step its
-    training reached (read from its train record once it is trained), then `final` (model.pt)."""
+    training reached (read from its train record once it is trained), then `final` (model.pt); a
+    pretrained model's: its revision grid (known from its settings)."""
+    if model in PRETRAINED:
+        return PLAN.kept_points(model, seed, [])
     checkpoints.train.get(objective=model, seed=str(seed))  # until trained: not known yet
     outputs = getattr(read_record(model_path("", model, seed)), "outputs", None) or {}
     reached = [int(name[len("snapshots/step"):-len(".pt")]) for name in outputs
@@ -192,11 +196,11 @@ def kept_points(model: str, seed: int) -> list[str]:
 
 
 def evolution_parts(wildcards=None) -> list[str]:
-    return [evolution_path(point, o, s) for o, s in SNAPSHOT_MODELS for point in kept_points(o, s)]
+    return [evolution_path(point, o, s) for o, s in EVOLUTION_MODELS for point in kept_points(o, s)]
 
 
 def snapshot_dumps(wildcards=None) -> list[str]:
-    return [snapshot_path("stage.json", o, s, point[len("step"):]) for o, s in SNAPSHOT_MODELS
+    return [snapshot_path("stage.json", o, s, point[len("step"):]) for o, s in EVOLUTION_MODELS
             for point in kept_points(o, s) if point != "final"]
 
 
@@ -210,7 +214,16 @@ def evolution_inputs(wildcards) -> dict:
 
 
 def evolution_tables() -> list[str]:
-    return [table_path("evolution")] if SNAPSHOT_MODELS else []
+    """The evolution table, and with a pretrained revision grid the revisions' check."""
+    return ([table_path("evolution")] if EVOLUTION_MODELS else []) + \
+        ([table_path("revisions")] if PLAN.revision_models else [])
+
+
+def revision_dumps(wildcards=None) -> list[str]:
+    """The dump of every revision of every pretrained grid model, its final one included."""
+    return [*[dump_path("stage.json", o, s) for o, s in PLAN.revision_models],
+            *[snapshot_path("stage.json", o, s, point[len("step"):]) for o, s in PLAN.revision_models
+              for point in kept_points(o, s) if point != "final"]]
 
 
 # An output that is missing or has another size than its stage recorded makes its stage not done: it

@@ -4,6 +4,9 @@
 # the dump stage (rule dump_snapshot) and measured against the finished model (rule evolution), and a
 # merge job gathers every point into results/<experiment>/metrics/evolution.csv for the report.
 # Changing snapshots.steps changes which points exist: only those jobs, the merge and the report run.
+# A pretrained model with a revision grid (pretrained.models.<label>.revisions: Pythia's step0 .. step143000)
+# has its points from its settings: each revision is dumped by rule hf_dump_snapshot and measured against
+# the model's own dump (its `revision`) by the same rule evolution.
 
 
 rule dump_snapshot:
@@ -31,9 +34,32 @@ rule dump_snapshot:
         " seed={wildcards.seed} snapshot={wildcards.step} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
 
 
-rule evolution:
+rule hf_dump_snapshot:
     wildcard_constraints:
-        objective=TRAINED,
+        objective=PRETRAINED_LABELS,
+        seed=str(PRETRAINED_SEED),
+    input:
+        data=rules.prepare.output.data,
+    output:
+        stage=snapshot_path("stage.json"),
+        tokens=snapshot_path("tokens.tsv"),
+    params:
+        config_hash=snapshot_dump_hash,
+        objective=objective_args,
+        run_dir=snapshot_run_dir(),
+    log:
+        logs("dump/{objective}/seed{seed}/step{step}.log"),
+    benchmark:
+        results("benchmarks/snapshot_dump/{objective}/seed{seed}/step{step}.tsv")
+    threads: 2
+    resources:
+        **needs("dump", GPUS),
+    shell:
+        "OMP_NUM_THREADS={threads} {PYTHON:q} -m pipeline.dump.pretrained {HYDRA_ARGS:q} {params.objective}"
+        " seed={wildcards.seed} snapshot={wildcards.step} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
+
+
+rule evolution:
     input:
         unpack(evolution_inputs),
     output:
@@ -42,6 +68,7 @@ rule evolution:
     params:
         config_hash=EVOLUTION_HASH,
         snapshot=lambda wildcards: "null" if wildcards.point == "final" else wildcards.point[len("step"):],
+        objective=objective_args,
         run_dir=metrics_path("hydra/evolution/{objective}/seed{seed}/{point}"),
     log:
         logs("evolution/{objective}/seed{seed}/{point}.log"),
@@ -51,8 +78,26 @@ rule evolution:
     resources:
         **needs("evolution", GPUS),
     shell:
-        "OMP_NUM_THREADS={threads} {PYTHON:q} -m analysis.measures.evolution {HYDRA_ARGS:q} objective={wildcards.objective}"
+        "OMP_NUM_THREADS={threads} {PYTHON:q} -m analysis.measures.evolution {HYDRA_ARGS:q} {params.objective}"
         " seed={wildcards.seed} snapshot={params.snapshot} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
+
+
+# The revisions of the pretrained grids checked for what they claim to be (analysis/measures/revisions.py):
+# their dumps' records compared, weights and states; nothing is rerun.
+rule revisions:
+    input:
+        dumps=revision_dumps,
+    output:
+        table=table_path("revisions"),
+        replicates=table_path("revisions", ".npz"),
+    params:
+        run_dir=metrics_path("hydra/revisions"),
+    log:
+        logs("revisions.log"),
+    benchmark:
+        results("benchmarks/revisions.tsv")
+    shell:
+        "{PYTHON:q} -m analysis.measures.revisions {HYDRA_ARGS:q} hydra.run.dir={params.run_dir:q} > {log:q} 2>&1"
 
 
 rule merge_evolution:

@@ -1,0 +1,207 @@
+"""Published checkpoint grids (pretrained.models.<label>.revisions): the settings, each revision dumped as a
+snapshot from a local Hugging Face cache and measured over training against the final one, revisions that
+are the same as another flagged, and the cache kept bounded (pretrained.evict). Tiny random GPT-NeoX
+(Pythia's architecture) models saved as branches of one repository in a cache laid out as the hub's
+(tests/hf_cache.py); no network."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config.pretrained import FAMILIES, family_steps, revision_grid, step_of
+from pipeline.errors import PipelineError
+
+transformers = pytest.importorskip("transformers")
+
+REPO = "tiny-org/pythia-tiny"
+# branch -> the seed of its random weights; step20 is step10's weights again (as Pythia's step branches
+# that equal another), step30 the final revision
+BRANCHES = {"step0": 0, "step10": 1, "step20": 1, "step30": 2}
+
+
+# ---------------------------------------------------------------- the settings
+
+def test_the_step_of_a_revision_comes_from_its_name():
+    assert step_of("step1000") == 1000 and step_of("stage1-step101000-tokens424B") == 101000
+    assert step_of("ckpt_100") == 100 and step_of("main") is None
+
+
+def test_a_family_gives_log_spaced_published_steps_with_step0():
+    published = FAMILIES["pythia"][0]
+    assert len(published) == 154
+    steps = family_steps(published, 8)
+    assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 143000 and len(steps) == 8
+    assert set(steps) <= set(published)
+    ratios = np.diff(np.log(steps[1:]))
+    assert ratios.max() < 2.5 * ratios.min()  # roughly even on a log axis
+
+
+@pytest.mark.parametrize("value,revision,final_step,grid,final", [
+    (["step0", "step512", "step2000"], "step143000", None, ((0, "step0"), (512, "step512"), (2000, "step2000")),
+     ("step143000", 143000)),
+    ({100: "stage1-a", 5: "stage1-b"}, "main", 900, ((5, "stage1-b"), (100, "stage1-a")), ("main", 900)),
+    # the final revision is the model's own dump, not a grid point
+    (["step0", "step143000"], "step143000", None, ((0, "step0"),), ("step143000", 143000)),
+    ({"family": "pythia", "count": 3}, None, None, ((0, "step0"), (1, "step1")), ("step143000", 143000)),
+])
+def test_revision_grids_from_names_mappings_and_families(value, revision, final_step, grid, final):
+    assert revision_grid("p", value, revision, final_step) == (grid, *final)
+
+
+@pytest.mark.parametrize("value,revision,final_step,named", [
+    (["main"], "step10", None, "cannot tell the training step of revision 'main'"),
+    (["step1", "step1"], "step10", None, "two revisions at one step"),
+    (["step1"], None, None, "pretrained.models.p.revision is null"),
+    (["step1"], "main", None, "pretrained.models.p.final_step=None"),
+    ({"family": "olmo", "count": 3}, None, None, "known families: pythia"),
+    ({"family": "pythia", "count": 0}, None, None, "revisions.count=0"),
+    ("step1", "step10", None, "expected a list of revision names"),
+])
+def test_a_bad_revision_setting_names_the_setting(value, revision, final_step, named):
+    with pytest.raises(PipelineError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        revision_grid("p", value, revision, final_step)
+
+
+# ---------------------------------------------------------------- a grid from a local cache
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, shared_zip):
+    """The smoke split with 40 probe sentences; the four branches in a local hub cache; every revision
+    dumped (float32) and measured over training, and the revisions' check."""
+    import huggingface_hub.constants
+
+    from analysis.measures.evolution import run as evolution
+    from analysis.measures.revisions import run as revisions
+    from pipeline.config.compose import compose
+    from pipeline.dump import pretrained as hf_dump
+    from pipeline.prepare.corpus import read_lines
+    from pipeline.prepare.stage import run as prepare
+    from tests.hf_cache import add_revision
+    from tests.hf_models import build
+    from tests.synthetic import replace_output
+
+    root = tmp_path_factory.mktemp("revisions")
+    base = ["experiment=smoke", f"paths.results={root / 'results'}", f"data.archive={shared_zip}",
+            "train.progress=false", "dump.dtype=float32", "workflow.objectives=[]", "workflow.init=false",
+            "analysis.evolution.max_tokens=null", "analysis.min_samples_per_dim=1",
+            f"+pretrained.models.tiny={{name: {REPO}, role: lm, revision: step30, revisions: [step0, step10, step20]}}"]
+    prepare(compose(base))
+    probe = root / "results" / "data" / "probe.txt"
+    replace_output(probe, "".join(f"{line}\n" for line in read_lines(probe)[:40]))
+    sentences = read_lines(root / "results" / "data" / "train.src")
+    cache = root / "hub"
+    for branch, seed in BRANCHES.items():
+        build("neox", root / "saved" / branch, sentences, seed=seed)
+        add_revision(cache, REPO, branch, root / "saved" / branch)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+
+        def cfg(*extra):
+            return compose([*base, "objective=lm", "label=tiny", "seed=0", *extra])
+
+        hf_dump.dump(cfg())
+        parts = [evolution(cfg())]
+        for step in (0, 10, 20):
+            hf_dump.dump(cfg(f"snapshot={step}"))
+            parts.append(evolution(cfg(f"snapshot={step}")))
+        table = revisions(cfg())
+    from analysis.io.tables import read_table
+    from analysis.measures.merge import main as merge
+
+    merged = root / "results" / "metrics" / "evolution.csv"
+    assert merge(["evolution", str(merged), *map(str, parts)]) == 0
+    from analysis.report.gather import load_table
+
+    return {"root": root, "cache": cache, "cfg": cfg, "rows": load_table(merged, "evolution").rows,
+            "revisions": read_table(table, "revisions"), "base": base}
+
+
+def test_each_revision_is_dumped_as_a_snapshot_of_its_own_commit(grid):
+    from pipeline.records.files import read_json
+
+    snapshots = grid["root"] / "results" / "snapshots" / "tiny" / "seed0"
+    commits = {}
+    for step in (0, 10, 20):
+        meta = read_json(snapshots / f"step{step}" / "meta.json")
+        assert meta["step"] == step and meta["objective"] == "tiny"
+        assert meta["pretrained"]["requested_revision"] == f"step{step}"
+        commits[step] = meta["pretrained"]["revision"]
+    final = read_json(grid["root"] / "results" / "dumps" / "tiny" / "seed0" / "meta.json")
+    assert final["step"] == 30 and final["pretrained"]["requested_revision"] == "step30"
+    assert len({*commits.values(), final["pretrained"]["revision"]}) == 4
+
+
+def test_the_grid_is_measured_against_the_final_revision(grid):
+    rows = grid["rows"]
+    assert {r["step"] for r in rows} == {0, 10, 20, 30}
+    to_final = [r for r in rows if r["quantity"] == "to_final" and r["measure"] == "cka"]
+    at = {(r["step"], r["final"], r["layer"]): float(r["value"]) for r in to_final}
+    layers = sorted({r["layer"] for r in to_final})
+    assert all(abs(at[(30, 1, layer)]) < 1e-6 for layer in layers)
+    assert all(at[(0, 0, layer)] > 0.01 for layer in layers[1:])
+    # step 20 is step 10's weights: every measured value is the same at both steps
+    for quantity in ("to_final", "mi", "readout", "neighbours"):
+        ten = sorted((r["measure"], r["target"], r["layer"], r["value"]) for r in rows
+                     if r["step"] == 10 and r["quantity"] == quantity)
+        twenty = sorted((r["measure"], r["target"], r["layer"], r["value"]) for r in rows
+                        if r["step"] == 20 and r["quantity"] == quantity)
+        assert ten and ten == twenty, quantity
+    readout = [r for r in rows if r["quantity"] == "readout" and r["measure"] == "kl"]
+    assert all(abs(r["value"]) < 1e-6 for r in readout if r["final"] and r["layer"] == layers[-1])
+
+
+def test_revisions_that_equal_another_are_flagged_naming_both(grid):
+    rows = {r["revision"]: r for r in grid["revisions"]}
+    assert set(rows) == {"step0", "step10", "step20", "step30"}
+    assert rows["step10"]["same_weights_as"] == "step20" and rows["step20"]["same_weights_as"] == "step10"
+    assert rows["step10"]["same_states_as"] == "step20" and rows["step20"]["same_states_as"] == "step10"
+    assert rows["step0"]["same_weights_as"] == rows["step30"]["same_states_as"] == ""
+    assert rows["step10"]["commit"] != rows["step20"]["commit"]  # two branches, one set of weights
+    assert int(rows["step30"]["final"]) == 1
+
+
+def test_evict_removes_only_what_this_run_fetched_and_the_dump_stays_done(grid, monkeypatch):
+    """A revision fetched by the run (a simulated download: copied into the cache) is removed from the
+    cache once its dump is written, with the weights' sha256 in the record; a rerun has nothing to do."""
+    import huggingface_hub.constants
+
+    from pipeline.dump import pretrained as hf_dump
+    from pipeline.model import hf
+    from pipeline.records.stage import read_record
+    from tests.hf_cache import add_revision, repo_folder
+
+    cache = grid["root"] / "hub-evict"
+    shutil.copytree(grid["cache"], cache, symlinks=True)
+    fetched = []
+
+    def download(spec):
+        assert spec.revision == "step40"
+        fetched.append(spec.revision)
+        add_revision(cache, REPO, "step40", grid["root"] / "saved" / "step0")
+        return repo_folder(cache, REPO) / "snapshots" / (repo_folder(cache, REPO) / "refs" / "step40").read_text()
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf, "_download", download)
+    before = {p.name for p in (repo_folder(cache, REPO) / "snapshots").iterdir()}
+    extra = ["pretrained.download=true", "pretrained.evict=true", f"paths.results={grid['root'] / 'evicted'}",
+             "pretrained.models.tiny.revisions=[step0,step40]"]
+    shutil.copytree(grid["root"] / "results" / "data", grid["root"] / "evicted" / "data")
+    cfg = grid["cfg"](*extra)
+    for step in (0, 40):
+        out = hf_dump.dump(grid["cfg"](*extra, f"snapshot={step}"))
+        record = read_record(out)
+        assert record.extra["evicted"] is (step == 40)
+        assert [w["sha256"] for w in record.extra["pretrained"]["weights"]]
+        assert all("hub-evict" not in key for key in record.inputs) or step == 0
+    assert fetched == ["step40"]
+    after = {p.name for p in (repo_folder(cache, REPO) / "snapshots").iterdir()}
+    assert after == before, "the fetched revision is gone, the ones the user had are kept"
+    assert (repo_folder(cache, REPO) / "refs" / "step0").is_file()
+    hf_dump.dump(grid["cfg"](*extra, "snapshot=40"))  # done: nothing to fetch
+    assert fetched == ["step40"]
+    assert cfg.pretrained.evict is True
