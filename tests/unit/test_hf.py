@@ -490,7 +490,7 @@ def test_readout_of_the_last_layer_is_the_models_own_output(exp, label):
             logits = out.logits[0, keep[row - rows[0]]]
             h1 = out.hidden_states[1][0, keep[row - rows[0]]]  # layer 1, by hand: final norm, then head
             lens1 = {"gpt2": lambda: model.lm_head(model.transformer.ln_f(h1)), "bert": lambda: model.cls(h1),
-                     "pythia": lambda: model.embed_out(model.gpt_neox.final_layer_norm(h1))}[label]()
+                     "pythia": lambda: model.get_output_embeddings()(model.gpt_neox.final_layer_norm(h1))}[label]()
         logp = torch.log_softmax(logits, -1)
         assert r["loss"][-1, j] == pytest.approx(float(-logp[target]), rel=1e-4, abs=1e-5)
         assert r["loss"][1, j] == pytest.approx(float(-torch.log_softmax(lens1, -1)[target]), rel=1e-4, abs=1e-5)

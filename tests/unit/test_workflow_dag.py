@@ -28,7 +28,7 @@ CONFIGFILE = REPO / "workflow" / "config.yaml"
 # Evolution over training: the snapshot dumps and their measures are planned once the models of
 # snapshots.models are trained (rule train is a checkpoint); before that a dry run shows their merge.
 GRID = {"prepare": 1, "train": 8, "dump": 8, "dump_init": 2, "measure": 51, "merge": 6, "similarity": 1,
-        "report": 1, "snapshot_dump": 0, "evolution": 0, "merge_evolution": 1}
+        "report": 1, "snapshot_dump": 0, "evolution": 0, "merge_evolution": 1, "revisions": 0}
 RULES = tuple(GRID)
 TABLES = ("change", "influence", "mi", "neighbours", "tsne", "readout")
 PAPER_DATA = ["data.src_file=/nonexistent/train.en", "data.tgt_file=/nonexistent/train.de"]
@@ -62,6 +62,8 @@ def jobs_per_rule(outputs: list[str]) -> dict[str, int]:
             counts["evolution"] += 1
         elif path.parent.name == "metrics" and path.stem == "evolution":
             counts["merge_evolution"] += 1
+        elif path.parent.name == "metrics" and path.stem == "revisions":
+            counts["revisions"] += 1
         elif path.name == "stage.json" and "dumps" in path.parts:
             counts["dump_init" if path.parts[-3] == "init" else "dump"] += 1
         elif path.name == "stage.json" and path.parent.name == "data":
@@ -106,7 +108,7 @@ def test_grid_and_results_folder_follow_the_hydra_config(tmp_path):
     # the step-0 control of every seed in use (1, 3, 4): 4 measures on each of 6 models, t-SNE on 3
     assert jobs_per_rule(outputs) == {"prepare": 1, "train": 3, "dump": 3, "dump_init": 3, "measure": 29, "merge": 6,
                                       "similarity": 1, "report": 1, "snapshot_dump": 0, "evolution": 0,
-                                      "merge_evolution": 1}  # mt seed 1 keeps snapshots
+                                      "merge_evolution": 1, "revisions": 0}  # mt seed 1 keeps snapshots
     assert sorted(p for p in outputs if p.endswith("model.pt")) == [
         "out/run1/models/init/seed1/model.pt", "out/run1/models/init/seed3/model.pt",
         "out/run1/models/init/seed4/model.pt", "out/run1/models/mlm/seed3/model.pt",
@@ -274,6 +276,40 @@ def finished_pretrained(tmp_path_factory) -> Path:
         path.write_text('{"outputs": {}}' if path.name == "stage.json" else "")
     run_workflow(workdir, config, executor="touch", forceall=True)
     return workdir
+
+
+def test_a_published_checkpoint_grid_dumps_and_measures_every_revision(tmp_path):
+    """conf/experiment/pythia.yaml: two models, each the final revision's dump and 7 revisions of its grid
+    as snapshots (known from the settings: nothing is trained), 8 evolution points each, the revisions'
+    check; the per-model measures on both final dumps (the readout too: they are LMs)."""
+    outputs = run_workflow(tmp_path, {"experiment": "pythia"})
+    assert jobs_per_rule(outputs) == {**dict.fromkeys(RULES, 0), "prepare": 1, "dump": 2, "snapshot_dump": 14,
+                                      "evolution": 16, "merge_evolution": 1, "revisions": 1, "measure": 12,
+                                      "merge": 6, "similarity": 1, "report": 1}
+    snapshots = sorted(p for p in outputs if p.endswith("stage.json") and "/snapshots/pythia-70m/" in p)
+    assert snapshots == [f"results/pythia/snapshots/pythia-70m/seed0/step{s}/stage.json"
+                         for s in sorted((0, 1, 8, 64, 512, 3000, 20000), key=str)]
+    assert "results/pythia/metrics/evolution/pythia-160m/seed0/final.csv" in outputs
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    # 9 log-spaced revisions instead of 8: 0, 1, 4, 32, 128, 1000, 5000, 26000 (and the final 143000) for
+    # 0, 1, 8, 64, 512, 3000, 20000: the 6 new ones are dumped and measured, the others' and the final dump kept
+    (["pretrained.models.pythia-70m.revisions.count=9"],
+     {"snapshot_dump": 6, "evolution": 6, "dump": 0, "merge_evolution": 1, "revisions": 1}),
+    # the evolution settings: every point of both grids again, nothing dumped
+    (["analysis.evolution.restarts=2"], {"evolution": 16}),
+])
+def test_a_grid_setting_reruns_exactly_what_it_affects(tmp_path, overrides, expected):
+    config = {"experiment": "pythia"}
+    for output in run_workflow(tmp_path, config):
+        path = tmp_path / output
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"outputs": {}}' if path.name == "stage.json" else "")
+    run_workflow(tmp_path, config, executor="touch", forceall=True)
+    outputs = run_workflow(tmp_path, {**config, "overrides": overrides})
+    got = {k: v for k, v in jobs_per_rule(outputs).items() if v}
+    assert {k: got.get(k, 0) for k in expected} == expected
 
 
 def test_the_pretrained_experiment_dumps_three_models_and_trains_none(tmp_path):
