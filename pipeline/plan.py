@@ -22,7 +22,7 @@ from pipeline.config.analysis import check_analysis_settings
 from pipeline.config.checks import check_experiment_name, check_model_settings
 from pipeline.config.compose import CONFIG_DIR, compose
 from pipeline.config.grid import INIT, analysed_steps, init_grid, pretrained_grid, snapshot_models, trained_grid
-from pipeline.config.pretrained import SEED, specs
+from pipeline.config.pretrained import specs
 from pipeline.config.stages import (
     data_config,
     dump_config,
@@ -109,7 +109,8 @@ class Plan:
         self.snapshot_models = [model for model in named if model in self.trained]
         self.unknown_snapshot_models = [model for model in named if model not in self.trained]
         # the pretrained models whose revisions form a grid over training (pretrained.models.<label>.revisions)
-        self.revision_models = [(label, SEED) for label, spec in self.pretrained.items() if spec.revisions]
+        self.revision_models = [(label, seed) for label, spec in self.pretrained.items() if spec.revisions
+                                for seed in spec.seeds]
         self.evolution_models = [*self.snapshot_models, *self.revision_models]  # measured over training
         self.data_hash = config_hash(data_config(base))
         self.tokenizer_hash = config_hash(tokenizer_config(base))
@@ -166,7 +167,7 @@ class Plan:
         """The role of a pretrained model, needed before any job runs (it picks the objective config of
         its jobs): stated, or read from its config.json in a local folder or the cache."""
         spec = self.pretrained[label]
-        role = hf.role_without_loading(spec)
+        role = hf.role_without_loading(spec.of(spec.seeds[0]))
         if role is None:
             raise PipelineError(
                 f"setting pretrained.models.{label}.role is not set and {spec.name} is not in the local Hugging Face "
@@ -216,7 +217,7 @@ class Plan:
     def dump_hash(self, model: str, seed: int, step: int | None = None) -> str:
         """What a dump depends on (pipeline.config.stages.dump_config): its model's config and the dump
         settings; a snapshot's (`step`) also its step and maskings; a pretrained model's its own settings."""
-        cfg = self.job_config(model, SEED if model in self.pretrained else seed)
+        cfg = self.job_config(model, seed)
         if model in self.pretrained:
             if step is not None:
                 cfg = copy.deepcopy(cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.pretrained import SEED, specs
+from pipeline.config.pretrained import specs
 
 # The objective name of the step-0 control (conf/objective/init.yaml): the untrained stack of a seed,
 # dumped and measured like a model. It is never trained.
@@ -47,7 +47,7 @@ def init_grid(cfg: DictConfig) -> list[tuple[str, int]]:
 
 def pretrained_grid(cfg: DictConfig) -> list[tuple[str, int]]:
     """(label, 0) of every pretrained model of `pretrained.models` (pipeline/model/hf.py), in their order."""
-    return [(label, SEED) for label in specs(cfg)]
+    return [(label, seed) for label, spec in specs(cfg).items() for seed in spec.seeds]
 
 
 def model_grid(cfg: DictConfig) -> list[tuple[str, int]]:

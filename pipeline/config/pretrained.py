@@ -18,7 +18,14 @@ our own models' snapshots against the model's `revision` (the final state):
         olmo: {name: allenai/OLMo-1B-hf, role: lm, revision: main, final_step: 739000,
                revisions: {1000: stage1-step1000-tokens4B, 20000: stage1-step20000-tokens84B}}
 
-Each revision is dumped as `snapshots/<label>/seed0/step<N>/`. Finding, reading and loading the files is
+Each revision is dumped as `snapshots/<label>/seed0/step<N>/`. A family that publishes its seeds, and its
+steps, as repositories of their own (MultiBERTs) names them with `{seed}`, a revision holding a "/"
+being a repository:
+
+        multiberts: {name: google/multiberts-seed_{seed}, role: mlm, seeds: [0, 1, 2], final_step: 2000000,
+                     revisions: [google/multiberts-seed_{seed}-step_20k, google/multiberts-seed_{seed}-step_200k]}
+
+Each seed is then one model of the grid, `dumps/multiberts/seed<n>/`, as our own models' seeds are. Finding, reading and loading the files is
 pipeline.model.hf's; nothing here reads a file, so the workflow reads these settings while it parses.
 """
 from __future__ import annotations
@@ -57,14 +64,27 @@ class HFSpec:
     dtype: str | None = None      # the dtype the model runs in (None: its config's torch_dtype, else float32)
     revisions: tuple[tuple[int, str], ...] = ()  # (training step, revision) of the grid, by step
     final_step: int | None = None  # the training step of `revision` (the final state the grid is measured against)
+    seeds: tuple[int, ...] = (0,)  # the seeds a family publishes as repositories of their own (`{seed}` in name)
 
-    def at(self, step: int) -> "HFSpec":
-        """This model at the revision of grid step `step`."""
-        names = dict(self.revisions)
-        if step not in names:
-            raise PipelineError(f"setting snapshot={step}: pretrained.models.{self.label}.revisions has no step {step} "
-                                f"(its steps: {', '.join(str(s) for s, _ in self.revisions) or 'none'})")
-        return HFSpec(self.label, self.name, self.role, names[step], self.dtype)
+    def of(self, seed: int, step: int | None = None) -> "HFSpec":
+        """The one repository and revision of this model's seed `seed` (`{seed}` in its name and revisions
+        filled in) at grid step `step` (None: its final `revision`). A revision holding a "/" is a repository
+        of its own (MultiBERTs' google/multiberts-seed_0-step_20k), read at its default revision."""
+        if seed not in self.seeds:
+            raise PipelineError(f"setting seed={seed}: pretrained.models.{self.label} has the seeds "
+                                f"{', '.join(map(str, self.seeds))}")
+        name, revision = self.name.format(seed=seed), self.revision
+        if step is not None:
+            names = dict(self.revisions)
+            if step not in names:
+                raise PipelineError(f"setting snapshot={step}: pretrained.models.{self.label}.revisions has no step "
+                                    f"{step} (its steps: {', '.join(str(s) for s, _ in self.revisions) or 'none'})")
+            revision = names[step].format(seed=seed)
+            if "/" in revision:
+                name, revision = revision, None
+        elif revision is not None:
+            revision = revision.format(seed=seed)
+        return HFSpec(self.label, name, self.role, revision, self.dtype)
 
     @property
     def steps(self) -> list[int]:
@@ -122,21 +142,23 @@ def specs(cfg: DictConfig) -> dict[str, HFSpec]:
             raise PipelineError(f"setting {_setting(label, 'revision')}={revision!r}: expected a branch, "
                                 "tag or commit hash")
         grid, revision, final_step = revision_grid(label, entry.get("revisions"), revision, entry.get("final_step"))
-        out[label] = HFSpec(label, str(entry["name"]), role, revision, dtype, grid, final_step)
+        seeds = seeds_of(label, entry)
+        out[label] = HFSpec(label, str(entry["name"]), role, revision, dtype, grid, final_step, seeds)
     return out
 
 
-_KEYS = ("name", "role", "revision", "dtype", "revisions", "final_step")
-_STEP = re.compile(r"(?:step|ckpt)[_-]?(\d+)", re.IGNORECASE)
+_KEYS = ("name", "role", "revision", "dtype", "revisions", "final_step", "seeds")
+_STEP = re.compile(r"(?:step|ckpt)[_-]?(\d+)(k?)(?![0-9])", re.IGNORECASE)
 # The revisions a family publishes, by training step (Biderman et al. 2023, Pythia: step0, log-spaced
 # steps 1 .. 512, then every 1,000 steps to 143,000, the `main` branch).
 FAMILIES = {"pythia": ([0, *(2 ** i for i in range(10)), *range(1000, 143001, 1000)], "step{step}", 143000)}
 
 
 def step_of(revision: str) -> int | None:
-    """The training step a revision's name gives (step1000, stage1-step1000-tokens4B, ckpt_100), or None."""
+    """The training step a revision's name gives (step1000, stage1-step1000-tokens4B, ckpt_100,
+    multiberts-seed_0-step_20k), or None."""
     found = _STEP.search(revision)
-    return int(found.group(1)) if found else None
+    return int(found.group(1)) * (1000 if found.group(2) else 1) if found else None
 
 
 def family_steps(published: list[int], count: int) -> list[int]:
@@ -151,6 +173,21 @@ def family_steps(published: list[int], count: int) -> list[int]:
     points = [math.exp(lo + (hi - lo) * i / (count - 2)) if count > 2 else positive[-1] for i in range(count - 1)]
     chosen = {min(positive, key=lambda s, p=p: abs(math.log(s) - math.log(p))) for p in points}
     return sorted({0, *chosen} if 0 in published else chosen)
+
+
+def seeds_of(label: str, entry: dict) -> tuple[int, ...]:
+    """The seeds of `pretrained.models.<label>.seeds` (default: the one seed 0), each a repository of its
+    own named by `{seed}` in the model's name (MultiBERTs: google/multiberts-seed_{seed})."""
+    value = entry.get("seeds")
+    if value is None:
+        return (SEED,)
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                           for v in value) or len(set(value)) != len(value):
+        raise PipelineError(f"setting {_setting(label, 'seeds')}={value!r}: expected a list of distinct seeds >= 0")
+    if "{seed}" not in str(entry["name"]):
+        raise PipelineError(f"setting {_setting(label, 'seeds')}={value!r}: the name {entry['name']!r} has no {{seed}} "
+                            "to tell the seeds' repositories apart (e.g. google/multiberts-seed_{seed})")
+    return tuple(value)
 
 
 def revision_grid(label: str, value, revision: str | None, final_step) -> tuple[tuple, str | None, int | None]:
@@ -189,9 +226,10 @@ def revision_grid(label: str, value, revision: str | None, final_step) -> tuple[
     steps = [s for s, _ in pairs]
     if len(set(steps)) != len(steps):
         raise PipelineError(f"setting {key}: two revisions at one step ({sorted(steps)})")
-    if revision is None:
+    if revision is None and final_step is None:
         raise PipelineError(f"setting {_setting(label, 'revision')} is null: with {key} it must name the final "
-                            "revision the grid is measured against (e.g. step143000, or main with final_step)")
+                            "revision the grid is measured against (e.g. step143000), or final_step give the step "
+                            "of the repository's default revision")
     final = step_of(revision) if final_step is None else final_step
     if not isinstance(final, int) or isinstance(final, bool) or final < 0:
         raise PipelineError(f"setting {_setting(label, 'final_step')}={final_step!r}: the training step of revision "

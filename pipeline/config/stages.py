@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.analysis import setting
 from pipeline.config.compose import RUNTIME_KEYS, to_plain
 from pipeline.config.grid import INIT, kept_steps
-from pipeline.config.pretrained import spec_of
+from pipeline.config.pretrained import spec_of, specs
 
 
 def data_config(cfg: DictConfig) -> dict:
@@ -78,8 +78,8 @@ def pretrained_dump_config(cfg: DictConfig, label: str) -> dict:
     settings = {k: v for k, v in to_plain(cfg.dump).items()
                 if k != "device" and (mlm or k not in ("mlm_masked", "mask_seed", "mlm_maskings"))}
     step = snapshot_step(cfg)
+    spec = spec.of(int(cfg.seed), step)  # the repository and revision of this seed and grid step
     if step is not None:  # a revision of the model's grid, its masked run with the snapshots' maskings
-        spec = spec.at(step)
         settings["mlm_maskings"] = int(cfg.snapshots.mlm_maskings)
     out = {**data_config(cfg), "pretrained": {"name": spec.name, "role": spec.role, "revision": spec.revision,
                                               "dtype": spec.dtype},
@@ -140,8 +140,9 @@ def mi_cluster_counts(cfg: DictConfig) -> list[int]:
     sweep = setting(cfg, "analysis.mi.sweep") or []
     seeds = OmegaConf.select(cfg, f"workflow.seeds.{cfg.label}")
     first = seeds is not None and len(seeds) > 0 and int(seeds[0]) == int(cfg.seed)
-    # a pretrained model is the one model of its label
-    first = first or OmegaConf.select(cfg, f"pretrained.models.{cfg.label}") is not None
+    # a pretrained model: its first seed (most publish one)
+    pretrained = specs(cfg).get(str(cfg.label))
+    first = first or (pretrained is not None and int(cfg.seed) == pretrained.seeds[0])
     return [main] + ([int(c) for c in sweep if int(c) != main] if first else [])
 
 

@@ -208,10 +208,7 @@ def dump(cfg: DictConfig) -> Path:
 
 def _dump(cfg: DictConfig) -> Path:
     label, step = str(cfg.label), snapshot_step(cfg)
-    spec = pretrained.spec_of(cfg, label)
-    spec = spec if step is None else spec.at(step)
-    if int(cfg.seed) != pretrained.SEED:
-        raise PipelineError(f"setting seed={cfg.seed}: a pretrained model is listed as seed {pretrained.SEED}")
+    spec = pretrained.spec_of(cfg, label).of(int(cfg.seed), step)  # its seed's repository, the revision of `step`
     batch_tokens = OmegaConf.select(cfg, "pretrained.batch_tokens", default=2048)
     if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens < 1:
         raise PipelineError(f"setting pretrained.batch_tokens={batch_tokens!r}: expected a positive integer")
@@ -263,7 +260,7 @@ def _dump(cfg: DictConfig) -> Path:
             "n_skipped_too_long": probe.n_too_long, "n_skipped_empty": probe.n_empty,
             "max_input_length": max_length, "n_layers": n_layers, "n_layer_files": n_layers + 1, "d_model": d_model,
             "dtype": dtype, "model_dtype": str(run_dtype).replace("torch.", ""), "objective": label, "kind": role,
-            "seed": pretrained.SEED, "pretrained": record, "checkpoint": str(folder),
+            "seed": int(cfg.seed), "pretrained": record, "checkpoint": str(folder),
             "checkpoint_sha256": ",".join(w["sha256"] for w in record["weights"]), "summary": None,
             "step": pretrained.spec_of(cfg, label).final_step if step is None else step,
             "input": "the tokenizer's own input (special tokens included); rows are its non-special tokens",

@@ -205,3 +205,71 @@ def test_evict_removes_only_what_this_run_fetched_and_the_dump_stays_done(grid, 
     hf_dump.dump(grid["cfg"](*extra, "snapshot=40"))  # done: nothing to fetch
     assert fetched == ["step40"]
     assert cfg.pretrained.evict is True
+
+
+# ---------------------------------------------------------------- seeds and steps as repositories (MultiBERTs)
+
+def test_seeds_and_steps_published_as_repositories_of_their_own():
+    from pipeline.config.pretrained import seeds_of
+
+    grid, revision, final = revision_grid("mb", ["google/multiberts-seed_{seed}-step_20k",
+                                                 "google/multiberts-seed_{seed}-step_200k"], None, 2000000)
+    assert grid == ((20000, "google/multiberts-seed_{seed}-step_20k"), (200000, "google/multiberts-seed_{seed}-step_200k"))
+    assert revision is None and final == 2000000
+    entry = {"name": "google/multiberts-seed_{seed}", "seeds": [0, 3]}
+    assert seeds_of("mb", entry) == (0, 3) and seeds_of("mb", {"name": "x"}) == (0,)
+    with pytest.raises(PipelineError, match="has no {seed}"):
+        seeds_of("mb", {"name": "google/multiberts", "seeds": [0, 1]})
+    with pytest.raises(PipelineError, match="distinct seeds"):
+        seeds_of("mb", {"name": "a-{seed}", "seeds": [1, 1]})
+
+
+def test_a_seed_and_a_step_name_their_repository_and_revision():
+    from pipeline.config.pretrained import HFSpec
+
+    spec = HFSpec("mb", "org/mb-seed_{seed}", "mlm", None, None,
+                  ((20000, "org/mb-seed_{seed}-step_20k"), (5, "branch-{seed}")), 2000000, (0, 3))
+    assert (spec.of(3).name, spec.of(3).revision) == ("org/mb-seed_3", None)
+    assert (spec.of(3, 20000).name, spec.of(3, 20000).revision) == ("org/mb-seed_3-step_20k", None)
+    assert (spec.of(0, 5).name, spec.of(0, 5).revision) == ("org/mb-seed_0", "branch-0")
+    with pytest.raises(PipelineError, match="seed=1"):
+        spec.of(1)
+    with pytest.raises(PipelineError, match="no step 7"):
+        spec.of(0, 7)
+
+
+def test_each_seed_repository_is_a_model_of_the_grid(grid):
+    """Two seeds as repositories of their own (the second one's weights differ), one step of each as a
+    repository too: each seed is dumped from its own repository, its step from the step's."""
+    import huggingface_hub.constants
+
+    from pipeline.dump import pretrained as hf_dump
+    from pipeline.records.files import read_json
+    from tests.hf_cache import add_revision
+
+    cache = grid["root"] / "hub-seeds"
+    for seed, (final, step) in enumerate((("step30", "step0"), ("step10", "step30"))):
+        add_revision(cache, f"tiny-org/mb-seed_{seed}", "main", grid["root"] / "saved" / final)
+        add_revision(cache, f"tiny-org/mb-seed_{seed}-step_1k", "main", grid["root"] / "saved" / step)
+    entry = ("+pretrained.models.mb={name: 'tiny-org/mb-seed_{seed}', role: lm, seeds: [0, 1], final_step: 30000, "
+             "revisions: ['tiny-org/mb-seed_{seed}-step_1k']}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+        metas = {}
+        for seed in (0, 1):
+            for step in (None, 1000):
+                extra = [entry, "label=mb", f"seed={seed}", *([] if step is None else [f"snapshot={step}"])]
+                out = hf_dump.dump(grid["cfg"](*extra))
+                metas[seed, step] = read_json(out / "meta.json")
+    assert metas[1, None]["seed"] == 1 and metas[1, None]["pretrained"]["name"] == "tiny-org/mb-seed_1"
+    assert metas[1, 1000]["pretrained"]["name"] == "tiny-org/mb-seed_1-step_1k" and metas[1, 1000]["step"] == 1000
+    assert metas[0, None]["step"] == 30000
+    assert metas[0, None]["checkpoint_sha256"] != metas[1, None]["checkpoint_sha256"]
+    # the files each came from: seed 1's repository holds saved/step10, seed 0's step repository saved/step0
+    results = grid["root"] / "results"
+    assert metas[1, None]["checkpoint_sha256"] == \
+        read_json(results / "snapshots" / "tiny" / "seed0" / "step10" / "meta.json")["checkpoint_sha256"]
+    assert metas[0, 1000]["checkpoint_sha256"] == \
+        read_json(results / "snapshots" / "tiny" / "seed0" / "step0" / "meta.json")["checkpoint_sha256"]
+    assert (results / "dumps" / "mb" / "seed1" / "stage.json").is_file()
+    assert (results / "snapshots" / "mb" / "seed1" / "step1000" / "stage.json").is_file()

@@ -17,7 +17,6 @@ if sys.path[0] != _CHECKOUT:
     sys.path.insert(0, _CHECKOUT)
 
 from pipeline.config import layout  # noqa: E402
-from pipeline.config.pretrained import SEED as PRETRAINED_SEED  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.plan import MEASURE_MODULES, Plan  # noqa: E402
 from pipeline.records.stage import read_record, set_aside_damaged  # noqa: E402
@@ -131,7 +130,7 @@ def init_dump_hash(wildcards) -> str:
 
 
 def hf_dump_hash(wildcards) -> str:
-    return PLAN.dump_hash(wildcards.objective, PRETRAINED_SEED)
+    return PLAN.dump_hash(wildcards.objective, int(wildcards.seed))
 
 
 def snapshot_dump_hash(wildcards) -> str:
@@ -179,7 +178,9 @@ def measure_parts(wildcards) -> list[str]:
 
 
 def metric_tables() -> list[str]:
-    return [table_path(name) for name in ANALYSIS_HASH if name == "similarity" or MEASURE_MODELS[name]]
+    # the distances between models need two of them; each per-model table, a model it measures
+    return [table_path(name) for name in ANALYSIS_HASH
+            if (len(MODELS) >= 2 if name == "similarity" else MEASURE_MODELS[name])]
 
 
 def kept_points(model: str, seed: int) -> list[str]:

@@ -59,7 +59,6 @@ rule dump_init:
 rule hf_dump:
     wildcard_constraints:
         objective=PRETRAINED_LABELS,
-        seed=str(PRETRAINED_SEED),
     input:
         data=rules.prepare.output.data,
     output:

@@ -37,7 +37,6 @@ rule dump_snapshot:
 rule hf_dump_snapshot:
     wildcard_constraints:
         objective=PRETRAINED_LABELS,
-        seed=str(PRETRAINED_SEED),
     input:
         data=rules.prepare.output.data,
     output:
