@@ -103,7 +103,7 @@ def cost(args) -> None:
         cache = root / "hub"
         huggingface_hub.constants.HF_HUB_CACHE = str(cache)
         simulate_downloads(cache, remote, [])
-        cfg = lambda *extra: compose([*base, "pretrained.download=true", *extra])  # noqa: E731
+        cfg = lambda *extra: compose([*base, "pretrained.download=true", *extra])
         times = {}
         t = time.perf_counter()
         dump(cfg())

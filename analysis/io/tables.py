@@ -42,7 +42,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "neighbours": ("objective", "seed", "layer", "property", "k", "metric", "value", "n_queries") + INTERVAL_COLUMNS,
     "evolution": ("objective", "seed", "step", "final", "quantity", "measure", "target", "layer", "value",
                   "ci_low", "ci_high", "n_tokens"),
-    "readout": ("objective", "seed", "layer", "quantity", "target", "value") + INTERVAL_COLUMNS
+    "readout": ("objective", "seed", "layer", "lens", "quantity", "target", "value") + INTERVAL_COLUMNS
                + ("n_tokens", "n_sentences"),
     "revisions": ("objective", "seed", "step", "final", "revision", "commit", "weights_sha256", "states_sha256",
                   "same_weights_as", "same_states_as"),

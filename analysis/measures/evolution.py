@@ -186,10 +186,11 @@ def readout_rows(cfg: DictConfig, dump: Dump, emit) -> None:
     maskings; nothing for a model without a readout."""
     boot = bootstrap.plan(cfg, "readout")
     quantities = [str(q) for q in setting(cfg, "analysis.readout.quantities")]
-    measured, why = layer_readout(dump.folder, boot, quantities, maskings=int(cfg.snapshots.mlm_maskings))
+    measured, why = layer_readout(dump.folder, boot, quantities, maskings=int(cfg.snapshots.mlm_maskings),
+                                  lenses=("logit",))
     if why:
         log.info("%s: no readout: %s", dump.folder, why)
-    for quantity, target, layer, value, reps, n, _ in measured or []:
+    for _, quantity, target, layer, value, reps, n, _ in measured or []:
         emit("readout", quantity, target, layer, value, reps, boot, n)
 
 

@@ -17,7 +17,8 @@ plan, so a difference between two layers or models on the same sentences takes t
 `seed<n>.npz`), its number of target rows and of sentences. A model without a readout (an MT encoder, the
 step-0 control, `dump.readout=false`, a head the dump could not read) gets no rows; the table's record
 says why. Writes `<paths.metrics>/readout/<model>/seed<n>.csv` with the columns
-`objective, seed, layer, quantity, target, value, ci_low, ci_high, n_tokens, n_sentences`.
+`objective, seed, layer, lens, quantity, target, value, ci_low, ci_high, n_tokens, n_sentences`: lens `logit`,
+and `tuned` where the dump fitted a tuned lens (`dump.tuned_lens`, pipeline/dump/tuned_lens.py).
 """
 from __future__ import annotations
 
@@ -53,10 +54,12 @@ def source(folder: Path) -> tuple[Path | None, str]:
     return None, why or "the dump holds no readout (made before pipeline.dump measured one: dump it again)"
 
 
-def layer_rows(folder: Path, boot: bootstrap.Plan, quantities=QUANTITIES, maskings: int | None = None):
-    """(quantity, target, layer, value, replicates, n_tokens, n_sentences) of every layer of the dump in
-    `folder` (its readout in it or in masked/); an MLM's rows only those of the first `maskings` maskings
-    when given (what every step of a model shares). None and the reason when there is no readout."""
+def layer_rows(folder: Path, boot: bootstrap.Plan, quantities=QUANTITIES, maskings: int | None = None,
+               lenses: tuple[str, ...] = ("logit", "tuned")):
+    """(lens, quantity, target, layer, value, replicates, n_tokens, n_sentences) of every layer of the dump
+    in `folder` (its readout in it or in masked/), for each of `lenses` it holds (the tuned lens where the
+    dump fitted one); an MLM's rows only those of the first `maskings` maskings when given (what every step
+    of a model shares). None and the reason when there is no readout."""
     sub, target = source(folder)
     if sub is None:
         return None, target
@@ -69,12 +72,16 @@ def layer_rows(folder: Path, boot: bootstrap.Plan, quantities=QUANTITIES, maskin
     sentences = tokens["sentence_id"][rows]
     unit, draws = boot.units(sentences), boot.draws()
     out = []
-    for quantity in quantities:
-        values = r[_ARRAY[quantity]][:, keep].astype(np.float64)
-        for layer in range(values.shape[0]):
-            value = float(values[layer].mean())
-            reps = bootstrap.weighted_means(values[layer], unit, draws) if draws is not None else None
-            out.append((quantity, target, layer, value, reps, len(rows), len(np.unique(sentences))))
+    for lens in lenses:
+        prefix = "" if lens == "logit" else "tuned_"
+        if f"{prefix}loss" not in r:
+            continue
+        for quantity in quantities:
+            values = r[prefix + _ARRAY[quantity]][:, keep].astype(np.float64)
+            for layer in range(values.shape[0]):
+                value = float(values[layer].mean())
+                reps = bootstrap.weighted_means(values[layer], unit, draws) if draws is not None else None
+                out.append((lens, quantity, target, layer, value, reps, len(rows), len(np.unique(sentences))))
     return out, None
 
 
@@ -84,10 +91,10 @@ def run(cfg: DictConfig) -> Path:
     boot = bootstrap.plan(cfg, "readout")
     quantities = [str(q) for q in setting(cfg, "analysis.readout.quantities")]
     measured, why = layer_rows(dump_folder(cfg, model, seed), boot, quantities)
-    rows = [{"objective": model, "seed": seed, "layer": layer, "quantity": quantity, "target": target,
+    rows = [{"objective": model, "seed": seed, "layer": layer, "lens": lens, "quantity": quantity, "target": target,
              "value": value, **boot.summary(value, reps), "n_tokens": n, "n_sentences": n_sentences,
              "replicates": {"value": reps}}
-            for quantity, target, layer, value, reps, n, n_sentences in measured or []]
+            for lens, quantity, target, layer, value, reps, n, n_sentences in measured or []]
     if why:
         log.info("%s seed %d: no readout: %s", model, seed, why)
     path = write_table(part_path(cfg, "readout"), "readout", rows, section(cfg, "readout"), started,

@@ -87,7 +87,8 @@ def readout_section(exp: Experiment, style: plotting.Style, crit: Criteria) -> S
     if exp.rows("readout") is None:
         s.add(not_measured("the logit-lens readout", "The readout was not measured: " + _why_missing(exp)))
         return s
-    rows = table_rows(s, exp, "readout", "the logit-lens readout") or []
+    every = table_rows(s, exp, "readout", "the logit-lens readout") or []
+    rows = [r for r in every if r.get("lens", "logit") in ("logit", "", None)]
     models = ordered_models(exp, {r["objective"] for r in rows})
     quantities = [q for q in QUANTITIES if any(r["quantity"] == q for r in rows)]
     quantities += sorted({r["quantity"] for r in rows} - set(quantities))
@@ -113,6 +114,19 @@ def readout_section(exp: Experiment, style: plotting.Style, crit: Criteria) -> S
                f"{OmegaConf.select(exp.cfg, 'analysis.bootstrap.method', default='?')})."))
     s.add(table(("model", "seed", "target", "layer", *(f"{q} [interval]" for q in quantities), "n tokens / sentences"),
                 _body(rows, models, quantities), caption="The logit lens per layer (KL: to the last layer)"))
+    tuned = [r for r in every if r.get("lens") == "tuned" and r["objective"] in models]
+    if tuned:
+        fitted = OmegaConf.select(exp.cfg, "dump.tuned_lens", default="?")
+        s.add(para(f"The tuned lens (dump.tuned_lens = {fitted} training sentences; pipeline/dump/tuned_lens.py): "
+                   "each layer's states first mapped by an affine map fitted by least squares to the last layer's "
+                   "states on training sentences (never the probe), then read as the last layer is. Where it reads "
+                   "more than the logit lens, the layer holds the target in a basis the head does not read."))
+        add_figure(s, figures.readout_panels(tuned, mi, models, quantities, k, style),
+                   "tuned lens per layer beside the MI with the output label",
+                   f"As above, through the tuned lens; {BAND_NOTE}.")
+        s.add(table(("model", "seed", "target", "layer", *(f"{q} [interval]" for q in quantities),
+                     "n tokens / sentences"), _body(tuned, models, quantities),
+                    caption="The tuned lens per layer (KL: to the last layer's own distribution)"))
     return s
 
 

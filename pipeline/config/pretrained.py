@@ -66,7 +66,7 @@ class HFSpec:
     final_step: int | None = None  # the training step of `revision` (the final state the grid is measured against)
     seeds: tuple[int, ...] = (0,)  # the seeds a family publishes as repositories of their own (`{seed}` in name)
 
-    def of(self, seed: int, step: int | None = None) -> "HFSpec":
+    def of(self, seed: int, step: int | None = None) -> HFSpec:
         """The one repository and revision of this model's seed `seed` (`{seed}` in its name and revisions
         filled in) at grid step `step` (None: its final `revision`). A revision holding a "/" is a repository
         of its own (MultiBERTs' google/multiberts-seed_0-step_20k), read at its default revision."""

@@ -60,17 +60,20 @@ HF_MASKED_COLUMNS = (*HF_COLUMNS, "masked", "input_id", "label_id", "masking", "
 
 
 READOUT_ARRAYS = ("rows", "target", "loss", "top1", "kl")
+TUNED_ARRAYS = ("tuned_loss", "tuned_top1", "tuned_kl")  # with a tuned lens (dump.tuned_lens > 0)
 
 
 def read_readout(folder: str | os.PathLike) -> dict[str, np.ndarray] | None:
     """The logit lens of the dump in `folder` (READOUT_ARRAYS: `rows` (m,) the dump rows with a target,
-    `target` (m,), and `loss`, `top1`, `kl` (L + 1, m)); None when the dump holds none."""
+    `target` (m,), and `loss`, `top1`, `kl` (L + 1, m); TUNED_ARRAYS the same through a tuned lens, where
+    the dump fitted one); None when the dump holds none."""
     path = Path(folder) / READOUT_FILE
     if not path.is_file():
         return None
     try:
         with np.load(path) as f:
             out = {name: f[name] for name in READOUT_ARRAYS}
+            out.update({name: f[name] for name in TUNED_ARRAYS if name in f.files})
     except (OSError, ValueError, KeyError) as e:
         raise PipelineError(f"{path} is not a readout of pipeline.dump ({type(e).__name__}: {e}): dump again") from None
     return out

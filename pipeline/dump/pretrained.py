@@ -56,6 +56,7 @@ from pipeline.dump.format import (
 )
 from pipeline.dump.pretrained_probe import FREQ_SOURCE, HFProbe, mask_probe, select_probe, source_ranks, token_string
 from pipeline.dump.readout import NoReadout, Readout, attach, hf_lens, not_measured
+from pipeline.dump.tuned_lens import FIT_SOURCE, Translators, fit_lines, tuned
 from pipeline.dump.writer import (
     CHUNK_BYTES,
     LayerWriter,
@@ -157,6 +158,34 @@ def write_states(model, stack, role: str, dset: HFSet, probe: HFProbe, pad_id: i
                 del states, stored, blocks, logits
             writer.end_chunk()
     dset.predicted = predicted
+
+
+def fit_tuned_lens(cfg: DictConfig, model, stack, role: str, tokenizer, sets, device, max_length: int,
+                   pad_id: int, n_layers: int, d_model: int) -> None:
+    """`dump.tuned_lens` training sentences through the model, the tuned lens fitted on their states and
+    given to every set's readout (pipeline.dump.tuned_lens); nothing when 0 or no set has a readout."""
+    n = int(cfg.dump.tuned_lens)
+    readouts = [d for d in sets if d.readout is not None]
+    if not n or not readouts:
+        return
+    lines = fit_lines(n, read_lines(Path(str(cfg.paths.data)) / FIT_SOURCE), seed=0)
+    fit = select_probe(lines, tokenizer, max_length)
+    translators = Translators(n_layers, d_model)
+    input_len = np.asarray([len(x) for x in fit.inputs])
+    with torch.inference_mode():
+        for idx in length_batches(input_len, int(OmegaConf.select(cfg, "pretrained.batch_tokens", default=2048))):
+            ids = torch.full((len(idx), int(input_len[idx].max())), pad_id, dtype=torch.long)
+            attention = torch.zeros_like(ids)
+            for r, i in enumerate(idx):
+                ids[r, :len(fit.inputs[i])] = torch.from_numpy(fit.inputs[i])
+                attention[r, :len(fit.inputs[i])] = 1
+            states, _ = forward(model, stack, role, ids.to(device), attention.to(device), False)
+            translators.add([h.cpu() for h in states], np.repeat(np.arange(len(idx)), fit.lengths[idx]),
+                            np.concatenate([fit.kept[i] for i in idx]))
+    lens = tuned(hf_lens(model, n_layers), translators.solve(), n_layers, device)
+    for d in readouts:
+        d.readout.tuned = lens
+        d.meta["readout"]["tuned_lens"] = {"sentences": len(lines), "tokens": translators.n, "source": FIT_SOURCE}
 
 
 def _readout(dset: HFSet, states, logits, idx: np.ndarray, probe: HFProbe, base: int, checked: bool) -> bool:
@@ -284,6 +313,7 @@ def _dump(cfg: DictConfig) -> Path:
         sets.append(HFSet(out / MASKED_DIR, fed, masked_columns, masked_meta, copies=maskings, predict=True))
 
     attach(sets, role, lambda: hf_lens(model, n_layers), n_layers, bool(cfg.dump.readout))
+    fit_tuned_lens(cfg, model, stack, role, tokenizer, sets, device, max_length, pad_id, n_layers, d_model)
     remove_outputs(out)
     log.info("%s on %s in %s: batches of at most %d tokens", label, device, meta["model_dtype"], batch_tokens)
     progress = bool(OmegaConf.select(cfg, "train.progress", default=True))

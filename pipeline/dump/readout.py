@@ -108,6 +108,7 @@ class Readout:
 
     def __init__(self, folder: Path, lens: Lens, targets: np.ndarray, n_layers: int) -> None:
         self.folder, self.lens, self.n_layers = Path(folder), lens, n_layers
+        self.tuned: Lens | None = None  # a tuned lens (pipeline.dump.tuned_lens): its rows as tuned_<array>
         self.rows = np.flatnonzero(targets >= 0)
         self.target = targets[self.rows]
         self.slot = np.full(len(targets), -1, dtype=np.int64)
@@ -116,6 +117,7 @@ class Readout:
         self.loss = np.full(shape, np.nan, dtype=np.float32)
         self.kl = np.full(shape, np.nan, dtype=np.float32)
         self.top1 = np.zeros(shape, dtype=np.int8)
+        self.tuned_arrays = {"tuned_loss": self.loss.copy(), "tuned_kl": self.kl.copy(), "tuned_top1": self.top1.copy()}
         self.filled = np.zeros(len(self.rows), dtype=bool)
         self.path = self.folder / READOUT_FILE
         self.step: int | None = None
@@ -139,13 +141,17 @@ class Readout:
         target = torch.as_tensor(self.target[slots], device=b.device)
         final = F.log_softmax(self.lens(self.n_layers, states[self.n_layers][b, t]).float(), dim=-1)
         p_final = final.exp()
-        for layer in range(self.n_layers + 1):
-            logp = final if layer == self.n_layers else \
-                F.log_softmax(self.lens(layer, states[layer][b, t]).float(), dim=-1)
-            self.loss[layer, slots] = (-logp.gather(1, target[:, None])[:, 0]).cpu().numpy()
-            self.top1[layer, slots] = (logp.argmax(-1) == target).to(torch.int8).cpu().numpy()
-            kl = (p_final * (final - logp)).sum(-1).clamp_min(0.0)
-            self.kl[layer, slots] = kl.cpu().numpy()
+        lenses = [(self.lens, self.loss, self.top1, self.kl)]
+        if self.tuned is not None:
+            t_ = self.tuned_arrays
+            lenses.append((self.tuned, t_["tuned_loss"], t_["tuned_top1"], t_["tuned_kl"]))
+        for lens, loss, top1, kls in lenses:
+            for layer in range(self.n_layers + 1):
+                logp = final if layer == self.n_layers else \
+                    F.log_softmax(lens(layer, states[layer][b, t]).float(), dim=-1)
+                loss[layer, slots] = (-logp.gather(1, target[:, None])[:, 0]).cpu().numpy()
+                top1[layer, slots] = (logp.argmax(-1) == target).to(torch.int8).cpu().numpy()
+                kls[layer, slots] = (p_final * (final - logp)).sum(-1).clamp_min(0.0).cpu().numpy()
         self.filled[slots] = True
 
     def check(self, logits: torch.Tensor, states, batch: np.ndarray, positions: np.ndarray, what: str) -> None:
@@ -168,7 +174,8 @@ class Readout:
         if not self.filled.all():
             raise RuntimeError(f"{self.path}: {int((~self.filled).sum())} rows with a target were never read")
         buffer = io.BytesIO()
-        np.savez(buffer, rows=self.rows, target=self.target, loss=self.loss, top1=self.top1, kl=self.kl)
+        tuned = self.tuned_arrays if self.tuned is not None else {}
+        np.savez(buffer, rows=self.rows, target=self.target, loss=self.loss, top1=self.top1, kl=self.kl, **tuned)
         data = buffer.getvalue()
         partial_path(self.path).write_bytes(data)
         return len(data), hashlib.sha256(data).hexdigest()

@@ -68,6 +68,7 @@ from pipeline.dump.format import (
 )
 from pipeline.dump.probe import Probe, mask_probe, select_probe, token_columns
 from pipeline.dump.readout import Readout, add_sentences, attach, our_lens
+from pipeline.dump.tuned_lens import FIT_SOURCE, Translators, fit_lines, tuned
 from pipeline.dump.writer import (
     _TORCH_DTYPES,
     CHUNK_BYTES,
@@ -164,6 +165,29 @@ def _write_batch(model: Model, dset: DumpSet, idx: np.ndarray, offsets: np.ndarr
             # rows 1 .. n of the padded input: x_1 .. x_n without bos, eos and padding
             dset.writer.write(layer, int(offsets[i]), block[r, 1:1 + int(lengths[i])])
     del states, block
+
+
+def fit_tuned_lens(cfg: DictConfig, model: Model, tok: Tokenizer, sp: Specials, sets, device) -> None:
+    """Fit the tuned lens on `dump.tuned_lens` training sentences and give it to every set's readout
+    (pipeline.dump.tuned_lens); nothing when the setting is 0 or no set has a readout."""
+    n = int(cfg.dump.tuned_lens)
+    readouts = [d for d in sets if d.readout is not None]
+    if not n or not readouts:
+        return
+    lines = fit_lines(n, read_lines(Path(str(cfg.paths.data)) / FIT_SOURCE), seed=0)
+    fit = select_probe(lines, tok, model.args.n_ctx)
+    translators = Translators(model.args.n_layers, model.args.d_model)
+    with torch.inference_mode():
+        for idx in length_batches(fit.lengths, int(cfg.dump.batch_tokens)):
+            x = pad([[sp.bos, *fit.tokens[i].tolist(), sp.eos] for i in idx], sp.pad).to(device)
+            _, states = model.encode(x, return_states=True)
+            n_tokens = fit.lengths[idx]
+            translators.add([h.cpu() for h in states], np.repeat(np.arange(len(idx)), n_tokens),
+                            np.concatenate([np.arange(1, k + 1) for k in n_tokens]))
+    lens = tuned(our_lens(model), translators.solve(), model.args.n_layers, device)
+    for d in readouts:
+        d.readout.tuned = lens
+        d.meta["readout"]["tuned_lens"] = {"sentences": len(lines), "tokens": translators.n, "source": FIT_SOURCE}
 
 
 def _load_checkpoint(cfg: DictConfig, path: Path) -> tuple[Model, dict]:
@@ -321,6 +345,7 @@ def _dump(cfg: DictConfig) -> Path:
         sets.append(DumpSet(out / MASKED_DIR, inputs, masked_columns, masked_meta, copies=len(masks)))
 
     attach(sets, model_kind, lambda: our_lens(model), n_layers, bool(cfg.dump.readout), eos_id=sp.eos)
+    fit_tuned_lens(cfg, model, tok, sp, sets, device)
     inputs = input_hashes([ckpt_path, Path(str(cfg.paths.tokenizer)) / MODEL_FILE,
                            Path(str(cfg.paths.tokenizer)) / FREQ_FILE, probe_path])
     remove_outputs(out)

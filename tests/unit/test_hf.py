@@ -506,3 +506,15 @@ def test_an_mt_model_has_no_readout_and_says_why(exp):
     d = _dump(exp, "marian")
     assert not (d.folder / "readout.npz").exists()
     assert d.meta["readout"]["measured"] is False and "no output head" in d.meta["readout"]["why"]
+
+
+def test_a_tuned_lens_of_a_pretrained_model_reads_every_layer(exp, tmp_path):
+    from pipeline.dump import pretrained as hf_dump
+    from pipeline.dump.format import read_readout
+
+    out = hf_dump.dump(exp["cfg_of"]("pythia", "dump.tuned_lens=20", f"paths.dump={tmp_path / 'tuned'}"))
+    r = read_readout(out)
+    assert r["tuned_loss"].shape == r["loss"].shape and np.isfinite(r["tuned_loss"]).all()
+    np.testing.assert_allclose(r["tuned_loss"][-1], r["loss"][-1])
+    np.testing.assert_allclose(r["tuned_kl"][-1], 0, atol=1e-6)
+    assert not np.allclose(r["tuned_loss"][1], r["loss"][1])

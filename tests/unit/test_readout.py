@@ -174,3 +174,32 @@ def test_a_model_without_readout_gets_an_empty_table_that_says_why(root, shared_
     path = run(cfg)
     assert read_table(path, "readout") == []
     assert "no output head" in read_record(path)["not_measured"]
+
+
+def test_the_tuned_lens_recovers_a_layer_that_is_an_affine_map_of_the_last(root, shared_zip):
+    """Translators fitted by least squares: where layer L is an exact affine function of layer l (here
+    the states are made so), the tuned reading of l equals the last layer's (KL 0), where the logit lens
+    does not; on a real dump, the tuned lens is read at every layer and the measure gives its rows."""
+    from pipeline.dump.tuned_lens import Translators
+
+    gen = torch.Generator().manual_seed(0)
+    h1 = torch.randn(1, 400, 8, generator=gen)
+    w, b = torch.randn(8, 8, generator=gen), torch.randn(8, generator=gen)
+    states = [torch.randn(1, 400, 8, generator=gen), h1, h1 @ w + b]
+    translators = Translators(2, 8)
+    translators.add(states, np.zeros(400, dtype=np.int64), np.arange(400))
+    maps = translators.solve()
+    torch.testing.assert_close(h1[0] @ maps[1][0] + maps[1][1], states[2][0], atol=1e-3, rtol=1e-3)
+
+    from analysis.io.tables import read_table
+    from analysis.measures.readout import run
+
+    cfg = make_cfg(root, shared_zip, "lm", "dump.tuned_lens=30", f"paths.dump={root / 'lm-tuned'}",
+                   f"paths.metrics={root / 'metrics-tuned'}")
+    out = dump(cfg)
+    r = read_readout(out)
+    assert read_json(out / "meta.json")["readout"]["tuned_lens"]["sentences"] == 30
+    np.testing.assert_allclose(r["tuned_loss"][-1], r["loss"][-1])  # the last layer reads alike through both
+    assert not np.allclose(r["tuned_loss"][0], r["loss"][0])
+    rows = read_table(run(cfg), "readout")
+    assert {x["lens"] for x in rows} == {"logit", "tuned"}

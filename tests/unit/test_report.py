@@ -609,7 +609,7 @@ def test_snakemake_rule_makes_the_report_and_flags_it(tmp_path):
     write_experiment(tmp_path / "results" / "smoke", models=False)
     # the grid's LM and MLM models have a readout (pipeline.plan.READOUT_KINDS): its table is an input too
     write_table(tmp_path / "results" / "smoke" / "metrics" / "readout.csv", "readout",
-                [{"objective": "lm", "seed": 1, "layer": 0, "quantity": "loss", "target": "next", "value": 5.0,
+                [{"objective": "lm", "seed": 1, "layer": 0, "lens": "logit", "quantity": "loss", "target": "next", "value": 5.0,
                   "ci_low": 4.9, "ci_high": 5.1, "n_tokens": 100, "n_sentences": 10}], {"synthetic": True})
 
     def snakemake(*args: str, overrides: tuple[str, ...] = ()) -> subprocess.CompletedProcess:

@@ -32,7 +32,7 @@ def _readout_rows(models=("lm", "mlm")) -> list[dict]:
         kl = [v - loss[-1] for v in loss]  # 0 at the last layer
         for quantity, curve in (("loss", loss), ("accuracy", acc), ("kl", kl)):
             for layer, value in enumerate(curve):
-                rows.append({"objective": objective, "seed": 1, "layer": layer, "quantity": quantity,
+                rows.append({"objective": objective, "seed": 1, "layer": layer, "lens": "logit", "quantity": quantity,
                              "target": target, "value": value, "ci_low": value - 0.01, "ci_high": value + 0.02,
                              "n_tokens": n, "n_sentences": m,
                              REPLICATES: {"value": value + 0.005 * rng.normal(size=20)}})

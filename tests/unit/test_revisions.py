@@ -6,7 +6,6 @@ are the same as another flagged, and the cache kept bounded (pretrained.evict). 
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
