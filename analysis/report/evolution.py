@@ -1,19 +1,24 @@
 """The report's section on evolution over training (analysis/measures/evolution.py's table `evolution`).
 
-Per model of `snapshots.models`: a layer x training-step heat map of each layer's distance to the
+Per model of `snapshots.models`, and per pretrained model with a grid of published revisions
+(pretrained.models.<label>.revisions; analysis/report/revisions.py: its revisions' check, their names in the
+points' labels where a name does not say its step): a layer x training-step heat map of each layer's distance to the
 finished model (and, for an LM or MLM, of its logit-lens readout loss), the MI, neighbour and distance
 curves over training with the dev loss on the same step axis, the step from which each layer stays
 within `analysis.evolution.within` of its finished state, and the study's claims checked at every step
 ("when each finding appears").
 
 A claim that compares objectives is checked at a step with each objective's state at that step; an
-objective whose training ended before it enters with its finished model (marked in the table).
+objective whose training ended before it enters with its finished model (marked in the table). The claims
+read the trained objectives only (mt, lm, mlm by name; a pretrained label is never an objective's): a
+pretrained grid model is left out of the per-step claims altogether, so that its published steps add no
+points to them and it never enters a step beside our models (`per_step_rows`).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,9 +26,17 @@ import numpy as np
 from analysis.io.tables import REPLICATES
 from analysis.report import claims, plotting
 from analysis.report.criteria import Criteria, Verdict
+from analysis.report.evolution_figures import (  # noqa: F401  (heatmap: read from here by the tests)
+    NO_DEV_LOSS_LOG,
+    NO_DEV_LOSS_PUBLISHED,
+    evolution_curves,
+    evolution_heatmaps,
+    heatmap,
+)
 from analysis.report.gather import Experiment
-from analysis.report.html import Section, details, not_measured, para, table
-from analysis.report.plotting import Rows, Style, colour, legend, panels, plt, render
+from analysis.report.html import Section, details, not_measured, note, para, table
+from analysis.report.plotting import Rows, Style
+from analysis.report.revisions import grid_models, revision_names, revisions_block, shown_name
 
 # The claims a step's rows can be checked for: those of MI (1, 2), MI and change (3), change (5) and
 # neighbours (7). Task distances (4) need two seeds of every objective and influence (6) reruns the
@@ -46,11 +59,29 @@ class Grid:
     layers: list[int]
     values: np.ndarray  # (len(layers), len(points)); nan where a cell has no row
     after: int = 0      # points after FINAL
+    # a pretrained grid's revision names by point (a step, or FINAL); a label shows one where it adds to the step
+    names: Mapping[Any, str] = field(default_factory=dict)
 
     def labels(self) -> list[str]:
         final = self.points.index(FINAL) if FINAL in self.points else len(self.points)
-        return [f"final ({s})" if p == FINAL else f"{p} (after best)" if j > final else str(p)
-                for j, (p, s) in enumerate(zip(self.points, self.steps))]
+        out = []
+        for j, (p, s) in enumerate(zip(self.points, self.steps)):
+            name = shown_name(s, self.names.get(p))
+            extra = [name] if name else []
+            if p == FINAL:
+                out.append(f"final ({', '.join([str(s), *extra])})")
+            elif j > final:
+                out.append(f"{p} ({', '.join([*extra, 'after best'])})")
+            else:
+                out.append(f"{p} ({name})" if name else str(p))
+        return out
+
+    def step_label(self, step: int | None) -> str:
+        """A settle step as text: the step, with its revision name where that adds to it."""
+        if step is None:
+            return "final only"
+        name = shown_name(step, self.names.get(step))
+        return f"{step} ({name})" if name else str(step)
 
 
 def points_of(rows: Sequence[Mapping[str, Any]], objective: str, seed: int) -> tuple[list[Any], list[int], int]:
@@ -67,7 +98,7 @@ def points_of(rows: Sequence[Mapping[str, Any]], objective: str, seed: int) -> t
 
 
 def grid(rows: Sequence[Mapping[str, Any]], objective: str, seed: int, quantity: str = "to_final",
-         measure: str = "pwcca", target: str | None = None) -> Grid:
+         measure: str = "pwcca", target: str | None = None, names: Mapping[Any, str] | None = None) -> Grid:
     points, steps, after = points_of(rows, objective, seed)
     mine = [r for r in rows if r["objective"] == objective and r["seed"] == seed and r["quantity"] == quantity
             and r["measure"] == measure and (target is None or r["target"] == target)]
@@ -76,7 +107,7 @@ def grid(rows: Sequence[Mapping[str, Any]], objective: str, seed: int, quantity:
     for r in mine:
         j = points.index(FINAL if r["final"] else r["step"])
         values[layers.index(r["layer"]), j] = r["value"]
-    return Grid(objective, seed, measure, points, steps, layers, values, after)
+    return Grid(objective, seed, measure, points, steps, layers, values, after, dict(names or {}))
 
 
 def settled(g: Grid, within: float) -> dict[int, Any]:
@@ -169,6 +200,16 @@ def verdicts_over_training(rows: Sequence[Mapping[str, Any]], crit: Criteria
     return points, verdicts, ended
 
 
+def per_step_rows(rows: Sequence[Mapping[str, Any]], pretrained: Collection[str]
+                  ) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """(the rows the claims over training read, the pretrained models left out): every model's but the
+    pretrained ones'. The claims compare our trained objectives, each model of one seed at one training step;
+    a published grid's steps are another training's (another corpus, size and schedule), so it neither
+    enters a step nor adds its steps to the points."""
+    left = sorted({r["objective"] for r in rows if r["objective"] in pretrained})
+    return [r for r in rows if r["objective"] not in pretrained], left
+
+
 def first_holding(points: Sequence[Any], verdicts: Sequence[Verdict]) -> Any:
     """The first point from which the claim holds at every later point (None: never so)."""
     for j in range(len(points)):
@@ -187,6 +228,12 @@ def _models(rows) -> list[tuple[str, int]]:
     return sorted({(r["objective"], r["seed"]) for r in rows}, key=lambda m: (order.get(m[0], 9), m[0], m[1]))
 
 
+def _point_names(exp: Experiment) -> dict[tuple[str, int], dict[Any, str]]:
+    """Per pretrained grid model (label, seed) its revision names by point (a step, or FINAL)."""
+    return {model: {**steps, **({FINAL: final} if final else {})}
+            for model, (steps, final) in revision_names(exp).items()}
+
+
 def evolution_section(exp: Experiment, style: plotting.Style, crit: Criteria) -> Section:
     s = Section("evolution", "Evolution over training")
     s.add(para("The models of <code>snapshots.models</code> kept their weights at the steps of "
@@ -198,16 +245,27 @@ def evolution_section(exp: Experiment, style: plotting.Style, crit: Criteria) ->
                "(analysis.evolution.restarts), so its MI can differ a little from the MI section's."))
     table_ = exp.tables.get("evolution")
     rows = table_.rows if table_ is not None else None
+    grids_ = grid_models(exp, rows)
+    if grids_:
+        labels = ", ".join(dict.fromkeys(label for label, _ in grids_))
+        s.add(para(f"Pretrained models with a grid of published revisions ({labels}; "
+                   "pretrained.models.<label>.revisions): each revision was dumped as a snapshot and measured in the "
+                   "same way against the model's final revision, its finished model (its training step in brackets, "
+                   "and the revision's name where the name does not say the step). Their steps are the publisher's "
+                   "optimiser steps of another training (corpus, size, schedule): they are read beside ours, never "
+                   "compared with them step by step, and they have no dev loss of ours."))
+    revisions_block(s, exp, grids_)
     if rows is None:
         s.add(not_measured("evolution over training", (table_.missing if table_ is not None else None)
-                           or "no model keeps snapshots (snapshots.models)"))
+                           or "no model keeps snapshots (snapshots.models) and no pretrained model names revisions"))
         return s
     measures = [str(m) for m in exp.cfg.analysis.evolution.measures]
     main = measures[0]
     within = float(exp.cfg.analysis.evolution.within)
     models = _models(rows)
+    names = _point_names(exp)
     logs = {(m.objective, m.seed): m.log for m in exp.models}
-    grids = [grid(rows, o, sd, "to_final", main) for o, sd in models]
+    grids = [grid(rows, o, sd, "to_final", main, names=names.get((o, sd))) for o, sd in models]
     n = sorted({r["n_tokens"] for r in rows if r["quantity"] == "to_final"})
     figures_ = evolution_heatmaps(grids, style)
     if figures_ is not None:
@@ -219,14 +277,15 @@ def evolution_section(exp: Experiment, style: plotting.Style, crit: Criteria) ->
         s.add(details(f"{g.objective} seed {g.seed}: the heat map's numbers ({main} distance to final)",
                       table(("layer", *g.labels()), [(layer, *(_num(v) for v in g.values[i]))
                                                      for i, layer in enumerate(g.layers)])))
-    readout_heatmap(s, rows, models, style)
-    # the step from which each layer stays close to its finished state
+    readout_heatmap(s, rows, models, style, names)
+    # the step from which each layer stays close to its finished state (models of different depths: each
+    # its own layers, "—" where a model has no such layer)
+    layers = sorted({layer for g in grids for layer in g.layers})
     body = []
     for g in grids:
         done = settled(g, within)
-        body.append((f"{g.objective} seed {g.seed}", *(("final only" if done[layer] is None else done[layer])
-                                                      for layer in g.layers)))
-    layers = grids[0].layers if grids else []
+        body.append((f"{g.objective} seed {g.seed}", *(g.step_label(done[layer]) if layer in done else "—"
+                                                      for layer in layers)))
     s.add("<h3>When each layer settles</h3>")
     s.add(para(f"The first kept step from which a layer's {main.upper()} distance to its finished state stays at "
                f"or below {within:g} (analysis.evolution.within) up to the finished model (its best step); layers "
@@ -235,7 +294,8 @@ def evolution_section(exp: Experiment, style: plotting.Style, crit: Criteria) ->
                "the finished model, marked “after best”, and left out of the settle steps and of the claims "
                "below."))
     s.add(table(("model", *(f"layer {layer}" for layer in layers)), body))
-    curves = evolution_curves(rows, models, logs, main, style)
+    published = [o for o, _ in models if o in exp.pretrained]
+    curves = evolution_curves(rows, models, logs, main, style, published)
     if curves is not None:
         from analysis.report.html import figure
         s.add(figure(curves[0], curves[1], "measures over training",
@@ -243,7 +303,23 @@ def evolution_section(exp: Experiment, style: plotting.Style, crit: Criteria) ->
                      "its best step, a hollow marker): distance of each layer to the finished model, corrected MI "
                      "with the input and with the output, the neighbours' identity share, and the dev loss. Colour "
                      "runs from layer 0 (light) to the top layer (dark)."))
+    lacking = [f"{o} seed {sd}: {NO_DEV_LOSS_PUBLISHED if o in exp.pretrained else NO_DEV_LOSS_LOG}"
+               for o, sd in models if o in exp.pretrained or not any("dev_loss" in e for e in logs.get((o, sd), []))]
+    if lacking:
+        s.add(para("Dev loss not drawn: " + "; ".join(lacking) + "."))
+    claims_over_training(s, rows, crit, exp.pretrained)
+    return s
+
+
+def claims_over_training(s: Section, rows: Rows, crit: Criteria, pretrained: Collection[str]) -> None:
+    """“When each finding appears”: the per-step claims on the trained models' rows (`per_step_rows`)."""
     s.add("<h3>When each finding appears</h3>")
+    rows, left = per_step_rows(rows, pretrained)
+    if not rows:
+        s.add(not_measured("the claims over training", f"only pretrained models ({', '.join(left)}) have rows "
+                                                       "over training: the claims compare the objectives trained "
+                                                       "here (mt, lm, mlm), which keep no snapshots in this run"))
+        return
     points, verdicts, ended = verdicts_over_training(rows, crit)
     head = ("claim", "holds from", *(("final" if p == FINAL else str(p)) for p in points))
     body = []
@@ -261,18 +337,24 @@ def evolution_section(exp: Experiment, style: plotting.Style, crit: Criteria) ->
                "step with its snapshot of that step while the step is before its best step, and with its finished "
                "model from its best step on. Claims 4 (task distances: two seeds of each objective) and 6 "
                "(influence) are not measured per step."))
+    if left:
+        s.add(note(f"The pretrained grid models ({', '.join(left)}) are left out of these claims: they read the "
+                   "objectives trained here, and a published model's steps are another training's, so it neither "
+                   "enters a step beside them nor adds its steps to the columns."))
     s.add(table(head, body))
     gone = {p: m for p, m in ended.items() if m and p != FINAL}
     if gone:
         s.add(para("Entering with their finished model, since their training had reached its best step by then: "
                    + "; ".join(f"step {p}: {', '.join(m)}" for p, m in gone.items()) + "."))
-    return s
 
 
-def readout_heatmap(s: Section, rows: Rows, models: Sequence[tuple[str, int]], style: Style) -> None:
+def readout_heatmap(s: Section, rows: Rows, models: Sequence[tuple[str, int]], style: Style,
+                    names: Mapping[tuple[str, int], Mapping[Any, str]] | None = None) -> None:
     """The logit lens's loss (quantity readout, analysis.measures.readout) per layer and step, as the
-    distance to final is drawn, for every model with such rows; nothing for the others."""
-    grids = [g for o, sd in models if (g := grid(rows, o, sd, "readout", "loss")).values.size]
+    distance to final is drawn, for every model with such rows; nothing for the others (`names`: a
+    pretrained grid's revision names by point)."""
+    grids = [g for o, sd in models if (g := grid(rows, o, sd, "readout", "loss",
+                                                  names=(names or {}).get((o, sd)))).values.size]
     made = evolution_heatmaps(grids, style, "readout loss (nats)", "readout loss", vmin=None)
     if made is None:
         return
@@ -292,79 +374,3 @@ def readout_heatmap(s: Section, rows: Rows, models: Sequence[tuple[str, int]], s
 
 def _num(value: float) -> str:
     return "—" if not math.isfinite(value) else f"{value:.3f}"
-
-
-def evolution_heatmaps(grids: Sequence[Any], style: Style, label: str | None = None, title: str | None = None,
-                       vmin: float | None = 0.0) -> tuple[bytes, str] | None:
-    """One panel per model: its `report_evolution.Grid` as a layer (rows, 0 at the bottom) x point
-    (columns: the kept steps, then the finished model) heat map of its quantity (by default the distance
-    to the finished model; `label`: the colour bar's, `title`: after the model's name; `vmin`: the colour
-    scale's floor, None: the panel's lowest value)."""
-    grids = [g for g in grids if g.values.size]
-    if not grids:
-        return None
-    fig, axes = panels(len(grids), 3, width=3.6, height=2.6)
-    for ax, g in zip(axes, grids):
-        image = heatmap(ax, g, vmin)
-        ax.set_title(f"{g.objective} seed {g.seed}" + (f": {title}" if title else ""))
-        fig.colorbar(image, ax=ax, shrink=0.85, label=label or f"{g.measure} distance to final")
-    return render(fig, style)
-
-
-def heatmap(ax, g: Any, vmin: float | None = 0.0):
-    """Draw `g` on `ax` (row i of the image is layer g.layers[i], column j point g.points[j])."""
-    image = ax.imshow(g.values, origin="lower", aspect="auto", cmap="viridis", vmin=vmin,
-                      vmax=max(float(np.nanmax(g.values)) if np.isfinite(g.values).any() else 1.0, 1e-9))
-    ax.set_xticks(range(len(g.points)), g.labels(), rotation=60, fontsize=7)
-    ax.set_yticks(range(len(g.layers)), [str(layer) for layer in g.layers])
-    ax.set_xlabel("training step")
-    ax.set_ylabel("layer")
-    return image
-
-
-def evolution_curves(rows: Rows, models: Sequence[tuple[str, int]], logs: Mapping[tuple[str, int], list[dict]],
-                     measure: str, style: Style) -> tuple[bytes, str] | None:
-    """Columns: models; rows: distance to final, corrected MI with the input, with the output, identity
-    share of the neighbours (a line per layer, light to dark with depth), and the dev loss, all against
-    the training step on one symmetric-log axis per column."""
-    if not models:
-        return None
-    quantities = [("to_final", measure, "final", f"{measure} distance to final"),
-                  ("mi", "corrected", "input", "corrected MI, input (nats)"),
-                  ("mi", "corrected", "output", "corrected MI, output (nats)"),
-                  ("neighbours", "identity", "", "neighbours: same token")]
-    fig, axes = plt.subplots(len(quantities) + 1, len(models), figsize=(3.2 * len(models), 2.0 * (len(quantities) + 1)),
-                             squeeze=False, sharex="col", layout="constrained")
-    for col, (objective, seed) in enumerate(models):
-        mine = [r for r in rows if r["objective"] == objective and r["seed"] == seed]
-        layers = sorted({r["layer"] for r in mine if r["quantity"] == "to_final"})
-        cmap = plt.get_cmap("Blues" if objective.startswith("mt") else "Reds" if objective.startswith("lm")
-                            else "Greens" if objective.startswith("mlm") else "Greys")
-        for row, (quantity, m, target, label) in enumerate(quantities):
-            ax = axes[row][col]
-            picked = [r for r in mine if r["quantity"] == quantity and r["measure"] == m and r["target"] == target]
-            if not picked:
-                ax.text(0.5, 0.5, "no such label" if quantity == "mi" else "not measured", ha="center", va="center", transform=ax.transAxes, color="#888888")
-            for layer in layers:
-                shade = cmap(0.3 + 0.7 * layer / max(layers[-1], 1))
-                snaps = sorted((r["step"], r["value"]) for r in picked if r["layer"] == layer and not r["final"])
-                final = [(r["step"], r["value"]) for r in picked if r["layer"] == layer and r["final"]]
-                if snaps:
-                    ax.plot(*zip(*snaps), color=shade, lw=1.2, marker="o", ms=2, label=f"layer {layer}")
-                if final:
-                    ax.plot(*zip(*final), color=shade, ls="none", marker="o", ms=4, mfc="none")
-            ax.set_xscale("symlog", linthresh=10)
-            if col == 0:
-                ax.set_ylabel(label, fontsize=8)
-            if row == 0:
-                ax.set_title(f"{objective} seed {seed}")
-        ax = axes[len(quantities)][col]
-        points = [(e["step"], e["dev_loss"]) for e in logs.get((objective, seed), []) if "dev_loss" in e]
-        if points:
-            ax.plot(*zip(*points), color=colour(objective), marker="o", ms=2, lw=1.2)
-        ax.set_xscale("symlog", linthresh=10)
-        ax.set_xlabel("training step")
-        if col == 0:
-            ax.set_ylabel("dev loss", fontsize=8)
-    legend(axes[0][0], fontsize=6, ncol=2)
-    return render(fig, style)

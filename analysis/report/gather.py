@@ -1,6 +1,7 @@
 """Everything the report reads from an experiment's folders, each piece with the reason it is missing.
 
-Under `paths.results`: the metric tables `metrics/<name>.csv`, the study's six, `evolution` and `readout`
+Under `paths.results`: the metric tables `metrics/<name>.csv`, the study's six, `evolution`, `readout` and
+`revisions` (the pretrained grids' revisions checked, analysis/measures/revisions.py; no replicates)
 (+ their `.json` records), every model's `models/<objective>/seed<n>/summary.json` and `log.jsonl`, `data/stage.json`,
 `tokenizer/stage.json`, `dumps/<objective>/seed<n>/meta.json` and Snakemake's `benchmarks/**.tsv`.
 Nothing here fails on a missing or unreadable input: it records why, and the report says so.
@@ -24,12 +25,13 @@ from analysis.io.tables import COLUMNS, read_record, read_replicates, read_table
 from pipeline.config import layout
 from pipeline.config.grid import INIT, model_grid, pretrained_grid
 from pipeline.config.layout import table_path
+from pipeline.config.pretrained import HFSpec, specs
 from pipeline.dump.format import META_FILE
 from pipeline.errors import PipelineError
 from pipeline.records.files import STAGE_RECORD, read_json
 from pipeline.train.convergence import convergence
 
-# similarity, change, influence, mi, neighbours, evolution, readout, tsne
+# similarity, change, influence, mi, neighbours, evolution, readout, revisions, tsne
 TABLES = tuple(t for t in COLUMNS if t != "claims")
 _INT = {"seed", "seed_a", "seed_b", "layer", "layer_a", "layer_b", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_influencers",
         "n_clusters", "k", "n_queries", "position", "sentence_id", "masked", "step", "final", "n_sentences"}
@@ -94,6 +96,8 @@ class Experiment:
     hardware: dict[str, Any]
     # the pretrained models (pipeline/model/hf.py): label -> their dump's meta.json (with its `pretrained` record)
     pretrained: dict[str, dict] = field(default_factory=dict)
+    # the pretrained models with a grid of published revisions (pretrained.models.<label>.revisions): label -> spec
+    grids: dict[str, HFSpec] = field(default_factory=dict)
 
     def rows(self, name: str) -> list[dict[str, Any]] | None:
         return self.tables[name].rows
@@ -250,7 +254,7 @@ def _gpus() -> str:
         return "none found (no nvidia-smi)"
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+                             check=False, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown (nvidia-smi failed)"
     names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
@@ -286,4 +290,5 @@ def collect(cfg: DictConfig, probe_hardware: bool = True) -> Experiment:
                       n_layers=n_layers, data_stage=_read_json(Path(str(cfg.paths.data)) / STAGE_RECORD),
                       tokenizer_stage=_read_json(Path(str(cfg.paths.tokenizer)) / STAGE_RECORD), dumps=dumps,
                       benchmarks=read_benchmarks(results / "benchmarks"),
-                      hardware=hardware() if probe_hardware else {}, pretrained=pretrained)
+                      hardware=hardware() if probe_hardware else {}, pretrained=pretrained,
+                      grids={label: spec for label, spec in specs(cfg).items() if spec.revisions})
