@@ -48,7 +48,8 @@ def fingerprint(folder: Path) -> dict:
     if not weights or not layers or layers[0] != layer_file(0):
         raise PipelineError(f"{folder / 'stage.json'} records no weights or layer files of a pretrained model's dump")
     states = hashlib.sha256("".join(record.outputs[name].sha256 for name in layers).encode()).hexdigest()
-    return {"revision": model.get("requested_revision") or "", "commit": model.get("revision") or "",
+    # a revision is named by its branch, or by its repository where it is one of its own (MultiBERTs' steps)
+    return {"revision": model.get("requested_revision") or model.get("name") or "", "commit": model.get("revision") or "",
             "weights_sha256": hashlib.sha256(weights.encode()).hexdigest(), "states_sha256": states}
 
 

@@ -260,6 +260,14 @@ def test_each_seed_repository_is_a_model_of_the_grid(grid):
                 extra = [entry, "label=mb", f"seed={seed}", *([] if step is None else [f"snapshot={step}"])]
                 out = hf_dump.dump(grid["cfg"](*extra))
                 metas[seed, step] = read_json(out / "meta.json")
+        from analysis.measures.revisions import revision_rows
+
+        checked = [r for r in revision_rows(grid["cfg"](entry, "label=mb")) if r["objective"] == "mb"]
+    # a step that is a repository of its own is named by it; each seed's revisions are compared among themselves
+    assert sorted((r["seed"], r["revision"], r["final"]) for r in checked) == [
+        (0, "tiny-org/mb-seed_0", 1), (0, "tiny-org/mb-seed_0-step_1k", 0),
+        (1, "tiny-org/mb-seed_1", 1), (1, "tiny-org/mb-seed_1-step_1k", 0)]
+    assert all(r["same_weights_as"] == "" for r in checked)
     assert metas[1, None]["seed"] == 1 and metas[1, None]["pretrained"]["name"] == "tiny-org/mb-seed_1"
     assert metas[1, 1000]["pretrained"]["name"] == "tiny-org/mb-seed_1-step_1k" and metas[1, 1000]["step"] == 1000
     assert metas[0, None]["step"] == 30000
