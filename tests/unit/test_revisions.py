@@ -280,3 +280,41 @@ def test_each_seed_repository_is_a_model_of_the_grid(grid):
         read_json(results / "snapshots" / "tiny" / "seed0" / "step0" / "meta.json")["checkpoint_sha256"]
     assert (results / "dumps" / "mb" / "seed1" / "stage.json").is_file()
     assert (results / "snapshots" / "mb" / "seed1" / "step1000" / "stage.json").is_file()
+
+
+def test_a_masked_lm_grid_measures_every_revision_on_the_first_maskings(grid):
+    """A BERT grid (step0 and the final step5 in the cache): the revision's masked run has
+    snapshots.mlm_maskings maskings, the final dump dump.mlm_maskings; the evolution rows of both (MI with
+    the masked token, the readout) are on the same masked rows."""
+    import huggingface_hub.constants
+
+    from analysis.measures.evolution import evolution_rows
+    from pipeline.dump import pretrained as hf_dump
+    from pipeline.prepare.corpus import read_lines
+    from pipeline.records.files import read_json
+    from tests.hf_cache import add_revision
+    from tests.hf_models import build
+
+    cache, saved = grid["root"] / "hub-bert", grid["root"] / "saved-bert"
+    sentences = read_lines(grid["root"] / "results" / "data" / "train.src")
+    for seed, branch in enumerate(("step0", "step5")):
+        build("bert", saved / branch, sentences, seed=seed)
+        if seed:  # a release's revisions share one tokenizer (each build trains its own; their ids differed)
+            for path in (saved / "step0").iterdir():
+                if "token" in path.name or path.name == "vocab.txt":
+                    shutil.copyfile(path, saved / branch / path.name)
+        add_revision(cache, "tiny-org/bert-tiny", branch, saved / branch)
+    entry = "+pretrained.models.bt={name: tiny-org/bert-tiny, role: mlm, revision: step5, revisions: [step0]}"
+
+    def cfg(*extra):
+        return grid["cfg"](entry, "objective=mlm", "label=bt", "dump.mlm_maskings=2", "snapshots.mlm_maskings=1", *extra)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+        final, snap = hf_dump.dump(cfg()), hf_dump.dump(cfg("snapshot=0"))
+        rows = evolution_rows(cfg("snapshot=0")) + evolution_rows(cfg())
+    assert read_json(final / "masked" / "meta.json")["maskings"] == 2
+    assert read_json(snap / "masked" / "meta.json")["maskings"] == 1
+    for quantity, target in (("readout", "masked"), ("mi", "output")):
+        mine = [r for r in rows if r["quantity"] == quantity and r["target"] == target]
+        assert {r["step"] for r in mine} == {0, 5} and len({r["n_tokens"] for r in mine}) == 1, quantity
