@@ -236,11 +236,11 @@ def _point_names(exp: Experiment) -> dict[tuple[str, int], dict[Any, str]]:
 
 def evolution_section(exp: Experiment, style: plotting.Style, crit: Criteria) -> Section:
     s = Section("evolution", "Evolution over training")
-    s.add(para("The models of <code>snapshots.models</code> kept their weights at the steps of "
-               "<code>snapshots.keep</code> while they trained; each kept step was dumped on the probe set and "
-               "measured as the finished model is: every layer's distance to the same layer of the finished model "
-               "(on the same tokens), MI with the input and the output, nearest neighbours, and the change between "
-               "layers (all tokens). Steps are optimiser steps; the finished model is the one with the best dev "
+    s.add(para("The models of snapshots.models kept their weights at the steps of snapshots.keep while they "
+               "trained (a published model's grid: its revisions, pretrained.models.<label>.revisions); each kept "
+               "step was dumped on the probe set and measured as the finished model is: every layer's distance to "
+               "the same layer of the finished model (on the same tokens), MI with the input and the output, nearest "
+               "neighbours, the change between layers (all tokens) and the logit lens. Steps are optimiser steps; the finished model is the one with the best dev "
                "loss (its step in brackets). Each step has one k-means clustering per layer "
                "(analysis.evolution.restarts), so its MI can differ a little from the MI section's."))
     table_ = exp.tables.get("evolution")
