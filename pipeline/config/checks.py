@@ -152,6 +152,8 @@ def check_dump_settings(cfg: DictConfig) -> None:
     require(cfg, "dump.mlm_maskings", positive_int, "must be a positive integer")
     require(cfg, "dump.mlm_masked", lambda v: isinstance(v, bool), "expected true or false")
     require(cfg, "dump.readout", lambda v: isinstance(v, bool), "expected true or false")
+    require(cfg, "dump.readout_sentences", lambda v: v is None or (is_int(v) and v > 0),
+            "expected null (every probe sentence) or how many probe sentences the lens reads, a positive integer")
     require(cfg, "dump.tuned_lens", lambda v: is_int(v) and v >= 0,
             "expected how many training sentences to fit the tuned lens on (0: none)")
     require(cfg, "dump.device", lambda v: isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda")),

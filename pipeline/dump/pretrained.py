@@ -312,7 +312,8 @@ def _dump(cfg: DictConfig) -> Path:
                        "mask_token": tokenizer.mask_token, "chosen_share": float((kind > 0).mean())}
         sets.append(HFSet(out / MASKED_DIR, fed, masked_columns, masked_meta, copies=maskings, predict=True))
 
-    attach(sets, role, lambda: hf_lens(model, n_layers), n_layers, bool(cfg.dump.readout))
+    attach(sets, role, lambda: hf_lens(model, n_layers), n_layers, bool(cfg.dump.readout),
+           sentences=cfg.dump.readout_sentences)
     fit_tuned_lens(cfg, model, stack, role, tokenizer, sets, device, max_length, pad_id, n_layers, d_model)
     remove_outputs(out)
     log.info("%s on %s in %s: batches of at most %d tokens", label, device, meta["model_dtype"], batch_tokens)

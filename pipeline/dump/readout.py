@@ -185,11 +185,24 @@ TARGETS = {"lm": "the next token (after a sentence's last: eos where the model w
            "mlm": "the original token at the positions the masking chose (masked/)"}
 
 
+def sentence_subset(sentence_ids: np.ndarray, n: int | None) -> np.ndarray:
+    """(rows,) bool: the rows of `n` of the sentences (None: all), those whose ids hash lowest (a seeded
+    hash of the id alone, so that models that keep the same sentences read the same ones)."""
+    ids = np.asarray(sentence_ids)
+    if n is None:
+        return np.ones(len(ids), dtype=bool)
+    unique = np.unique(ids)
+    with np.errstate(over="ignore"):
+        hashed = (unique.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+    chosen = unique[np.argsort(hashed, kind="stable")[:n]]
+    return np.isin(ids, chosen)
+
+
 def attach(sets, kind: str, make_lens: Callable[[], Lens], n_layers: int, enabled: bool,
-           eos_id: int | None = None) -> None:
-    """Give each set of a dump (its `columns`, `meta`, `folder`) a Readout when its rows have targets, and
-    say in every set's meta.json what the readout holds, or why there is none (`make_lens` may raise
-    NoReadout)."""
+           eos_id: int | None = None, sentences: int | None = None) -> None:
+    """Give each set of a dump (its `columns`, `meta`, `folder`) a Readout when its rows have targets (those
+    of `sentences` probe sentences, `sentence_subset`; None: all), and say in every set's meta.json what
+    the readout holds, or why there is none (`make_lens` may raise NoReadout)."""
     why = None
     if not enabled:
         why = "dump.readout is false"
@@ -205,6 +218,8 @@ def attach(sets, kind: str, make_lens: Callable[[], Lens], n_layers: int, enable
             why = str(e)
     for dset in sets:
         targets = None if lens is None else targets_of(dset.columns, kind, bool(dset.meta["masked"]), eos_id)
+        if targets is not None:
+            targets[~sentence_subset(dset.columns["sentence_id"], sentences)] = -1
         if targets is not None and (targets >= 0).any():
             dset.readout = Readout(dset.folder, lens, targets, n_layers)
             dset.meta["readout"] = {"measured": True, "targets": TARGETS[kind], "rows": len(dset.readout.rows)}

@@ -344,7 +344,8 @@ def _dump(cfg: DictConfig) -> Path:
                        "chosen_share": float((kind > 0).mean())}
         sets.append(DumpSet(out / MASKED_DIR, inputs, masked_columns, masked_meta, copies=len(masks)))
 
-    attach(sets, model_kind, lambda: our_lens(model), n_layers, bool(cfg.dump.readout), eos_id=sp.eos)
+    attach(sets, model_kind, lambda: our_lens(model), n_layers, bool(cfg.dump.readout), eos_id=sp.eos,
+           sentences=cfg.dump.readout_sentences)
     fit_tuned_lens(cfg, model, tok, sp, sets, device)
     inputs = input_hashes([ckpt_path, Path(str(cfg.paths.tokenizer)) / MODEL_FILE,
                            Path(str(cfg.paths.tokenizer)) / FREQ_FILE, probe_path])

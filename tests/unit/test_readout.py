@@ -203,3 +203,17 @@ def test_the_tuned_lens_recovers_a_layer_that_is_an_affine_map_of_the_last(root,
     assert not np.allclose(r["tuned_loss"][0], r["loss"][0])
     rows = read_table(run(cfg), "readout")
     assert {x["lens"] for x in rows} == {"logit", "tuned"}
+
+
+def test_the_lens_can_read_a_subset_of_the_sentences_the_same_for_every_model(root, shared_zip):
+    from pipeline.dump.readout import sentence_subset
+
+    out = dump(make_cfg(root, shared_zip, "lm", "dump.readout_sentences=7", f"paths.dump={root / 'lm-7'}"))
+    r, t = read_readout(out), read_tokens(out)
+    kept = np.unique(t["sentence_id"][r["rows"]])
+    assert len(kept) == 7
+    assert np.array_equal(r["rows"], np.flatnonzero(np.isin(t["sentence_id"], kept)))
+    # a model that keeps fewer sentences reads the same ones among them
+    ids = np.unique(t["sentence_id"])
+    fewer = np.setdiff1d(ids, ids[::5])
+    assert set(kept) - set(ids[::5]) <= set(np.unique(fewer[sentence_subset(fewer, 7)]))
