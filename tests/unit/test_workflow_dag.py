@@ -266,16 +266,20 @@ PRETRAINED = {**dict.fromkeys(RULES, 0), "prepare": 1, "dump": 3, "measure": 17,
               "report": 1}
 
 
-@pytest.fixture(scope="module")
-def finished_pretrained(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("finished_pretrained")
-    config = {"experiment": "pretrained"}
+def placeholder_run(workdir: Path, config: dict) -> Path:
+    """Every output of `config`'s workflow as a placeholder (records empty), touched in the DAG's order:
+    a finished run for dry runs to compare settings against."""
     for output in run_workflow(workdir, config):
         path = workdir / output
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text('{"outputs": {}}' if path.name == "stage.json" else "")
     run_workflow(workdir, config, executor="touch", forceall=True)
     return workdir
+
+
+@pytest.fixture(scope="module")
+def finished_pretrained(tmp_path_factory) -> Path:
+    return placeholder_run(tmp_path_factory.mktemp("finished_pretrained"), {"experiment": "pretrained"})
 
 
 def test_a_published_checkpoint_grid_dumps_and_measures_every_revision(tmp_path):
@@ -302,12 +306,7 @@ def test_a_published_checkpoint_grid_dumps_and_measures_every_revision(tmp_path)
 ])
 def test_a_grid_setting_reruns_exactly_what_it_affects(tmp_path, overrides, expected):
     config = {"experiment": "pythia"}
-    for output in run_workflow(tmp_path, config):
-        path = tmp_path / output
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text('{"outputs": {}}' if path.name == "stage.json" else "")
-    run_workflow(tmp_path, config, executor="touch", forceall=True)
-    outputs = run_workflow(tmp_path, {**config, "overrides": overrides})
+    outputs = run_workflow(placeholder_run(tmp_path, config), {**config, "overrides": overrides})
     got = {k: v for k, v in jobs_per_rule(outputs).items() if v}
     assert {k: got.get(k, 0) for k in expected} == expected
 
