@@ -245,6 +245,10 @@ def _dump(cfg: DictConfig) -> Path:
     if not require_upstream(data, data_config(cfg), prepare_command()):
         raise PipelineError(f"{data} holds no finished stage: run `{prepare_command()}` first")
     out = Path(str(cfg.paths.dump)) if step is None else snapshot_dump(cfg, step)
+    # the role as stated, or as the last dump of this folder recorded it: checked before the cache is read
+    known = spec.role or (getattr(read_record(out), "extra", {}).get("pretrained") or {}).get("role")
+    if known is not None:
+        _check_role(cfg, label, known)
     stage_cfg = pretrained_dump_config(cfg, label)
     problem = stage_problem(out, stage_cfg)  # before the cache is read: an evicted revision's dump stays done
     if problem is None:
@@ -254,9 +258,7 @@ def _dump(cfg: DictConfig) -> Path:
     evict = fetched and bool(OmegaConf.select(cfg, "pretrained.evict", default=False))
     config = hf.read_config(folder)
     role = hf.choose_role(spec, config)
-    if str(cfg.objective.kind) != role:
-        raise PipelineError(f"{label} plays role {role}: run with objective={role} label={label} "
-                            f"(the setting objective={cfg.objective.kind} picks the masking config of another role)")
+    _check_role(cfg, label, role)
     probe_path, source_path = data / "probe.txt", data / FREQ_SOURCE
     weights = hf.weight_files(folder)
     if read_record(out) is not None:
@@ -351,6 +353,12 @@ def _dump(cfg: DictConfig) -> Path:
     log.info("wrote %d layers x %d tokens x %d of %s to %s%s", n_layers + 1, probe.n_tokens, d_model, spec.name, out,
              " (+ masked/)" if len(sets) > 1 else "")
     return out
+
+
+def _check_role(cfg: DictConfig, label: str, role: str) -> None:
+    if str(cfg.objective.kind) != role:
+        raise PipelineError(f"{label} plays role {role}: run with objective={role} label={label} "
+                            f"(the setting objective={cfg.objective.kind} picks the masking config of another role)")
 
 
 def hidden_sizes(stack, tokenizer, device) -> list[int]:

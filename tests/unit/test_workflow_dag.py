@@ -462,7 +462,7 @@ def test_every_remote_job_declares_its_resources_and_light_ones_run_locally(tmp_
                                                                configfiles=[CONFIGFILE]),
                                 snakefile=SNAKEFILE, workdir=tmp_path)
         local = set(workflow._workflow._localrules)  # noqa: SLF001 (snakemake has no public accessor)
-    assert local == {"all", "download", "merge", "merge_evolution", "report"}, local  # download: the internet
+    assert local == {"all", "download", "merge", "merge_evolution", "report", "revisions"}, local  # download: the internet
     remote = [job for job in jobs if job[0] not in local]
     assert {rule for rule, *_ in remote} == {"prepare", "train", "dump", "dump_init", "measure", "similarity"}
     caps = {"mt": 14, "lm": 7, "mlm": 15, "mt_td": 14, "lm_td": 7}  # conf/experiment/default.yaml
