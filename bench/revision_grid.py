@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -141,8 +142,6 @@ def disk(args) -> None:
             huggingface_hub.constants.HF_HUB_CACHE = str(cache)
             fetched: list[str] = []
             simulate_downloads(cache, remote, fetched)
-            import shutil
-
             shutil.copytree(root / "results" / "data", results / "data")
             peak = [0]
             from pipeline.model import hf

@@ -42,7 +42,6 @@ from omegaconf import DictConfig
 from analysis.stats.cca import Covariances, Spectrum
 from pipeline.config.analysis import METHODS, setting
 
-TABLES = ("similarity", "change", "influence", "mi", "neighbours", "readout")
 NO_INTERVAL = (float("nan"), float("nan"))
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
