@@ -21,7 +21,7 @@ rule dump:
         logs("dump/{objective}/seed{seed}.log"),
     benchmark:
         results("benchmarks/dump/{objective}/seed{seed}.tsv")
-    threads: 2  # change per run with --set-threads dump=N
+    threads: 1  # as the measures (workflow/rules/analysis.smk); change per run with --set-threads dump=N
     resources:
         **needs("dump", GPUS),
     shell:
@@ -45,7 +45,7 @@ rule dump_init:
         logs("dump/init/seed{seed}.log"),
     benchmark:
         results("benchmarks/dump/init/seed{seed}.tsv")
-    threads: 2
+    threads: 1
     resources:
         **needs("dump", GPUS),
     shell:
