@@ -109,6 +109,7 @@ def check_train_settings(cfg: DictConfig) -> None:
     require(cfg, "train.warmup_steps", lambda v: is_int(v) and v >= 0, "expected a non-negative integer")
     for key in ("train.dev_sentences", "train.bleu_sentences"):
         require(cfg, key, positive_int_or_none, "expected null or a positive integer")
+    require(cfg, "train.dev_maskings", positive_int, "expected a positive integer (MLM: maskings of each dev sentence)")
     require(cfg, "train.threads", positive_int_or_none, "expected null or a positive integer")
     require(cfg, "train.lr", lambda v: number(v) and v > 0, "expected a positive number")
     require(cfg, "train.clip_norm", lambda v: number(v) and v > 0, "expected a positive number")

@@ -13,16 +13,6 @@ import torch
 from pipeline.errors import PipelineError
 
 
-def has_fast_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (AMX, or AVX-512 BF16), where autocast pays off."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "amx_bf16" in flags or "avx512_bf16" in flags
-    except OSError:
-        return False
-
-
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
     """`auto` (cuda when present, else cpu), `cpu`, `cuda` or `cuda:N`; `key` names the setting in errors."""
     name = str(name)
@@ -36,10 +26,17 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
         raise PipelineError(f"setting {key}={name!r}: expected auto, cpu, cuda or cuda:N") from None
 
 
-def resolve_precision(name: str, device: torch.device, key: str = "train.precision") -> torch.dtype | None:
-    """None = fp32. auto: bf16 autocast on CUDA, and on CPUs with AMX or AVX-512 BF16."""
+def resolve_precision(name: str, device: torch.device, key: str = "train.precision",
+                      shape: tuple[int, int, int, int] = (128, 512, 4000, 2048)) -> torch.dtype | None:
+    """None = fp32. auto: bf16 autocast on CUDA; on a CPU whichever of the two a forward + backward of
+    `shape` (d_model, d_mlp, d_vocab, tokens per batch) ran faster on this machine (measured once,
+    then cached: pipeline/machine/calibrate.py)."""
     if name == "auto":
-        name = "bf16" if device.type == "cuda" or has_fast_bf16() else "fp32"
+        if device.type == "cuda":
+            name = "bf16"
+        else:
+            from pipeline.machine.calibrate import cpu_precision
+            name = cpu_precision(*shape)
     if name not in ("bf16", "fp32"):
         raise PipelineError(f"setting {key}={name!r}: expected auto, bf16 or fp32")
     return torch.bfloat16 if name == "bf16" else None

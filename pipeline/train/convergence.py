@@ -114,3 +114,37 @@ def plateaued(out: Path, tcfg: DictConfig) -> bool:
         return False
     entries = read_log(out)
     return len(entries) >= int(least) and bool(convergence(entries)["converged"])
+
+
+QUALITY = {"mt": ("BLEU", "bleu", "{:.1f}"), "lm": ("perplexity", "perplexity", "{:.1f}"),
+           "mlm": ("masked accuracy", "accuracy", "{:.3f}")}
+
+
+def training_summary(folders) -> list[str]:
+    """The workflow's closing lines on training: one per trained model of `folders` (those with a
+    summary.json), its steps, why it stopped, dev quality and convergence; then, when any model
+    ended before its dev loss plateaued, a warning that names them and what stopped them (a cap
+    is a safety net: a model it stops is not the converged model the study's claims assume)."""
+    lines, unconverged = [], []
+    for folder in map(Path, folders):
+        path = folder / "summary.json"
+        if not path.exists():
+            continue
+        s = json.loads(path.read_text())
+        name, key, fmt = QUALITY.get(s.get("kind"), ("", "", ""))
+        quality = f", {name} {fmt.format(s['dev'][key])}" if key in s.get("dev", {}) else ""
+        conv = s.get("convergence") or model_convergence(folder)
+        verdict = "converged" if conv.get("converged") else "NOT converged"
+        lines.append(f"  {s['objective']} seed {s['seed']}: {s['steps']:,} steps in {s['wall_time_s']:,.0f} s, "
+                     f"stopped by {s['stop_reason']}, dev loss {s['dev']['loss']:.3f}{quality}; {verdict} "
+                     f"({conv.get('reason')})")
+        if not conv.get("converged"):
+            unconverged.append(f"{s['objective']} seed {s['seed']} ({s['stop_reason']})")
+    if not lines:
+        return []
+    out = ["training:", *lines]
+    if unconverged:
+        out.append(f"warning: {len(unconverged)} model(s) stopped before their dev loss plateaued: "
+                   f"{', '.join(unconverged)}. Their measurements describe unconverged models; raise "
+                   "train.max_minutes or train.max_steps and run again (a changed budget trains them anew).")
+    return out

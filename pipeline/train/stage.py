@@ -128,8 +128,9 @@ def _train(cfg: DictConfig, on_step: Callable[[int], None] | None, world: World)
         log.info("training %s again: %s", out, problem)
 
     setup_runtime(tcfg.threads, bool(tcfg.deterministic))
-    amp = resolve_precision(str(tcfg.precision), device)
     tok = Tokenizer.load(cfg.paths.tokenizer)
+    amp = resolve_precision(str(tcfg.precision), device, shape=(int(cfg.model.d_model), int(cfg.model.d_mlp),
+                                                                 tok.vocab_size, int(tcfg.max_tokens)))
     sp = specials(tok)
     objective = make_objective(cfg.objective, sp)
     data = load_examples(cfg, tok)
@@ -185,8 +186,11 @@ def _train(cfg: DictConfig, on_step: Callable[[int], None] | None, world: World)
                            if resumed and world.main else None)
     try:
         from tqdm.auto import tqdm
+        # No bar to max_steps (a budget rarely reached): the steps, their rate, and the evaluations'
+        # dev loss, early stopping's count and the time left at most (cap or step budget), set at each one
         bar = tqdm(total=int(tcfg.max_steps), initial=state.step, disable=not (tcfg.progress and world.main),
-                   desc=f"{cfg.label} seed {seed}", unit="step", mininterval=2.0)
+                   desc=f"{cfg.label} seed {seed}", unit="step", mininterval=2.0,
+                   bar_format="{desc}: step {n_fmt} [{elapsed}, {rate_fmt}]{postfix}")
     except ImportError:  # pragma: no cover
         bar = None
     model.train()
@@ -209,7 +213,7 @@ def _train(cfg: DictConfig, on_step: Callable[[int], None] | None, world: World)
             streams = world.gather(rng_state(gen))
             if world.main:
                 stop = _evaluate(cfg, model, objective, data, device, amp, state, sched, opt, streams, run_loss,
-                                 run_n, t_since, out, chash, inputs, bar, out_of_time)
+                                 run_n, t_since, out, chash, inputs, bar, out_of_time, budget_s)
             stop = world.from_main(stop)
             run_loss, run_n, t_since = 0.0, 0, time.perf_counter()
         if on_step is not None:
@@ -224,7 +228,7 @@ def _train(cfg: DictConfig, on_step: Callable[[int], None] | None, world: World)
 
 
 def _evaluate(cfg, model, objective, data, device, amp, state, sched, opt, streams, run_loss, run_n, t_since,
-              out, chash, inputs, bar, out_of_time) -> str | None:
+              out, chash, inputs, bar, out_of_time, budget_s=math.inf) -> str | None:
     """Rank 0's evaluation: dev metrics, the log line, best.pt and last.pt (with every rank's random
     `streams`); why training stops here, or None."""
     tcfg = cfg.train
@@ -247,10 +251,25 @@ def _evaluate(cfg, model, objective, data, device, amp, state, sched, opt, strea
     log.info("step %d: train loss %.3f, dev loss %.3f%s", state.step, entry["train_loss"], dev["loss"],
              " (best)" if improved else "")
     if bar is not None:
-        bar.set_postfix(train=f"{entry['train_loss']:.3f}", dev=f"{dev['loss']:.3f}", refresh=False)
+        bar.set_postfix_str(progress_note(state, tcfg, dev["loss"], budget_left_s(state, tcfg, budget_s)),
+                            refresh=False)
     stop = stop_reason(state, out, tcfg, out_of_time)
     save_last(last, model, opt, sched, streams, state, cfg, chash, inputs)
     return stop
+
+
+def budget_left_s(state, tcfg: DictConfig, budget_s: float) -> float:
+    """Seconds until the first budget that would end the run: the cap, or max_steps at the rate so far."""
+    rate = state.step / max(state.elapsed_s, 1e-9)  # steps per second over the whole run
+    return min(budget_s - state.elapsed_s, (int(tcfg.max_steps) - state.step) / max(rate, 1e-9))
+
+
+def progress_note(state, tcfg: DictConfig, dev_loss: float, left_s: float) -> str:
+    """The progress bar's note after an evaluation, e.g. `dev 3.213 (best 3.201 at 1,200; 1/3 without
+    gain) <= 11 min left`: early stopping usually ends the run long before the budget does."""
+    left = f"{left_s / 60:.0f} min" if left_s >= 60 else f"{max(left_s, 0):.0f} s"
+    return (f"dev {dev_loss:.3f} (best {state.best_loss:.3f} at {state.best_step:,}; {state.bad_evals}/"
+            f"{int(tcfg.patience)} without gain) <= {left} left")
 
 
 def training_inputs(cfg: DictConfig) -> list[Path]:

@@ -59,6 +59,8 @@ def load_examples(cfg: DictConfig, tok: Tokenizer) -> dict:
         train = [x for x in tok.encode_batch(read_lines(folder / "train.mono")) if x and fits(x, max_len)]
         valid = tok.encode_batch(read_lines(folder / "valid.mono"))
         dev = [valid[i] for i in subset(len(valid), cfg.train.dev_sentences)]
+        if cfg.objective.kind == "mlm":  # each copy draws its own masks from dev_metrics' fixed generator
+            dev = [ex for ex in dev for _ in range(int(cfg.train.get("dev_maskings", 1)))]
         bleu_set = None
     dev = [ex for ex in dev if all(fits(side, max_len) for side in (ex if isinstance(ex, tuple) else (ex,)))]
     if not train:

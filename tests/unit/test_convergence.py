@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from pipeline.train.convergence import THRESHOLD, convergence, model_convergence
 from pipeline.records.files import write_json
+from pipeline.train.convergence import THRESHOLD, convergence, model_convergence, training_summary
 
 
 def curve(losses, every: int = 100) -> list[dict]:
@@ -67,3 +67,28 @@ def test_model_folder_is_read_from_its_log_and_summary(tmp_path):
     assert model_convergence(tmp_path)["converged"] is False  # no summary: its stop reason is unknown
     write_json(tmp_path / "summary.json", {"stop_reason": "early_stopping"})
     assert model_convergence(tmp_path)["converged"] is True
+
+
+def trained(folder, objective, kind, stop, losses, dev):
+    folder.mkdir(parents=True)
+    entries = curve(losses)
+    (folder / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    write_json(folder / "summary.json", {"objective": objective, "kind": kind, "seed": 1, "steps": entries[-1]["step"],
+                                         "wall_time_s": 12.0, "stop_reason": stop, "dev": {"loss": min(losses), **dev},
+                                         "convergence": convergence(entries, stop)})
+    return folder
+
+
+def test_training_summary_names_every_model_and_warns_about_a_capped_unconverged_one(tmp_path):
+    lm = trained(tmp_path / "lm", "lm", "lm", "early_stopping", [5.0, 4.0, 3.9, 3.95, 3.96], {"perplexity": 49.4})
+    mlm = trained(tmp_path / "mlm", "mlm", "mlm", "max_minutes", [6.0, 5.0, 4.0, 3.0], {"accuracy": 0.41})
+    (tmp_path / "init").mkdir()  # the step-0 control: never trained, no summary, no line
+    lines = training_summary([lm, mlm, tmp_path / "init"])
+    assert lines[0] == "training:" and len(lines) == 4
+    assert "lm seed 1: 500 steps" in lines[1] and "early_stopping" in lines[1] and "perplexity 49.4" in lines[1]
+    assert "; converged" in lines[1]
+    assert "mlm seed 1" in lines[2] and "max_minutes" in lines[2] and "NOT converged" in lines[2]
+    assert lines[3].startswith("warning: 1 model(s)") and "mlm seed 1 (max_minutes)" in lines[3]
+    # all converged: no warning; nothing trained: nothing said
+    assert not any(line.startswith("warning") for line in training_summary([lm]))
+    assert training_summary([tmp_path / "init"]) == []

@@ -170,6 +170,7 @@ def test_finished_run_is_not_repeated_but_a_changed_setting_retrains(smoke_cfg, 
     ("train.plateau_min_evals=2", "train.plateau_min_evals"),
     ("train.max_minutes={mt: -1}", "train.max_minutes"),
     ("objective.token_dropout=1.5", "objective.token_dropout"),
+    ("train.dev_maskings=0", "train.dev_maskings"),
 ])
 def test_bad_settings_fail_before_any_work(override, key, smoke_cfg, tmp_path):
     cfg = smoke_cfg(override)
@@ -241,6 +242,33 @@ def test_bf16_step_gives_the_fp32_loss(smoke_cfg, shared_data):
     bf16 = _first_losses(smoke_cfg(*common, "train.precision=bf16"))
     assert bf16 == pytest.approx(fp32, rel=2e-2)  # bf16 keeps ~3 significant digits
     assert bf16 != fp32  # autocast really ran in bf16
+
+
+def test_mlm_dev_loss_rests_on_each_sentence_masked_k_times(smoke_cfg, shared_data):
+    """train.dev_maskings=k: k copies of every dev sentence, each with masks of its own, fixed from one
+    evaluation to the next; ~k times the predicted tokens. Other objectives' dev sets are unchanged."""
+    from pipeline.prepare.corpus import prepare_data
+    from pipeline.prepare.tokenizer import Tokenizer, train_tokenizer
+    from pipeline.config.compose import to_plain
+    from pipeline.model.objectives import make_objective, specials
+    from pipeline.model.transformer import ModelArgs, build_model
+    from pipeline.train.evaluate import dev_metrics
+    from pipeline.train.steps import load_examples
+
+    one, three = (cfg_for(smoke_cfg, shared_data, shared_data, "objective=mlm", f"train.dev_maskings={k}")
+                  for k in (1, 3))
+    prepare_data(one)
+    train_tokenizer(one)
+    tok = Tokenizer.load(one.paths.tokenizer)
+    objective = make_objective(one.objective, specials(tok))
+    dev1, dev3 = load_examples(one, tok)["dev"], load_examples(three, tok)["dev"]
+    assert len(dev3) == 3 * len(dev1) and sorted(map(tuple, dev3)) == sorted(map(tuple, dev1 * 3))
+    model = build_model("mlm", ModelArgs(d_vocab=tok.vocab_size, pad_id=tok.pad_id, **to_plain(one.model)), 1)
+    m1, m3 = (dev_metrics(model, objective, dev, torch.device("cpu"), None, 512) for dev in (dev1, dev3))
+    assert 2.5 * m1["n_tokens"] < m3["n_tokens"] < 3.5 * m1["n_tokens"]
+    assert dev_metrics(model, objective, dev3, torch.device("cpu"), None, 512) == m3  # the same masks each time
+    lm = cfg_for(smoke_cfg, shared_data, shared_data, "objective=lm", "train.dev_maskings=3")
+    assert len(load_examples(lm, tok)["dev"]) == len(dev1)
 
 
 def test_mlm_loss_on_chosen_positions_equals_the_full_vocabulary_loss():
