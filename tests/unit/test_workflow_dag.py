@@ -465,7 +465,7 @@ def test_every_remote_job_declares_its_resources_and_light_ones_run_locally(tmp_
     assert local == {"all", "download", "merge", "merge_evolution", "report", "revisions"}, local  # download: the internet
     remote = [job for job in jobs if job[0] not in local]
     assert {rule for rule, *_ in remote} == {"prepare", "train", "dump", "dump_init", "measure", "similarity"}
-    caps = {"mt": 14, "lm": 7, "mlm": 15, "mt_td": 14, "lm_td": 7}  # conf/experiment/default.yaml
+    caps = {"mt": 40, "lm": 25, "mlm": 45, "mt_td": 40, "lm_td": 25}  # conf/experiment/default.yaml
     for rule, resources, wildcards, threads in remote:
         assert int(resources["mem_mb"]) >= 2000 and int(resources["cpus_per_task"]) == threads, (rule, resources)
         assert resources["gpu"] == ("0" if rule == "prepare" else "1"), (rule, resources)
