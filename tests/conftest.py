@@ -1,12 +1,18 @@
 """Shared fixtures: the corpus copy beside the project, and small configs written to tmp folders."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ZIP = REPO.parent / "shared" / "data" / "tatoeba-deu-eng" / "deu-eng.zip"
+
+# `train.precision: auto` measures and caches its choice per machine (pipeline/machine/calibrate.py):
+# tests measure into a cache of their own (subprocesses inherit it), never the user's.
+os.environ["BOTTOM_UP_PRECISION_CACHE"] = str(Path(tempfile.mkdtemp(prefix="precision-")) / "precision.json")
 
 
 @pytest.fixture(scope="session")

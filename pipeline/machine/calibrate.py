@@ -52,30 +52,37 @@ def cache_file() -> Path:
     return root / "bottom-up-evolution" / "precision.json"
 
 
-def time_step(d_model: int, d_mlp: int, d_vocab: int, tokens: int, amp: torch.dtype | None,
-              repeats: int = 5) -> float:
-    """Best seconds of one forward + backward of an FFN block and the output layer over `tokens`."""
+def make_step(d_model: int, d_mlp: int, d_vocab: int, tokens: int):
+    """One forward + backward of an FFN block and the output layer over `tokens`, as `step(amp)`."""
     gen = torch.Generator().manual_seed(0)
     up, down = torch.nn.Linear(d_model, d_mlp), torch.nn.Linear(d_mlp, d_model)
-    head = torch.nn.Linear(d_model, d_vocab)
+    head, norm = torch.nn.Linear(d_model, d_vocab), torch.nn.LayerNorm(d_model)
     x = torch.randn(tokens, d_model, generator=gen, requires_grad=True)
     labels = torch.randint(0, d_vocab, (tokens,), generator=gen)
-    norm = torch.nn.LayerNorm(d_model)
-    ctx = torch.autocast("cpu", dtype=amp) if amp is not None else torch.autocast("cpu", enabled=False)
 
-    def once() -> None:
+    def step(amp: torch.dtype | None) -> None:
+        ctx = torch.autocast("cpu", dtype=amp) if amp is not None else torch.autocast("cpu", enabled=False)
         with ctx:
             h = norm(x + down(F.relu(up(x))))
             loss = F.cross_entropy(head(h).float(), labels)
         loss.backward()
 
-    once()  # warm-up: allocations, kernel selection
-    best = float("inf")
+    return step
+
+
+def time_both(d_model: int, d_mlp: int, d_vocab: int, tokens: int, repeats: int = 7) -> tuple[float, float]:
+    """Best seconds of (fp32, bf16 autocast) steps, the two taken in turns, so that other work on the
+    machine slows both alike instead of whichever ran while it did."""
+    step = make_step(d_model, d_mlp, d_vocab, tokens)
+    best = {None: float("inf"), torch.bfloat16: float("inf")}
+    for amp in best:  # warm-up: allocations, kernel selection
+        step(amp)
     for _ in range(repeats):
-        start = time.perf_counter()
-        once()
-        best = min(best, time.perf_counter() - start)
-    return best
+        for amp in best:
+            start = time.perf_counter()
+            step(amp)
+            best[amp] = min(best[amp], time.perf_counter() - start)
+    return best[None], best[torch.bfloat16]
 
 
 def cpu_precision(d_model: int, d_mlp: int, d_vocab: int, tokens: int) -> str:
@@ -90,8 +97,7 @@ def cpu_precision(d_model: int, d_mlp: int, d_vocab: int, tokens: int) -> str:
         cached = {}
     if isinstance(cached, dict) and isinstance(cached.get(key), dict) and cached[key].get("choice") in ("bf16", "fp32"):
         return cached[key]["choice"]
-    fp32 = time_step(d_model, d_mlp, d_vocab, tokens, None)
-    bf16 = time_step(d_model, d_mlp, d_vocab, tokens, torch.bfloat16)
+    fp32, bf16 = time_both(d_model, d_mlp, d_vocab, tokens)
     choice = "bf16" if bf16 * MARGIN < fp32 else "fp32"
     log.info("precision auto: %s on this CPU (%s): a forward + backward of these shapes took %.1f ms in fp32, "
              "%.1f ms under bf16 autocast; cached in %s", choice, cpu_flags(), fp32 * 1e3, bf16 * 1e3, path)

@@ -22,11 +22,11 @@ def cache(tmp_path, monkeypatch):
 def timings(monkeypatch, fp32: float, bf16: float) -> list:
     calls = []
 
-    def fake(d_model, d_mlp, d_vocab, tokens, amp, repeats=5):
-        calls.append(amp)
-        return bf16 if amp is torch.bfloat16 else fp32
+    def fake(d_model, d_mlp, d_vocab, tokens, repeats=7):
+        calls.append((d_model, tokens))
+        return fp32, bf16
 
-    monkeypatch.setattr(calibrate, "time_step", fake)
+    monkeypatch.setattr(calibrate, "time_both", fake)
     return calls
 
 
@@ -39,7 +39,7 @@ def test_the_faster_precision_wins_by_a_margin(cache, monkeypatch, fp32, bf16, e
 
 def test_measured_once_then_read_from_the_cache(cache, monkeypatch):
     calls = timings(monkeypatch, 1.0, 0.5)
-    assert calibrate.cpu_precision(*SHAPE) == "bf16" and len(calls) == 2
+    assert calibrate.cpu_precision(*SHAPE) == "bf16" and len(calls) == 1
     (entry,) = json.loads(cache.read_text()).values()
     assert entry["choice"] == "bf16" and entry["fp32_ms"] == 1000.0 and entry["bf16_ms"] == 500.0
     calls.clear()
@@ -67,7 +67,7 @@ def test_explicit_settings_and_cuda_never_measure(cache, monkeypatch):
 
 def test_the_real_measurement_times_both_and_decides(cache):
     # the real timing on this machine, at tiny shapes: both precisions run, the answer is one of the two
-    assert calibrate.time_step(*SHAPE, None, repeats=1) > 0
-    assert calibrate.time_step(*SHAPE, torch.bfloat16, repeats=1) > 0
+    fp32, bf16 = calibrate.time_both(*SHAPE, repeats=1)
+    assert fp32 > 0 and bf16 > 0
     assert calibrate.cpu_precision(*SHAPE) in ("bf16", "fp32")
     assert "threads" in next(iter(json.loads(cache.read_text())))
