@@ -16,4 +16,5 @@ def finished(tmp_path_factory) -> Path:
     workdir = checkout_layout(tmp_path_factory.mktemp("workflow"))
     run = snakemake(workdir, timeout=3 * 3600)
     assert run.returncode == 0, f"snakemake failed:\n{run.stdout[-5000:]}\n{run.stderr[-5000:]}"
+    (workdir / ".snakemake" / "smoke-run.txt").write_text(run.stdout + run.stderr)  # what the user saw
     return workdir

@@ -40,6 +40,22 @@ def test_every_stage_leaves_its_files(finished):
     assert (finished / "logs" / EXPERIMENT / "prepare.log").is_file()
 
 
+def test_closing_lines_name_every_model_and_warn_about_the_unconverged(finished):
+    """The workflow ends with one line per trained model (steps, stop reason, dev quality, convergence)
+    and names in a warning each model that stopped before its plateau, as its summary.json says."""
+    said = (finished / ".snakemake" / "smoke-run.txt").read_text()
+    assert "\ntraining:\n" in said, said[-3000:]
+    warning = next((line for line in said.splitlines() if line.startswith("warning: ") and "plateaued" in line), "")
+    for objective, seed in GRID:
+        summary = json.loads((finished / "results" / EXPERIMENT / "models" / objective / f"seed{seed}" /
+                              "summary.json").read_text())
+        line = next(line for line in said.splitlines() if line.startswith(f"  {objective} seed {seed}: "))
+        assert f"{summary['steps']:,} steps" in line and f"stopped by {summary['stop_reason']}" in line, line
+        named = f"{objective} seed {seed} ({summary['stop_reason']})" in warning
+        assert named == (not summary["convergence"]["converged"]), (line, warning)
+    assert not any(line.startswith("  init seed") for line in said.splitlines())  # never trained
+
+
 def test_hydra_files_stay_inside_the_output_folders(finished):
     top = {p.name for p in finished.iterdir()}
     assert top <= {"conf", "pipeline", "analysis", "workflow", "results", "reports", "logs", ".snakemake"}, top
