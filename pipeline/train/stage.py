@@ -129,8 +129,9 @@ def _train(cfg: DictConfig, on_step: Callable[[int], None] | None, world: World)
 
     setup_runtime(tcfg.threads, bool(tcfg.deterministic))
     tok = Tokenizer.load(cfg.paths.tokenizer)
-    amp = resolve_precision(str(tcfg.precision), device, shape=(int(cfg.model.d_model), int(cfg.model.d_mlp),
-                                                                 tok.vocab_size, int(tcfg.max_tokens)))
+    # auto on a CPU is measured (pipeline/machine/calibrate.py): rank 0 decides for every rank
+    amp = world.from_main(resolve_precision(str(tcfg.precision), device, shape=(
+        int(cfg.model.d_model), int(cfg.model.d_mlp), tok.vocab_size, int(tcfg.max_tokens))) if world.main else None)
     sp = specials(tok)
     objective = make_objective(cfg.objective, sp)
     data = load_examples(cfg, tok)
