@@ -6,16 +6,12 @@ import platform
 
 import torch
 
+from pipeline.machine.cpu import cpu_flags
+
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name and its bf16 / AMX flags (pipeline/machine/cpu.py)."""
+    return cpu_flags()
 
 
 def describe() -> str:

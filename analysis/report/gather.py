@@ -28,6 +28,7 @@ from pipeline.config.layout import table_path
 from pipeline.config.pretrained import HFSpec, specs
 from pipeline.dump.format import META_FILE
 from pipeline.errors import PipelineError
+from pipeline.machine.cpu import cpu_flags
 from pipeline.records.files import STAGE_RECORD, read_json
 from pipeline.train.convergence import convergence
 
@@ -232,16 +233,6 @@ def read_benchmarks(root: Path) -> list[BenchmarkJob]:
     return [job for job in jobs if job is not None]
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _ram_gib() -> float | None:
     try:
         return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -263,7 +254,7 @@ def _gpus() -> str:
 
 def hardware() -> dict[str, Any]:
     """The machine making the report (models record their own device in summary.json)."""
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gib": _ram_gib(), "gpu": _gpus(),
+    return {"cpu": cpu_flags(), "cores": os.cpu_count(), "ram_gib": _ram_gib(), "gpu": _gpus(),
             "platform": platform.platform()}
 
 

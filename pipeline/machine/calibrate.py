@@ -15,33 +15,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.machine.cpu import cpu_flags
+
 log = logging.getLogger("pipeline.machine")
 
 MARGIN = 1.05  # bf16 must be at least 5% faster: casts and rounding are not worth less
-
-
-def cpu_flags() -> str:
-    """The CPU's model name and the bf16-relevant flags it has, e.g. 'AMD EPYC [avx2 avx512_bf16]'."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return f"{model} [{' '.join(f for f in wanted if f in flags)}]"
 
 
 def cache_file() -> Path:
@@ -74,11 +58,12 @@ def time_both(d_model: int, d_mlp: int, d_vocab: int, tokens: int, repeats: int 
     """Best seconds of (fp32, bf16 autocast) steps, the two taken in turns, so that other work on the
     machine slows both alike instead of whichever ran while it did."""
     step = make_step(d_model, d_mlp, d_vocab, tokens)
-    best = {None: float("inf"), torch.bfloat16: float("inf")}
-    for amp in best:  # warm-up: allocations, kernel selection
+    kinds = (None, torch.bfloat16)
+    best = dict.fromkeys(kinds, float("inf"))
+    for amp in kinds:  # warm-up: allocations, kernel selection
         step(amp)
     for _ in range(repeats):
-        for amp in best:
+        for amp in kinds:
             start = time.perf_counter()
             step(amp)
             best[amp] = min(best[amp], time.perf_counter() - start)
