@@ -40,10 +40,11 @@ rule measure:
         logs("{measure}/{objective}/seed{seed}.log"),
     benchmark:
         results("benchmarks/{measure}/{objective}/seed{seed}.tsv")
-    # One thread per job, two jobs at once on two cores: a second thread gained nothing at these sizes
-    # (t-SNE 15.4 vs 16.9 s, change 13.1 vs 13.0 s on a quiet AMD EPYC), and beside one other busy
-    # process a 2-thread job spun 2-3x slower (t-SNE 49.9 s, change 29.2 s) while a 1-thread job did
-    # not (16.7 s, 13.6 s). More cores: --set-threads measure=N.
+    # One thread per job, two jobs at once on two cores: on a quiet AMD EPYC a second thread made a job
+    # only 13-22% faster (bench/threads.py: t-SNE 18.7 -> 15.0 s, change 15.8 -> 13.7 s), so two 1-thread
+    # jobs do more work than one 2-thread job; beside one other busy process a 2-thread job spun about 2x
+    # slower (t-SNE 42.9 s, change 31.2 s) while a 1-thread job did not (20.6 s, 14.4 s). More cores:
+    # --set-threads measure=N.
     threads: 1
     resources:
         **needs("measure", GPUS),
