@@ -44,11 +44,13 @@ from pipeline.records.files import config_hash
 _RESERVED = re.compile(r"^(\+\+|\+|~)?((experiment|objective|seed|snapshot)=|hydra[./])")
 # What a path passed as a Hydra override value may contain without Hydra-level quoting.
 _PLAIN_PATH = re.compile(r"^[\w./@+-]+$")
-# Per-model measurements: the module each runs (t-SNE pictures: the first seed of each model; every
-# other: every model, the step-0 control included).
+# Per-model measurements: the module each runs (FIRST_SEED_ONLY, the t-SNE pictures and the neighbours
+# explorer's examples: the first seed of each model; every other: every model, the step-0 control included).
 MEASURE_MODULES = {"change": "analysis.measures.change", "influence": "analysis.measures.influence",
                    "mi": "analysis.measures.mutual_info", "neighbours": "analysis.measures.neighbours",
-                   "tsne": "analysis.measures.tsne", "readout": "analysis.measures.readout"}
+                   "tsne": "analysis.measures.tsne", "readout": "analysis.measures.readout",
+                   "examples": "analysis.measures.examples"}
+FIRST_SEED_ONLY = ("tsne", "examples")
 # The kinds of model whose dump holds a readout (pipeline/dump/readout.py): measured by analysis.measures.readout.
 READOUT_KINDS = ("lm", "mlm")
 
@@ -102,7 +104,8 @@ class Plan:
         self.models = [*self.trained, *self.init, *self.pretrained_grid]  # every model the measurements run on
         self.roles = {label: self._pretrained_role(label) for label in self.pretrained}
         self.first_seeds = [(o, s) for i, (o, s) in enumerate(self.models) if all(o != p for p, _ in self.models[:i])]
-        self.measure_models = {name: self.first_seeds if name == "tsne" else self.models for name in MEASURE_MODULES}
+        self.measure_models = {name: self.first_seeds if name in FIRST_SEED_ONLY else self.models
+                               for name in MEASURE_MODULES}
         self.measure_models["readout"] = [(o, s) for o, s in self.models if self.kind(o) in READOUT_KINDS] \
             if OmegaConf.select(base, "dump.readout", default=True) else []
         named = snapshot_models(base)

@@ -155,3 +155,26 @@ def sample_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
         return np.arange(n)
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=int(limit), replace=False))
+
+
+# ---------------------------------------------------------------- the sentence of a row
+
+def sentence_pieces(tokens: dict[str, np.ndarray], rows: np.ndarray, pieces: np.ndarray | None = None) -> np.ndarray:
+    """(len(rows),) object array: each row's whole sentence, its pieces (`pieces`, by default the token
+    table's `token`) joined by single spaces in position order, so that `text.split(" ")[position]` is
+    the row's piece (pieces hold no space: sentencepiece writes "▁", GPT-2 "Ġ", WordPiece "##"; one that
+    did would get "▁" in its place). A sentence is a run of consecutive rows of one sentence_id whose
+    positions count up from 0 (an MLM masked run holds each sentence once per masking); each sentence
+    needed is joined once."""
+    sid, pos = np.asarray(tokens["sentence_id"]), np.asarray(tokens["position"])
+    pieces = np.asarray(tokens["token"] if pieces is None else pieces, dtype=str)
+    if len(pieces) and (np.char.find(pieces, " ") >= 0).any():
+        pieces = np.char.replace(pieces, " ", "\u2581")
+    starts = np.ones(len(sid), dtype=bool)
+    starts[1:] = (sid[1:] != sid[:-1]) | (pos[1:] != pos[:-1] + 1)
+    run = np.cumsum(starts) - 1                       # each row's sentence run
+    begin = np.flatnonzero(starts)
+    end = np.append(begin[1:], len(sid))
+    needed, inverse = np.unique(run[np.asarray(rows, dtype=np.int64)], return_inverse=True)
+    texts = [" ".join(pieces[begin[r]:end[r]].tolist()) for r in needed]
+    return np.asarray(texts, dtype=object)[inverse.reshape(-1)]

@@ -46,13 +46,20 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                + ("n_tokens", "n_sentences"),
     "revisions": ("objective", "seed", "step", "final", "revision", "commit", "weights_sha256", "states_sha256",
                   "same_weights_as", "same_states_as"),
-    "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked"),
+    "tsne": ("set", "objective", "seed", "layer", "x", "y", "token", "position", "sentence_id", "masked", "pieces"),
+    # the neighbours explorer (analysis.measures.examples): per query occurrence and layer, the query (rank 0)
+    # and its k nearest neighbours, each with its sentence (`pieces`) and what it shares with the query
+    "examples": ("objective", "seed", "layer", "query", "word", "rank", "sentence_id", "position", "token",
+                 "similarity", "same_token", "same_position", "same_left", "same_right", "pieces"),
     # the report's verdicts (analysis.report.claims): one row per judged contrast, each with its claim's and
     # part's verdicts; a claim without contrasts (not measured) has one row with its reason
     "claims": ("claim", "statement", "verdict", "numbers", "part", "part_verdict", "seed", "seed_verdict", "contrast",
                "estimate", "ci_low", "ci_high", "level", "margin", "outcome", "n", "basis", "reason"),
 }
 _OPTIONAL = set(MI_INTERVAL_COLUMNS + MI_SPREAD_COLUMNS)  # a row or an older table without them: nan (no interval)
+# Columns added to a table later, which an older table (or a row) without them reads (is written) with this
+# default: {table: {column: value}} (tsne's `pieces`, each point's sentence: "" in a table made before it).
+_ADDED: dict[str, dict[str, str]] = {"tsne": {"pieces": ""}}
 # Similarity between models of different depths compares them at the same relative depth: `layer` is the
 # step 1..L_min, `layer_a` / `layer_b` each model's own layer there. A row or an older table without
 # them: both are `layer` (models of one depth).
@@ -68,7 +75,7 @@ _SAME_AS = {"layer_a": "layer", "layer_b": "layer"}
 REPLICATED: dict[str, tuple[str, ...]] = {"similarity": ("distance",), "change": ("distance",),
                                           "influence": ("distance",), "mi": ("mi", "mi_corrected"),
                                           "neighbours": ("value",), "evolution": ("value",), "readout": ("value",),
-                                          "revisions": (), "tsne": ()}
+                                          "revisions": (), "tsne": (), "examples": ()}
 REPLICATES = "replicates"
 
 
@@ -106,16 +113,18 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
+def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str], added: dict[str, str] | None = None) -> str:
+    """The CSV text of `rows`; a row without an optional column gets nan, without one of `added` its default."""
+    added = added or {}
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        missing = [c for c in columns if c not in row and c not in _OPTIONAL and c not in _SAME_AS]
+        missing = [c for c in columns if c not in row and c not in _OPTIONAL and c not in _SAME_AS and c not in added]
         if missing:
             raise ValueError(f"row {row} lacks the columns {missing}")
-        writer.writerow([_cell(row[c] if c in row else row[_SAME_AS[c]] if c in _SAME_AS else float("nan"))
-                         for c in columns])
+        writer.writerow([_cell(row[c] if c in row else row[_SAME_AS[c]] if c in _SAME_AS else
+                               added[c] if c in added else float("nan")) for c in columns])
     return out.getvalue()
 
 
@@ -168,7 +177,7 @@ def write_table(path: str | Path, table: str, rows: Iterable[dict[str, Any]], se
     versions, wall time since `started`."""
     path = Path(path)
     rows = list(rows)
-    text = to_csv(rows, COLUMNS[table])
+    text = to_csv(rows, COLUMNS[table], _ADDED.get(table))
     with one_writer(path):  # the CSV, its replicates and its record from one writer
         with recording(path.parent) as ledger:
             write_text(path, text)
@@ -191,7 +200,8 @@ def write_table(path: str | Path, table: str, rows: Iterable[dict[str, Any]], se
 
 def read_table(path: str | Path, table: str | None = None) -> list[dict[str, str]]:
     """The rows of a metric CSV as dicts of strings; checks the header against `table`'s columns. A
-    table written before the intervals existed (no ci columns) reads with them as "nan"."""
+    table written before the intervals existed (no ci columns) reads with them as "nan", one written before
+    a column of `_ADDED` with its default."""
     path = Path(path)
     if not path.is_file() and not path.with_suffix(".json").is_file():
         raise PipelineError(f"{path} not found: run its measurement first")
@@ -202,9 +212,12 @@ def read_table(path: str | Path, table: str | None = None) -> list[dict[str, str
     if table is None:
         return rows
     header, columns = tuple(reader.fieldnames or ()), COLUMNS[table]
-    if header != columns and not (set(header) <= set(columns) and set(columns) - set(header) <= _OPTIONAL | set(_SAME_AS)):
+    added = _ADDED.get(table, {})
+    if header != columns and not (set(header) <= set(columns)
+                                  and set(columns) - set(header) <= _OPTIONAL | set(_SAME_AS) | set(added)):
         raise PipelineError(f"{path}, line 1: expected the columns {','.join(columns)}")
-    return [{c: row[c] if c in row else row[_SAME_AS[c]] if c in _SAME_AS else "nan" for c in columns} for row in rows]
+    return [{c: row[c] if c in row else row[_SAME_AS[c]] if c in _SAME_AS else added.get(c, "nan") for c in columns}
+            for row in rows]
 
 
 def read_replicates(path: str | Path, table: str, n_rows: int) -> dict[str, np.ndarray] | None:

@@ -13,6 +13,9 @@ A word is matched as one whole-word sentencepiece piece, "▁" + word (in a pret
 one subword of its own, whatever its tokenizer's marks, analysis/io/words.py). A word the tokenizer splits
 into several pieces, or that does not occur in the probe set, gets no rows and a logged message
 saying which. At most `max_per_word` occurrences per word (a seeded subset, the same for every model).
+Every point carries its sentence (`pieces`: the dump's pieces joined by single spaces, in position order,
+so that `pieces.split(" ")[position]` is the point's piece); the masked set's as the model saw it
+(`input_pieces`: the mask piece where masked, the replacement where replaced).
 Writes `<paths.metrics>/tsne/<objective>/seed<n>.csv`.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from analysis.io.dumps import check_aligned, load_dump, sample_rows
+from analysis.io.dumps import Dump, check_aligned, load_dump, sample_rows, sentence_pieces
 from analysis.io.tables import write_table
 from analysis.io.words import bare, occurrences
 from pipeline.config.analysis import setting
@@ -34,12 +37,14 @@ from pipeline.config.cli import cli
 from pipeline.config.layout import dump_folder, part_path
 from pipeline.config.stages import section
 from pipeline.dump.format import MASKED_DIR
+from pipeline.prepare.tokenizer import MASK_PIECE
 
 log = logging.getLogger("analysis.tsne")
 
 WORD_START = "\u2581"  # sentencepiece's mark of a piece that begins a word
 VERBS, VERBS_MASKED = "verbs", "verbs_masked"
 MIN_POINTS = 5  # fewer occurrences than this make no picture
+REPLACED = "[RANDOM]"  # a random replacement whose id the probe set never holds (its piece is not known here)
 
 
 def split_forms(tokens: dict[str, np.ndarray], word: str) -> Counter:
@@ -83,6 +88,23 @@ def word_rows(tokens: dict[str, np.ndarray], word: str, max_per_word: int | None
                         WORD_START + word)
         return rows
     return rows[sample_rows(len(rows), max_per_word, seed)]
+
+
+def input_pieces(masked: Dump) -> np.ndarray:
+    """The pieces of an MLM's masked run as the model saw them: the mask piece (the pretrained tokenizer's
+    `mask_token`, else ours) where masked (1), the piece of the replacement id where replaced at random
+    (2; REPLACED when the probe set never holds that id), the token's own piece elsewhere."""
+    tokens = masked.tokens
+    pieces = np.asarray(tokens["token"], dtype=object)
+    kind, inputs = np.asarray(tokens["masked"]), np.asarray(tokens["input_id"])
+    ids, first = np.unique(np.asarray(tokens["token_id"]), return_index=True)
+    out = pieces.copy()
+    out[kind == 1] = str(masked.meta.get("mask_token") or MASK_PIECE)
+    replaced = np.flatnonzero(kind == 2)
+    at = np.minimum(np.searchsorted(ids, inputs[replaced]), len(ids) - 1)
+    known = ids[at] == inputs[replaced]
+    out[replaced] = np.where(known, pieces[first[at]], REPLACED)
+    return out
 
 
 def embed(states: np.ndarray, perplexity: float, seed: int, n_jobs: int = 1) -> np.ndarray:
@@ -145,13 +167,14 @@ def run(cfg: DictConfig) -> Path:
         tokens = source.tokens
         kind = tokens["masked"][picked] if "masked" in tokens else np.zeros(len(picked), dtype=np.int64)
         words_of = np.asarray([bare(t) for t in tokens["token"][picked].astype(str)])
+        sentences = sentence_pieces(tokens, picked, input_pieces(source) if name == VERBS_MASKED else None)
         for layer in range(dump.n_layers + 1):
             xy = embed(source.states(layer, picked), perplexity, seed, n_jobs)
             for i, r in enumerate(picked):
                 rows.append({"set": name, "objective": objective, "seed": int(cfg.seed), "layer": layer,
                              "x": float(xy[i, 0]), "y": float(xy[i, 1]), "token": str(words_of[i]),
                              "position": int(tokens["position"][r]), "sentence_id": int(tokens["sentence_id"][r]),
-                             "masked": int(kind[i])})
+                             "masked": int(kind[i]), "pieces": sentences[i]})
         log.info("set %s: %d occurrences x %d layers in %.1f s", name, len(picked), dump.n_layers + 1,
                  time.perf_counter() - t)
     path = write_table(part_path(cfg, "tsne"), "tsne", rows, section(cfg, "tsne"), started)

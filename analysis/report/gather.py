@@ -1,7 +1,8 @@
 """Everything the report reads from an experiment's folders, each piece with the reason it is missing.
 
 Under `paths.results`: the metric tables `metrics/<name>.csv`, the study's six, `evolution`, `readout` and
-`revisions` (the pretrained grids' revisions checked, analysis/measures/revisions.py; no replicates)
+`revisions` (the pretrained grids' revisions checked, analysis/measures/revisions.py; no replicates), `tsne`
+and `examples` (the neighbours explorer's queries and neighbours, analysis/measures/examples.py)
 (+ their `.json` records), every model's `models/<objective>/seed<n>/summary.json` and `log.jsonl`, `data/stage.json`,
 `tokenizer/stage.json`, `dumps/<objective>/seed<n>/meta.json` and Snakemake's `benchmarks/**.tsv`.
 Nothing here fails on a missing or unreadable input: it records why, and the report says so.
@@ -32,12 +33,13 @@ from pipeline.machine.cpu import cpu_flags
 from pipeline.records.files import STAGE_RECORD, read_json
 from pipeline.train.convergence import convergence
 
-# similarity, change, influence, mi, neighbours, evolution, readout, revisions, tsne
+# similarity, change, influence, mi, neighbours, evolution, readout, revisions, tsne, examples
 TABLES = tuple(t for t in COLUMNS if t != "claims")
 _INT = {"seed", "seed_a", "seed_b", "layer", "layer_a", "layer_b", "layer_from", "layer_to", "n_tokens", "n_pairs", "n_influencers",
-        "n_clusters", "k", "n_queries", "position", "sentence_id", "masked", "step", "final", "n_sentences"}
+        "n_clusters", "k", "n_queries", "position", "sentence_id", "masked", "step", "final", "n_sentences",
+        "rank", "same_token", "same_position", "same_left", "same_right"}
 _FLOAT = {"distance", "shuffled", "mi", "mi_shuffled", "mi_corrected", "value", "x", "y", "ci_low", "ci_high",
-          "corrected_ci_low", "corrected_ci_high", "mi_sd", "mi_corrected_sd"}
+          "corrected_ci_low", "corrected_ci_high", "mi_sd", "mi_corrected_sd", "similarity"}
 
 
 @dataclass

@@ -11,7 +11,8 @@ from pipeline.config.stages import report_config
 from pipeline.records.files import config_hash
 from pipeline.records.provenance import versions
 
-_STAGE_ORDER = ("prepare", "train", "dump", "similarity", "change", "influence", "mi", "neighbours", "tsne")
+_STAGE_ORDER = ("prepare", "train", "dump", "similarity", "change", "influence", "mi", "neighbours", "tsne",
+                "examples")
 
 
 def _clock(seconds: float | None) -> str:

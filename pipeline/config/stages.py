@@ -126,6 +126,8 @@ def section(cfg: DictConfig, name: str) -> dict:
     out = {"measure": name, **{key: to_plain(a[key]) for key in shared}, name: to_plain(a[name])}
     if name in ("change", "influence"):  # their distances are computed as analysis.similarity says
         out["estimator"] = {key: to_plain(a.similarity[key]) for key in ("ridge", "svcca_variance")}
+    if name == "examples":  # its neighbours are found as the neighbours measure finds them
+        out["metric"] = to_plain(a.neighbours.metric)
     if name == "similarity" and OmegaConf.select(cfg, "pretrained.models"):
         # with a pretrained model the distances compare words: what a word's state is matters too
         out["word_state"] = OmegaConf.select(cfg, "pretrained.word_state")

@@ -61,7 +61,7 @@ def test_every_model_is_dumped_and_measured(run):
         assert meta["pretrained"]["source"] == str(run["folders"][label]) and meta["kind"] == {
             "bert": "mlm", "gpt2": "lm", "marian": "mt"}[kind]
         assert (results / "dumps" / label / "seed0" / "masked").is_dir() == (kind == "bert")
-    for table in ("change", "influence", "mi", "neighbours", "tsne"):
+    for table in ("change", "influence", "mi", "neighbours", "tsne", "examples"):
         rows = read_table(results / "metrics" / f"{table}.csv", table)
         assert {r["objective"] for r in rows} == set(KINDS), table
     similarity = read_table(results / "metrics" / "similarity.csv", "similarity")

@@ -425,7 +425,7 @@ def test_every_measure_and_the_report_run_on_pretrained_and_trained_models_toget
     """Our (untrained) MLM beside the pretrained models: every per-model measure, the distances by
     words, the merged tables and the report, which names each pretrained model with its source."""
     from analysis.report import stage as report
-    from analysis.measures import tsne
+    from analysis.measures import examples, tsne
     from analysis.measures import neighbours
     from analysis.measures import mutual_info
     from analysis.measures import influence
@@ -437,7 +437,8 @@ def test_every_measure_and_the_report_run_on_pretrained_and_trained_models_toget
              "analysis.influence.max_sentences=60", "analysis.mi.restarts=1"]
     cfgs = [compose([*exp["overrides"], *small, "objective=mlm", "seed=1"])]
     cfgs += [exp["cfg_of"](label, *small) for label in [*LABELS, "bert2"]]
-    modules = {"change": change, "influence": influence, "mi": mutual_info, "neighbours": neighbours, "tsne": tsne}
+    modules = {"change": change, "influence": influence, "mi": mutual_info, "neighbours": neighbours, "tsne": tsne,
+               "examples": examples}
     for name, module in modules.items():
         for cfg in cfgs:
             module.run(cfg)

@@ -137,3 +137,36 @@ def test_cap_per_word_is_a_seeded_subset(tmp_path):
     assert np.array_equal(a, b) and len(a) == 5 and np.isin(a, all_rows).all()
     assert not np.array_equal(a, word_rows(cols, word, 5, 1))
     assert np.array_equal(word_rows(cols, word, None, 0), all_rows)
+
+
+def test_every_point_carries_its_sentence_and_the_masked_set_the_input(tmp_path):
+    cfg, cols, masked = make_dump(tmp_path)
+    rows = read_table(run_tsne(cfg), "tsne")
+    kind, inputs = masked[1]["masked"], masked[1]["input_id"]
+    sentences, seen = {}, {}
+    for i, (sid, piece) in enumerate(zip(cols["sentence_id"].tolist(), cols["token"].tolist())):
+        sentences.setdefault(sid, []).append(piece)
+        # as the model saw it: [MASK] where masked, the replacement's piece where replaced
+        seen.setdefault(sid, []).append("[MASK]" if kind[i] == 1 else PIECES[inputs[i]] if kind[i] == 2 else piece)
+    assert {r["set"] for r in rows} == {"verbs", "verbs_masked", "it"}
+    for r in rows:
+        pieces = r["pieces"].split(" ")
+        sid, pos = int(r["sentence_id"]), int(r["position"])
+        assert pieces == (seen if r["set"] == "verbs_masked" else sentences)[sid]
+        if r["set"] != "verbs_masked" or r["masked"] in ("0", "3"):
+            assert pieces[pos] == "▁" + r["token"]
+        elif r["masked"] == "1":
+            assert pieces[pos] == "[MASK]"
+    assert any(r["masked"] == "1" for r in rows)
+
+
+def test_a_table_made_before_the_sentences_still_reads(tmp_path):
+    from analysis.report.gather import load_table
+
+    old = COLUMNS["tsne"][:-1]
+    path = tmp_path / "tsne.csv"
+    path.write_text(",".join(old) + "\n" + "verbs,lm,1,0,0.5,-1.5,is,1,3,0\n", encoding="utf-8")
+    rows = read_table(path, "tsne")
+    assert tuple(rows[0]) == COLUMNS["tsne"] and rows[0]["pieces"] == "" and rows[0]["token"] == "is"
+    table = load_table(path, "tsne")
+    assert table.missing is None and table.rows[0]["pieces"] == "" and table.rows[0]["x"] == 0.5

@@ -22,15 +22,15 @@ REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 CONFIGFILE = REPO / "workflow" / "config.yaml"
 # 5 objectives, seeds mt/lm/mlm x2, mt_td/lm_td x1: 8 trained models, and the step-0 control `init` of
-# seeds 1 and 2 (dumped, never trained); 4 per-model measures on each of the 10, t-SNE on the first
-# seed of each objective and of init, the readout of the 5 LM and MLM models (51 jobs); 6 merged tables,
-# the task distances, the report.
+# seeds 1 and 2 (dumped, never trained); 4 per-model measures on each of the 10, t-SNE and the neighbours
+# explorer's examples on the first seed of each objective and of init, the readout of the 5 LM and MLM models
+# (57 jobs); 7 merged tables, the task distances, the report.
 # Evolution over training: the snapshot dumps and their measures are planned once the models of
 # snapshots.models are trained (rule train is a checkpoint); before that a dry run shows their merge.
-GRID = {"prepare": 1, "train": 8, "dump": 8, "dump_init": 2, "measure": 51, "merge": 6, "similarity": 1,
+GRID = {"prepare": 1, "train": 8, "dump": 8, "dump_init": 2, "measure": 57, "merge": 7, "similarity": 1,
         "report": 1, "snapshot_dump": 0, "evolution": 0, "merge_evolution": 1, "revisions": 0}
 RULES = tuple(GRID)
-TABLES = ("change", "influence", "mi", "neighbours", "tsne", "readout")
+TABLES = ("change", "influence", "mi", "neighbours", "tsne", "readout", "examples")
 PAPER_DATA = ["data.src_file=/nonexistent/train.en", "data.tgt_file=/nonexistent/train.de"]
 
 
@@ -99,14 +99,16 @@ def test_dry_run_schedules_the_whole_grid(tmp_path, experiment, overrides):
     assert f"results/{experiment}/metrics/influence/init/seed1.csv" in outputs
     assert f"results/{experiment}/metrics/tsne/init/seed1.csv" in outputs
     assert f"results/{experiment}/metrics/tsne/init/seed2.csv" not in outputs
+    assert f"results/{experiment}/metrics/examples/mt/seed1.csv" in outputs
+    assert f"results/{experiment}/metrics/examples/mt/seed2.csv" not in outputs
     assert not (tmp_path / "results").exists() and not (tmp_path / "reports").exists(), "a dry run created outputs"
 
 
 def test_grid_and_results_folder_follow_the_hydra_config(tmp_path):
     overrides = ["workflow.objectives=[mt,mlm]", "workflow.seeds={mt:[1],mlm:[3,4]}", "paths.results=out/run1"]
     outputs = run_workflow(tmp_path, {"experiment": "smoke", "overrides": overrides})
-    # the step-0 control of every seed in use (1, 3, 4): 4 measures on each of 6 models, t-SNE on 3
-    assert jobs_per_rule(outputs) == {"prepare": 1, "train": 3, "dump": 3, "dump_init": 3, "measure": 29, "merge": 6,
+    # the step-0 control of every seed in use (1, 3, 4): 4 measures on each of 6 models, t-SNE and examples on 3
+    assert jobs_per_rule(outputs) == {"prepare": 1, "train": 3, "dump": 3, "dump_init": 3, "measure": 32, "merge": 7,
                                       "similarity": 1, "report": 1, "snapshot_dump": 0, "evolution": 0,
                                       "merge_evolution": 1, "revisions": 0}  # mt seed 1 keeps snapshots
     assert sorted(p for p in outputs if p.endswith("model.pt")) == [
@@ -117,7 +119,7 @@ def test_grid_and_results_folder_follow_the_hydra_config(tmp_path):
 
 def test_init_control_can_be_switched_off(tmp_path):
     outputs = run_workflow(tmp_path, {"experiment": "smoke", "overrides": ["workflow.init=false"]})
-    assert jobs_per_rule(outputs) == {**GRID, "dump_init": 0, "measure": 42}
+    assert jobs_per_rule(outputs) == {**GRID, "dump_init": 0, "measure": 47}
     assert not [p for p in outputs if "/init/" in p]
 
 
@@ -186,9 +188,9 @@ def finished_smoke(tmp_path_factory) -> Path:
 
 SNAPSHOT_STEPS = (0, 10, 50)  # kept by mt, lm and mlm seed 1 in the finished placeholder run
 NOTHING = dict.fromkeys(RULES, 0)
-DOWNSTREAM_OF_DUMPS = {"measure": 51, "merge": 6, "similarity": 1, "report": 1}
+DOWNSTREAM_OF_DUMPS = {"measure": 57, "merge": 7, "similarity": 1, "report": 1}
 # what depends on the 8 trained models' dumps only (not on the step-0 control's)
-DOWNSTREAM_OF_TRAINED = {"measure": 42, "merge": 6, "similarity": 1, "report": 1}
+DOWNSTREAM_OF_TRAINED = {"measure": 47, "merge": 7, "similarity": 1, "report": 1}
 # the measures over training of mt, lm and mlm seed 1: 3 kept steps and the finished model each
 MEASURED_EVOLUTION = {"evolution": 12, "merge_evolution": 1}
 # and the dumps of their 3 kept steps
@@ -218,6 +220,10 @@ EVOLUTION = {"snapshot_dump": 9, **MEASURED_EVOLUTION}
     (["analysis.similarity.measures=[pwcca]"], {**NOTHING, "similarity": 1, "report": 1, **MEASURED_EVOLUTION}),
     (["analysis.mi.n_clusters=7"], {**NOTHING, "measure": 10, "merge": 1, "report": 1, **MEASURED_EVOLUTION}),
     (["analysis.neighbours.k=5"], {**NOTHING, "measure": 10, "merge": 1, "report": 1, **MEASURED_EVOLUTION}),
+    # the examples (first seeds) find their neighbours by the neighbours metric: both measures rerun
+    (["analysis.neighbours.metric=euclidean"], {**NOTHING, "measure": 16, "merge": 2, "report": 1,
+                                                **MEASURED_EVOLUTION}),
+    (["analysis.examples.k=3"], {**NOTHING, "measure": 6, "merge": 1, "report": 1}),
     (["analysis.buckets=[1,100,30000]"], {**NOTHING, "measure": 20, "merge": 2, "report": 1}),
     # the logit lens: the LM and MLM models' readout (lm, mlm x 2 seeds, lm_td) and every step's evolution rows
     (["analysis.readout.quantities=[loss]"], {**NOTHING, "measure": 5, "merge": 1, "report": 1, **MEASURED_EVOLUTION}),
@@ -227,18 +233,18 @@ EVOLUTION = {"snapshot_dump": 9, **MEASURED_EVOLUTION}
     (["workflow.seeds.mt=[1,2,3]"], {**NOTHING, "train": 1, "dump": 1, "dump_init": 1, "measure": 8, "merge": 4,
                                      "similarity": 1, "report": 1}),
     # the same models in another order: the first seed of mt changes, which moves the MI cluster
-    # sweep (MI of both mt models) and the t-SNE pictures (mt/seed2) to it; no model, dump or distance
-    (["workflow.seeds.mt=[2,1]"], {**NOTHING, "measure": 3, "merge": 2, "report": 1}),
+    # sweep (MI of both mt models), the t-SNE pictures and the examples (mt/seed2) to it; no model, dump or distance
+    (["workflow.seeds.mt=[2,1]"], {**NOTHING, "measure": 4, "merge": 3, "report": 1}),
     # evolution over training: which kept steps are analysed reruns the merge and the report only (the
     # parts of the steps kept stay valid); its settings rerun every step's measure; the kept steps
     # themselves retrain the three models that keep them (their snapshot jobs are planned afterwards)
     (["snapshots.steps=[0,50]"], {**NOTHING, "merge_evolution": 1, "report": 1}),
     (["analysis.evolution.restarts=2"], {**NOTHING, **MEASURED_EVOLUTION, "report": 1}),
     (["snapshots.mlm_maskings=2"], {**NOTHING, **EVOLUTION, "report": 1}),
-    (["snapshots.keep=[0,10,20,50,100,200]"], {**NOTHING, "train": 3, "dump": 3, "measure": 17, "merge": 6,
+    (["snapshots.keep=[0,10,20,50,100,200]"], {**NOTHING, "train": 3, "dump": 3, "measure": 20, "merge": 7,
                                               "similarity": 1, "report": 1, "merge_evolution": 1}),
     # (a dict override merges into snapshots.models: a model leaves it with an empty list)
-    (["snapshots.models.lm=[]", "snapshots.models.mlm=[]"], {**NOTHING, "train": 2, "dump": 2, "measure": 12, "merge": 6,
+    (["snapshots.models.lm=[]", "snapshots.models.mlm=[]"], {**NOTHING, "train": 2, "dump": 2, "measure": 14, "merge": 7,
                                      "similarity": 1, "report": 1, "merge_evolution": 1}),
 ])
 def test_changed_setting_reruns_exactly_the_affected_jobs(finished_smoke, overrides, expected):
@@ -252,17 +258,17 @@ def test_setting_reruns_only_the_models_whose_config_it_changes(finished_smoke):
     retrained = sorted(str(PurePosixPath(p).parent.relative_to("results/smoke/models"))
                        for p in outputs if p.endswith("model.pt"))
     assert retrained == ["lm/seed1", "lm/seed2", "mlm/seed1", "mlm/seed2", "mt/seed1", "mt/seed2"]
-    # 6 x 4 per-model measures + t-SNE of mt/seed1, lm/seed1, mlm/seed1; the step-0 control has no
-    # objective settings to change
-    assert jobs_per_rule(outputs) == {**NOTHING, "train": 6, "dump": 6, "measure": 31, "merge": 6, "similarity": 1,
+    # 6 x 4 per-model measures + t-SNE and examples of mt/seed1, lm/seed1, mlm/seed1 + the readout of the 4 LM
+    # and MLM models; the step-0 control has no objective settings to change
+    assert jobs_per_rule(outputs) == {**NOTHING, "train": 6, "dump": 6, "measure": 34, "merge": 7, "similarity": 1,
                                       "report": 1, "merge_evolution": 1}
 
 
 # ---------------------------------------------------------------- pretrained models
 
 # The pretrained experiment: nothing trained; bert, gpt2 and opus-mt-en-de dumped by rule hf_dump (counted
-# as dumps), 5 measures on each and the readout of bert and gpt2, the 6 merged tables, the distances between them, the report.
-PRETRAINED = {**dict.fromkeys(RULES, 0), "prepare": 1, "dump": 3, "measure": 17, "merge": 6, "similarity": 1,
+# as dumps), 6 measures on each and the readout of bert and gpt2, the 7 merged tables, the distances between them, the report.
+PRETRAINED = {**dict.fromkeys(RULES, 0), "prepare": 1, "dump": 3, "measure": 20, "merge": 7, "similarity": 1,
               "report": 1}
 
 
@@ -288,8 +294,8 @@ def test_a_published_checkpoint_grid_dumps_and_measures_every_revision(tmp_path)
     check; the per-model measures on both final dumps (the readout too: they are LMs)."""
     outputs = run_workflow(tmp_path, {"experiment": "pythia"})
     assert jobs_per_rule(outputs) == {**dict.fromkeys(RULES, 0), "prepare": 1, "dump": 2, "snapshot_dump": 14,
-                                      "evolution": 16, "merge_evolution": 1, "revisions": 1, "measure": 12,
-                                      "merge": 6, "similarity": 1, "report": 1}
+                                      "evolution": 16, "merge_evolution": 1, "revisions": 1, "measure": 14,
+                                      "merge": 7, "similarity": 1, "report": 1}
     snapshots = sorted(p for p in outputs if p.endswith("stage.json") and "/snapshots/pythia-70m/" in p)
     assert snapshots == [f"results/pythia/snapshots/pythia-70m/seed0/step{s}/stage.json"
                          for s in sorted((0, 1, 8, 64, 512, 3000, 20000), key=str)]
@@ -320,18 +326,18 @@ def test_the_pretrained_experiment_dumps_three_models_and_trains_none(tmp_path):
 
 @pytest.mark.parametrize("overrides,expected", [
     ([], NOTHING),
-    # one model's setting: its dump, its 5 measures, every merged table, the distances, the report
-    (["pretrained.models.gpt2.dtype=float32"], {**NOTHING, "dump": 1, "measure": 6, "merge": 6, "similarity": 1,
+    # one model's setting: its dump, its 7 measures, every merged table, the distances, the report
+    (["pretrained.models.gpt2.dtype=float32"], {**NOTHING, "dump": 1, "measure": 7, "merge": 7, "similarity": 1,
                                                 "report": 1}),
     # the masked run's settings: the mlm's dump only (and what reads it)
-    (["dump.mlm_maskings=2"], {**NOTHING, "dump": 1, "measure": 6, "merge": 6, "similarity": 1, "report": 1}),
+    (["dump.mlm_maskings=2"], {**NOTHING, "dump": 1, "measure": 7, "merge": 7, "similarity": 1, "report": 1}),
     # the dump settings of every model
-    (["dump.dtype=float32"], {**NOTHING, "dump": 3, "measure": 17, "merge": 6, "similarity": 1, "report": 1}),
+    (["dump.dtype=float32"], {**NOTHING, "dump": 3, "measure": 20, "merge": 7, "similarity": 1, "report": 1}),
     # what a word's state is: the distances across vocabularies only
     (["pretrained.word_state=mean"], {**NOTHING, "similarity": 1, "report": 1}),
     # a model more: its dump and measures, and everything over models
     (["+pretrained.models.roberta={name: roberta-base, role: mlm}"],
-     {**NOTHING, "dump": 1, "measure": 6, "merge": 6, "similarity": 1, "report": 1}),
+     {**NOTHING, "dump": 1, "measure": 7, "merge": 7, "similarity": 1, "report": 1}),
 ])
 def test_a_pretrained_setting_reruns_exactly_what_it_affects(finished_pretrained, overrides, expected):
     outputs = run_workflow(finished_pretrained, {"experiment": "pretrained", "overrides": overrides})

@@ -1,6 +1,6 @@
 # The experiment's HTML report (python -m analysis.report): the study's figures and tables, the claim
 # checks and provenance in one self-contained file at <paths.report>/report.html, also flagged for
-# `snakemake --report`; the claims' verdicts, contrast by contrast, in results/<experiment>/metrics/claims.csv. Besides the six merged tables it reads the model summaries and logs, the
+# `snakemake --report`; the claims' verdicts, contrast by contrast, in results/<experiment>/metrics/claims.csv. Besides the merged tables it reads the model summaries and logs, the
 # stage records and the benchmark files, all finished before the tables are.
 
 
