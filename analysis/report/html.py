@@ -1,5 +1,6 @@
-"""The report's HTML: one self-contained page (inline CSS, figures as data: URIs, no script, nothing
-fetched from any address), sections with a table of contents, tables, figures and notes."""
+"""The report's HTML: one self-contained page (inline CSS, figures as data: URIs, one inline script for the
+interactive views, analysis/report/interactive.py, and nothing fetched from any address), sections with a
+table of contents, tables, figures and notes."""
 from __future__ import annotations
 
 import base64
@@ -38,6 +39,31 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: var(--bg-alt); border: 1px solid var(--line); padding: .6rem; overflow-x: auto;
       font-size: .8rem; max-height: 32rem; }
 details { margin: .6rem 0; } summary { cursor: pointer; color: var(--accent); }
+.live { margin: .5rem 0; } .live[hidden] { display: none; } .live.pending { min-height: 4rem; }
+.js figure.live-on > img, .js figure.live-on > .static { display: none; }
+.tip { position: absolute; z-index: 10; background: #fff; border: 1px solid #8a949c; border-radius: 4px;
+       padding: .35rem .55rem; max-width: 34rem; font-size: .82rem; box-shadow: 0 2px 8px rgba(0,0,0,.18);
+       pointer-events: none; }
+.tip-head { font-weight: 600; } .tip-sent { margin-top: .2rem; }
+mark { background: #ffe08a; padding: 0 .1em; border-radius: 2px; }
+.controls { display: flex; gap: 1rem; flex-wrap: wrap; align-items: center; margin: .4rem 0; font-size: .9rem; }
+.legend { font-size: .82rem; color: var(--muted); margin: .2rem 0; }
+.key { margin-right: .8rem; white-space: nowrap; }
+.key i { display: inline-block; width: .7rem; height: .7rem; border-radius: 50%; margin-right: .25rem; }
+svg.tsne-plot { width: 100%; max-width: 640px; border: 1px solid var(--line); border-radius: 4px; }
+svg .pt { cursor: crosshair; } svg .axis { stroke: #8a949c; } svg .tick { font-size: 9px; fill: #444; }
+svg .lab { font-size: 10px; fill: #333; } svg .ttl { font-size: 11px; font-weight: 600; fill: #1d2327; }
+.curve-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: .6rem; }
+svg.curve { width: 100%; height: auto; }
+select.occurrences { width: 100%; font-size: .85rem; }
+td.nbr { font-size: .8rem; min-width: 11rem; } p.query { font-size: .95rem; }
+.badges { margin-top: .15rem; font-size: .72rem; color: var(--muted); }
+.badges span { display: inline-block; width: 1.2em; text-align: center; border-radius: 3px; margin-right: 1px; }
+.badges .on { background: #1b7a2f; color: #fff; } .badges .off { background: #eceff1; color: #9aa3aa; }
+.matrix-row { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
+.matrix-row > div { flex: 1 1 360px; max-width: 560px; } svg.matrix, svg.mds { width: 100%; height: auto; }
+""" + "".join(f".hide-s{i} .s{i} {{ display: none; }} " for i in range(24)) + """
+@media print { .live, .tip, noscript { display: none !important; } figure.live-on > img, figure.live-on > .static { display: block !important; } }
 """
 
 VERDICT_CLASS = {"holds": "holds", "does not hold": "fails", "inconclusive": "unmeasured", "not measured": "unmeasured"}
@@ -101,10 +127,11 @@ def _cell(value: Any, raw: bool) -> str:
     return f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>"
 
 
-def figure(data: bytes, mime: str, alt: str, caption: str) -> str:
-    """A figure inlined as a data: URI (`mime`: image/svg+xml or image/png)."""
+def figure(data: bytes, mime: str, alt: str, caption: str, live: str = "") -> str:
+    """A figure inlined as a data: URI (`mime`: image/svg+xml or image/png); `live`: its interactive view
+    (analysis.report.interactive.view), drawn in the image's place when scripts run."""
     uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    return (f'<figure><img src="{uri}" alt="{esc(alt)}" loading="eager">'
+    return (f'<figure><img src="{uri}" alt="{esc(alt)}" loading="eager">{live}'
             f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
@@ -133,15 +160,20 @@ def verdict_cell(verdict: str) -> str:
 
 
 def page(title: str, subtitle: str, sections: Sequence[Section]) -> str:
-    """The whole document: title, table of contents, numbered sections."""
+    """The whole document: title, table of contents, numbered sections; the script of the live views at the
+    end, the only script the page's policy lets run (by its hash)."""
+    from analysis.report.interactive import script_hash, script_tag
+
     toc = "".join(f'<li><a href="#{esc(s.anchor)}">{esc(s.title)}</a></li>' for s in sections)
     body = "".join(f'<section id="{esc(s.anchor)}"><h2>{i}. {esc(s.title)}</h2>{"".join(s.body)}</section>'
                    for i, s in enumerate(sections, start=1))
+    live = 'class="live" data-view=' in body  # the script, and the policy's leave to run it, only with a view
+    scripts, policy = (script_tag(), f"; script-src {script_hash()}") if live else ("", "")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-            "style-src 'unsafe-inline'\">"
+            f"style-src 'unsafe-inline'{policy}\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>"
             f"<h1>{esc(title)}</h1><p class=\"subtitle\">{esc(subtitle)}</p>"
             f'<nav class="toc" aria-label="Contents"><strong>Contents</strong><ol>{toc}</ol></nav>'
-            f"{body}</main></body></html>\n")
+            f"{body}</main>{scripts}</body></html>\n")

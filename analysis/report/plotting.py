@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from analysis.report.interactive import curve_spec, record, record_reference  # noqa: E402
 from analysis.report.reference import Curve, scaled_layers  # noqa: E402
 from pipeline.config.grid import INIT  # noqa: E402
 
@@ -50,15 +51,25 @@ def colour(objective: str) -> str:
     return COLOURS[objective]
 
 
-def render(fig, style: Style) -> tuple[bytes, str]:
-    """(bytes, MIME type) of `fig`, closed afterwards."""
+class Rendered(tuple):
+    """(bytes, MIME type) of a figure; `live`: its layer-wise curves as the page's live view draws them
+    (analysis.report.interactive.curve_spec), None when it has none."""
+
+    live: dict | None = None
+
+
+def render(fig, style: Style) -> Rendered:
+    """(bytes, MIME type) of `fig`, closed afterwards, with the curves it recorded (`Rendered.live`)."""
     buf = io.BytesIO()
     try:
         if style.fmt == "png":
             fig.savefig(buf, format="png", dpi=style.dpi, bbox_inches="tight", metadata={"Software": None})
-            return buf.getvalue(), "image/png"
-        fig.savefig(buf, format="svg", dpi=style.dpi, bbox_inches="tight", metadata={"Date": None})
-        return buf.getvalue(), "image/svg+xml"
+            out = Rendered((buf.getvalue(), "image/png"))
+        else:
+            fig.savefig(buf, format="svg", dpi=style.dpi, bbox_inches="tight", metadata={"Date": None})
+            out = Rendered((buf.getvalue(), "image/svg+xml"))
+        out.live = curve_spec(fig)
+        return out
     finally:
         plt.close(fig)
 
@@ -114,6 +125,7 @@ def draw_spread(ax, rows: Rows, x: str, value: str, colour_: str, label: str, lw
     if where.get("objective") == INIT and ls == "-":
         ls, lw = INIT_LS, min(lw, 1.2)
     ax.plot(xs, mean, color=colour_, lw=lw, ls=ls, marker="o", ms=2.5, label=label)
+    record(ax, rows, x, value, colour_, label, ls, lw, where, INTERVALS.get(value))
     if n > 1:
         mine = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
         for key in sorted({tuple(r.get(c) for c in SEED_COLUMNS) for r in mine}, key=str):
@@ -132,6 +144,8 @@ def draw_shuffled(ax, rows: Rows, x: str, colour_: str, **where: Any) -> bool:
     xs, mean, _, _, _ = spread([r for r in rows if r.get("shuffled") is not None], x, "shuffled", **where)
     if xs:
         ax.plot(xs, mean, color=colour_, label="_", **SHUFFLED_STYLE)
+        record(ax, [r for r in rows if r.get("shuffled") is not None], x, "shuffled", colour_, "_",
+               SHUFFLED_STYLE["ls"], SHUFFLED_STYLE["lw"], where, None)
     return bool(xs)
 
 
@@ -144,6 +158,7 @@ def draw_reference(ax, curve: Curve | None, n_layers: int, colour_: str = "black
     if curve is not None:
         ax.plot(scaled_layers(curve, n_layers), curve.values, ls="--", lw=1.1,
                 color=colour_, alpha=0.75, label=label)
+        record_reference(ax, scaled_layers(curve, n_layers), curve.values, colour_, label)
 
 
 def legend(ax, **kwargs) -> None:

@@ -13,6 +13,7 @@ from analysis.report.criteria import Criteria
 from analysis.report.estimates import main_clusters, mean_by
 from analysis.report.gather import Experiment
 from analysis.report.html import Section, details, figure, not_measured, note, para, pre, table
+from analysis.report.interactive import matrix_data, view
 from pipeline.config.grid import INIT
 
 BASE = ("mt", "lm", "mlm")
@@ -31,8 +32,12 @@ def table_rows(section: Section, exp: Experiment, name: str, what: str) -> list[
 
 
 def add_figure(section: Section, made: tuple[bytes, str] | None, alt: str, caption: str) -> None:
+    """The figure `made` (plotting.render), with its curves' live view when it recorded any: hover for each
+    value, its interval, seed and n; seeds toggled."""
     if made is not None:
-        section.add(figure(made[0], made[1], alt, caption))
+        spec = getattr(made, "live", None)
+        live = view("curves", spec, f"{alt} (interactive)") if spec else ""
+        section.add(figure(made[0], made[1], alt, caption, live))
 
 
 def ordered_models(exp: Experiment, present) -> list[str]:
@@ -138,7 +143,38 @@ def similarity_section(exp: Experiment, style: plotting.Style, crit: Criteria) -
     if own:
         _own_pairs(s, exp, style, own, measures, [r for r in main if r["pair"] != PRETRAINED_PAIR])
     pretrained_pairs(s, exp, main)
+    model_matrix(s, exp, main)
     return s
+
+
+def model_matrix(s: Section, exp: Experiment, rows: Sequence[dict]) -> None:
+    """Every pair of models at one layer (step), with an MDS map beside it: interactive, and the last layer's
+    matrix as a table for print and for a reader without scripts."""
+    models = sorted({(r[f"objective_{x}"], int(r[f"seed_{x}"])) for r in rows for x in "ab"},
+                    key=lambda m: (exp.objectives.index(m[0]) if m[0] in exp.objectives else len(exp.objectives),
+                                   m[0], m[1]))
+    if len(models) < 2:
+        return
+    label = {m: m[0] if m[0] in exp.pretrained else f"{m[0]} {m[1]}" for m in models}
+    floor = {m: int(exp.cfg.analysis.min_samples_per_dim) * int((exp.dumps.get(m) or {}).get("d_model") or 0)
+             for m in models}
+    unit = "probe token or word" if exp.pretrained else "probe token"
+    data = matrix_data(rows, rows[0]["measure"], models, label, floor, plotting.COLOURS,
+                       "relative depth step" if exp.pretrained else "layer", unit)
+    s.add("<h3>Every pair of models</h3>")
+    s.add(para(f"The {data['measure']} distance between every two models of the experiment at one "
+               f"{data['depth']}, trained, control and pretrained alike, and a classical MDS map of them (models "
+               "close on the map have close representations at that layer). A pair with no row, a distance that is "
+               "not a number, or fewer shared rows than analysis.min_samples_per_dim asks of the two widths is "
+               "missing (×), never a number; hover on a cell for its interval and n."))
+    last = str(data["layers"][-1])
+    static = table([""] + data["models"], [[name] + [("—" if c[0] is None else f"{c[0]:.3f}") if i != j else ""
+                                                      for j, c in enumerate(data["cells"][last][i])]
+                                           for i, name in enumerate(data["models"])],
+                   caption=f"{data['measure']} distance at {data['depth']} {last} (—: missing)")
+    s.add(f'<figure><div class="static">{static}</div>{view("matrix", data, "model by model distances")}'
+          "<figcaption>Pick the layer; the map leaves out the models with missing pairs and gives its stress "
+          "(Kruskal's stress-1: how far the map's distances are from the table's).</figcaption></figure>")
 
 
 def _own_pairs(s: Section, exp: Experiment, style: plotting.Style, rows: Sequence[dict], measures: list[str],

@@ -7,7 +7,8 @@ from analysis.report import figures, plotting, reference
 from analysis.report.criteria import Criteria
 from analysis.report.estimates import influence_by_bucket, mean_by, neighbour_rows
 from analysis.report.gather import Experiment, _read_json
-from analysis.report.html import Section, esc, not_measured, note, para, table
+from analysis.report.html import Section, esc, figure, not_measured, note, para, table
+from analysis.report.interactive import LIVE, examples_data, needs_script, tsne_data, view
 from analysis.report.sections import BAND_NOTE, BASE, add_figure, curve_ends, depth_note, ordered_models, table_rows
 from pipeline.config.layout import part_path
 from pipeline.config.pretrained import SEED as PRETRAINED_SEED
@@ -161,7 +162,32 @@ def neighbours_section(exp: Experiment, style: plotting.Style, crit: Criteria) -
                 ref = f"{study.values[0]} → {study.values[-1]}" if study else "—"
                 body.append((objective, prop, curve_ends(curve), ref))
     s.add(table(("objective", "property", "this run (first → last layer)", "study (1 → 6)"), body))
+    explorer(s, exp)
     return s
+
+
+def explorer(s: Section, exp: Experiment) -> None:
+    """The neighbours of single probe occurrences, browsable (table `examples`)."""
+    s.add("<h3>Explore: the neighbours of one occurrence</h3>")
+    if not LIVE.get():
+        s.add(note("Interactive views are off (analysis.report.interactive=false); the examples are in "
+                   "metrics/examples.csv."))
+        return
+    rows = exp.rows("examples") if "examples" in exp.tables else None
+    if rows is None:
+        why = exp.tables["examples"].missing if "examples" in exp.tables else "the report has no examples table"
+        s.add(not_measured("the neighbours explorer", why or ""))
+        return
+    if not rows:
+        s.add(not_measured("the neighbours explorer", "metrics/examples.csv holds no rows"))
+        return
+    data = examples_data(rows, ordered_models(exp, {r["objective"] for r in rows}))
+    s.add(para(f"The study's examples, browsable: pick one of {len(data['queries']):,} occurrences of the probe set's "
+               f"most frequent words (a fixed seeded sample, analysis.examples; the same occurrences in every model "
+               f"that shares the tokenizer) and a model: its {data['k']} nearest neighbours ({data['metric']}) among "
+               "all probe tokens at each layer, each in its sentence, lit where it shares the query's token (T), "
+               "position (P), left (L) or right (R) token. The first seed of each model; metrics/examples.csv."))
+    s.add(view("neighbours", data, "neighbours explorer"), needs_script("The neighbours explorer"))
 
 
 def tsne_section(exp: Experiment, style: plotting.Style) -> Section:
@@ -184,6 +210,11 @@ def tsne_section(exp: Experiment, style: plotting.Style) -> Section:
         layers = [int(x) for x in settings.tsne_layers] if settings.tsne_layers is not None else present
         objectives = ordered_models(exp, first_seed)
         s.add(f"<h3>{esc(name)}</h3>")
-        add_figure(s, figures.tsne_grid(mine, objectives, layers, colour_by, int(settings.tsne_max_points), style),
-             f"t-SNE of {name}", f"{what}. Seeds: " + ", ".join(f"{o} {first_seed[o]}" for o in objectives) + ".")
+        made = figures.tsne_grid(mine, objectives, layers, colour_by, int(settings.tsne_max_points), style)
+        data = tsne_data(name, [r for r in mine if r["layer"] in layers], objectives, colour_by,
+                         int(settings.tsne_max_points))
+        s.add(figure(made[0], made[1], f"t-SNE of {name}",
+                     f"{what}. Seeds: " + ", ".join(f"{o} {first_seed[o]}" for o in objectives) + ". Interactive: "
+                     "pick the model and the layer; hover on a point for its token, position, masking and sentence.",
+                     view("tsne", data, f"t-SNE of {name}, interactive")))
     return s

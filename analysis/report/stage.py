@@ -323,13 +323,23 @@ def claim_table(cfg: DictConfig, exp: gather.Experiment, crit: Criteria, out: Pa
 def build(cfg: DictConfig, probe_hardware: bool = True, claims_out: Path | None = None) -> str:
     """The report's HTML for `cfg`'s experiment; `claims_out`: where to write metrics/claims.csv, which the
     claim table is then read from (None: checked in memory)."""
+    from analysis.report import interactive
+
+    check_settings(cfg)
+    live = interactive.LIVE.set(bool(cfg.analysis.report.get("interactive", True)))
+    try:
+        return _page(cfg, probe_hardware, claims_out)
+    finally:
+        interactive.LIVE.reset(live)
+
+
+def _page(cfg: DictConfig, probe_hardware: bool, claims_out: Path | None) -> str:
     from analysis.report import plotting
     from analysis.report.evolution import evolution_section
     from analysis.report.sections import mi_section, similarity_section
     from analysis.report.sections_readout import readout_section
     from analysis.report.sections_tokens import change_section, influence_section, neighbours_section, tsne_section
 
-    check_settings(cfg)
     style = plotting.Style(str(cfg.analysis.report.figure_format), int(cfg.analysis.report.dpi))
     exp = gather.collect(cfg, probe_hardware=probe_hardware)
     crit = Criteria.from_cfg(cfg)

@@ -123,11 +123,38 @@ def _tsne_rows(grid, rng):
                 continue
             for layer in range(L + 1):
                 for i, token in enumerate(["▁is", "▁are", "▁was", "▁were"] if name != "it" else ["▁it"] * 4):
-                    for j in range(12):
+                    for j in range(12):  # occurrence j of the i-th word: at position j of sentence 12 i + j
+                        pieces = " ".join(["▁we"] * j + [token] + ["▁here"])
                         rows.append({"set": name, "objective": objective, "seed": seed, "layer": layer,
                                      "x": i * 5 + float(rng.normal()), "y": float(rng.normal()), "token": token,
-                                     "position": j, "sentence_id": j,
-                                     "masked": (j % 4) if name == "verbs_masked" else 0})
+                                     "position": j, "sentence_id": 12 * i + j,
+                                     "masked": (j % 4) if name == "verbs_masked" else 0, "pieces": pieces})
+    return rows
+
+
+EXAMPLE_K = 3
+EXAMPLE_SENTENCES = {s: f"▁Tom ▁is ▁here ▁and ▁we ▁are ▁{s}" for s in range(12)}  # "is" at 1, "are" at 5
+
+
+def _examples_rows(grid):
+    """The neighbours explorer's table for the first seed of each model: two queries of "is" and of "are";
+    neighbour r of query q at layer l sits in sentence (q + r + l) % 12, at the query's position when r is odd
+    (same token and position), else at position 6."""
+    rows = []
+    for objective, seed in [(o, s) for o, s in grid if s == 1]:
+        for q, (word, sid) in enumerate([(w, s) for w in ("is", "are") for s in (0, 1)]):
+            pos = 1 if word == "is" else 5
+            for layer in range(L + 1):
+                base = {"objective": objective, "seed": seed, "layer": layer, "query": f"{sid}:{word}:0", "word": word}
+                rows.append({**base, "rank": 0, "sentence_id": sid, "position": pos, "token": f"▁{word}",
+                             "similarity": 1.0, "same_token": 1, "same_position": 1, "same_left": 1, "same_right": 1,
+                             "pieces": EXAMPLE_SENTENCES[sid]})
+                for rank in range(1, EXAMPLE_K + 1):
+                    other, npos = (q + rank + layer) % 12, pos if rank % 2 else 6
+                    rows.append({**base, "rank": rank, "sentence_id": other, "position": npos,
+                                 "token": EXAMPLE_SENTENCES[other].split(" ")[npos], "similarity": 0.9 - 0.1 * rank,
+                                 "same_token": int(npos == pos), "same_position": rank % 2, "same_left": 0,
+                                 "same_right": int(rank == 1), "pieces": EXAMPLE_SENTENCES[other]})
     return rows
 
 
@@ -190,13 +217,14 @@ TABLE_ROWS = {"mi": _mi_rows, "similarity": _similarity_rows, "change": _change_
 
 
 def write_experiment(results: Path, tables=("similarity", "change", "influence", "mi", "neighbours", "tsne",
-                                           "evolution"),
+                                           "evolution", "examples"),
                      models: bool = True, grid=GRID, falling=()) -> None:
     """A finished run of `grid` under `results`: tables, summaries, logs, records, benchmarks. Every
     dev loss has levelled off by the last quarter (converged) but for the models in `falling`."""
     rng = np.random.default_rng(0)
     for name in tables:
-        rows = _tsne_rows(grid, rng) if name == "tsne" else with_replicates(TABLE_ROWS[name](grid), name, rng)
+        rows = (_tsne_rows(grid, rng) if name == "tsne" else _examples_rows(grid) if name == "examples"
+                else with_replicates(TABLE_ROWS[name](grid), name, rng))
         write_table(results / "metrics" / f"{name}.csv", name, rows, {"synthetic": True}, time.perf_counter())
     if not models:
         return
@@ -252,6 +280,7 @@ class _Page(HTMLParser):
         self.ids, self.images, self.urls, self.tags, self.verdicts = [], [], [], [], []
         self._verdict = False
         self.feed(text)
+        self.close()  # flush: the script at the end of the body is only parsed on close
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -331,7 +360,10 @@ def test_report_requests_nothing_from_the_network(experiment):
     page = _Page(text)
     for tag, attr, value in page.urls:
         assert value.startswith(("data:", "#")), f"<{tag} {attr}={value[:60]!r}> would be fetched"
-    assert not {"script", "link", "iframe", "object", "embed", "base"} & set(page.tags)
+    assert not {"link", "iframe", "object", "embed", "base"} & set(page.tags)
+    # scripts: the one inline script of the live views (no src: page.urls has none) and inert JSON data blocks
+    assert len(re.findall(r"<script>", text)) == 1
+    assert page.tags.count("script") == 1 + text.count('<script type="application/json"')
     assert "url(" not in text.split("</style>")[0], "the stylesheet loads nothing"
     assert "default-src 'none'" in text  # the page forbids itself any request
 
@@ -611,6 +643,11 @@ def test_snakemake_rule_makes_the_report_and_flags_it(tmp_path):
     write_table(tmp_path / "results" / "smoke" / "metrics" / "readout.csv", "readout",
                 [{"objective": "lm", "seed": 1, "layer": 0, "lens": "logit", "quantity": "loss", "target": "next", "value": 5.0,
                   "ci_low": 4.9, "ci_high": 5.1, "n_tokens": 100, "n_sentences": 10}], {"synthetic": True})
+    # and the neighbours explorer's examples (analysis.measures.examples)
+    write_table(tmp_path / "results" / "smoke" / "metrics" / "examples.csv", "examples",
+                [{"objective": "lm", "seed": 1, "layer": 0, "query": "0:is:0", "word": "is", "rank": 0, "sentence_id": 0,
+                  "position": 1, "token": "▁is", "similarity": 1.0, "same_token": 1, "same_position": 1,
+                  "same_left": 1, "same_right": 0, "pieces": "▁it ▁is"}], {"synthetic": True})
 
     def snakemake(*args: str, overrides: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         # no model keeps snapshots: this Snakefile has no rule for the evolution table
@@ -647,8 +684,8 @@ def test_captions_render_as_snakemake_renders_them():
         return core.publish_parts(text, writer="html", settings_overrides={"report_level": 2,
                                                                          "halt_level": 2})["body"]
 
-    texts = {m: render("metrics.rst", measure=m) for m in ("change", "influence", "mi", "neighbours", "tsne")}
+    texts = {m: render("metrics.rst", measure=m) for m in ("change", "influence", "mi", "neighbours", "tsne", "examples")}
     for measure, word in (("change", "adjacent layers"), ("influence", "attention key"), ("mi", "k-means"),
-                          ("neighbours", "nearest"), ("tsne", "t-SNE")):
+                          ("neighbours", "share of its"), ("tsne", "t-SNE"), ("examples", "explorer")):
         assert word in texts[measure] and sum(word in t for t in texts.values()) == 1
     assert "seed baselines" in render("similarity.rst") and "seven claims" in render("report.rst")
