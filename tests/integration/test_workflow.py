@@ -169,7 +169,8 @@ def test_every_table_and_the_report(finished):
     html = (finished / "reports" / EXPERIMENT / "report.html").read_text(encoding="utf-8")
     assert "The study and this run" in html and html.count("data:image/svg+xml;base64,") >= 11
     assert "Did training converge?" in html and "step-0 control" in html
-    links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", html)
+    links = re.findall(r"""(?<![\w-])(?:src|href)\s*=\s*["']([^"']*)""", html)  # not data-src (a live view's data block)
+    assert 'data-view="tsne"' in html and 'data-view="neighbours"' in html and 'data-view="matrix"' in html
     assert links and all(link.startswith(("data:", "#")) for link in links), [x[:60] for x in links if x[:5] != "data:"]
     for stage in ("prepare", "train/mt/seed1", "dump/mlm/seed2", "influence/lm/seed1", "similarity", "merge_mi"):
         assert (finished / "results" / EXPERIMENT / "benchmarks" / f"{stage}.tsv").is_file(), stage

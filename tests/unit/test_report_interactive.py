@@ -235,6 +235,10 @@ def test_in_chromium_hover_pick_and_toggle_with_no_request(page):
         matrix = next(v for v in views if v.get_attribute("data-view") == "matrix")
         tip = _hover(driver, matrix.find_elements("css selector", "rect.cell")[1])
         assert "PWCCA" in tip.text or "missing" in tip.text
+        # in print the static figures come back and the live views go
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+        assert figure.find_element("css selector", "img").is_displayed() and not tsne.is_displayed()
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
         assert web.console_errors(driver) == []
         asked = web.requests(driver)
         assert asked == [path.resolve().as_uri()], f"the page asked for {asked}"
