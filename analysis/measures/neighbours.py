@@ -64,7 +64,8 @@ def nearest_neighbours(pool: np.ndarray | torch.Tensor, queries: np.ndarray, k: 
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}: expected one of {METRICS}")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    x = torch.as_tensor(np.asarray(pool, dtype=np.float32) if not torch.is_tensor(pool) else pool)
+    # a float32 dump's read-only memmap is copied (torch warns on, and must not write into, read-only memory)
+    x = torch.as_tensor(np.require(pool, np.float32, ["W"]) if not torch.is_tensor(pool) else pool)
     x = x.to(device=device, dtype=torch.float32)
     n = len(x)
     if not 1 <= k <= n - 1:
