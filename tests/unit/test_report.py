@@ -257,15 +257,7 @@ def write_experiment(results: Path, tables=("similarity", "change", "influence",
     (results / "benchmarks" / "prepare.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n4.0\t0:00:04\tNA\t3.0\n")
 
 
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    """(results folder, report folder, config) of the whole synthetic experiment, and its report."""
-    root = tmp_path_factory.mktemp("report")
-    results, reports = root / "results", root / "reports"
-    write_experiment(results, grid=FULL)
-    cfg = compose(["experiment=smoke", f"paths.results={results}", f"paths.report={reports}"])
-    path = run(cfg)
-    return results, path, cfg
+# The whole synthetic experiment and its report: the fixture `experiment` (tests/unit/conftest.py).
 
 
 def _cfg(results: Path, reports: Path, *overrides: str):

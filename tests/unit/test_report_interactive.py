@@ -15,26 +15,23 @@ import numpy as np
 import pytest
 
 from analysis.report import interactive
-from analysis.report.interactive import classical_mds, complete_subset, examples_data, matrix_data, tsne_data
 from analysis.report.criteria import Criteria
 from analysis.report.estimates import main_clusters
+from analysis.report.interactive import classical_mds, complete_subset, examples_data, matrix_data, tsne_data
 from analysis.report.stage import run
 from pipeline.config.compose import compose
 from tests import browser as web
-from tests.unit.test_report import EXAMPLE_K, EXAMPLE_SENTENCES, FULL, L, _examples_rows, write_experiment
+from tests.unit.test_report import EXAMPLE_K, EXAMPLE_SENTENCES, L, _examples_rows
 
 K = EXAMPLE_K
 SENTENCES = EXAMPLE_SENTENCES
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory):
-    """The whole synthetic experiment's report (its examples table included): (path, results folder)."""
-    root = tmp_path_factory.mktemp("live")
-    results, reports = root / "results", root / "reports"
-    write_experiment(results, grid=FULL)
-    cfg = compose(["experiment=smoke", f"paths.results={results}", f"paths.report={reports}"])
-    return run(cfg), results
+@pytest.fixture
+def page(experiment):
+    """The whole synthetic experiment's report (its examples table included; tests/unit/conftest.py):
+    (path, results folder)."""
+    return experiment[1], experiment[0]
 
 
 def _views(text: str) -> list[tuple[str, dict]]:
