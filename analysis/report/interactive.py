@@ -128,16 +128,18 @@ def curve_spec(fig) -> dict | None:
 
 # ---------------------------------------------------------------- t-SNE
 
-def _sentences() -> tuple[list[str], dict[str, int]]:
-    return [], {}
+class _Strings:
+    """Each distinct sentence once (`items`), points and neighbours naming it by its index."""
 
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self._seen: dict[str, int] = {}
 
-def _index(store: tuple[list[str], dict[str, int]], text: str) -> int:
-    items, seen = store
-    if text not in seen:
-        seen[text] = len(items)
-        items.append(text)
-    return seen[text]
+    def index(self, text: str) -> int:
+        if text not in self._seen:
+            self._seen[text] = len(self.items)
+            self.items.append(text)
+        return self._seen[text]
 
 
 def tsne_data(name: str, rows: Sequence[Mapping[str, Any]], objectives: Sequence[str], colour_by: str,
@@ -146,7 +148,7 @@ def tsne_data(name: str, rows: Sequence[Mapping[str, Any]], objectives: Sequence
     token, position, sentence and masking once, and its coordinates at every layer scaled to 0..1000 (the
     same seeded subset of at most `max_points` occurrences at every layer)."""
     tokens = sorted({str(r["token"]) for r in rows})
-    store = _sentences()
+    store = _Strings()
     models = []
     for objective in objectives:
         mine = [r for r in rows if r["objective"] == objective]
@@ -169,9 +171,9 @@ def tsne_data(name: str, rows: Sequence[Mapping[str, Any]], objectives: Sequence
         models.append({"label": objective, "seed": int(first[keys[0]]["seed"]) if keys else None, "layers": layers,
                        "tok": [tokens.index(str(first[k]["token"])) for k in keys], "pos": [k[1] for k in keys],
                        "sid": [k[0] for k in keys],
-                       "sent": [_index(store, str(first[k].get("pieces") or "")) for k in keys],
+                       "sent": [store.index(str(first[k].get("pieces") or "")) for k in keys],
                        **({"masked": masked} if any(masked) else {}), "xy": xy})
-    return {"name": name, "colour_by": colour_by, "tokens": tokens, "sentences": store[0], "models": models}
+    return {"name": name, "colour_by": colour_by, "tokens": tokens, "sentences": store.items, "models": models}
 
 
 # ---------------------------------------------------------------- the neighbours explorer
@@ -180,7 +182,7 @@ def examples_data(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) 
     """The explorer's data from the `examples` table: every query occurrence (by its key, the same in every
     model that shares a tokenizer), and per model and query, per layer, its k neighbours as flat
     [sentence, position, similarity, flags] (flags: bits of same token / position / left / right)."""
-    store = _sentences()
+    store = _Strings()
     queries: dict[str, dict] = {}
     hits: dict[str, dict[str, dict[int, list]]] = defaultdict(lambda: defaultdict(dict))
     layers: dict[str, set[int]] = defaultdict(set)
@@ -188,7 +190,7 @@ def examples_data(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) 
     for r in sorted(rows, key=lambda r: (int(r["layer"]), int(r["rank"]))):
         model, key, layer, rank = str(r["objective"]), str(r["query"]), int(r["layer"]), int(r["rank"])
         layers[model].add(layer)
-        sent = _index(store, str(r.get("pieces") or ""))
+        sent = store.index(str(r.get("pieces") or ""))
         if rank == 0:
             queries.setdefault(key, {"key": key, "word": str(r["word"]), "sent": sent, "pos": int(r["position"])})
             hits[model][key].setdefault(layer, [])
@@ -199,7 +201,7 @@ def examples_data(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) 
     order = sorted(queries, key=lambda q: (queries[q]["word"], q))
     models = [o for o in objectives if o in hits]
     metric = next((str(r["metric"]) for r in rows if r.get("metric")), "cosine")
-    return {"k": k, "metric": metric, "models": models, "sentences": store[0],
+    return {"k": k, "metric": metric, "models": models, "sentences": store.items,
             "queries": [queries[q] for q in order],
             "layers": {m: sorted(layers[m]) for m in models},
             "hits": {m: [[hits[m][q].get(layer, []) for layer in sorted(layers[m])] if q in hits[m] else None

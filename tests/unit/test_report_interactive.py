@@ -268,7 +268,7 @@ def test_the_request_log_would_see_a_page_that_fetches(tmp_path):
         assert any("example.invalid" in url for url in web.requests(driver))
 
 
-def test_hidden_math_of_the_tooltips_number_format():
+def test_tooltip_values_keep_six_places_and_drop_what_is_not_a_number():
     """explore.js prints values to 3-4 places; the JSON keeps 6 (a tooltip never shows more than the table)."""
     assert interactive._finite(1 / 3) == 0.333333 and interactive._finite(float("nan")) is None
     assert interactive._finite("x") is None and math.isclose(interactive._finite(2.0), 2.0)
