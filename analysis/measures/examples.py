@@ -39,6 +39,7 @@ from analysis.io.dumps import Dump, load_dump, sentence_pieces
 from analysis.io.tables import write_table
 from analysis.io.words import bare, occurrences
 from analysis.measures.neighbours import NO_TOKEN, context_tokens, nearest_neighbours
+from analysis.measures.tsne import WORD_START
 from pipeline.config.analysis import setting
 from pipeline.config.cli import cli
 from pipeline.config.layout import dump_folder, part_path
@@ -48,7 +49,6 @@ from pipeline.machine.runtime import resolve_device
 
 log = logging.getLogger("analysis.examples")
 
-WORD_START = "\u2581"  # sentencepiece's mark of a piece that begins a word
 
 
 # ---------------------------------------------------------------- the words and their occurrences

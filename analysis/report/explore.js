@@ -137,13 +137,13 @@
     const model = select(bar, "model", d.models.map((m, i) => [i, m]), "model");
     const list = el("select", {class: "occurrences", size: "8", "aria-label": "probe occurrences"}, box);
     const shown = el("div", {class: "neighbours"}, box);
-    const texts = d.queries.map(q => `${q.word} — ${plain(d.sentences[q.sent])}`.toLowerCase());
-    function plain(pieces) { return sentence(pieces, -1).textContent; }
+    const labels = d.queries.map(q => `${q.word} — ${sentence(d.sentences[q.sent], -1).textContent}`);
+    const texts = labels.map(t => t.toLowerCase());
     function fill() {
       const needle = find.value.trim().toLowerCase();
       list.replaceChildren();
-      d.queries.forEach((q, i) => {
-        if (!needle || texts[i].includes(needle)) el("option", {value: String(i)}, list, `${q.word} — ${plain(d.sentences[q.sent])}`);
+      d.queries.forEach((_, i) => {
+        if (!needle || texts[i].includes(needle)) el("option", {value: String(i)}, list, labels[i]);
       });
     }
     function draw() {

@@ -23,7 +23,7 @@ import numpy as np
 
 SCRIPT = (Path(__file__).with_name("explore.js")).read_text(encoding="utf-8")
 N_COLUMNS = ("n_tokens", "n_queries", "n_pairs", "n_sentences")  # a row's sample size, by table
-SEED_COLUMNS = ("seed", "seed_a", "seed_b")
+SEED_COLUMNS = ("seed", "seed_a", "seed_b")  # a row's seed (a pair's two seeds); plotting draws by them too
 DASHES = {"--": "5 3", ":": "1.5 2.5", "-.": "6 2 1.5 2", "dashed": "5 3", "dotted": "1.5 2.5", "dashdot": "6 2 1.5 2"}
 FLAG_BITS = (("same_token", 1), ("same_position", 2), ("same_left", 4), ("same_right", 8))
 # analysis.report.interactive of the page being built (analysis.report.stage.build sets it): False, no live views

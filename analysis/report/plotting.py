@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from analysis.report.interactive import curve_spec, record, record_reference  # noqa: E402
+from analysis.report.interactive import SEED_COLUMNS, curve_spec, record, record_reference  # noqa: E402
 from analysis.report.reference import Curve, scaled_layers  # noqa: E402
 from pipeline.config.grid import INIT  # noqa: E402
 
@@ -89,7 +89,6 @@ def panels(n: int, ncols: int, width: float = 3.4, height: float = 2.6, sharey: 
 INTERVALS = {"mi": ("ci_low", "ci_high"), "mi_corrected": ("corrected_ci_low", "corrected_ci_high"),
              "distance": ("ci_low", "ci_high"), "value": ("ci_low", "ci_high")}
 
-SEED_COLUMNS = ("seed", "seed_a", "seed_b")
 
 
 def _bounds(row: Mapping[str, Any], value: str) -> tuple[float, float]:
